@@ -1,0 +1,13 @@
+"""attnviz: look inside attention models.
+
+    import attnviz
+    model = attnviz.load_model("minilm-l6")    # a bundled name, a hub id or a local folder
+    result = attnviz.capture(model, "The cat sat on the mat.")   # or a PIL image, or a pair
+    result.save("cat.npz")
+"""
+from attnviz.capture import capture
+from attnviz.errors import AttnvizError
+from attnviz.models.loader import Model, load_model
+from attnviz.result import AttentionResult, PatchGrid
+
+__all__ = ["AttentionResult", "AttnvizError", "Model", "PatchGrid", "capture", "load_model"]

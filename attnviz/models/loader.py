@@ -1,0 +1,194 @@
+"""Loading a model by name: a bundled name, a local folder or a Hugging Face hub id.
+
+Only safetensors weights are loaded; ``trust_remote_code`` is never enabled. Transformers
+models are loaded with eager attention so that they return their attention probabilities.
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from attnviz.device import default_device
+from attnviz.errors import AttnvizError
+from attnviz.models import store
+from attnviz.models.bundled import BUNDLED
+
+FAMILIES = ("encoder", "decoder", "encoder-decoder", "image", "custom")
+DECODER_TOKEN_CAP = 2048  # [30 layers, 9 heads, 2048, 2048] float16 is already 2.3 GB
+SEQ2SEQ_TOKEN_CAP = 512
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+IMAGE_MODEL_TYPES = {"vit", "dinov2", "dinov2_with_registers", "clip_vision_model", "clip", "deit",
+                     "beit", "siglip_vision_model", "dinov3_vit", "vit_msn", "vit_mae"}
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How a model wants its pixels: side of the default square input, patch size in pixels,
+    and the per-channel mean/std applied after scaling to [0, 1]."""
+
+    size: int
+    patch: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass
+class Model:
+    """A loaded model, ready for :func:`attnviz.capture`.
+
+    family: one of FAMILIES; max_tokens: the longest input it is run on (longer text is
+    truncated with a warning); lock: held while the model runs, so that sessions sharing it
+    never interleave.
+    """
+
+    name: str
+    family: str
+    net: torch.nn.Module
+    device: torch.device
+    max_tokens: int
+    tokenizer: Any = None
+    image: ImageSpec | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def n_layers(self) -> int:
+        cfg = self.net.config
+        return getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", 0)
+
+
+def load_model(name: str, progress: store.Progress = store._quiet, device: torch.device | None = None) -> Model:
+    """Load ``name``: a bundled name (fetched on first use), a local folder, or a hub id."""
+    name = str(name).strip()
+    if not name:
+        raise AttnvizError("No model name given.")
+    device = device or default_device()
+    if name in BUNDLED:
+        folder = store.ensure(name, progress)
+        return _load_folder(folder, name, device)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _load_folder(path, name, device)
+    if path.exists():
+        raise AttnvizError(f"'{name}' is a file; give the folder that holds config.json and *.safetensors.")
+    if HUB_ID.match(name) and not name.startswith((".", "/")):
+        return _load_hub(name, device)
+    raise AttnvizError(
+        f"Unknown model '{name}': not a bundled name ({', '.join(BUNDLED)}), "
+        "not an existing folder, and not a hub id like 'org/name'."
+    )
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse folders that are not loadable safely: no config.json, or pickle weights only."""
+    if not (folder / "config.json").is_file():
+        raise AttnvizError(f"{folder} has no config.json: it is not a model folder.")
+    if not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise AttnvizError(
+                f"{folder} holds only pickle weights ({', '.join(pickles[:3])}); attnviz loads only "
+                "*.safetensors because unpickling can run arbitrary code. Convert them once, in a "
+                "Python you trust, with model.save_pretrained(folder, safe_serialization=True)."
+            )
+        raise AttnvizError(f"{folder} has no *.safetensors weights.")
+
+
+def _load_folder(folder: Path, name: str, device: torch.device) -> Model:
+    check_folder(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise AttnvizError(f"{folder}/config.json is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise AttnvizError(f"{folder}/config.json must hold a JSON object.")
+    if config.get("attnviz_custom"):
+        from attnviz.models import custom
+
+        return custom.load(folder, name, device)
+    return _load_transformers(str(folder), name, device, local_files_only=True)
+
+
+def _load_hub(repo_id: str, device: torch.device) -> Model:
+    from huggingface_hub import list_repo_files
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+
+    try:
+        files = list_repo_files(repo_id)
+    except (RepositoryNotFoundError, HFValidationError):
+        raise AttnvizError(f"There is no model '{repo_id}' on the Hugging Face hub.") from None
+    except Exception as e:  # no network, proxy refused, timeouts: all mean "cannot reach the hub"
+        raise AttnvizError(
+            f"Could not reach the Hugging Face hub for '{repo_id}' ({type(e).__name__}); "
+            f"offline, use a bundled model ({', '.join(BUNDLED)}) or a local folder."
+        ) from None
+    if not any(f.endswith(".safetensors") for f in files):
+        raise AttnvizError(f"'{repo_id}' on the hub has no safetensors weights; attnviz refuses pickle weights.")
+    return _load_transformers(repo_id, repo_id, device, local_files_only=False)
+
+
+def _family(config) -> str:
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    if getattr(config, "is_encoder_decoder", False):
+        return "encoder-decoder"
+    if config.model_type in IMAGE_MODEL_TYPES:
+        return "image"
+    if "ForCausalLM" in archs or "LMHeadModel" in archs or getattr(config, "is_decoder", False):
+        return "decoder"
+    return "encoder"
+
+
+def _load_transformers(source: str, name: str, device: torch.device, local_files_only: bool) -> Model:
+    import transformers as tf
+
+    kwargs = dict(local_files_only=local_files_only, trust_remote_code=False)
+    try:
+        config = tf.AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        raise AttnvizError(f"Cannot read the configuration of '{name}': {str(e).splitlines()[0]}") from None
+    family = _family(config)
+    model_kwargs = dict(kwargs, attn_implementation="eager", use_safetensors=True, dtype=torch.float32)
+    try:
+        if family == "encoder-decoder":
+            net = tf.AutoModelForSeq2SeqLM.from_pretrained(source, **model_kwargs)
+        elif family == "decoder":
+            net = tf.AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
+        elif config.model_type == "clip":
+            net = tf.CLIPVisionModel.from_pretrained(source, **model_kwargs)
+        else:
+            net = tf.AutoModel.from_pretrained(source, **model_kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise AttnvizError(f"Cannot load the weights of '{name}': {str(e).splitlines()[0]}") from None
+    net.eval().to(device)
+    if family == "image":
+        return Model(name, family, net, device, max_tokens=0, image=_image_spec(source, net.config, kwargs))
+    tokenizer = tf.AutoTokenizer.from_pretrained(source, **kwargs)
+    limit = getattr(net.config, "max_position_embeddings", None) or 10**6
+    if family == "decoder":
+        limit = min(limit, DECODER_TOKEN_CAP)
+    elif family == "encoder-decoder":
+        limit = min(limit, SEQ2SEQ_TOKEN_CAP)
+    return Model(name, family, net, device, max_tokens=int(limit), tokenizer=tokenizer)
+
+
+def _image_spec(source: str, config, kwargs) -> ImageSpec:
+    """Mean, std and size from preprocessor_config.json when present, else from the config."""
+    import transformers as tf
+
+    mean, std, size = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), getattr(config, "image_size", 224)
+    try:
+        proc = tf.AutoImageProcessor.from_pretrained(source, **kwargs)
+        mean, std = tuple(proc.image_mean), tuple(proc.image_std)
+        crop = getattr(proc, "crop_size", None) or getattr(proc, "size", None) or {}
+        size = crop.get("height") or crop.get("shortest_edge") or size
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # no preprocessor config: the model's own defaults above
+    patch = config.patch_size
+    return ImageSpec(size=int(size), patch=int(patch if isinstance(patch, int) else patch[0]),
+                     mean=mean, std=std)

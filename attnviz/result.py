@@ -1,0 +1,194 @@
+"""AttentionResult: the one type that every layer of attnviz speaks.
+
+A result holds every attention map of one model run on one input:
+
+- ``attn[stack]``: float16 array ``[layers, heads, queries, keys]`` for each attention stack
+  that the model has: ``"encoder"`` (self-attention of an encoder, or of an image model),
+  ``"decoder"`` (causal self-attention of a decoder), ``"cross"`` (decoder queries over encoder
+  keys, so ``[layers, heads, target, source]``). Row ``attn[l, h, i, :]`` is the softmax
+  distribution of query ``i`` over the keys, summing to 1.
+- ``tokens``: the token strings of the source sequence (encoder, or the whole sequence of a
+  decoder-only model); ``target_tokens`` those of the decoder of an encoder-decoder.
+- ``special``: per token, whether it is a special token ([CLS], [SEP], BOS, </s>, image prefix
+  tokens such as CLS or registers). ``target_special`` likewise.
+- ``word_spans``: ``[start, end)`` token index ranges, one per word, for merging sub-words.
+- ``grid`` (images): the patch grid. Token ``grid.prefix + r * grid.cols + c`` is the patch at
+  row ``r``, column ``c``; each patch covers ``grid.patch_px`` pixels of the model's input.
+
+It saves to and loads from one ``.npz`` file: one float16 array per stack named
+``attn_<stack>``, the optional ``image`` (uint8 [height, width, 3], the picture the model saw)
+and ``meta``, a JSON string with the rest.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+STACKS = ("encoder", "decoder", "cross")
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """How an image's patch tokens are laid out.
+
+    rows, cols: patches down and across; patch_px: side of one patch in pixels of the model's
+    input image; prefix: tokens before the first patch (CLS, registers), which have no place
+    on the grid.
+    """
+
+    rows: int
+    cols: int
+    patch_px: int
+    prefix: int = 1
+
+    @property
+    def n_patches(self) -> int:
+        return self.rows * self.cols
+
+    def positions_px(self) -> np.ndarray:
+        """Centre of every patch token, ``[n_patches, 2]`` as (row, col) in pixels."""
+        r, c = np.divmod(np.arange(self.n_patches), self.cols)
+        return (np.stack([r, c], axis=1) + 0.5) * self.patch_px
+
+
+@dataclass
+class AttentionResult:
+    """Every attention map of one run. See the module docstring for the axes."""
+
+    kind: str  # "text" or "image"
+    model: str
+    attn: dict[str, np.ndarray]
+    tokens: list[str]
+    special: list[bool]
+    word_spans: list[tuple[int, int]] = field(default_factory=list)
+    target_tokens: list[str] | None = None
+    target_special: list[bool] | None = None
+    target_word_spans: list[tuple[int, int]] | None = None
+    grid: PatchGrid | None = None
+    image: np.ndarray | None = None  # uint8 [height, width, 3], what the model saw
+    causal: bool = False  # decoder-only model: rows are zero above the diagonal
+    segments: list[int] | None = None  # sentence A/B id per token for text pairs
+    prompt_len: int | None = None  # decoder-only: tokens before the generated ones
+    timings: dict[str, float] = field(default_factory=dict)  # seconds
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("text", "image"):
+            raise ValueError(f"kind must be 'text' or 'image', not {self.kind!r}")
+        unknown = set(self.attn) - set(STACKS)
+        if unknown:
+            raise ValueError(f"unknown attention stacks {sorted(unknown)}; known: {STACKS}")
+        for stack, a in self.attn.items():
+            if a.ndim != 4:
+                raise ValueError(f"attn[{stack!r}] must be [layers, heads, queries, keys], got {a.shape}")
+            self.attn[stack] = a.astype(np.float16, copy=False)
+        if len(self.special) != len(self.tokens):
+            raise ValueError("special must have one flag per token")
+        self.word_spans = [tuple(s) for s in self.word_spans]
+        if self.target_word_spans is not None:
+            self.target_word_spans = [tuple(s) for s in self.target_word_spans]
+
+    # -- what the axes of a stack are ------------------------------------------------------
+    @property
+    def stacks(self) -> list[str]:
+        """The stacks present, in the canonical order encoder, decoder, cross."""
+        return [s for s in STACKS if s in self.attn]
+
+    def query_tokens(self, stack: str) -> list[str]:
+        return self.target_tokens if stack in ("decoder", "cross") and self.target_tokens is not None else self.tokens
+
+    def key_tokens(self, stack: str) -> list[str]:
+        return self.target_tokens if stack == "decoder" and self.target_tokens is not None else self.tokens
+
+    def query_special(self, stack: str) -> list[bool]:
+        return self.target_special if stack in ("decoder", "cross") and self.target_special is not None else self.special
+
+    def key_special(self, stack: str) -> list[bool]:
+        return self.target_special if stack == "decoder" and self.target_special is not None else self.special
+
+    def query_word_spans(self, stack: str) -> list[tuple[int, int]]:
+        return self.target_word_spans if stack in ("decoder", "cross") and self.target_word_spans is not None else self.word_spans
+
+    def key_word_spans(self, stack: str) -> list[tuple[int, int]]:
+        return self.target_word_spans if stack == "decoder" and self.target_word_spans is not None else self.word_spans
+
+    def is_causal(self, stack: str) -> bool:
+        """Whether the rows of this stack only see keys up to the query (zero above the diagonal)."""
+        return stack == "decoder" or (self.causal and stack == "encoder")
+
+    def shape(self, stack: str) -> tuple[int, int, int, int]:
+        return tuple(self.attn[stack].shape)
+
+    # -- saving and loading ----------------------------------------------------------------
+    def meta(self) -> dict:
+        """Everything but the arrays, as plain JSON-able values."""
+        return {
+            "format": FORMAT_VERSION,
+            "kind": self.kind,
+            "model": self.model,
+            "stacks": self.stacks,
+            "tokens": self.tokens,
+            "special": [bool(s) for s in self.special],
+            "word_spans": [list(s) for s in self.word_spans],
+            "target_tokens": self.target_tokens,
+            "target_special": None if self.target_special is None else [bool(s) for s in self.target_special],
+            "target_word_spans": None if self.target_word_spans is None else [list(s) for s in self.target_word_spans],
+            "grid": None if self.grid is None else asdict(self.grid),
+            "causal": self.causal,
+            "segments": self.segments,
+            "prompt_len": self.prompt_len,
+            "timings": self.timings,
+            "warnings": self.warnings,
+        }
+
+    def _write(self, f) -> None:
+        arrays = {f"attn_{s}": self.attn[s] for s in self.stacks}
+        if self.image is not None:
+            arrays["image"] = self.image
+        arrays["meta"] = np.array(json.dumps(self.meta(), ensure_ascii=False))
+        np.savez_compressed(f, **arrays)
+
+    def save(self, path: str | Path) -> Path:
+        """Write one .npz: ``attn_<stack>`` float16 arrays, optional ``image``, ``meta`` JSON."""
+        path = Path(path)
+        with open(path, "wb") as f:  # a file object keeps numpy from appending ".npz"
+            self._write(f)
+        return path
+
+    def to_bytes(self) -> bytes:
+        """The same .npz as :meth:`save`, in memory (for download buttons)."""
+        buf = io.BytesIO()
+        self._write(buf)
+        return buf.getvalue()
+
+    @classmethod
+    def load(cls, path_or_file) -> "AttentionResult":
+        """Read a result written by :meth:`save`. Never unpickles (allow_pickle=False)."""
+        with np.load(path_or_file, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            attn = {s: z[f"attn_{s}"] for s in meta["stacks"]}
+            image = z["image"] if "image" in z.files else None
+        grid = PatchGrid(**meta["grid"]) if meta.get("grid") else None
+        return cls(
+            kind=meta["kind"],
+            model=meta["model"],
+            attn=attn,
+            tokens=meta["tokens"],
+            special=meta["special"],
+            word_spans=meta.get("word_spans") or [],
+            target_tokens=meta.get("target_tokens"),
+            target_special=meta.get("target_special"),
+            target_word_spans=meta.get("target_word_spans"),
+            grid=grid,
+            image=image,
+            causal=meta.get("causal", False),
+            segments=meta.get("segments"),
+            prompt_len=meta.get("prompt_len"),
+            timings=meta.get("timings") or {},
+            warnings=meta.get("warnings") or [],
+        )
