@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -25,6 +26,7 @@ from attnviz.models.bundled import BUNDLED, BundledModel
 
 MANIFEST = "MANIFEST.json"
 Progress = Callable[[float, str], None]  # (fraction in [0, 1], message)
+_FETCH_LOCK = threading.Lock()  # one fetch at a time in a process (app sessions are threads)
 
 
 def home() -> Path:
@@ -60,7 +62,9 @@ def ensure(name: str, progress: Progress = _quiet) -> Path:
     if name not in BUNDLED:
         raise AttnvizError(f"'{name}' is not a bundled model; bundled: {', '.join(BUNDLED)}.")
     if status(name) != "ready":
-        fetch(BUNDLED[name], progress)
+        with _FETCH_LOCK:
+            if status(name) != "ready":  # another session may have fetched it meanwhile
+                fetch(BUNDLED[name], progress)
     return model_dir(name)
 
 

@@ -1,0 +1,2 @@
+"""Streamlit building blocks that the pages compose. The only package below pages/ that
+imports Streamlit."""

@@ -1,0 +1,55 @@
+"""Small Streamlit helpers every page uses: remembered choices, URL state, error display."""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+import streamlit as st
+
+from attnviz.errors import AttnvizError
+
+log = logging.getLogger("attnviz")
+
+
+def remember(key: str, default):
+    """The value stored under ``key`` in the session (set to ``default`` the first time).
+
+    Plain session keys, unlike widget keys, survive a switch to another page and back.
+    """
+    if key not in st.session_state:
+        st.session_state[key] = default
+    return st.session_state[key]
+
+
+def url_int(name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter, clamped to [low, high]; ``default`` when absent or bad."""
+    try:
+        value = int(st.query_params.get(name, default))
+    except (TypeError, ValueError):
+        value = default
+    return min(max(value, low), high)
+
+
+def url_choice(name: str, options: list[str], default: str) -> str:
+    """A query parameter that must be one of ``options``."""
+    value = st.query_params.get(name, default)
+    return value if value in options else default
+
+
+@contextmanager
+def friendly_errors():
+    """Show bad input as a clear message and any other failure as a short note, never a
+    traceback; the page below the block keeps working. AttnvizError is the user's to fix;
+    anything else is logged with its traceback on the server."""
+    try:
+        yield
+    except AttnvizError as e:
+        st.error(str(e))
+        st.stop()
+    except MemoryError:
+        st.error("That input needs more memory than this server has: try a shorter text or a smaller image.")
+        st.stop()
+    except Exception as e:  # a bug: log it in full, show one line
+        log.exception("unexpected error")
+        st.error(f"Something went wrong ({type(e).__name__}). The details are in the server log.")
+        st.stop()

@@ -1,0 +1,37 @@
+"""Blocks of the home page: the bundled models with their status, and the page links."""
+from __future__ import annotations
+
+import streamlit as st
+
+from attnviz.models import store
+from attnviz.models.bundled import BUNDLED
+from attnviz.ui.common import friendly_errors
+
+# (page file, title, icon, what it shows): app.py declares these pages, the home page links them.
+PAGES = [
+]
+STATUS_LABEL = {"ready": "✅ ready", "missing": "⬇️ not fetched yet", "damaged": "⚠️ damaged, fetch again"}
+
+
+def page_links() -> None:
+    """A link and a line for every page of the app."""
+    for col, (path, title, icon, blurb) in zip(st.columns(max(len(PAGES), 1)), PAGES):
+        with col:
+            st.page_link(path, label=title, icon=icon)
+            st.caption(blurb)
+
+
+def model_table() -> None:
+    """A row per bundled model: name, family, size, license, status, and a fetch button."""
+    for name, m in BUNDLED.items():
+        state = store.status(name)
+        c1, c2, c3, c4 = st.columns([2, 4, 2, 1.3])
+        c1.markdown(f"**{name}**  \n{m.family} · {m.layers_heads} heads")
+        c2.markdown(f"{m.description}  \n`{m.requirement}` · {m.license}")
+        c3.markdown(STATUS_LABEL[state])
+        if state != "ready" and c4.button("Fetch now", key=f"fetch_{name}"):
+            bar = st.progress(0.0, text=f"Fetching {name}…")
+            with friendly_errors():
+                store.ensure(name, progress=lambda f, msg: bar.progress(min(max(f, 0.0), 1.0), text=msg))
+            bar.empty()
+            st.rerun()

@@ -1,0 +1,28 @@
+"""Layer and head selectors shared by the pages; the choice lives in the URL (?layer=&head=)."""
+from __future__ import annotations
+
+import streamlit as st
+
+from attnviz.result import AttentionResult
+from attnviz.ui.common import url_int
+
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+def layer_head(result: AttentionResult, stack: str, key: str = "lh") -> tuple[int, int | str]:
+    """A layer slider and a head select box for ``result.attn[stack]``.
+
+    Returns ``(layer, head)`` where head is an index or one of HEAD_FUSIONS ("mean", "max",
+    "min" of all heads). Both are 0-based internally and shown 0-based (as in the code and the
+    exported files). Written back to the ``layer`` and ``head`` query parameters.
+    """
+    n_layers, n_heads = result.attn[stack].shape[:2]
+    layer = st.slider("Layer", 0, n_layers - 1, url_int("layer", n_layers - 1, 0, n_layers - 1), key=f"{key}_layer")
+    head_options: list[int | str] = list(range(n_heads)) + list(HEAD_FUSIONS)
+    raw = st.query_params.get("head", "0")
+    default = raw if raw in HEAD_FUSIONS else url_int("head", 0, 0, n_heads - 1)
+    head = st.selectbox("Head", head_options, index=head_options.index(default), key=f"{key}_head",
+                        format_func=lambda h: f"head {h}" if isinstance(h, int) else f"{h} of all heads")
+    st.query_params["layer"] = str(layer)
+    st.query_params["head"] = str(head)
+    return layer, head
