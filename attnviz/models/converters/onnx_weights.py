@@ -120,24 +120,6 @@ def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {name: node for node in model.graph.node for name in node.output if name}
 
 
-def dequantize(
-    q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None = None, axis: int = -1
-) -> np.ndarray:
-    """``(q - zero_point) * scale`` as float32.
-
-    ``scale`` (and ``zero_point``) is either a scalar (one per tensor) or a vector with one value
-    per index of ``q``'s ``axis`` (per-channel quantisation, e.g. per output column).
-    """
-    q = q.astype(np.float32)
-    scale = np.asarray(scale, dtype=np.float32)
-    zp = np.zeros_like(scale) if zero_point is None else np.asarray(zero_point, dtype=np.float32)
-    if scale.ndim == 1 and scale.size > 1:
-        shape = [1] * q.ndim
-        shape[axis] = scale.size
-        scale, zp = scale.reshape(shape), zp.reshape(shape)
-    return ((q - zp) * scale).astype(np.float32)
-
-
 def _bias_after(node: onnx.NodeProto, readers: dict, inits: set[str]) -> str | None:
     """Follow ``node``'s output through rescaling nodes (Cast, Mul) to the ``Add`` of a linear
     layer; return the name of the bias initializer it adds (``*.bias``), or None."""
@@ -206,8 +188,10 @@ def linear_weights(
             raise ValueError(f"cannot name the linear layer of node {node.name!r}")
         weight = inits[node.input[1]]
         if node.op_type == "MatMulInteger":
-            zero_point = inits.get(node.input[3]) if len(node.input) > 3 else None
             scale = _matmul_integer_weight_scale(node, readers, makers, inits)
+            zero_point = inits.get(node.input[3]) if len(node.input) > 3 else None
+            if zero_point is None:
+                zero_point = np.zeros(scale.shape, dtype=np.int32)
             weight = dequantize(weight, scale, zero_point, axis=1)
         out[module] = np.ascontiguousarray(weight.T, dtype=np.float32)
     return out
