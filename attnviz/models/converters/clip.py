@@ -80,7 +80,8 @@ def state_dict_from_onnx(model) -> dict[str, torch.Tensor]:
     state = {name: value for name, value in inits.items() if name.startswith("vision_model.")}
     for module, weight in onnx_weights.linear_weights(model, inits).items():
         state[module + ".weight"] = weight
-    return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items()}
+    # np.array copies: arrays read from ONNX protos are read-only views of their buffers.
+    return {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}
 
 
 def _verify_folder(out_dir: pathlib.Path) -> None:

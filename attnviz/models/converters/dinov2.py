@@ -70,7 +70,8 @@ Progress = Callable[[float, str], None]
 
 
 def _position_embeddings(model, inits: dict[str, np.ndarray]) -> np.ndarray:
-    """Rebuild ``embeddings.position_embeddings``, shape (1, 1 + 37*37, hidden).
+    """Rebuild ``embeddings.position_embeddings``: (1, 1 + 37*37, hidden), axes (batch, token,
+    channel), token 0 the CLS position and then the 37 x 37 grid row by row.
 
     The export split it into the CLS row (1, 1, hidden), read by a ``Concat`` that puts it in
     front of the resized grid, and the grid (1, 37*37, hidden), read by the ``Reshape`` to
@@ -93,8 +94,8 @@ def _position_embeddings(model, inits: dict[str, np.ndarray]) -> np.ndarray:
     if cls_pos is None or grid is None:
         raise ValueError("position embedding constants not found in the ONNX graph")
     side = int(round(grid.shape[1] ** 0.5))
-    if side * side != grid.shape[1]:
-        raise ValueError(f"position grid of {grid.shape[1]} patches is not square")
+    if side * side != grid.shape[1] or side * CONFIG["patch_size"] != CONFIG["image_size"]:
+        raise ValueError(f"position grid of {grid.shape[1]} patches does not fit image_size 518")
     return np.concatenate([cls_pos, grid], axis=1).astype(np.float32)
 
 
@@ -112,7 +113,8 @@ def state_dict_from_onnx(model) -> dict[str, torch.Tensor]:
     state["embeddings.position_embeddings"] = _position_embeddings(model, inits)
     hidden = state["embeddings.cls_token"].shape[-1]
     state.setdefault("embeddings.mask_token", np.zeros((1, hidden), dtype=np.float32))
-    return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items()}
+    # np.array copies: arrays read from ONNX protos are read-only views of their buffers.
+    return {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}
 
 
 def _verify_folder(out_dir: pathlib.Path) -> None:
