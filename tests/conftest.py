@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytest_plugins = ["browser"]  # streamlit_server and browser_page fixtures
 
 
 def app_path(name: str = "app.py") -> str:

@@ -10,7 +10,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -115,19 +115,39 @@ def _load_folder(folder: Path, name: str, device: torch.device) -> Model:
     return _load_transformers(str(folder), name, device, local_files_only=True)
 
 
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the hub's host answers at all (a quick check, so that offline fails at once
+    instead of after the client's retries). ``HF_HUB_OFFLINE=1`` counts as unreachable."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
 def _load_hub(repo_id: str, device: torch.device) -> Model:
     from huggingface_hub import list_repo_files
     from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 
+    offline = (f"Could not reach the Hugging Face hub for '{repo_id}'; offline, use a bundled model "
+               f"({', '.join(BUNDLED)}) or a local folder.")
+    if not _hub_reachable():
+        raise AttnvizError(offline)
     try:
         files = list_repo_files(repo_id)
     except (RepositoryNotFoundError, HFValidationError):
         raise AttnvizError(f"There is no model '{repo_id}' on the Hugging Face hub.") from None
-    except Exception as e:  # no network, proxy refused, timeouts: all mean "cannot reach the hub"
-        raise AttnvizError(
-            f"Could not reach the Hugging Face hub for '{repo_id}' ({type(e).__name__}); "
-            f"offline, use a bundled model ({', '.join(BUNDLED)}) or a local folder."
-        ) from None
+    except Exception:  # proxy refused, timeouts: all mean "cannot reach the hub"
+        raise AttnvizError(offline) from None
     if not any(f.endswith(".safetensors") for f in files):
         raise AttnvizError(f"'{repo_id}' on the hub has no safetensors weights; attnviz refuses pickle weights.")
     return _load_transformers(repo_id, repo_id, device, local_files_only=False)
@@ -144,9 +164,21 @@ def _family(config) -> str:
     return "encoder"
 
 
+def _backbone_class(config):
+    """The class named in ``config.architectures`` when it is a bare backbone (``...Model`` or
+    ``...WithProjection``) that transformers has; None otherwise (then AutoModel decides)."""
+    import transformers as tf
+
+    archs = getattr(config, "architectures", None) or []
+    if archs and archs[0].endswith(("Model", "WithProjection")):
+        return getattr(tf, archs[0], None)
+    return None
+
+
 def _load_transformers(source: str, name: str, device: torch.device, local_files_only: bool) -> Model:
     import transformers as tf
 
+    tf.utils.logging.disable_progress_bar()  # no "Loading weights" bars in logs and terminals
     kwargs = dict(local_files_only=local_files_only, trust_remote_code=False)
     try:
         config = tf.AutoConfig.from_pretrained(source, **kwargs)
@@ -159,8 +191,10 @@ def _load_transformers(source: str, name: str, device: torch.device, local_files
             net = tf.AutoModelForSeq2SeqLM.from_pretrained(source, **model_kwargs)
         elif family == "decoder":
             net = tf.AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
-        elif config.model_type == "clip":
+        elif config.model_type == "clip":  # a whole CLIP checkpoint: its image tower
             net = tf.CLIPVisionModel.from_pretrained(source, **model_kwargs)
+        elif (arch := _backbone_class(config)) is not None:  # e.g. CLIPVisionModelWithProjection
+            net = arch.from_pretrained(source, **model_kwargs)
         else:
             net = tf.AutoModel.from_pretrained(source, **model_kwargs)
     except (OSError, ValueError, RuntimeError, KeyError) as e:

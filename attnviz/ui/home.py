@@ -10,7 +10,8 @@ from attnviz.ui.common import friendly_errors
 # (page file, title, icon, what it shows): app.py declares these pages, the home page links them.
 PAGES = [
 ]
-STATUS_LABEL = {"ready": "✅ ready", "missing": "⬇️ not fetched yet", "damaged": "⚠️ damaged, fetch again"}
+STATUS_LABEL = {"ready": ":green[:material/check_circle: ready]", "missing": ":material/download: not fetched yet",
+                "damaged": ":orange[:material/warning: damaged, fetch again]"}
 
 
 def page_links() -> None:
