@@ -1,0 +1,7 @@
+"""Pure numpy/scipy analysis of AttentionResults: per-head statistics, rollout, attention flow.
+
+No torch and no Streamlit here: the app, the command line and notebooks share these.
+"""
+from attnviz.analysis.stats import HeadStats, StatsSpread, average_stats, head_stats
+
+__all__ = ["HeadStats", "StatsSpread", "average_stats", "head_stats"]
