@@ -8,6 +8,7 @@
 from attnviz.capture import capture
 from attnviz.errors import AttnvizError
 from attnviz.models.loader import Model, load_model
+from attnviz.recorder import record_attention
 from attnviz.result import AttentionResult, PatchGrid
 
-__all__ = ["AttentionResult", "AttnvizError", "Model", "PatchGrid", "capture", "load_model"]
+__all__ = ["AttentionResult", "AttnvizError", "Model", "PatchGrid", "capture", "load_model", "record_attention"]
