@@ -1,12 +1,33 @@
-"""`streamlit run app.py` answers on /_stcore/health and the home page renders in chromium."""
+"""`make run` serves the app: /_stcore/health answers and the home page renders in chromium."""
+import os
+import signal
+import subprocess
+
 import pytest
 
-from browser import screenshot, wait_for_app
+from browser import ARTIFACTS, ROOT, free_port, screenshot, wait_for_app, wait_healthy
+
+
+@pytest.fixture(scope="module")
+def make_run_server():
+    """The README's `make run`, on a free port (the set-up steps are already done by `make test`)."""
+    port = free_port()
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = open(ARTIFACTS / "make-run.log", "w")
+    proc = subprocess.Popen(["make", "run", f"PORT={port}"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
 
 
 @pytest.mark.browser
-def test_home_page_renders_in_chromium(streamlit_server, browser_page):
-    browser_page.goto(streamlit_server)
+def test_make_run_serves_the_home_page(make_run_server, browser_page):
+    browser_page.goto(make_run_server)
     wait_for_app(browser_page)
     browser_page.get_by_role("heading", name="attnviz").first.wait_for(timeout=60_000)
     assert browser_page.get_by_text("minilm-l6").first.is_visible()
