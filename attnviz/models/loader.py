@@ -24,6 +24,8 @@ DECODER_TOKEN_CAP = 2048  # [30 layers, 9 heads, 2048, 2048] float16 is already 
 SEQ2SEQ_TOKEN_CAP = 512
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+MAX_PARAMS = 2_000_000_000  # 8 GB in float32; a config describing more is refused before loading
+MAX_LAYERS = 256  # deeper configs are refused before even an empty model is built to count them
 IMAGE_MODEL_TYPES = {"vit", "dinov2", "dinov2_with_registers", "clip_vision_model", "clip", "deit",
                      "beit", "siglip_vision_model", "dinov3_vit", "vit_msn", "vit_mae"}
 
@@ -175,6 +177,79 @@ def _backbone_class(config):
     return None
 
 
+def _net_class(config, family: str):
+    """The transformers class that loads a checkpoint of this config and family."""
+    import transformers as tf
+
+    if family == "encoder-decoder":
+        return tf.AutoModelForSeq2SeqLM
+    if family == "decoder":
+        return tf.AutoModelForCausalLM
+    if config.model_type == "clip":  # a whole CLIP checkpoint: its image tower
+        return tf.CLIPVisionModel
+    return _backbone_class(config) or tf.AutoModel  # e.g. CLIPVisionModelWithProjection
+
+
+def _weights_params(source: str, local: bool) -> int | None:
+    """How many numbers the checkpoint's *.safetensors hold (read from their headers only;
+    from the hub's metadata for a hub id); None when the hub does not say."""
+    import math
+
+    from safetensors import SafetensorError, safe_open
+
+    if not local:
+        from huggingface_hub import get_safetensors_metadata
+
+        try:
+            return sum(get_safetensors_metadata(source).parameter_count.values())
+        except Exception:  # no metadata on the hub: the MAX_PARAMS bound alone applies
+            return None
+    total = 0
+    for path in sorted(Path(source).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt") as f:
+                total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+        except (SafetensorError, OSError, ValueError) as e:
+            raise AttnvizError(f"{path.name} is not a valid safetensors file: {str(e).splitlines()[0]}") from None
+    return total
+
+
+def check_size(config, cls, source: str, name: str, local: bool) -> None:
+    """Refuse, before any weight is allocated, a config whose model would be too large
+    (MAX_LAYERS, MAX_PARAMS) or larger than its weights: transformers fills weights missing
+    from the checkpoint with fresh random ones, so a config.json claiming 10^9-wide layers or
+    thousands of layers over small weights would otherwise allocate all of it."""
+    depths = [v for k, v in _flat_items(config.to_dict()) if str(k).endswith(("layers", "layer")) and isinstance(v, int)]
+    if any(d > MAX_LAYERS for d in depths):
+        raise AttnvizError(f"The config.json of '{name}' asks for {max(depths):,} layers; attnviz loads at most "
+                           f"{MAX_LAYERS}. Refused before loading anything.")
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            empty = cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(
+                config.vision_config if config.model_type == "clip" else config)
+    except (TypeError, ValueError, RuntimeError, AttributeError, KeyError) as e:
+        raise AttnvizError(f"The config.json of '{name}' does not describe a model that can be built: "
+                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    params = sum(p.numel() for p in empty.parameters())
+    if params > MAX_PARAMS:
+        raise AttnvizError(f"The config.json of '{name}' describes {params:,} parameters; "
+                           f"attnviz loads at most {MAX_PARAMS:,}. Refused before loading anything.")
+    weights = _weights_params(source, local)
+    if weights is not None and params > 1.02 * weights + 1_000_000:
+        raise AttnvizError(f"The config.json of '{name}' describes {params / 1e6:,.0f} million parameters but its "
+                           f"weights hold only {weights / 1e6:,.0f} million: config and weights do not match "
+                           "(check hidden_size, num_hidden_layers, vocab_size). Refused before loading anything.")
+
+
+def _flat_items(d: dict):
+    """(key, value) pairs of a nested dict, sub-configs (text_config, vision_config) included."""
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flat_items(v)
+        else:
+            yield k, v
+
+
 def _load_transformers(source: str, name: str, device: torch.device, local_files_only: bool) -> Model:
     import transformers as tf
 
@@ -182,22 +257,19 @@ def _load_transformers(source: str, name: str, device: torch.device, local_files
     kwargs = dict(local_files_only=local_files_only, trust_remote_code=False)
     try:
         config = tf.AutoConfig.from_pretrained(source, **kwargs)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise AttnvizError(f"Cannot read the configuration of '{name}': {str(e).splitlines()[0]}") from None
     family = _family(config)
+    cls = _net_class(config, family)
+    check_size(config, cls, source, name, local_files_only)
     model_kwargs = dict(kwargs, attn_implementation="eager", use_safetensors=True, dtype=torch.float32)
     try:
-        if family == "encoder-decoder":
-            net = tf.AutoModelForSeq2SeqLM.from_pretrained(source, **model_kwargs)
-        elif family == "decoder":
-            net = tf.AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
-        elif config.model_type == "clip":  # a whole CLIP checkpoint: its image tower
-            net = tf.CLIPVisionModel.from_pretrained(source, **model_kwargs)
-        elif (arch := _backbone_class(config)) is not None:  # e.g. CLIPVisionModelWithProjection
-            net = arch.from_pretrained(source, **model_kwargs)
-        else:
-            net = tf.AutoModel.from_pretrained(source, **model_kwargs)
+        net = cls.from_pretrained(source, **model_kwargs)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
+        if "mismatched_sizes" in str(e):
+            raise AttnvizError(f"Cannot load the weights of '{name}': some tensors in its *.safetensors have other "
+                               "shapes than its config.json describes (check hidden_size, vocab_size and the "
+                               "like).") from None
         raise AttnvizError(f"Cannot load the weights of '{name}': {str(e).splitlines()[0]}") from None
     net.eval().to(device)
     if family == "image":
