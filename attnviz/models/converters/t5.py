@@ -168,7 +168,7 @@ def build_config(state: dict[str, np.ndarray], hyper: dict) -> dict:
         "pad_token_id": PAD_ID,
         "eos_token_id": EOS_ID,
         "decoder_start_token_id": PAD_ID,
-        "torch_dtype": "float32",
+        "dtype": "float32",
     }
 
 
