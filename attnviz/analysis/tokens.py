@@ -87,6 +87,12 @@ class Axis:
         return int(np.searchsorted(self.starts, min(pos, len(self.index) - 1), side="right") - 1)
 
 
+def last_content_unit(axis: Axis, special: list[bool]) -> int:
+    """The unit holding the last token that is not special (as a rule the end of the text)."""
+    content = np.flatnonzero(~np.asarray(special, dtype=bool))
+    return axis.unit_of(int(content[-1])) if len(content) else len(axis) - 1
+
+
 def _unit_spans(index: np.ndarray, starts: np.ndarray) -> list[tuple[int, int]]:
     ends = np.append(starts[1:], len(index)) - 1
     return [(int(index[s]), int(index[e]) + 1) for s, e in zip(starts, ends)]

@@ -16,13 +16,24 @@ def layer_head(result: AttentionResult, stack: str, key: str = "lh") -> tuple[in
     "min" of all heads). Both are 0-based internally and shown 0-based (as in the code and the
     exported files). Written back to the ``layer`` and ``head`` query parameters.
     """
-    n_layers, n_heads = result.attn[stack].shape[:2]
+    return layer_slider(result, stack, key), head_select(result, stack, key)
+
+
+def layer_slider(result: AttentionResult, stack: str, key: str = "lh") -> int:
+    """The layer slider of :func:`layer_head` alone (widget key ``{key}_layer``, ``?layer=``)."""
+    n_layers = result.attn[stack].shape[0]
     layer = st.slider("Layer", 0, n_layers - 1, url_int("layer", n_layers - 1, 0, n_layers - 1), key=f"{key}_layer")
+    st.query_params["layer"] = str(layer)
+    return layer
+
+
+def head_select(result: AttentionResult, stack: str, key: str = "lh") -> int | str:
+    """The head select box of :func:`layer_head` alone (widget key ``{key}_head``, ``?head=``)."""
+    n_heads = result.attn[stack].shape[1]
     head_options: list[int | str] = list(range(n_heads)) + list(HEAD_FUSIONS)
     raw = st.query_params.get("head", "0")
     default = raw if raw in HEAD_FUSIONS else url_int("head", 0, 0, n_heads - 1)
     head = st.selectbox("Head", head_options, index=head_options.index(default), key=f"{key}_head",
                         format_func=lambda h: f"head {h}" if isinstance(h, int) else f"{h} of all heads")
-    st.query_params["layer"] = str(layer)
     st.query_params["head"] = str(head)
-    return layer, head
+    return head

@@ -1,0 +1,267 @@
+"""The figures of the text explorer: head heatmap (with zoom), model overview, token lines and
+token focus. Each builder takes an AttentionResult and what is selected, and returns the
+figure for exactly what is on screen plus a :class:`Matrix` of the numbers it shows (for CSV).
+
+Every view shares :class:`TextOptions`: merge sub-word tokens into words, hide special tokens
+(rows renormalised over the rest), and the colour range (0..1, or each row 0..its maximum).
+How tokens become rows and columns is attnviz.analysis.tokens; heads are fused (mean, max,
+min) before that, so a fused row is fused from the raw rows of the heads.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+from attnviz.analysis.flow import fuse_heads
+from attnviz.analysis.tokens import Axis, block_size, reduce, scale_rows, token_axis, top_share, unique_labels
+from attnviz.result import AttentionResult
+from attnviz.viz.heatmap import heatmap, title_layout
+from attnviz.viz.tiles import tile_px, tiles_figure
+
+HEATMAP_MAX = 256  # units per axis above which the head heatmap is block-aggregated
+ZOOM = 96  # units per axis of the full-resolution zoom window
+FOCUS_MAX = 512  # token columns of the token focus heatmaps before block aggregation
+LINES_MAX = 64  # tokens per column of the token lines view (a window of longer texts)
+OPACITY_BINS = 6  # token lines are drawn in this many opacity steps per head
+HEAD_COLOURS = qualitative.D3 + qualitative.Dark24
+Head = int | str  # a head index, or "mean" / "max" / "min" of all heads
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """merge: sub-word tokens merged into words (keys summed, queries averaged);
+    hide_special: special tokens dropped, rows renormalised over the other keys;
+    row_max: colour each row from 0 to its own maximum instead of 0 to 1."""
+
+    merge: bool = False
+    hide_special: bool = False
+    row_max: bool = True
+
+
+@dataclass
+class Matrix:
+    """The numbers a view shows, for CSV: ``values[row, col]``, each row named by one or more
+    label cells (``row_header`` names them), each column by a label."""
+
+    values: np.ndarray
+    rows: list[tuple]
+    cols: list[str]
+    row_header: tuple[str, ...] = ("query",)
+
+    def csv(self) -> str:
+        """Comma-separated: a header (row_header + column labels), then one row per row."""
+        out = io.StringIO()
+        out.write(",".join(_csv_cell(c) for c in [*self.row_header, *self.cols]) + "\n")
+        for label, row in zip(self.rows, np.asarray(self.values, dtype=np.float32)):
+            out.write(",".join([*(_csv_cell(c) for c in label), *(f"{v:.6g}" for v in row)]) + "\n")
+        return out.getvalue()
+
+
+def _csv_cell(value) -> str:
+    text = str(value).replace("\u200b", "")
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+
+
+def _unit_rows(axis: Axis) -> list[tuple]:
+    """CSV row labels of an axis: (first token index, label)."""
+    return [(s, label) for (s, _), label in zip(axis.spans, axis.labels)]
+
+
+def axes(result: AttentionResult, stack: str, options: TextOptions) -> tuple[Axis, Axis]:
+    """The (query, key) axes of ``stack`` under ``options``."""
+    q = token_axis(result.query_tokens(stack), result.query_special(stack), result.query_word_spans(stack),
+                   merge=options.merge, hide_special=options.hide_special)
+    k = token_axis(result.key_tokens(stack), result.key_special(stack), result.key_word_spans(stack),
+                   merge=options.merge, hide_special=options.hide_special)
+    return q, k
+
+
+def head_matrix(result: AttentionResult, stack: str, layer: int, head: Head) -> np.ndarray:
+    """``[query, key]`` attention of one head, or of all heads of ``layer`` fused by ``head``
+    ("mean", "max" or "min"), over the original tokens."""
+    attn = result.attn[stack][layer]
+    return attn[head] if isinstance(head, (int, np.integer)) else fuse_heads(attn, head)
+
+
+def head_name(head: Head) -> str:
+    return f"head {head}" if isinstance(head, (int, np.integer)) else f"{head} of heads"
+
+
+def colour(values: np.ndarray, options: TextOptions) -> tuple[np.ndarray, np.ndarray | None]:
+    """(colour values, exact weights for the hover or None when they are the same)."""
+    return (scale_rows(values), values) if options.row_max else (values, None)
+
+
+def _aggregation_note(axis: Axis, shown: Axis, what: str) -> str:
+    if len(shown) == len(axis):
+        return ""
+    return (f"{len(axis)} {what} shown as {len(shown)} blocks of {block_size(len(axis), len(shown))} "
+            "(keys summed, queries averaged)")
+
+
+def _title(result: AttentionResult, stack: str, what: str) -> str:
+    stack_part = f" · {stack}" if len(result.stacks) > 1 else ""
+    return f"{result.model}{stack_part} · {what}"
+
+
+def unit_word(options: TextOptions) -> str:
+    return "words" if options.merge else "tokens"
+
+
+# -- 1. head heatmap -------------------------------------------------------------------------
+def head_heatmap(result: AttentionResult, stack: str, layer: int, head: Head, options: TextOptions,
+                 zoom: tuple[int, int] | None = None) -> tuple[go.Figure, Matrix]:
+    """The heatmap of one head (or fused heads): full resolution up to HEATMAP_MAX units per
+    axis, block-aggregated above (said in the subtitle). With ``zoom = (first query unit,
+    first key unit)`` it shows instead the ZOOM x ZOOM window from there at full resolution.
+
+    The Matrix is the whole matrix at full resolution (for CSV), whatever is on screen.
+    """
+    q, k = axes(result, stack, options)
+    matrix = head_matrix(result, stack, layer, head)
+    what = f"layer {layer} · {head_name(head)}"
+    if zoom is None:
+        q_shown, k_shown = q.blocks(HEATMAP_MAX), k.blocks(HEATMAP_MAX)
+        notes = {_aggregation_note(q, q_shown, "query " + unit_word(options)),
+                 _aggregation_note(k, k_shown, "key " + unit_word(options))} - {""}
+        note = "; ".join(sorted(notes)) + ("; zoom in below for full resolution" if notes else "")
+    else:
+        q_shown, k_shown = q.window(zoom[0], zoom[0] + ZOOM), k.window(zoom[1], zoom[1] + ZOOM)
+        s_q, s_k = q_shown.spans, k_shown.spans
+        note = (f"zoom, full resolution: query {unit_word(options)} {zoom[0]}–{zoom[0] + len(q_shown) - 1}, "
+                f"key {unit_word(options)} {zoom[1]}–{zoom[1] + len(k_shown) - 1} "
+                f"(tokens #{s_q[0][0]}–{s_q[-1][1] - 1} × #{s_k[0][0]}–{s_k[-1][1] - 1})")
+    shown = reduce(matrix, q_shown, k_shown)
+    values, weights = colour(shown, options)
+    rows, cols = ("target", "source") if stack == "cross" else ("query", "key")
+    fig = heatmap(values, unique_labels(q_shown.labels), unique_labels(k_shown.labels), weights=weights,
+                  title=_title(result, stack, what), note=note, row_title=rows, col_title=cols,
+                  colorbar_title="weight / row max" if options.row_max else "weight")
+    full = shown if q_shown is q and k_shown is k else reduce(matrix, q, k)
+    return fig, Matrix(full, _unit_rows(q), k.labels, row_header=("token #", rows))
+
+
+# -- 2. model overview -----------------------------------------------------------------------
+def overview(result: AttentionResult, stack: str, options: TextOptions,
+             selected: tuple[int, int] | None = None) -> tuple[go.Figure, Matrix]:
+    """Every layer x head of ``stack`` as a thumbnail in one image (layers down, heads across),
+    each downsampled to at most 64 x 64 blocks (keys summed, queries averaged); the
+    ``selected`` (layer, head) is outlined. The Matrix lists every thumbnail value."""
+    n_layers, n_heads = result.attn[stack].shape[:2]
+    q, k = axes(result, stack, options)
+    side = tile_px(n_layers * n_heads, max(len(q), len(k)))
+    q_b, k_b = q.blocks(side), k.blocks(side)
+    tiles = np.stack([reduce(result.attn[stack][layer], q_b, k_b) for layer in range(n_layers)])
+    shown = scale_rows(tiles) if options.row_max else tiles
+    notes = {_aggregation_note(q, q_b, "query " + unit_word(options)),
+             _aggregation_note(k, k_b, "key " + unit_word(options))} - {""}
+    note = "; ".join(sorted(notes) + ["click a tile to open it in the head heatmap"])
+    fig = tiles_figure(shown, title=_title(result, stack, f"all {n_layers} layers × {n_heads} heads"),
+                       note=note, selected=selected)
+    rows = [(layer, head, label) for layer in range(n_layers) for head in range(n_heads) for label in q_b.labels]
+    return fig, Matrix(tiles.reshape(-1, len(k_b)), rows, k_b.labels, row_header=("layer", "head", "query"))
+
+
+# -- 3. token lines --------------------------------------------------------------------------
+def token_lines(result: AttentionResult, stack: str, layer: int, heads: list[int], options: TextOptions, *,
+                share: float = 0.7, token: int | None = None, direction: str = "out",
+                starts: tuple[int, int] = (0, 0)) -> tuple[go.Figure, Matrix]:
+    """BertViz's head view: queries in a left column, keys in a right one, a line per
+    (query, key) pair coloured by head, opacity by weight (or weight / row max).
+
+    share: per row (query) only the strongest lines that together reach this share of the
+        row's weight are drawn (exBERT's "top 70%").
+    token: a query unit (``direction="out"``: what it attends to) or a key unit
+        (``direction="in"``: what attends to it) whose lines alone are drawn; None for all.
+    starts: the first (query, key) unit shown when an axis has more than LINES_MAX units;
+        weights to keys outside the window are not drawn.
+    The Matrix lists the lines drawn: one row per line with head, query, key, weight.
+    """
+    q, k = axes(result, stack, options)
+    q_w, k_w = q.window(starts[0], starts[0] + LINES_MAX), k.window(starts[1], starts[1] + LINES_MAX)
+    weights = reduce(result.attn[stack][layer, heads], q_w, k_w)  # [heads, Q, K]
+    strength = scale_rows(weights) if options.row_max else weights
+    keep = top_share(weights, share)
+    if token is not None:
+        pick = np.zeros_like(keep)
+        if direction == "out" and starts[0] <= token < starts[0] + len(q_w):
+            pick[:, token - starts[0], :] = True
+        elif direction == "in" and starts[1] <= token < starts[1] + len(k_w):
+            pick[:, :, token - starts[1]] = True
+        keep &= pick
+    fig = go.Figure()
+    for hi, head in enumerate(heads):
+        colour_ = HEAD_COLOURS[head % len(HEAD_COLOURS)]
+        qi, ki = np.nonzero(keep[hi])
+        level = np.minimum((strength[hi, qi, ki] * OPACITY_BINS).astype(int), OPACITY_BINS - 1)
+        for b in range(OPACITY_BINS):
+            sel = level == b
+            x = np.tile([0.0, 1.0, np.nan], int(sel.sum()))
+            y = np.stack([-qi[sel], -ki[sel], np.full(int(sel.sum()), np.nan)], axis=1).ravel().astype(float)
+            fig.add_trace(go.Scatter(
+                x=x, y=y, mode="lines", line=dict(color=colour_, width=2), opacity=(b + 1) / OPACITY_BINS,
+                hoverinfo="skip", legendgroup=f"head{head}", name=f"head {head}", showlegend=b == OPACITY_BINS - 1,
+                meta={"head": head, "bin": b}))
+    for x, axis, start, anchor in ((0.0, q_w, starts[0], "middle left"), (1.0, k_w, starts[1], "middle right")):
+        idx = np.arange(len(axis))
+        spans = axis.spans
+        highlight = token is not None and ((x == 0.0) == (direction == "out"))
+        fig.add_trace(go.Scatter(
+            x=np.full(len(axis), x), y=-idx, mode="markers+text", text=axis.labels, textposition=anchor,
+            marker=dict(size=6, color=["#d62728" if highlight and start + i == token else "#555" for i in idx]),
+            customdata=np.array([[start + i, s, e - 1] for i, (s, e) in enumerate(spans)]),
+            hovertemplate="%{text} · unit %{customdata[0]} (tokens #%{customdata[1]}–%{customdata[2]})<extra></extra>",
+            showlegend=False))
+    n = max(len(q_w), len(k_w))
+    left, right = ("target", "source") if stack == "cross" else ("queries", "keys")
+    window = ""
+    if len(q_w) < len(q) or len(k_w) < len(k):
+        window = (f"window: {left} {starts[0]}–{starts[0] + len(q_w) - 1} of {len(q)}, "
+                  f"{right} {starts[1]}–{starts[1] + len(k_w) - 1} of {len(k)}; lines leaving the window are not drawn · ")
+    note = f"{window}strongest lines covering {share:.0%} of each row's weight"
+    fig.update_layout(
+        title=title_layout(_title(result, stack, f"layer {layer} · token lines"), note),
+        height=int(max(320, 120 + 18 * n)), margin=dict(l=10, r=10, t=95, b=10), plot_bgcolor="white",
+        xaxis=dict(range=[-0.9, 1.9], showgrid=False, zeroline=False, tickvals=[0, 1], ticktext=[left, right],
+                   side="top", fixedrange=True),
+        yaxis=dict(range=[-n + 0.5, 0.5], showgrid=False, zeroline=False, showticklabels=False),
+        legend=dict(title="heads (click to toggle)", orientation="v"), dragmode="pan")
+    hi, qi, ki = np.nonzero(keep)
+    rows = [(heads[h], q_w.labels[i], k_w.labels[j]) for h, i, j in zip(hi, qi, ki)]
+    return fig, Matrix(weights[hi, qi, ki][:, None], rows, ["weight"], row_header=("head", left, right))
+
+
+# -- 4. token focus --------------------------------------------------------------------------
+def token_focus(result: AttentionResult, stack: str, head: Head, options: TextOptions, *,
+                query: int, key: int) -> tuple[go.Figure, go.Figure, Matrix, Matrix]:
+    """What query unit ``query`` attends to in every layer (``[layers, keys]``), and what
+    attends to key unit ``key`` in every layer (``[layers, queries]``), for one head or fused
+    heads: two heatmaps and their matrices. Above FOCUS_MAX units the token axis is
+    block-aggregated. With ``options.row_max`` each layer's row is coloured 0..its maximum."""
+    q, k = axes(result, stack, options)
+    query, key = min(max(query, 0), len(q) - 1), min(max(key, 0), len(k) - 1)
+    q_one, k_one = q.window(query, query + 1), k.window(key, key + 1)
+    q_b, k_b = q.blocks(FOCUS_MAX), k.blocks(FOCUS_MAX)
+    to, by = [], []
+    for layer in range(result.attn[stack].shape[0]):
+        matrix = head_matrix(result, stack, layer, head)
+        to.append(reduce(matrix, q_one, k_b)[0])
+        by.append(reduce(matrix, q_b, k_one)[:, 0])
+    layers = [f"L{layer}" for layer in range(len(to))]
+    q_name, k_name = ("target", "source") if stack == "cross" else ("query", "key")
+    out = []
+    for values, axis, full, side, label, what in (
+            (np.stack(to), k_b, k, k_name, q.labels[query], "attends to"),
+            (np.stack(by), q_b, q, q_name, k.labels[key], "is attended by")):
+        shown, weights = colour(values, options)
+        fig = heatmap(shown, layers, unique_labels(axis.labels), weights=weights, row_title="layer", col_title=side,
+                      title=_title(result, stack, f"{head_name(head)} · “{label}” {what}"),
+                      note=_aggregation_note(full, axis, f"{side} {unit_word(options)}"),
+                      colorbar_title="weight / row max" if options.row_max else "weight")
+        out.append((fig, Matrix(values, [(layer,) for layer in layers], axis.labels, row_header=("layer",))))
+    (fig_to, matrix_to), (fig_by, matrix_by) = out
+    return fig_to, fig_by, matrix_to, matrix_by
