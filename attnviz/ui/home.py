@@ -9,6 +9,7 @@ from attnviz.ui.common import friendly_errors
 
 # (page file, title, icon, what it shows): app.py declares these pages, the home page links them.
 PAGES = [
+    ("pages/text.py", "Text explorer", ":material/article:", "heatmaps, every head, token lines, long texts"),
 ]
 STATUS_LABEL = {"ready": ":green[:material/check_circle: ready]", "missing": ":material/download: not fetched yet",
                 "damaged": ":orange[:material/warning: damaged, fetch again]"}
