@@ -19,10 +19,12 @@ MAX_IMAGE_SIDE = 4096  # larger photos are downscaled (aspect kept) as they are 
 
 
 def clean_text(text: str) -> str:
-    """Strip the ends and drop control characters other than newline and tab.
+    """Strip the ends, drop control characters other than newline and tab, and replace lone
+    surrogates (which no tokenizer can encode) with U+FFFD.
 
     Raises AttnvizError for a text that is empty once cleaned.
     """
+    text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")  # pairs joined, lone ones replaced
     kept = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
     kept = kept.strip()
     if not kept:

@@ -75,9 +75,13 @@ def load_model(name: str, progress: store.Progress = store._quiet, device: torch
         folder = store.ensure(name, progress)
         return _load_folder(folder, name, device)
     path = Path(name).expanduser()
-    if path.is_dir():
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except OSError:  # e.g. a name too long to be a path
+        is_dir = exists = False
+    if is_dir:
         return _load_folder(path, name, device)
-    if path.exists():
+    if exists:
         raise AttnvizError(f"'{name}' is a file; give the folder that holds config.json and *.safetensors.")
     if HUB_ID.match(name) and not name.startswith((".", "/")):
         return _load_hub(name, device)

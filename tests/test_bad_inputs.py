@@ -1,0 +1,128 @@
+"""The bad-input corpus (tests/corpus/make_corpus.py) through the backend and through the app.
+
+Backend: every case goes the way its kind says (open_image, read_text, capture, the upload
+extractor then load_model, load_model) and must give its declared outcome: a result that
+passes the case's check, or an AttnvizError whose one-line message matches. Any other
+exception is a bug.
+
+App: the image and text cases are uploaded or typed into their pages (AppTest, through
+app.py), and the model uploads into the page that takes them once it exists: no exception
+reaches the page, an error case shows its message in st.error, an ok case shows no error,
+and the same session then still works on a good input.
+"""
+from __future__ import annotations
+
+import re
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "corpus"))
+from make_corpus import Case, build  # noqa: E402
+
+import attnviz  # noqa: E402
+from attnviz.inputs import open_image, read_text  # noqa: E402
+
+MIN_CASES = 50
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> list[Case]:
+    return build(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def models():
+    """Bundled models by name, loaded on first use."""
+    loaded: dict[str, attnviz.Model] = {}
+
+    def get(name: str) -> attnviz.Model:
+        if name not in loaded:
+            loaded[name] = attnviz.load_model(name)
+        return loaded[name]
+    return get
+
+
+def outcome(case: Case, run) -> str | None:
+    """None when ``run()`` gives what ``case`` expects, else what went wrong (one line)."""
+    try:
+        result = run()
+    except attnviz.AttnvizError as e:
+        message = str(e)
+        if case.expect == "ok":
+            return f"expected a result, got the message: {message}"
+        if "\n" in message or "Traceback" in message or not message.strip():
+            return f"the message is not one clean line: {message!r}"
+        if not re.search(case.match, message):
+            return f"message {message!r} does not match {case.match!r}"
+        return None
+    except Exception as e:  # noqa: BLE001 - anything else is the bug this test looks for
+        return f"{type(e).__name__} escaped: {e}\n{traceback.format_exc(limit=-3)}"
+    if case.expect == "error":
+        return f"expected a message matching {case.match!r}, got a result: {type(result).__name__}"
+    try:
+        if case.check:
+            case.check(result)
+    except AssertionError as e:
+        return f"wrong result: {e}"
+    return None
+
+
+def check_all(cases: list[Case], run) -> None:
+    assert cases
+    failures = [f"{c.name} ({c.about}): {why}" for c in cases if (why := outcome(c, lambda c=c: run(c)))]
+    assert not failures, f"{len(failures)} of {len(cases)} cases failed:\n" + "\n".join(failures)
+
+
+def of_kind(corpus: list[Case], *kinds: str) -> list[Case]:
+    return [c for c in corpus if c.kind in kinds]
+
+
+# -- backend --------------------------------------------------------------------------------
+def test_corpus_is_large_and_covers_every_way_in(corpus):
+    assert len(corpus) >= MIN_CASES
+    kinds = {c.kind for c in corpus}
+    assert kinds == {"image", "text_file", "typed", "upload", "folder", "name"}
+    assert {c.expect for c in corpus} == {"ok", "error"}
+
+
+def test_images(corpus):
+    check_all(of_kind(corpus, "image"), lambda c: open_image(c.data(), c.path.name))
+
+
+def test_text_files(corpus):
+    check_all(of_kind(corpus, "text_file"), lambda c: read_text(c.data(), c.path.name))
+
+
+def test_typed_text(corpus, models):
+    check_all(of_kind(corpus, "typed"), lambda c: attnviz.capture(models(c.model), c.text))
+
+
+def test_model_uploads(corpus, tmp_path, monkeypatch):
+    """Extract, load, and run a short input; nothing is ever written outside uploads/."""
+    from attnviz.models.upload import extract
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("ATTNVIZ_HOME", str(home))
+
+    def run(case: Case):
+        extracted = extract(case.uploads())
+        model = attnviz.load_model(str(extracted.folder))
+        attnviz.capture(model, "123456" if model.family == "custom" else "the cat sat on the mat")
+        return extracted, model
+
+    cases = of_kind(corpus, "upload")
+    check_all(cases, run)
+    assert [p.name for p in tmp_path.iterdir()] == ["home"]
+    assert [p.name for p in home.iterdir()] == ["uploads"]
+    for folder in (home / "uploads").iterdir():
+        assert not folder.name.startswith(".upload-"), "a refused upload left its temporary folder"
+        assert not any(p.suffix in (".bin", ".py") for p in folder.iterdir()), "a pickle or code file was written"
+
+
+def test_folders_and_names(corpus, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    check_all(of_kind(corpus, "folder"), lambda c: attnviz.load_model(str(c.path)))
+    check_all(of_kind(corpus, "name"), lambda c: attnviz.load_model(c.text))
