@@ -16,6 +16,9 @@ from attnviz.errors import AttnvizError
 MAX_TEXT_BYTES = 1_000_000  # a longer upload is refused: no model here reads that many tokens
 MAX_IMAGE_PIXELS = 150_000_000  # above this a file is treated as a decompression bomb
 MAX_IMAGE_SIDE = 4096  # larger photos are downscaled (aspect kept) as they are opened
+# Caps the uploaders state to the browser, in MiB (server.maxUploadSize is the server's hard cap)
+MAX_TEXT_UPLOAD_MB = 1  # just above MAX_TEXT_BYTES, so that read_text explains the limit
+MAX_IMAGE_UPLOAD_MB = 50
 
 
 def clean_text(text: str) -> str:

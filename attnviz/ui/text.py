@@ -13,7 +13,7 @@ import streamlit as st
 
 from attnviz.analysis.tokens import last_content_unit
 from attnviz.capture import GENERATE_CAP
-from attnviz.inputs import read_text
+from attnviz.inputs import MAX_TEXT_UPLOAD_MB, read_text
 from attnviz.models.loader import Model
 from attnviz.result import AttentionResult
 from attnviz.ui.common import friendly_errors, remember, url_choice, url_int
@@ -52,7 +52,8 @@ def text_input(model: Model) -> TextRequest:
                          help="Press Ctrl+Enter (or click outside) to run the model on it.")
     st.session_state["text_text"] = typed
     with st.expander("Upload a text file", expanded=False):
-        upload = st.file_uploader("A .txt or .md file (UTF-8)", type=["txt", "md"], key="text_upload")
+        upload = st.file_uploader("A .txt or .md file (UTF-8)", type=["txt", "md"], key="text_upload",
+                                  max_upload_size=MAX_TEXT_UPLOAD_MB)
     notes = []
     text = typed
     if upload is not None:
