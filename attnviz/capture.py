@@ -24,7 +24,7 @@ from PIL import Image
 
 from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text, to_rgb
-from attnviz.models.loader import Model
+from attnviz.models.loader import Model, token_cap
 from attnviz.result import AttentionResult, PatchGrid
 
 TextInput = Union[str, tuple[str, str]]
@@ -190,15 +190,17 @@ def _capture_seq2seq(model: Model, source: str, target: str | None) -> Attention
 # -- images -------------------------------------------------------------------------------
 def image_input_size(width: int, height: int, short_side: int, patch: int) -> tuple[int, int]:
     """(width, height) fed to the model: shorter side ``short_side``, aspect kept, each side a
-    multiple of ``patch`` (at least one patch), at most MAX_IMAGE_TOKENS patches."""
+    multiple of ``patch`` (at least one patch), at most MAX_IMAGE_TOKENS patches (or the
+    deployment's lower cap, see attnviz.models.loader.token_cap)."""
+    most = token_cap(MAX_IMAGE_TOKENS)
     scale = short_side / min(width, height)
     w, h = width * scale, height * scale
     n = (w / patch) * (h / patch)
-    if n > MAX_IMAGE_TOKENS:
-        shrink = (MAX_IMAGE_TOKENS / n) ** 0.5
+    if n > most:
+        shrink = (most / n) ** 0.5
         w, h = w * shrink, h * shrink
     cols, rows = max(1, int(w / patch + 0.5)), max(1, int(h / patch + 0.5))
-    while cols * rows > MAX_IMAGE_TOKENS:
+    while cols * rows > most:
         cols, rows = max(1, cols - (cols >= rows)), max(1, rows - (rows > cols))
     return cols * patch, rows * patch
 

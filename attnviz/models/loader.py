@@ -6,6 +6,7 @@ models are loaded with eager attention so that they return their attention proba
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ DECODER_TOKEN_CAP = 2048  # [30 layers, 9 heads, 2048, 2048] float16 is already 
 SEQ2SEQ_TOKEN_CAP = 512
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+TOKEN_CAP_ENV = "ATTNVIZ_MAX_TOKENS"  # a hosted demo's cap on every input's length (see token_cap)
 MAX_PARAMS = 2_000_000_000  # 8 GB in float32; a config describing more is refused before loading
 MAX_LAYERS = 256  # deeper configs are refused before even an empty model is built to count them
 IMAGE_MODEL_TYPES = {"vit", "dinov2", "dinov2_with_registers", "clip_vision_model", "clip", "deit",
@@ -63,6 +65,14 @@ class Model:
     def n_layers(self) -> int:
         cfg = self.net.config
         return getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", 0)
+
+
+def token_cap(limit: int) -> int:
+    """``limit`` lowered to $ATTNVIZ_MAX_TOKENS when that is set: the longest input (text tokens
+    or image patches) any model is run on. A hosted demo sets it to bound each request's memory,
+    which grows with layers x heads x tokens^2."""
+    cap = os.environ.get(TOKEN_CAP_ENV, "").strip()
+    return min(limit, int(cap)) if cap.isdigit() and int(cap) > 0 else limit
 
 
 def load_model(name: str, progress: store.Progress = store._quiet, device: torch.device | None = None) -> Model:
@@ -284,7 +294,7 @@ def _load_transformers(source: str, name: str, device: torch.device, local_files
         limit = min(limit, DECODER_TOKEN_CAP)
     elif family == "encoder-decoder":
         limit = min(limit, SEQ2SEQ_TOKEN_CAP)
-    return Model(name, family, net, device, max_tokens=int(limit), tokenizer=tokenizer)
+    return Model(name, family, net, device, max_tokens=token_cap(int(limit)), tokenizer=tokenizer)
 
 
 def _image_spec(source: str, config, kwargs) -> ImageSpec:
