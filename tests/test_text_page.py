@@ -219,7 +219,7 @@ def test_long_text_is_block_aggregated_with_a_full_resolution_zoom(minilm):
     assert any("512" in w.value for w in at.warning)  # the capture's truncation warning
     figs = charts(at)
     main, zoom = figs["text_heatmap"], figs["text_zoom"]
-    assert "blocks of 2" in main["layout"]["title"]["text"]
+    assert "blocks of 2" in main["layout"]["title"]["subtitle"]["text"]
     z, w = heat(main)
     assert w.shape == (HEATMAP_MAX, HEATMAP_MAX)
     a = result.attn["encoder"][-1, 0].astype(np.float32)
@@ -230,7 +230,7 @@ def test_long_text_is_block_aggregated_with_a_full_resolution_zoom(minilm):
     np.testing.assert_allclose(heat(charts(at)["text_zoom"])[1], a[300:300 + ZOOM, 100:100 + ZOOM], atol=ATOL)
     show(at, "Token lines")
     assert_clean(at)
-    assert "window" in charts(at)["text_lines"]["layout"]["title"]["text"]
+    assert "window" in charts(at)["text_lines"]["layout"]["title"]["subtitle"]["text"]
     assert at.slider(key="text_lines_q0").max == len(result.tokens) - LINES_MAX
 
 

@@ -202,10 +202,9 @@ def overview_view(result: AttentionResult, stack: str, options: viz.TextOptions)
             fig, matrix = viz.overview(result, stack, options, selected)
         event = _show(fig, f"{_base(result, stack)}_overview", key="text_overview", on_select="rerun",
                       selection_mode="points")
-        points = event.selection.points if event else []
-        if points and points[0].get("customdata"):
-            tile_layer, tile_head = points[0]["customdata"][:2]
-            open_in_heatmap(int(tile_layer), int(tile_head))
+        points = [p for p in (event.selection.points if event else []) if "point_index" in p]
+        if points:  # the click targets are in row-major (layer, head) order
+            open_in_heatmap(*divmod(int(points[0]["point_index"]), n_heads))
         _csv_button(matrix, f"{_base(result, stack)}_overview", "Thumbnails .csv")
 
 

@@ -74,5 +74,5 @@ def heatmap(values: np.ndarray, row_labels: list[str], col_labels: list[str], *,
 
 def title_layout(title: str, note: str = "") -> dict:
     """A title (with an optional smaller line under it) pinned to the figure's top left."""
-    text = title + (f"<br><sup>{note}</sup>" if note else "")
-    return dict(text=text, x=0.0, xanchor="left", xref="container", y=0.995, yanchor="top", yref="container")
+    return dict(text=title, subtitle=dict(text=note, font=dict(size=12)), x=0.01, xanchor="left",
+                xref="container", y=0.99, yanchor="top", yref="container")

@@ -61,7 +61,7 @@ def png_data_uri(image: np.ndarray) -> str:
 def tiles_figure(tiles: np.ndarray, *, title: str = "", note: str = "", row_name: str = "layer",
                  col_name: str = "head", selected: tuple[int, int] | None = None) -> go.Figure:
     """The grid of ``tiles[row, col, h, w]`` (values 0..1) as one image, with a hover and a
-    click target per tile (customdata ``[row, col]``) and the ``selected`` tile outlined."""
+    click target per tile (point ``r * n_cols + c``, customdata ``[r, c]``) and the ``selected`` tile outlined."""
     n_rows, n_cols, h, w = np.shape(tiles)
     image, f = tiles_image(tiles)
     th, tw = h * f + GAP_PX, w * f + GAP_PX
@@ -70,7 +70,7 @@ def tiles_figure(tiles: np.ndarray, *, title: str = "", note: str = "", row_name
     fig.add_trace(go.Scatter(
         x=cols * tw + (tw - GAP_PX) / 2, y=rows * th + (th - GAP_PX) / 2, mode="markers",
         marker=dict(size=max(8, min(th, tw) - 4), symbol="square", color="rgba(0,0,0,0)"),
-        customdata=np.stack([rows, cols], axis=1),
+        customdata=np.stack([rows, cols], axis=1).tolist(),
         hovertemplate=f"{row_name} %{{customdata[0]}}, {col_name} %{{customdata[1]}}<extra></extra>",
         showlegend=False))
     if selected is not None:
