@@ -1,0 +1,86 @@
+""""Build your own", run through the app: a short training improves the model, the attention
+figure holds the model's own attention, and a saved model opens in the text explorer."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import app_path
+from test_text_page import array, charts
+
+import attnviz
+from attnviz.models import custom
+from attnviz.ui.train import RUN_KEY
+
+PAGE = "pages/train.py"
+
+
+@pytest.fixture(autouse=True)
+def own_home(tmp_path, monkeypatch):
+    """Saved models go to a temporary ATTNVIZ_HOME (no bundled model is needed here)."""
+    monkeypatch.setenv("ATTNVIZ_HOME", str(tmp_path / "home"))
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+def train(steps: int, **widgets: str) -> AppTest:
+    at = AppTest.from_file(app_path(), default_timeout=300).run()
+    at.switch_page(PAGE).run()
+    assert_clean(at)
+    for key, value in widgets.items():  # select boxes: train_task, train_attention
+        at.selectbox(key=key).set_value(value)
+    at.number_input(key="train_steps").set_value(steps)
+    at.button(key="train_start").click().run()
+    assert_clean(at)
+    return at
+
+
+def test_training_learns_and_shows_the_models_attention():
+    at = train(40)
+    run = at.session_state[RUN_KEY]
+    assert len(run.trainer.history) == 40
+    assert run.held_out > 0.5  # chance is 0.1
+    assert "step 40 of 40" in " ".join(m.value for m in at.markdown)
+    figs = charts(at)
+    (curve,) = [f for k, f in figs.items() if k.startswith("train_chart_")]
+    accuracy = array([t for t in curve["data"] if t["name"] == "token accuracy"][0]["y"])
+    assert len(accuracy) == 40 and accuracy[-5:].mean() > accuracy[:5].mean() + 0.3
+    # the grid shows the attention the model computes on the input on screen
+    text = at.text_input(key="train_input_reverse_12").value
+    _, _, attn, _ = run.net.run(text)
+    panels = [t for t in figs["train_grid"]["data"] if t["type"] == "heatmap"]
+    assert len(panels) == 2 * 4
+    np.testing.assert_allclose(np.stack([array(p["z"]) for p in panels]), attn.reshape(8, 12, 12), atol=1e-6)
+    # Stop ends a run: the target drops to the steps done, and nothing more is trained
+    at.button(key="train_stop").click().run()
+    assert len(at.session_state[RUN_KEY].trainer.history) == 40
+
+
+def test_saved_model_opens_in_the_text_explorer():
+    at = train(30)
+    at.button(key="train_save").click().run()
+    assert_clean(at)
+    (folder,) = custom.saved_models()
+    assert at.selectbox(key="train_inspect").value == str(folder)
+    text = at.text_input(key="train_input_reverse_12").value
+    at.button(key="train_open_inspect_pages/text.py").click().run()
+    assert_clean(at)
+    assert at.session_state["model"] == str(folder)
+    assert at.text_area(key="_text_box").value == text
+    result = attnviz.capture(attnviz.load_model(str(folder)), text)
+    heat = charts(at)["text_heatmap"]
+    (trace,) = [t for t in heat["data"] if t["type"] == "heatmap"]
+    weights = array(trace["customdata"] if "customdata" in trace else trace["z"])
+    layer, head = int(at.query_params["layer"][0]), int(at.query_params["head"][0])
+    np.testing.assert_allclose(weights, result.attn["encoder"][layer, head].astype(np.float32), atol=2e-3)
+
+
+def test_other_attention_kinds_train_on_the_page():
+    at = train(5, train_task="copy", train_attention="additive")
+    assert at.session_state[RUN_KEY].net.config.attention == "additive"
+    at = train(5, train_attention="local")
+    assert any("expect it to fail" in i.value for i in at.info)  # reverse with w = 2 cannot reach
