@@ -65,11 +65,12 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: i
     kb = F.pad(k, (0, 0, b, b + pad)).unfold(0, 3 * b, b)  # [blocks, d, 3b], a view
     vb = F.pad(v, (0, 0, b, b + pad)).unfold(0, 3 * b, b)
     scores = torch.bmm(qb, kb) / math.sqrt(d)  # [blocks, b, 3b]
-    query = torch.arange(blocks * b).view(blocks, b, 1)
-    key = (torch.arange(blocks)[:, None, None] - 1) * b + torch.arange(3 * b).view(1, 1, 3 * b)
-    seen = ((query - key).abs() <= window) & (key >= 0) & (key < n)
-    weights = torch.softmax(scores.masked_fill_(~seen, float("-inf")), dim=-1)
-    return torch.bmm(weights, vb.transpose(1, 2)).view(blocks * b, d)[:n]
+    # query r of a block and its key c lie c - b - r positions apart, the same in every block
+    r, c = torch.arange(b)[:, None], torch.arange(3 * b)[None, :]
+    band = (c - b - r).abs() <= window  # [b, 3b]
+    real = F.pad(torch.ones(n, dtype=torch.bool), (b, b + pad)).unfold(0, 3 * b, b)  # [blocks, 3b]: not padding
+    scores.masked_fill_(~(band & real[:, None, :]), float("-inf"))
+    return torch.bmm(torch.softmax(scores, dim=-1), vb.transpose(1, 2)).view(blocks * b, d)[:n]
 
 
 def top_k_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, top: int) -> torch.Tensor:
@@ -90,7 +91,7 @@ def expected_bytes(method: str, n: int, d: int, window: int) -> float:
     if method in ("global", "top-k"):
         return 2.0 * n * n * FLOAT_BYTES
     if method == "local":
-        return 4.0 * n * 3 * max(window, 1) * FLOAT_BYTES + 4.0 * n * d * FLOAT_BYTES
+        return 3.0 * n * 3 * max(window, 1) * FLOAT_BYTES + 4.0 * n * d * FLOAT_BYTES
     return 8.0 * n * d * FLOAT_BYTES
 
 
