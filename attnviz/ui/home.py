@@ -10,6 +10,8 @@ from attnviz.ui.common import friendly_errors
 # (page file, title, icon, what it shows): app.py declares these pages, the home page links them.
 PAGES = [
     ("pages/text.py", "Text explorer", ":material/article:", "heatmaps, every head, token lines, long texts"),
+    ("pages/lab.py", "Mechanics lab", ":material/school:", "how attention is computed, and what it costs"),
+    ("pages/train.py", "Build your own", ":material/model_training:", "train a small attention model and inspect it"),
 ]
 STATUS_LABEL = {"ready": ":green[:material/check_circle: ready]", "missing": ":material/download: not fetched yet",
                 "damaged": ":orange[:material/warning: damaged, fetch again]"}
