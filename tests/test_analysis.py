@@ -11,7 +11,7 @@ from networkx.algorithms.flow import edmonds_karp
 import attnviz
 from attnviz.analysis import average_stats, head_stats
 from attnviz.analysis.flow import (FLOW_SCALE, attention_flow, discard_lowest, flow_capacities,
-                                   fuse_heads, max_flow_values, rollout)
+                                   fuse_heads, last_layer_attention, max_flow_values, rollout, rollout_spread)
 from attnviz.result import AttentionResult, PatchGrid
 
 
@@ -40,6 +40,20 @@ def test_rollout_equals_explicit_recursion(fusion):
     np.testing.assert_allclose(got, expected, atol=1e-12)
     np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-12)  # keepdim: rows stay distributions
     np.testing.assert_allclose(rollout(attn, fusion, source=3), expected[3], atol=1e-12)
+
+
+def test_rollout_spread_carries_the_rollout_down_the_layers():
+    attn = random_attention(np.random.default_rng(6), 3, 2, 5)
+    edges = rollout_spread(attn, 2, top_k=25)  # every edge of every layer
+    assert list(np.unique(edges[:, 0])) == [1, 2, 3]
+    for layer in (1, 2, 3):
+        np.testing.assert_allclose(edges[edges[:, 0] == layer, 3].sum(), 1.0, atol=1e-12)
+    into_input = np.zeros(5)
+    np.add.at(into_input, edges[edges[:, 0] == 1, 2].astype(int), edges[edges[:, 0] == 1, 3])
+    np.testing.assert_allclose(into_input, rollout(attn, source=2), atol=1e-12)
+    top = rollout_spread(attn, 2, top_k=3)
+    assert len(top) == 9 and (np.diff(top[:3, 3]) <= 0).all()  # strongest first
+    np.testing.assert_allclose(last_layer_attention(attn, 2, "max"), attn[-1, :, 2].max(0))
 
 
 def test_fuse_heads_and_discard():

@@ -94,6 +94,32 @@ def rollout(attn: np.ndarray, fusion: str = "mean", discard_ratio: float = 0.0,
     return r
 
 
+def last_layer_attention(attn: np.ndarray, source: int, fusion: str = "mean") -> np.ndarray:
+    """Raw attention of output token ``source`` in the last layer, heads fused: ``[keys]``."""
+    return fuse_heads(attn[-1][:, source:source + 1, :], fusion)[0]
+
+
+def rollout_spread(attn: np.ndarray, source: int, fusion: str = "mean", top_k: int = 5) -> np.ndarray:
+    """How output token ``source`` spreads down the layers under rollout, strongest edges only.
+
+    The source's share at layer L is r_L = e_source; passing layer l, the edge from token i
+    (after layer l) to token j (before it) carries r_l[i] * A'_l[i, j], and r_(l-1) = r_l A'_l.
+    Each layer's edges sum to 1. Returns the ``top_k`` strongest edges of every layer as a
+    float64 array ``[edges, 4]`` of rows (layer l, i, j, share), layers from L down to 1.
+    """
+    r = np.eye(attn.shape[-1])[source]
+    rows = []
+    for layer in reversed(range(attn.shape[0])):
+        a = augmented_layer(attn[layer], fusion)
+        share = r[:, None] * a
+        k = min(top_k, share.size)
+        strongest = np.argpartition(share, share.size - k, axis=None)[-k:]
+        i, j = np.unravel_index(strongest[np.argsort(share.flat[strongest])[::-1]], share.shape)
+        rows.append(np.stack([np.full(k, layer + 1), i, j, share[i, j]], axis=1))
+        r = r @ a
+    return np.concatenate(rows)
+
+
 def flow_capacities(attn: np.ndarray, fusion: str = "mean") -> np.ndarray:
     """Integer capacities ``C[layer, i, j]`` = A'_(layer+1)[i, j] * FLOW_SCALE rounded (int64):
     ``C[l - 1]`` holds the edges (l, i) -> (l - 1, j)."""
@@ -195,7 +221,8 @@ class _Network:
         """The exact max-flow value from the source to (0, v)."""
         n = self.caps.shape[1]
         k, i = np.nonzero((self.middle[:, :, v] > 0) & ~self.skeleton[:, :, v])  # edges into token v
-        graph = self._graph(v, _concat(self.skeleton_edges, (self.first[k] + i, self.first[k] + n + v, self.middle[k, i, v])))
+        into_v = (self.first[k] + i, self.first[k] + n + v, self.middle[k, i, v])
+        graph = self._graph(v, _concat(self.skeleton_edges, into_v))
         result = maximum_flow(graph, 0, self.sink)
         if result.flow_value >= self.bound[v]:
             return int(result.flow_value)
