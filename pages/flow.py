@@ -169,10 +169,9 @@ def depth_view() -> None:
                                 config=png_config(f"{result.model}_distance_depth"))
         st.caption("Colour: entropy over log(number of keys), 0 = one key, 1 = even. Special tokens are left out "
                    "and the rest renormalised; their share is the sink mass. Click a dot to open its head.")
-        points = event.selection.points if event and event.selection else []
+        points = [p for p in (event.selection.points if event and event.selection else []) if p["curve_number"] == 0]
         if points:
-            layer, head = (int(v) for v in points[0]["customdata"])
-            show_head(result, stack, layer, head)
+            show_head(result, stack, *divmod(points[0]["point_index"], stats.n_heads))
 
 
 def unit_of_window() -> str:

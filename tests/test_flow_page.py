@@ -80,7 +80,7 @@ def test_text_distance_depth_shows_every_heads_statistics(text_page, text_result
     trace = dots(figures(at)[0])
     np.testing.assert_allclose(array(trace["y"]), stats.mean_distance.ravel(), atol=ATOL)
     np.testing.assert_allclose(array(trace["marker"]["color"]), stats.entropy_norm.ravel(), atol=ATOL)
-    np.testing.assert_array_equal(array(trace["customdata"]), [[l, h] for l in range(6) for h in range(12)])
+    np.testing.assert_array_equal(np.round(array(trace["x"])), np.repeat(np.arange(6), 12))  # dot layer * 12 + head
     assert figures(at)[0]["layout"]["yaxis"]["title"]["text"] == "mean attention distance (tokens)"
     assert list(trace["marker"]["symbol"]) == [{"local": "circle", "mixed": "diamond", "global": "square"}[c]
                                                for c in stats.classes().ravel()]
@@ -194,3 +194,50 @@ def test_image_statistics_over_the_sample_photos(image_page, dinov2):
     distance = spread.mean.mean_distance
     assert distance[1:5].min() < 50 < distance[8:].min()
     assert distance[8:].mean() > distance[1:5].mean()
+
+
+# -- in chromium ----------------------------------------------------------------------------
+def registered() -> None:
+    """The browser reaches the page only once app.py's navigation lists it."""
+    from attnviz.ui.home import PAGES
+
+    if "pages/flow.py" not in [path for path, *_ in PAGES]:
+        pytest.skip("pages/flow.py is not in attnviz.ui.home.PAGES yet, so the app has no /flow")
+
+
+@pytest.mark.browser
+def test_click_a_head_in_the_distance_plot_opens_its_pattern(streamlit_server, browser_page):
+    from browser import screenshot, wait_for_app
+
+    registered()
+    page = browser_page
+    page.set_viewport_size({"width": 1400, "height": 1400})
+    page.goto(f"{streamlit_server}/flow?kind=text&model=minilm-l6&view=depth")
+    wait_for_app(page)
+    dot = page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace').first.locator("path.point").nth(13)
+    dot.wait_for(timeout=180_000)  # the 14th dot: layer 1, head 1 of minilm-l6's 12 heads
+    box = dot.bounding_box()  # plotly's drag layer lies over the dots: click where the dot is
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.get_by_text("layer 1 · head 1").first.wait_for(timeout=60_000)
+    wait_for_app(page)
+    assert page.locator('[data-testid="stPlotlyChart"]').count() == 2  # the plot and the head
+    assert page.locator('[data-testid="stException"]').count() == 0
+    screenshot(page, "flow-text-click-head")
+    assert not page.errors, page.errors
+
+
+@pytest.mark.browser
+def test_rollout_and_flow_on_a_photo(streamlit_server, browser_page):
+    from browser import screenshot, wait_for_app
+
+    registered()
+    page = browser_page
+    page.set_viewport_size({"width": 1400, "height": 1200})
+    page.goto(f"{streamlit_server}/flow?kind=image&model=dinov2-small&view=flow&sample=cat")
+    wait_for_app(page)
+    for name in ("raw attention", "rollout", "flow"):
+        page.get_by_text(f"{name} (prefix").first.wait_for(timeout=180_000)
+    wait_for_app(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    screenshot(page, "flow-image-methods")
+    assert not page.errors, page.errors

@@ -2,7 +2,7 @@
 
 - :func:`distance_depth`: the ViT paper's Fig. 7, one dot per head per layer (mean attention
   distance against depth), coloured by normalised entropy, shaped by local/mixed/global;
-  each dot's customdata is [layer, head] so that a click can open that head.
+  dot number layer * heads + head of the first trace, so that a click can open that head.
 - :func:`stat_heatmap`: one statistic as a layers x heads heat map.
 - :func:`token_bars`: raw attention, rollout and flow from one output token, as bars over the
   input tokens (text).
@@ -48,7 +48,8 @@ def distance_depth(stats: HeadStats, *, spread: HeadStats | None = None, local_m
     of a layer are spread a little around it), coloured by normalised entropy, one marker
     shape per class (:meth:`HeadStats.classes` with the given thresholds). With ``spread``
     (the standard deviations over several inputs) each dot gets an error bar. A dashed line
-    marks the distance of a head that attends evenly."""
+    marks the distance of a head that attends evenly. The first trace holds the dots, head by
+    head within layer by layer: dot ``layer * heads + head``."""
     n_layers, n_heads = stats.mean_distance.shape
     layer, head = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
     offset = (head - (n_heads - 1) / 2) * (0.6 / max(n_heads, 1))
@@ -62,7 +63,7 @@ def distance_depth(stats: HeadStats, *, spread: HeadStats | None = None, local_m
              for l, h in zip(layer.ravel(), head.ravel())]
     fig = go.Figure(go.Scatter(
         x=(layer + offset).ravel(), y=stats.mean_distance.ravel(), mode="markers",
-        customdata=np.stack([layer.ravel(), head.ravel()], axis=1), text=hover,
+        text=hover,
         hovertemplate="%{text}<extra></extra>",
         error_y=dict(type="data", array=std.ravel(), visible=spread is not None, thickness=1, width=0),
         marker=dict(size=10, color=stats.entropy_norm.ravel(), colorscale="Viridis", cmin=0.0, cmax=1.0,
