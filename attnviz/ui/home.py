@@ -11,6 +11,7 @@ from attnviz.ui.common import friendly_errors
 PAGES = [
     ("pages/text.py", "Text explorer", ":material/article:", "heatmaps, every head, token lines, long texts"),
     ("pages/image.py", "Image explorer", ":material/image:", "where the model looks in your photo"),
+    ("pages/flow.py", "Local vs global, flow", ":material/hub:", "how far each head looks; rollout and exact flow"),
     ("pages/lab.py", "Mechanics lab", ":material/school:", "how attention is computed, and what it costs"),
     ("pages/train.py", "Build your own", ":material/model_training:", "train a small attention model and inspect it"),
 ]
