@@ -6,6 +6,7 @@ with a capture made here, outside the app, with attnviz.capture.
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 
@@ -19,6 +20,7 @@ from conftest import app_path
 import attnviz
 from attnviz.analysis.tokens import top_share
 from attnviz.viz.heatmap import colour_lut
+from attnviz.viz.tiles import PALETTE_COLOURS
 from attnviz.viz.text import HEATMAP_MAX, LINES_MAX, OPACITY_BINS, ZOOM
 
 PAGE = "pages/text.py"
@@ -74,7 +76,7 @@ def heat(fig: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def labels(fig: dict, axis: str) -> list[str]:
     (trace,) = [t for t in fig["data"] if t["type"] == "heatmap"]
-    return [s.replace("\u200b", "") for s in trace[axis]]
+    return [html.unescape(s).replace("\u200b", "") for s in trace[axis]]
 
 
 def row_max(m: np.ndarray) -> np.ndarray:
@@ -132,7 +134,7 @@ def test_overview_is_one_image_of_every_head(minilm_sentence):
     # 16 tokens -> tiles of 16 x 16 cells enlarged 3x to 48 px, 2 px gaps
     f, gap = 3, 2
     assert image.shape[:2] == (n_layers * (n * f + gap) - gap, n_heads * (n * f + gap) - gap)
-    lut = colour_lut().astype(int)
+    lut = colour_lut(PALETTE_COLOURS).astype(int)
     layer, head = 2, 5
     y0, x0 = layer * (n * f + gap), head * (n * f + gap)
     tile = image[y0:y0 + n * f:f, x0:x0 + n * f:f].astype(int)  # one pixel per cell
@@ -219,7 +221,7 @@ def test_long_text_is_block_aggregated_with_a_full_resolution_zoom(minilm):
     assert any("512" in w.value for w in at.warning)  # the capture's truncation warning
     figs = charts(at)
     main, zoom = figs["text_heatmap"], figs["text_zoom"]
-    assert "blocks of 2" in main["layout"]["title"]["subtitle"]["text"]
+    assert "512 × 512 tokens shown as 256 × 256 blocks of 2 × 2" in main["layout"]["title"]["subtitle"]["text"]
     z, w = heat(main)
     assert w.shape == (HEATMAP_MAX, HEATMAP_MAX)
     a = result.attn["encoder"][-1, 0].astype(np.float32)
@@ -271,6 +273,7 @@ def test_t5_stacks_encoder_decoder_cross(t5):
     fig = charts(at)["text_heatmap"]
     cross = result.attn["cross"].astype(np.float32)
     assert heat(fig)[1].shape == cross.shape[2:]  # target x source
+    assert labels(fig, "x")[-1] == "</s>" and fig["data"][0]["x"][-1] == "&lt;/s&gt;"  # escaped for plotly
     np.testing.assert_allclose(heat(fig)[1], cross[-1, 0], atol=ATOL)
     at.selectbox(key="text_lh_head").set_value(5).run()
     np.testing.assert_allclose(heat(charts(at)["text_heatmap"])[1], cross[-1, 5], atol=ATOL)

@@ -7,6 +7,7 @@ the whole result are made only when their download button is clicked.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import streamlit as st
@@ -147,8 +148,8 @@ def _show(fig, name: str, key: str | None = None, **kwargs):
     return st.plotly_chart(fig, config=png_config(name), key=key, **kwargs)
 
 
-def _csv_button(matrix: viz.Matrix, name: str, label: str = "Matrix .csv", key: str | None = None) -> None:
-    st.download_button(label, data=matrix.csv, file_name=safe_filename(name) + ".csv", mime="text/csv",
+def _csv_button(csv: viz.Csv, name: str, label: str = "Matrix .csv", key: str | None = None) -> None:
+    st.download_button(label, data=csv, file_name=safe_filename(name) + ".csv", mime="text/csv",
                        on_click="ignore", icon=":material/table:", key=key,
                        help="The numbers of this view at full resolution, rows and columns labelled.")
 
@@ -166,7 +167,7 @@ def heatmap_view(result: AttentionResult, stack: str, options: viz.TextOptions) 
             layer = layer_slider(result, stack, LH_KEY)
         with c2:
             head = head_select(result, stack, LH_KEY)
-        fig, matrix = viz.head_heatmap(result, stack, layer, head, options)
+        fig, csv = viz.head_heatmap(result, stack, layer, head, options)
         name = f"{_base(result, stack)}_L{layer}_H{head}"
         _show(fig, name, key="text_heatmap")
         q, k = viz.axes(result, stack, options)
@@ -178,7 +179,7 @@ def heatmap_view(result: AttentionResult, stack: str, options: viz.TextOptions) 
                            key="text_zoom_k")
             zoom_fig, _ = viz.head_heatmap(result, stack, layer, head, options, zoom=(q0, k0))
             _show(zoom_fig, f"{name}_zoom_q{q0}_k{k0}", key="text_zoom")
-        _csv_button(matrix, name)
+        _csv_button(csv, name)
 
 
 def open_in_heatmap(layer: int, head: int) -> None:
@@ -198,14 +199,29 @@ def overview_view(result: AttentionResult, stack: str, options: viz.TextOptions)
         layer = url_int("layer", n_layers - 1, 0, n_layers - 1)
         fused = st.query_params.get("head", "0") in HEAD_FUSIONS
         selected = None if fused else (layer, url_int("head", 0, 0, n_heads - 1))
-        with st.spinner("Drawing every head…"):
-            fig, matrix = viz.overview(result, stack, options, selected)
+        with st.spinner("Going through every head…"):
+            thumbs = thumbnails(result, stack, options)
+        fig, csv = viz.overview(result, stack, thumbs, options, selected)
         event = _show(fig, f"{_base(result, stack)}_overview", key="text_overview", on_select="rerun",
                       selection_mode="points")
         points = [p for p in (event.selection.points if event else []) if "point_index" in p]
         if points:  # the click targets are in row-major (layer, head) order
             open_in_heatmap(*divmod(int(points[0]["point_index"]), n_heads))
-        _csv_button(matrix, f"{_base(result, stack)}_overview", "Thumbnails .csv")
+        _csv_button(csv, f"{_base(result, stack)}_overview", "Thumbnails .csv")
+
+
+def thumbnails(result: AttentionResult, stack: str, options: viz.TextOptions) -> viz.Thumbnails:
+    """The overview's thumbnails, computed once per result (seconds on long texts)."""
+    owner, thumbs = _thumbnails(id(result), stack, options, result)
+    if owner() is not result:  # made for an earlier result, gone since, that had the same id
+        _thumbnails.clear()
+        owner, thumbs = _thumbnails(id(result), stack, options, result)
+    return thumbs
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _thumbnails(result_id: int, stack: str, options: viz.TextOptions, _result: AttentionResult):
+    return weakref.ref(_result), viz.thumbnails(_result, stack, options)
 
 
 @st.fragment
@@ -245,11 +261,11 @@ def lines_view(result: AttentionResult, stack: str, options: viz.TextOptions) ->
         if not heads:
             st.info("Pick at least one head.")
             return
-        fig, matrix = viz.token_lines(result, stack, layer, heads, options, share=share, token=token,
+        fig, csv = viz.token_lines(result, stack, layer, heads, options, share=share, token=token,
                                       direction=direction, starts=tuple(starts))
         name = f"{_base(result, stack)}_L{layer}_lines"
         _show(fig, name, key="text_lines")
-        _csv_button(matrix, name, "Lines .csv")
+        _csv_button(csv, name, "Lines .csv")
 
 
 @st.fragment
@@ -272,12 +288,12 @@ def focus_view(result: AttentionResult, stack: str, options: viz.TextOptions) ->
             else:
                 key = query
         with st.spinner("Going through every layer…"):
-            fig_to, fig_by, m_to, m_by = viz.token_focus(result, stack, head, options, query=query, key=key)
+            fig_to, fig_by, csv_to, csv_by = viz.token_focus(result, stack, head, options, query=query, key=key)
         name = f"{_base(result, stack)}_H{head}_focus"
         _show(fig_to, f"{name}_q{query}_to", key="text_focus_to")
         _show(fig_by, f"{name}_k{key}_by", key="text_focus_by")
         b1, b2 = st.columns(2)
         with b1:
-            _csv_button(m_to, f"{name}_q{query}_to", "Attends to .csv", key="text_focus_csv_to")
+            _csv_button(csv_to, f"{name}_q{query}_to", "Attends to .csv", key="text_focus_csv_to")
         with b2:
-            _csv_button(m_by, f"{name}_k{key}_by", "Attended by .csv", key="text_focus_csv_by")
+            _csv_button(csv_by, f"{name}_k{key}_by", "Attended by .csv", key="text_focus_csv_by")

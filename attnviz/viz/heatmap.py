@@ -6,6 +6,7 @@ float32 typed arrays, so a 256 x 256 heatmap is about 350 kB.
 """
 from __future__ import annotations
 
+import html
 import re
 
 import numpy as np
@@ -27,6 +28,12 @@ def png_config(filename: str) -> dict:
 def safe_filename(name: str) -> str:
     """``name`` with every character but letters, digits, '.', '_' and '-' replaced by '_'."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "attnviz"
+
+
+def plotly_text(labels: list[str]) -> list[str]:
+    """Labels escaped for plotly, which reads text as HTML: a token such as ``</s>`` or ``<s>``
+    would otherwise vanish and strike through what follows."""
+    return [html.escape(label, quote=False) for label in labels]
 
 
 def colour_lut(n: int = 256) -> np.ndarray:
@@ -60,7 +67,7 @@ def heatmap(values: np.ndarray, row_labels: list[str], col_labels: list[str], *,
         hover = f"{row_title} %{{y}}<br>{col_title} %{{x}}<br>weight %{{customdata:.4f}}<extra></extra>"
         custom = np.asarray(weights, dtype=np.float32)
     fig = go.Figure(go.Heatmap(
-        z=values, x=list(col_labels), y=list(row_labels), customdata=custom, zmin=0.0, zmax=zmax,
+        z=values, x=plotly_text(col_labels), y=plotly_text(row_labels), customdata=custom, zmin=0.0, zmax=zmax,
         colorscale=COLORSCALE, hovertemplate=hover, colorbar=dict(title=colorbar_title, thickness=12),
         xgap=0, ygap=0))
     fig.update_layout(

@@ -1,15 +1,17 @@
 """The figures of the text explorer: head heatmap (with zoom), model overview, token lines and
 token focus. Each builder takes an AttentionResult and what is selected, and returns the
-figure for exactly what is on screen plus a :class:`Matrix` of the numbers it shows (for CSV).
+figure for exactly what is on screen plus a function that writes the CSV of its numbers (a
+:class:`Matrix`), called only when the CSV is downloaded.
 
 Every view shares :class:`TextOptions`: merge sub-word tokens into words, hide special tokens
 (rows renormalised over the rest), and the colour range (0..1, or each row 0..its maximum).
 How tokens become rows and columns is attnviz.analysis.tokens; heads are fused (mean, max,
-min) before that, so a fused row is fused from the raw rows of the heads.
+min) after that, so a fused row is fused from the heads' rows as shown.
 """
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +21,7 @@ from plotly.colors import qualitative
 from attnviz.analysis.flow import fuse_heads
 from attnviz.analysis.tokens import Axis, block_size, reduce, scale_rows, token_axis, top_share, unique_labels
 from attnviz.result import AttentionResult
-from attnviz.viz.heatmap import heatmap, title_layout
+from attnviz.viz.heatmap import heatmap, plotly_text, title_layout
 from attnviz.viz.tiles import tile_px, tiles_figure
 
 HEATMAP_MAX = 256  # units per axis above which the head heatmap is block-aggregated
@@ -29,6 +31,7 @@ LINES_MAX = 64  # tokens per column of the token lines view (a window of longer 
 OPACITY_BINS = 6  # token lines are drawn in this many opacity steps per head
 HEAD_COLOURS = qualitative.D3 + qualitative.Dark24
 Head = int | str  # a head index, or "mean" / "max" / "min" of all heads
+Csv = Callable[[], str]  # writes a view's CSV when called (on a download click)
 
 
 @dataclass(frozen=True)
@@ -80,11 +83,14 @@ def axes(result: AttentionResult, stack: str, options: TextOptions) -> tuple[Axi
     return q, k
 
 
-def head_matrix(result: AttentionResult, stack: str, layer: int, head: Head) -> np.ndarray:
-    """``[query, key]`` attention of one head, or of all heads of ``layer`` fused by ``head``
-    ("mean", "max" or "min"), over the original tokens."""
+def head_values(result: AttentionResult, stack: str, layer: int, head: Head, queries: Axis, keys: Axis) -> np.ndarray:
+    """``[Q, K]`` float32 attention of one head of ``layer`` over the units of ``queries`` and
+    ``keys``; for ``head`` "mean", "max" or "min", every head is reduced the same way and
+    the results fused (so hiding and merging apply to each head's own rows first)."""
     attn = result.attn[stack][layer]
-    return attn[head] if isinstance(head, (int, np.integer)) else fuse_heads(attn, head)
+    if isinstance(head, (int, np.integer)):
+        return reduce(attn[head], queries, keys)
+    return fuse_heads(reduce(attn, queries, keys), head).astype(np.float32)
 
 
 def head_name(head: Head) -> str:
@@ -96,11 +102,14 @@ def colour(values: np.ndarray, options: TextOptions) -> tuple[np.ndarray, np.nda
     return (scale_rows(values), values) if options.row_max else (values, None)
 
 
-def _aggregation_note(axis: Axis, shown: Axis, what: str) -> str:
-    if len(shown) == len(axis):
+def _aggregation_note(unit: str, *pairs: tuple[Axis, Axis]) -> str:
+    """Says how (full axis, shown axis) pairs were block-aggregated; "" when none was."""
+    if all(len(full) == len(shown) for full, shown in pairs):
         return ""
-    return (f"{len(axis)} {what} shown as {len(shown)} blocks of {block_size(len(axis), len(shown))} "
-            "(keys summed, queries averaged)")
+    sizes = " × ".join(str(len(full)) for full, _ in pairs)
+    blocks = " × ".join(str(len(shown)) for _, shown in pairs)
+    each = " × ".join(str(block_size(len(full), len(shown))) for full, shown in pairs)
+    return f"{sizes} {unit} shown as {blocks} blocks of {each} (keys summed, queries averaged)"
 
 
 def _title(result: AttentionResult, stack: str, what: str) -> str:
@@ -114,62 +123,79 @@ def unit_word(options: TextOptions) -> str:
 
 # -- 1. head heatmap -------------------------------------------------------------------------
 def head_heatmap(result: AttentionResult, stack: str, layer: int, head: Head, options: TextOptions,
-                 zoom: tuple[int, int] | None = None) -> tuple[go.Figure, Matrix]:
+                 zoom: tuple[int, int] | None = None) -> tuple[go.Figure, Csv]:
     """The heatmap of one head (or fused heads): full resolution up to HEATMAP_MAX units per
     axis, block-aggregated above (said in the subtitle). With ``zoom = (first query unit,
     first key unit)`` it shows instead the ZOOM x ZOOM window from there at full resolution.
 
-    The Matrix is the whole matrix at full resolution (for CSV), whatever is on screen.
+    The CSV is the whole matrix at full resolution, whatever is on screen.
     """
     q, k = axes(result, stack, options)
-    matrix = head_matrix(result, stack, layer, head)
     what = f"layer {layer} · {head_name(head)}"
     if zoom is None:
         q_shown, k_shown = q.blocks(HEATMAP_MAX), k.blocks(HEATMAP_MAX)
-        notes = {_aggregation_note(q, q_shown, "query " + unit_word(options)),
-                 _aggregation_note(k, k_shown, "key " + unit_word(options))} - {""}
-        note = "; ".join(sorted(notes)) + ("; zoom in below for full resolution" if notes else "")
+        note = _aggregation_note(unit_word(options), (q, q_shown), (k, k_shown))
+        note += "; zoom in below for full resolution" if note else ""
     else:
         q_shown, k_shown = q.window(zoom[0], zoom[0] + ZOOM), k.window(zoom[1], zoom[1] + ZOOM)
         s_q, s_k = q_shown.spans, k_shown.spans
         note = (f"zoom, full resolution: query {unit_word(options)} {zoom[0]}–{zoom[0] + len(q_shown) - 1}, "
                 f"key {unit_word(options)} {zoom[1]}–{zoom[1] + len(k_shown) - 1} "
                 f"(tokens #{s_q[0][0]}–{s_q[-1][1] - 1} × #{s_k[0][0]}–{s_k[-1][1] - 1})")
-    shown = reduce(matrix, q_shown, k_shown)
-    values, weights = colour(shown, options)
+    values, weights = colour(head_values(result, stack, layer, head, q_shown, k_shown), options)
     rows, cols = ("target", "source") if stack == "cross" else ("query", "key")
     fig = heatmap(values, unique_labels(q_shown.labels), unique_labels(k_shown.labels), weights=weights,
                   title=_title(result, stack, what), note=note, row_title=rows, col_title=cols,
                   colorbar_title="weight / row max" if options.row_max else "weight")
-    full = shown if q_shown is q and k_shown is k else reduce(matrix, q, k)
-    return fig, Matrix(full, _unit_rows(q), k.labels, row_header=("token #", rows))
+    return fig, lambda: Matrix(head_values(result, stack, layer, head, q, k), _unit_rows(q), k.labels,
+                               row_header=("token #", rows)).csv()
 
 
 # -- 2. model overview -----------------------------------------------------------------------
-def overview(result: AttentionResult, stack: str, options: TextOptions,
-             selected: tuple[int, int] | None = None) -> tuple[go.Figure, Matrix]:
-    """Every layer x head of ``stack`` as a thumbnail in one image (layers down, heads across),
-    each downsampled to at most 64 x 64 blocks (keys summed, queries averaged); the
-    ``selected`` (layer, head) is outlined. The Matrix lists every thumbnail value."""
+@dataclass
+class Thumbnails:
+    """Every head of a stack block-aggregated for the overview: ``values[layer, head, Q, K]``
+    (weights, keys summed and queries averaged per block) over the block axes ``queries`` and
+    ``keys``; ``note`` says how tokens were grouped."""
+
+    values: np.ndarray
+    queries: Axis
+    keys: Axis
+    note: str
+
+
+def thumbnails(result: AttentionResult, stack: str, options: TextOptions) -> Thumbnails:
+    """The overview's data: each head downsampled to at most 64 x 64 blocks (fewer when there
+    are many heads, see attnviz.viz.tiles.tile_px). Reads the whole stack once, a layer at a
+    time: the slow part of the overview on long texts."""
     n_layers, n_heads = result.attn[stack].shape[:2]
     q, k = axes(result, stack, options)
     side = tile_px(n_layers * n_heads, max(len(q), len(k)))
     q_b, k_b = q.blocks(side), k.blocks(side)
-    tiles = np.stack([reduce(result.attn[stack][layer], q_b, k_b) for layer in range(n_layers)])
-    shown = scale_rows(tiles) if options.row_max else tiles
-    notes = {_aggregation_note(q, q_b, "query " + unit_word(options)),
-             _aggregation_note(k, k_b, "key " + unit_word(options))} - {""}
-    note = "; ".join(sorted(notes) + ["click a tile to open it in the head heatmap"])
+    values = np.stack([reduce(result.attn[stack][layer], q_b, k_b) for layer in range(n_layers)])
+    return Thumbnails(values, q_b, k_b, _aggregation_note(unit_word(options), (q, q_b), (k, k_b)))
+
+
+def overview(result: AttentionResult, stack: str, thumbs: Thumbnails, options: TextOptions,
+             selected: tuple[int, int] | None = None) -> tuple[go.Figure, Csv]:
+    """Every layer x head of ``stack`` as a thumbnail in one image (layers down, heads across),
+    from :func:`thumbnails`; the ``selected`` (layer, head) is outlined. The CSV lists every
+    thumbnail's values."""
+    n_layers, n_heads = thumbs.values.shape[:2]
+    shown = scale_rows(thumbs.values) if options.row_max else thumbs.values
+    note = "; ".join([thumbs.note] * bool(thumbs.note) + ["click a tile to open it in the head heatmap"])
     fig = tiles_figure(shown, title=_title(result, stack, f"all {n_layers} layers × {n_heads} heads"),
                        note=note, selected=selected)
-    rows = [(layer, head, label) for layer in range(n_layers) for head in range(n_heads) for label in q_b.labels]
-    return fig, Matrix(tiles.reshape(-1, len(k_b)), rows, k_b.labels, row_header=("layer", "head", "query"))
+    rows = [(layer, head, label) for layer in range(n_layers) for head in range(n_heads)
+            for label in thumbs.queries.labels]
+    return fig, Matrix(thumbs.values.reshape(-1, len(thumbs.keys)), rows, thumbs.keys.labels,
+                       row_header=("layer", "head", "query")).csv
 
 
 # -- 3. token lines --------------------------------------------------------------------------
 def token_lines(result: AttentionResult, stack: str, layer: int, heads: list[int], options: TextOptions, *,
                 share: float = 0.7, token: int | None = None, direction: str = "out",
-                starts: tuple[int, int] = (0, 0)) -> tuple[go.Figure, Matrix]:
+                starts: tuple[int, int] = (0, 0)) -> tuple[go.Figure, Csv]:
     """BertViz's head view: queries in a left column, keys in a right one, a line per
     (query, key) pair coloured by head, opacity by weight (or weight / row max).
 
@@ -179,11 +205,11 @@ def token_lines(result: AttentionResult, stack: str, layer: int, heads: list[int
         (``direction="in"``: what attends to it) whose lines alone are drawn; None for all.
     starts: the first (query, key) unit shown when an axis has more than LINES_MAX units;
         weights to keys outside the window are not drawn.
-    The Matrix lists the lines drawn: one row per line with head, query, key, weight.
+    The CSV lists the lines drawn: one row per line with head, query, key, weight.
     """
     q, k = axes(result, stack, options)
     q_w, k_w = q.window(starts[0], starts[0] + LINES_MAX), k.window(starts[1], starts[1] + LINES_MAX)
-    weights = reduce(result.attn[stack][layer, heads], q_w, k_w)  # [heads, Q, K]
+    weights = reduce(result.attn[stack][layer], q_w, k_w)[heads]  # [heads, Q, K]
     strength = scale_rows(weights) if options.row_max else weights
     keep = top_share(weights, share)
     if token is not None:
@@ -200,18 +226,19 @@ def token_lines(result: AttentionResult, stack: str, layer: int, heads: list[int
         level = np.minimum((strength[hi, qi, ki] * OPACITY_BINS).astype(int), OPACITY_BINS - 1)
         for b in range(OPACITY_BINS):
             sel = level == b
-            x = np.tile([0.0, 1.0, np.nan], int(sel.sum()))
-            y = np.stack([-qi[sel], -ki[sel], np.full(int(sel.sum()), np.nan)], axis=1).ravel().astype(float)
+            x = np.tile(np.array([0.0, 1.0, np.nan], np.float32), int(sel.sum()))  # NaN breaks the line
+            y = np.stack([-qi[sel], -ki[sel], np.full(int(sel.sum()), np.nan)], axis=1).ravel().astype(np.float32)
             fig.add_trace(go.Scatter(
                 x=x, y=y, mode="lines", line=dict(color=colour_, width=2), opacity=(b + 1) / OPACITY_BINS,
                 hoverinfo="skip", legendgroup=f"head{head}", name=f"head {head}", showlegend=b == OPACITY_BINS - 1,
                 meta={"head": head, "bin": b}))
-    for x, axis, start, anchor in ((0.0, q_w, starts[0], "middle left"), (1.0, k_w, starts[1], "middle right")):
+    for x, axis, start, anchor, side in ((0.0, q_w, starts[0], "middle left", "out"),
+                                         (1.0, k_w, starts[1], "middle right", "in")):
         idx = np.arange(len(axis))
         spans = axis.spans
-        highlight = token is not None and ((x == 0.0) == (direction == "out"))
+        highlight = token is not None and direction == side
         fig.add_trace(go.Scatter(
-            x=np.full(len(axis), x), y=-idx, mode="markers+text", text=axis.labels, textposition=anchor,
+            x=np.full(len(axis), x), y=-idx, mode="markers+text", text=plotly_text(axis.labels), textposition=anchor,
             marker=dict(size=6, color=["#d62728" if highlight and start + i == token else "#555" for i in idx]),
             customdata=np.array([[start + i, s, e - 1] for i, (s, e) in enumerate(spans)]),
             hovertemplate="%{text} · unit %{customdata[0]} (tokens #%{customdata[1]}–%{customdata[2]})<extra></extra>",
@@ -232,15 +259,15 @@ def token_lines(result: AttentionResult, stack: str, layer: int, heads: list[int
         legend=dict(title="heads (click to toggle)", orientation="v"), dragmode="pan")
     hi, qi, ki = np.nonzero(keep)
     rows = [(heads[h], q_w.labels[i], k_w.labels[j]) for h, i, j in zip(hi, qi, ki)]
-    return fig, Matrix(weights[hi, qi, ki][:, None], rows, ["weight"], row_header=("head", left, right))
+    return fig, Matrix(weights[hi, qi, ki][:, None], rows, ["weight"], row_header=("head", left, right)).csv
 
 
 # -- 4. token focus --------------------------------------------------------------------------
 def token_focus(result: AttentionResult, stack: str, head: Head, options: TextOptions, *,
-                query: int, key: int) -> tuple[go.Figure, go.Figure, Matrix, Matrix]:
+                query: int, key: int) -> tuple[go.Figure, go.Figure, Csv, Csv]:
     """What query unit ``query`` attends to in every layer (``[layers, keys]``), and what
     attends to key unit ``key`` in every layer (``[layers, queries]``), for one head or fused
-    heads: two heatmaps and their matrices. Above FOCUS_MAX units the token axis is
+    heads: two heatmaps and their CSVs. Above FOCUS_MAX units the token axis is
     block-aggregated. With ``options.row_max`` each layer's row is coloured 0..its maximum."""
     q, k = axes(result, stack, options)
     query, key = min(max(query, 0), len(q) - 1), min(max(key, 0), len(k) - 1)
@@ -248,9 +275,8 @@ def token_focus(result: AttentionResult, stack: str, head: Head, options: TextOp
     q_b, k_b = q.blocks(FOCUS_MAX), k.blocks(FOCUS_MAX)
     to, by = [], []
     for layer in range(result.attn[stack].shape[0]):
-        matrix = head_matrix(result, stack, layer, head)
-        to.append(reduce(matrix, q_one, k_b)[0])
-        by.append(reduce(matrix, q_b, k_one)[:, 0])
+        to.append(head_values(result, stack, layer, head, q_one, k_b)[0])
+        by.append(head_values(result, stack, layer, head, q_b, k_one)[:, 0])
     layers = [f"L{layer}" for layer in range(len(to))]
     q_name, k_name = ("target", "source") if stack == "cross" else ("query", "key")
     out = []
@@ -259,9 +285,9 @@ def token_focus(result: AttentionResult, stack: str, head: Head, options: TextOp
             (np.stack(by), q_b, q, q_name, k.labels[key], "is attended by")):
         shown, weights = colour(values, options)
         fig = heatmap(shown, layers, unique_labels(axis.labels), weights=weights, row_title="layer", col_title=side,
-                      title=_title(result, stack, f"{head_name(head)} · “{label}” {what}"),
-                      note=_aggregation_note(full, axis, f"{side} {unit_word(options)}"),
+                      title=_title(result, stack, f"{head_name(head)} · “{plotly_text([label])[0]}” {what}"),
+                      note=_aggregation_note(f"{side} {unit_word(options)}", (full, axis)),
                       colorbar_title="weight / row max" if options.row_max else "weight")
-        out.append((fig, Matrix(values, [(layer,) for layer in layers], axis.labels, row_header=("layer",))))
-    (fig_to, matrix_to), (fig_by, matrix_by) = out
-    return fig_to, fig_by, matrix_to, matrix_by
+        out.append((fig, Matrix(values, [(layer,) for layer in layers], axis.labels, row_header=("layer",)).csv))
+    (fig_to, csv_to), (fig_by, csv_by) = out
+    return fig_to, fig_by, csv_to, csv_by

@@ -3,7 +3,7 @@
 :func:`tiles_figure` takes ``tiles[layer, head, rows, cols]`` with values in 0..1 (each tile
 already downsampled by the caller: see :func:`tile_px` for a size), colours them with the
 heatmap colour scale, lays them out on a grid (layers down, heads across) with a thin gap,
-and sends the grid as one PNG. An invisible marker sits on each tile's centre, so hovering
+and sends the grid as one palette PNG (one byte a pixel). An invisible marker sits on each tile's centre, so hovering
 names the tile and clicking it selects ``customdata = [layer, head]`` (with
 ``st.plotly_chart(on_select=...)``).
 """
@@ -22,6 +22,7 @@ from attnviz.viz.heatmap import colour_lut, title_layout
 GAP_PX = 2
 MIN_TILE_PX = 48  # small tiles are enlarged (nearest neighbour) to at least this many pixels
 IMAGE_BUDGET_PX = 1_000_000  # pixels of the whole grid before enlargement
+PALETTE_COLOURS = 255  # colours of the scale in the PNG's palette; entry 255 is the white gap
 
 
 def tile_px(n_tiles: int, n_units: int, largest: int = 64, smallest: int = 16) -> int:
@@ -31,30 +32,35 @@ def tile_px(n_tiles: int, n_units: int, largest: int = 64, smallest: int = 16) -
     return max(1, min(n_units, largest, max(smallest, fit)))
 
 
-def tiles_image(tiles: np.ndarray) -> tuple[np.ndarray, int]:
-    """``tiles[rows, cols, h, w]`` in 0..1 -> (uint8 RGB image of the grid, enlargement factor).
+def tiles_image(tiles: np.ndarray) -> tuple[Image.Image, int]:
+    """``tiles[rows, cols, h, w]`` in 0..1 -> (palette image of the grid, enlargement factor).
 
-    Tile (r, c) starts at pixel ``(r * (h * f + GAP_PX), c * (w * f + GAP_PX))``; gaps are white.
+    Each pixel is an index into PALETTE_COLOURS colours of the colour scale (value 0..1 ->
+    index round(value * (PALETTE_COLOURS - 1))), one byte a pixel;
+    tile (r, c) starts at pixel ``(r * (h * f + GAP_PX), c * (w * f + GAP_PX))``; gaps are white.
     """
     tiles = np.nan_to_num(np.clip(np.asarray(tiles, dtype=np.float32), 0.0, 1.0))
     n_rows, n_cols, h, w = tiles.shape
     f = max(1, math.ceil(MIN_TILE_PX / max(h, w)))
-    lut = colour_lut()
-    rgb = lut[np.round(tiles * (len(lut) - 1)).astype(np.intp)]  # [rows, cols, h, w, 3]
+    lut = colour_lut(PALETTE_COLOURS)
+    index = np.round(tiles * (PALETTE_COLOURS - 1)).astype(np.uint8)
     if f > 1:
-        rgb = rgb.repeat(f, axis=2).repeat(f, axis=3)
+        index = index.repeat(f, axis=2).repeat(f, axis=3)
     th, tw = h * f, w * f
-    image = np.full((n_rows * (th + GAP_PX) - GAP_PX, n_cols * (tw + GAP_PX) - GAP_PX, 3), 255, np.uint8)
+    white = PALETTE_COLOURS  # the last palette entry, for the gaps
+    grid = np.full((n_rows * (th + GAP_PX) - GAP_PX, n_cols * (tw + GAP_PX) - GAP_PX), white, np.uint8)
     for r in range(n_rows):
         for c in range(n_cols):
             y, x = r * (th + GAP_PX), c * (tw + GAP_PX)
-            image[y:y + th, x:x + tw] = rgb[r, c]
+            grid[y:y + th, x:x + tw] = index[r, c]
+    image = Image.fromarray(grid, mode="P")
+    image.putpalette(np.vstack([lut, [[255, 255, 255]]]).ravel().tolist())
     return image, f
 
 
-def png_data_uri(image: np.ndarray) -> str:
+def png_data_uri(image: Image.Image) -> str:
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", optimize=True)
+    image.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -77,7 +83,7 @@ def tiles_figure(tiles: np.ndarray, *, title: str = "", note: str = "", row_name
         r, c = selected
         fig.add_shape(type="rect", x0=c * tw - 1.5, x1=c * tw + tw - GAP_PX + 0.5, y0=r * th - 1.5,
                       y1=r * th + th - GAP_PX + 0.5, line=dict(color="#d62728", width=2))
-    height, width = image.shape[:2]
+    width, height = image.size
     fig.update_layout(
         title=title_layout(title, note),
         height=int(min(1400, max(300, height + 140))), margin=dict(l=10, r=10, t=120, b=10),
