@@ -50,10 +50,10 @@ def test_default_steps_show_the_computed_numbers():
     figs = charts(at)
     q, k, v = default_inputs()
     s = mech.attention(q, k, v, score="scaled")
-    np.testing.assert_allclose(z(figs["lab_step_1. Scores"]), s.scores, atol=1e-9)
-    np.testing.assert_allclose(z(figs["lab_step_2. Scaling"]), s.scores / 2.0, atol=1e-9)
-    np.testing.assert_allclose(z(figs["lab_step_4. Softmax"]), s.weights, atol=1e-9)
-    np.testing.assert_allclose(z(figs["lab_step_5. Weighted sum"]), s.output, atol=1e-9)
+    np.testing.assert_allclose(z(figs["lab_step_scores"]), s.scores, atol=1e-9)
+    np.testing.assert_allclose(z(figs["lab_step_scaling"]), s.scores / 2.0, atol=1e-9)
+    np.testing.assert_allclose(z(figs["lab_step_softmax"]), s.weights, atol=1e-9)
+    np.testing.assert_allclose(z(figs["lab_step_weighted_sum"]), s.output, atol=1e-9)
     (bars,) = figs["lab_entropy"]["data"]
     np.testing.assert_allclose(array(bars["x"]), s.entropy, atol=1e-9)
     formulas = " ".join(e.value for e in at.latex)
@@ -79,9 +79,9 @@ def test_variants_change_the_steps():
     figs = charts(at)
     q, k, v = default_inputs()
     s = mech.attention(q, k, v, score="dot", window=1, selection="top-k", top=2, temperature=0.5)
-    masked = texts(figs["lab_step_3. Mask"])
+    masked = texts(figs["lab_step_mask"])
     assert masked[0, 3] == "-inf" and masked[0, 1] != "-inf"
-    weights = z(figs["lab_step_4b. Selection"])
+    weights = z(figs["lab_step_selection"])
     np.testing.assert_allclose(weights, s.weights, atol=1e-9)
     assert ((weights > 0).sum(1) <= 2).all()
     (table,) = [d.value for d in at.dataframe if "variant" in d.value.columns]
@@ -96,9 +96,9 @@ def test_sentence_weights_are_minilms_own(minilm):
     assert "minilm-l6's own" in at.success[0].value
     result = attnviz.capture(minilm, "The cat sat on the mat.")
     figs = charts(at)
-    np.testing.assert_allclose(z(figs["lab_step_4. Softmax"]), result.attn["encoder"][0, 0], atol=2e-3)
+    np.testing.assert_allclose(z(figs["lab_step_softmax"]), result.attn["encoder"][0, 0], atol=2e-3)
     at.number_input(key="lab_head").set_value(5).run()
-    np.testing.assert_allclose(z(charts(at)["lab_step_4. Softmax"]), result.attn["encoder"][0, 5], atol=2e-3)
+    np.testing.assert_allclose(z(charts(at)["lab_step_softmax"]), result.attn["encoder"][0, 5], atol=2e-3)
 
 
 def test_cost_measures_for_real():

@@ -208,8 +208,9 @@ def _step(title: str, formula: str, text: str, values: np.ndarray, rows: list[st
         st.markdown(f"**{title}**")
         st.latex(formula)
         st.caption(text)
+    name = title.split(". ", 1)[1].lower().replace(" ", "_")  # "4. Softmax" -> "softmax"
     right.plotly_chart(viz.matrix(values, rows, cols, weights=weights, col_title=col_title),
-                       config=png_config(f"lab_{title}"), key=f"lab_step_{title}")
+                       config=png_config(f"lab_{name}"), key=f"lab_step_{name}")
 
 
 def compare_table(inp: LabInput, options: dict) -> None:
@@ -344,9 +345,10 @@ COST_NOTES = """
   each n × d, as large as the scores when d is near 2w. Still linear in n: the price of
   regular, fast matrix products instead of a gather per query.
 - **Top-k is not cheaper in time.** Every pair must be scored to find the k best keys, so time
-  still grows as n², and this straightforward code holds the whole n × n score matrix before
-  it picks, so its memory follows global too; only the weighted sum shrinks to n·k. Keeping
-  memory at n·k needs the scores computed in slices of queries.
+  still grows as n², and picking the k largest of n scores per query costs about as much again
+  as scoring them. This straightforward code also holds the whole n × n score matrix before it
+  picks, so its memory follows global; only the weighted sum shrinks to n·k. Keeping memory at
+  n·k needs the scores computed in slices of queries.
 - **The fused kernel has global's time but linear memory.** torch's
   `scaled_dot_product_attention` computes exact global attention tile by tile (FlashAttention's
   idea) and never holds the n × n matrix: the n² memory of the formula is a property of the

@@ -215,8 +215,9 @@ def open_buttons(folder: Path, text: str | None, *, image: bool = False, key: st
         for path, label, icon in pages:
             if st.button(label, icon=icon, key=f"train_open_{key}_{path}"):
                 st.session_state["model"] = str(folder)  # the key attnviz.ui.models.model_picker reads
+                st.session_state["flow_kind"] = "image" if image else "text"  # the flow page's input kind
                 if text is not None:
-                    st.session_state["text_text"] = text  # the text explorer's input box
+                    st.session_state["text_text"] = text  # the text pages' input box
                 st.switch_page(path)
         st.download_button("Download .zip", data=lambda: _zip(folder), file_name=f"{folder.name}.zip",
                            mime="application/zip", on_click="ignore", icon=":material/download:",

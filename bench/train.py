@@ -1,0 +1,78 @@
+"""bench/train: how long "Build your own" takes to learn its toy tasks on the CPU.
+
+First the default design of the page (reverse, global attention, 2 layers x 4 heads,
+d_model 64, 12 digits, batches of 64, AdamW 3e-3): training seconds and steps until the token
+accuracy on 512 held-out inputs reaches 95% (checked every 10 steps; the checks are not
+counted), for several seeds, on one CPU thread (the trainer's default) and on two. Target: at
+most 60 s on 2 CPU cores.
+
+Then every task with every kind of attention at the default sizes, one seed, up to 60 s each.
+
+    python bench/train.py [--seeds 3] [--budget 60]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from attnviz.models.custom import ATTENTIONS, CustomConfig, CustomNet  # noqa: E402
+from attnviz.models.toy_tasks import TASKS  # noqa: E402
+from attnviz.models.train import Trainer, evaluate  # noqa: E402
+
+TARGET = 0.95
+CHECK_EVERY = 10
+
+
+def time_to_target(config: CustomConfig, seed: int, threads: int, budget: float) -> tuple[float, int, float]:
+    """(training seconds, steps, held-out accuracy) when the accuracy first reaches TARGET, or
+    when ``budget`` seconds of training are spent."""
+    trainer = Trainer(CustomNet(config, seed=seed), seed=seed, threads=threads)
+    accuracy = 0.0
+    while trainer.seconds < budget:
+        trainer.run(CHECK_EVERY)
+        accuracy = evaluate(trainer.net)
+        if accuracy >= TARGET:
+            break
+    return trainer.seconds, len(trainer.history), accuracy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--budget", type=float, default=60.0, help="seconds of training per run at most")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
+
+    default = CustomConfig()
+    print(f"Default design: {default}")
+    print(f"{'threads':>7}  {'seed':>4}  {'steps':>5}  {'seconds':>7}  {'held-out':>8}")
+    for threads in (1, 2):
+        times = []
+        for seed in range(args.seeds):
+            seconds, steps, accuracy = time_to_target(default, seed, threads, args.budget)
+            times.append(seconds if accuracy >= TARGET else float("inf"))
+            print(f"{threads:>7}  {seed:>4}  {steps:>5}  {seconds:>7.1f}  {accuracy:>8.1%}")
+        print(f"{threads:>7}  median time to {TARGET:.0%}: {statistics.median(times):.1f} s "
+              f"(target <= 60 s)\n")
+
+    print(f"Every task and attention, seed 0, one thread, up to {args.budget:.0f} s of training:")
+    print(f"{'task':<10} {'attention':<9} {'steps':>5}  {'seconds':>7}  {'held-out':>8}  reached")
+    for task in TASKS:
+        for attention in ATTENTIONS:
+            started = time.perf_counter()
+            seconds, steps, accuracy = time_to_target(CustomConfig(task=task, attention=attention), 0, 1, args.budget)
+            print(f"{task:<10} {attention:<9} {steps:>5}  {seconds:>7.1f}  {accuracy:>8.1%}  "
+                  f"{'yes' if accuracy >= TARGET else 'no'}  ({time.perf_counter() - started:.0f} s wall)")
+
+
+if __name__ == "__main__":
+    main()
