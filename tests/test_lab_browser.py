@@ -3,6 +3,7 @@ for a few steps (live curve), stops on Stop, is saved, and opens in the text exp
 heatmap shows its attention. The server gets its own ATTNVIZ_HOME, so saved models stay out of
 the real cache. Screenshots go to test-artifacts/."""
 import subprocess
+import zipfile
 import time
 
 import pytest
@@ -87,5 +88,33 @@ def test_train_stop_save_and_open_in_the_text_explorer(server, browser_page):
     assert len(digits) == 12 and all(d in "0123456789" and d for d in digits), ticks
     assert "reverse-global-2x4" in page.get_by_role("textbox", name="Folder or hub id").input_value()
     screenshot(page, "train-in-text-explorer")
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert not page.errors, page.errors
+
+
+@pytest.mark.browser
+def test_upload_a_model_zip(server, browser_page, tmp_path):
+    from attnviz.models.custom import CustomConfig, CustomNet, save
+
+    folder = save(CustomNet(CustomConfig(task="sort", length=6, d_model=16, n_heads=2, n_layers=1)), tmp_path / "tiny")
+    good, bad = tmp_path / "tiny.zip", tmp_path / "pickled.zip"
+    with zipfile.ZipFile(good, "w") as z:
+        for f in folder.iterdir():
+            z.write(f, f"tiny/{f.name}")
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("config.json", "{}")
+        z.writestr("pytorch_model.bin", b"\x80\x04 a pickle")
+    page = browser_page
+    for upload in (bad, good):  # a fresh session for each: the uploader keeps what it was given
+        open_page(page, server, "train")
+        page.get_by_text("Upload a model (zip or files)").click()
+        page.locator('.st-key-train_upload input[type="file"]').set_input_files(str(upload))
+        if upload == bad:
+            page.get_by_text("pickle weights are refused").wait_for(timeout=60_000)
+            screenshot(page, "train-upload-refused")
+    page.get_by_text("Unpacked a custom model").wait_for(timeout=60_000)
+    wait_for_app(page)
+    page.locator(".st-key-train_grid .heatmaplayer").first.wait_for(timeout=30_000)  # inspected at once
+    screenshot(page, "train-upload")
     assert page.locator('[data-testid="stException"]').count() == 0
     assert not page.errors, page.errors

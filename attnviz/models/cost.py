@@ -12,10 +12,10 @@ Four implementations of one head (queries, keys and values ``[n, d]``, float32):
   without ever holding the n x n matrix (FlashAttention's idea); measured only, as the
   contrast to the textbook formula.
 
-Time is the median of a few runs (one run for slow points), after a first run that also
-measures memory. On the CPU it runs on ``threads`` threads (one by default: the steadiest on a
-machine busy with other work, see :func:`attnviz.device.cpu_threads`). Peak memory is what the run allocates above what existed before it: on the
-CPU from the allocation events of torch's profiler, on a GPU from torch.cuda's peak counter.
+Everything runs on the CPU, on ``threads`` threads (one by default: the steadiest on a machine
+busy with other work, see :func:`attnviz.device.cpu_threads`). Time is the median of a few runs
+(one run for slow points), after a first run that also measures the peak memory: what the run
+allocates above what existed before it, from the allocation events of torch's profiler.
 """
 from __future__ import annotations
 
@@ -96,22 +96,21 @@ def expected_bytes(method: str, n: int, d: int, window: int) -> float:
 
 
 def measure(lengths: list[int], methods: tuple[str, ...] = METHODS, *, d: int = 64, window: int = 64,
-            top: int = 32, repeats: int = 3, device: str | torch.device = "cpu", threads: int = 1,
-            budget: float = MEMORY_BUDGET, progress: Progress = _quiet) -> list[Measured]:
+            top: int = 32, repeats: int = 3, threads: int = 1, budget: float = MEMORY_BUDGET,
+            progress: Progress = _quiet) -> list[Measured]:
     """Time and peak memory of each method at each length n (one head of dimension d)."""
-    device = torch.device(device)
     with cpu_threads(threads):
-        return _measure_all(lengths, methods, d, window, top, repeats, device, budget, progress)
+        return _measure_all(lengths, methods, d, window, top, repeats, budget, progress)
 
 
-def _measure_all(lengths, methods, d, window, top, repeats, device, budget, progress) -> list[Measured]:
+def _measure_all(lengths, methods, d, window, top, repeats, budget, progress) -> list[Measured]:
     runs: dict[str, Callable] = {
         "global": global_attention, "local": lambda q, k, v: local_attention(q, k, v, window),
         "top-k": lambda q, k, v: top_k_attention(q, k, v, top), "fused": fused_attention}
     points, total, done = [], len(lengths) * len(methods), 0
     generator = torch.Generator().manual_seed(0)
     for n in lengths:
-        q, k, v = (torch.randn(n, d, generator=generator).to(device) for _ in range(3))
+        q, k, v = (torch.randn(n, d, generator=generator) for _ in range(3))
         for method in methods:
             progress(done / total, f"{method} attention, n = {n:,}")
             need = expected_bytes(method, n, d, window)
@@ -119,41 +118,28 @@ def _measure_all(lengths, methods, d, window, top, repeats, device, budget, prog
                 points.append(Measured(method, n, skipped=f"needs about {need / 1e9:.1f} GB, over the "
                                                           f"{budget / 1e9:.1f} GB budget"))
             else:
-                points.append(_measure_one(method, n, lambda: runs[method](q, k, v), repeats, device))
+                points.append(_measure_one(method, n, lambda: runs[method](q, k, v), repeats))
             done += 1
         del q, k, v
     progress(1.0, "done")
     return points
 
 
-def _measure_one(method: str, n: int, run: Callable, repeats: int, device: torch.device) -> Measured:
+def _measure_one(method: str, n: int, run: Callable, repeats: int) -> Measured:
     with torch.inference_mode():
         started = time.perf_counter()
-        peak = _peak_bytes(run, device)  # also the warm-up
+        peak = _peak_bytes(run)  # also the warm-up
         first = time.perf_counter() - started
         times = []
         for _ in range(1 if first > SLOW_POINT_S else repeats):
             started = time.perf_counter()
             run()
-            _sync(device)
             times.append(time.perf_counter() - started)
     return Measured(method, n, seconds=statistics.median(times), peak_bytes=peak)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _peak_bytes(run: Callable, device: torch.device) -> float | None:
+def _peak_bytes(run: Callable) -> float | None:
     """Bytes allocated by ``run()`` at its peak, above what was allocated before it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        run()
-        torch.cuda.synchronize(device)
-        return float(torch.cuda.max_memory_allocated(device) - before)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         run()
     try:  # the allocation events carry the running total of bytes allocated since the start

@@ -181,7 +181,7 @@ def pick_model(run: TrainRun | None) -> tuple[Path | None, CustomNet] | None:
     if st.session_state.get(PICK_KEY) not in options:
         st.session_state.pop(PICK_KEY, None)
     choice = st.selectbox("Model", options, key=PICK_KEY,
-                          format_func=lambda o: o if o == JUST_TRAINED else Path(o).name,
+                          format_func=lambda o: o if o == JUST_TRAINED else f"{Path(o).name} ({Path(o).parent.name})",
                           help="Saved models live in ~/.cache/attnviz/custom, uploads in ~/.cache/attnviz/uploads.")
     if choice == JUST_TRAINED:
         return None, run.net
