@@ -23,6 +23,7 @@ import attnviz
 from attnviz.analysis.flow import fuse_heads, rollout
 from attnviz.analysis.stats import head_stats
 from attnviz.inputs import open_image
+from attnviz.models import store
 
 PAGE = "pages/image.py"
 VIEWS = ["cls", "heads", "layers", "patch", "rollout", "prefix"]
@@ -226,6 +227,24 @@ def test_the_url_chooses_sample_view_layer_and_head():
     assert titles[3] == "<b>layer 3</b>" and titles[0] == "layer 0"
     for name in ("model", "layer", "head", "view", "size", "sample"):
         assert name in at.query_params
+
+
+def test_input_size_and_model_set_the_patch_grid():
+    at = open_page(sample="cat", size="112")
+    assert_clean(at)
+    assert any("8 x 12 patches of 14 px" in c.value for c in at.caption)  # 451 x 300 at 112 px
+    at.selectbox(key="_model_box").set_value("clip-vit-b16").run()
+    assert_clean(at)
+    assert at.query_params["model"] == "clip-vit-b16"
+    assert any("clip-vit-b16 saw 176 x 112 px: 7 x 11 patches of 16 px" in c.value for c in at.caption)
+    (fig,) = figures(at)
+    assert weights(fig).shape == (7 * 11,)
+
+
+def test_a_text_model_folder_gets_a_clear_message():
+    at = open_page(model=str(store.model_dir("minilm-l6")))
+    assert not at.exception, at.exception
+    assert len(at.error) == 1 and "is not an image model" in at.error[0].value
 
 
 def test_downloads_are_offered(cat_page):

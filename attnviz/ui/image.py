@@ -130,8 +130,8 @@ def size_options(model: Model) -> list[int]:
 def input_size_picker(model: Model) -> int:
     """Select box for the shorter side of the model's input, in the URL as ``?size=``."""
     if model.image is None:
-        raise AttnvizError(f"{model.name} is a {model.family} model; this page needs an image model "
-                           "(ViT, DINOv2, CLIP…).")
+        raise AttnvizError(f"{model.name} is not an image model (its family is {model.family}); this page "
+                           "needs an image model such as ViT, DeiT, DINOv2 or a CLIP vision tower.")
     options = size_options(model)
     own = max(1, round(model.image.size / model.image.patch)) * model.image.patch
     default = own if own in options else options[len(options) // 2]
