@@ -1,7 +1,10 @@
 """Home: what attnviz does, the bundled models and their status, links to the other pages."""
 import streamlit as st
 
+from attnviz.ui.common import in_app_frame
 from attnviz.ui.home import model_table, page_links
+
+in_app_frame()
 
 st.title("attnviz")
 st.markdown(

@@ -8,9 +8,11 @@ import streamlit as st
 
 from attnviz.models.bundled import DEFAULT_IMAGE_MODEL
 from attnviz.ui import image as ui
-from attnviz.ui.common import friendly_errors
+from attnviz.ui.common import friendly_errors, in_app_frame
 from attnviz.ui.models import get_model, model_picker, run_capture
 from attnviz.ui.selectors import layer_head
+
+in_app_frame()
 
 st.title("Image explorer")
 st.markdown("Upload a photo and see where the model looks: the **CLS** token's attention "

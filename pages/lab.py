@@ -1,8 +1,10 @@
 """Mechanics lab: how attention is computed, step by step, and what it costs as inputs grow."""
 import streamlit as st
 
-from attnviz.ui.common import friendly_errors
+from attnviz.ui.common import friendly_errors, in_app_frame
 from attnviz.ui.lab import compare_table, cost_view, lab_input, show_multi_head, show_steps, variant_options
+
+in_app_frame()
 
 st.title("Mechanics lab")
 st.caption("Attention by hand: score every key against each query, scale, mask, softmax, and take the "

@@ -2,9 +2,11 @@
 import streamlit as st
 
 from attnviz.models.bundled import DEFAULT_TEXT_MODEL
-from attnviz.ui.common import friendly_errors
+from attnviz.ui.common import friendly_errors, in_app_frame
 from attnviz.ui.models import get_model, model_picker, run_capture
 from attnviz.ui.text import TEXT_FAMILIES, result_header, stack_picker, text_input, view_options, views
+
+in_app_frame()
 
 st.title("Text explorer")
 st.caption("Every head of every layer on your own text: one head as a heatmap, all heads at once, "

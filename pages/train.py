@@ -1,8 +1,10 @@
 """Build your own: design a small attention model, train it on a toy task, look inside it."""
 import streamlit as st
 
-from attnviz.ui.common import friendly_errors
+from attnviz.ui.common import friendly_errors, in_app_frame
 from attnviz.ui.train import RUN_KEY, design_form, inspect, open_buttons, pick_model, save_block, training, upload_block
+
+in_app_frame()
 
 st.title("Build your own")
 st.caption("Choose layers, heads, width and the kind of attention, train on a toy task on the CPU while the "

@@ -34,3 +34,26 @@ def test_make_run_serves_the_home_page(make_run_server, browser_page):
     assert browser_page.locator('[data-testid="stException"]').count() == 0
     screenshot(browser_page, "home")
     assert not browser_page.errors, browser_page.errors
+
+
+@pytest.mark.browser
+def test_a_deep_link_on_a_fresh_server_runs_inside_the_app(browser_page):
+    """The first request a server gets is a shareable link to a page: it must still run
+    inside app.py's navigation (page titles, wide layout), not Streamlit's legacy pages/ mode."""
+    from browser import start_server
+
+    port = free_port()
+    proc = start_server(port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url)
+        browser_page.goto(f"{url}/lab")
+        wait_for_app(browser_page)
+        browser_page.get_by_role("heading", name="Mechanics lab").first.wait_for(timeout=60_000)
+        nav = browser_page.locator('[data-testid="stSidebarNav"]')
+        nav.get_by_text("Text explorer").wait_for(timeout=30_000)
+        assert nav.get_by_text("train", exact=True).count() == 0, "legacy pages/ titles shown"
+        screenshot(browser_page, "deep-link-lab")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

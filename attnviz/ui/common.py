@@ -53,3 +53,18 @@ def friendly_errors():
         log.exception("unexpected error")
         st.error(f"Something went wrong ({type(e).__name__}). The details are in the server log.")
         st.stop()
+
+
+def in_app_frame() -> None:
+    """Make sure the page runs inside app.py's navigation; call it first on every page.
+
+    Streamlit (1.67) serves a server's first request in its legacy ``pages/`` mode until some
+    session has run ``st.navigation``: a deep link such as ``/image`` opened first then runs
+    the page file alone, without app.py (no page config, legacy sidebar titles). This leaves
+    that mode, once per server, and reruns, so that app.py routes to the same page.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
