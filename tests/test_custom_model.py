@@ -4,7 +4,6 @@ models are checked before anything is written."""
 import io
 import json
 import math
-import shutil
 import zipfile
 
 import numpy as np

@@ -43,11 +43,11 @@ def status_text(page) -> str:
 def test_lab_draws_the_steps(server, browser_page):
     page = browser_page
     open_page(page, server, "lab")
-    page.locator(".st-key-lab_step_softmax .heatmaplayer").wait_for(timeout=60_000)
+    page.locator(".st-key-lab_step_softmax .heatmaplayer").wait_for(timeout=120_000)
     assert page.locator(".katex").count() >= 5  # a formula beside each step
     page.get_by_text("local window", exact=True).click()
     wait_for_app(page)
-    page.get_by_text("Each query keeps the keys at most 1 positions away").wait_for(timeout=30_000)
+    page.get_by_text("Each query keeps the keys at most 1 positions away").wait_for(timeout=120_000)
     screenshot(page, "lab-steps")
     assert page.locator('[data-testid="stException"]').count() == 0
     assert not page.errors, page.errors
@@ -62,10 +62,10 @@ def test_train_stop_save_and_open_in_the_text_explorer(server, browser_page):
     steps.press("Enter")
     wait_for_app(page)
     page.locator(".st-key-train_start button").click()
-    page.locator('[class*="st-key-train_chart_"] .scatterlayer').first.wait_for(timeout=60_000)  # live curve
+    page.locator('[class*="st-key-train_chart_"] .scatterlayer').first.wait_for(timeout=120_000)  # live curve
     time.sleep(1.5)
     page.locator(".st-key-train_stop button").click()  # not the header's Stop
-    page.get_by_text("held-out accuracy").first.wait_for(timeout=60_000)
+    page.get_by_text("held-out accuracy").first.wait_for(timeout=120_000)
     wait_for_app(page)
     stopped = status_text(page)
     assert "of 5000" not in stopped, stopped  # Stop lowered the target to the steps done
@@ -74,15 +74,15 @@ def test_train_stop_save_and_open_in_the_text_explorer(server, browser_page):
     screenshot(page, "train-stopped")
 
     page.locator(".st-key-train_save button").click()
-    page.get_by_text("Saved in").wait_for(timeout=30_000)
+    page.get_by_text("Saved in").wait_for(timeout=120_000)
     wait_for_app(page)
-    page.locator(".st-key-train_grid .heatmaplayer").first.wait_for(timeout=30_000)
+    page.locator(".st-key-train_grid .heatmaplayer").first.wait_for(timeout=120_000)
     screenshot(page, "train-saved")
     page.get_by_role("button", name="Open in the text explorer").click()
-    page.wait_for_url(lambda url: "/text" in url, timeout=60_000)
+    page.wait_for_url(lambda url: "/text" in url, timeout=120_000)
     wait_for_app(page)
     chart = page.locator(".st-key-text_heatmap")
-    chart.locator(".heatmaplayer image").wait_for(timeout=60_000)
+    chart.locator(".heatmaplayer image").wait_for(timeout=120_000)
     ticks = chart.locator(".xtick text").all_text_contents()
     digits = [t.replace("\u200b", "") for t in ticks]  # repeated labels carry zero-width spaces
     assert len(digits) == 12 and all(d in "0123456789" and d for d in digits), ticks
@@ -110,11 +110,11 @@ def test_upload_a_model_zip(server, browser_page, tmp_path):
         page.get_by_text("Upload a model (zip or files)").click()
         page.locator('.st-key-train_upload input[type="file"]').set_input_files(str(upload))
         if upload == bad:
-            page.get_by_text("pickle weights are refused").wait_for(timeout=60_000)
+            page.get_by_text("pickle weights are refused").wait_for(timeout=120_000)
             screenshot(page, "train-upload-refused")
-    page.get_by_text("Unpacked a custom model").wait_for(timeout=60_000)
+    page.get_by_text("Unpacked a custom model").wait_for(timeout=120_000)
     wait_for_app(page)
-    page.locator(".st-key-train_grid .heatmaplayer").first.wait_for(timeout=30_000)  # inspected at once
+    page.locator(".st-key-train_grid .heatmaplayer").first.wait_for(timeout=120_000)  # inspected at once
     screenshot(page, "train-upload")
     assert page.locator('[data-testid="stException"]').count() == 0
     assert not page.errors, page.errors

@@ -4,7 +4,6 @@ minilm-l6's own, and the Cost chart's measured points come from a real run."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import app_path

@@ -63,7 +63,7 @@ def lab_input() -> LabInput:
 def _numbers_input() -> LabInput:
     c = st.columns(5)
     n_q = c[0].number_input("Queries", 1, 12, 4, key="lab_nq")
-    n_k = c[1].number_input("Keys", 1, 12, 6, key="lab_nk", help="Keys = queries: self-attention; "
+    n_k = c[1].number_input("Keys", 2, 12, 6, key="lab_nk", help="Keys = queries: self-attention; "
                             "a different number: queries from another sequence (encoder-decoder attention).")
     d = c[2].number_input("Width d", 1, 8, 4, key="lab_d", help="Columns of Q, K and V (d_k = d_v = d).")
     divisors = [h for h in range(1, d + 1) if d % h == 0]
