@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from attnviz.analysis.tokens import (block_size, display_label, reduce, scale_rows, token_axis, top_share,
-                                     unique_labels, word_label)
+from attnviz.analysis.tokens import (block_size, display_label, last_content_unit, reduce, scale_rows, token_axis,
+                                     top_share, unique_labels, word_label)
 
 TOKENS = ["[CLS]", "un", "##believ", "##able", "cat", "##s", "!", "[SEP]"]
 SPECIAL = [True, False, False, False, False, False, False, True]
@@ -115,6 +115,22 @@ def test_window_keeps_full_row_renormalisation():
 def test_unit_of_maps_tokens_to_words():
     axis = token_axis(TOKENS, SPECIAL, SPANS, merge=True, hide_special=True)
     assert [axis.unit_of(t) for t in range(1, 7)] == [0, 0, 0, 1, 1, 2]
+
+
+def test_blocks_of_words_average_over_the_tokens_of_the_block():
+    attn = random_attention(8, 8, lead=())
+    words = token_axis(TOKENS, SPECIAL, SPANS, merge=True)  # 5 words
+    blocks = words.blocks(3)  # 2 words a block: [CLS] unbelievable | cats ! | [SEP]
+    assert blocks.spans == [(0, 4), (4, 7), (7, 8)]
+    out = reduce(attn, blocks, blocks)
+    a = attn.astype(np.float32)
+    np.testing.assert_allclose(out[0, 1], a[0:4, 4:7].sum(-1).mean(), rtol=1e-5)
+
+
+def test_last_content_unit_is_the_end_of_the_text():
+    assert last_content_unit(token_axis(TOKENS, SPECIAL, SPANS), SPECIAL) == 6
+    assert last_content_unit(token_axis(TOKENS, SPECIAL, SPANS, merge=True), SPECIAL) == 3
+    assert last_content_unit(token_axis(["[CLS]"], [True], None), [True]) == 0
 
 
 def test_top_share_keeps_strongest_entries_reaching_the_share():
