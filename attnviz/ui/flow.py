@@ -1,0 +1,348 @@
+"""Streamlit blocks of the local/global and flow page: the kind and view pickers, and the five
+views of one captured input.
+
+- distance vs depth: one dot per head, its mean attention distance against its layer;
+- heatmaps: one per-head statistic as a layers x heads heatmap;
+- over many inputs: the same statistics averaged over several texts or photos;
+- rollout and flow: raw attention, rollout and exact attention flow from one output token;
+- layer by layer (text): how that token's rollout spreads through the layers, as a Sankey.
+
+Every view takes a :class:`Captured` (the input as the page captured it). Per-head statistics
+are cached across sessions (``st.cache_data``); rollout and exact flow per session
+(:func:`remembered`), so that moving a control reruns the chart, never the model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import streamlit as st
+
+import attnviz
+from attnviz.analysis import flow
+from attnviz.analysis.stats import GLOBAL_MIN, LOCAL_MIN, HeadStats, average_stats, head_stats
+from attnviz.analysis.tokens import display_label, reduce, token_axis
+from attnviz.inputs import open_image, read_text
+from attnviz.result import AttentionResult
+from attnviz.samples import SAMPLES, sample_bytes
+from attnviz.ui import image as image_ui
+from attnviz.ui.common import remember, url_choice
+from attnviz.ui.image import Photo
+from attnviz.ui.models import get_model
+from attnviz.viz import flow as viz
+from attnviz.viz import image as image_viz
+from attnviz.viz import text as text_viz
+from attnviz.viz.heatmap import png_config, safe_filename
+
+KINDS = {"text": "Text", "image": "Image"}
+VIEWS = {"depth": "Distance vs depth", "heatmaps": "Heatmaps", "many": "Over many inputs",
+         "flow": "Rollout and flow", "spread": "Layer by layer"}
+MANY_TEXTS = [  # the default texts of "over many inputs"
+    "The animal didn't cross the street because it was too tired.",
+    "She gave the book to her brother after she had finished reading it.",
+    "Attention lets every token look at every other token, and the model learns where to look.",
+    "The committee, which had met every week since March, finally approved the budget.",
+    "If it rains tomorrow, the match will be moved to the indoor court near the station.",
+    "Researchers found that the new vaccine protected mice against several strains of the virus.",
+]
+FLOW_CACHE_ENTRIES = 16  # rollouts and exact flows kept per session
+
+
+def fingerprint(result: AttentionResult) -> str:
+    """A key naming one result: model, tokens and (images) the pixels the model saw."""
+    h = hashlib.sha1(result.model.encode())
+    h.update("\x00".join(result.tokens + (result.target_tokens or [])).encode())
+    if result.image is not None:
+        h.update(result.image.tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Captured:
+    """What the views look at: ``result`` of model ``model`` (the name as picked, for loading
+    it again) on a ``kind`` ("text" or "image") input, shown for the attention ``stack``.
+    Images also give the ``photo`` and the input ``size`` (shorter side, px) it was captured at.
+    ``key`` (set from the result) names the result in the caches."""
+
+    kind: str
+    model: str
+    result: AttentionResult
+    stack: str
+    photo: Photo | None = None
+    size: int | None = None
+    key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", fingerprint(self.result))
+
+
+# -- pickers ----------------------------------------------------------------------------------
+def _choice(label: str, param: str, choices: dict[str, str], default: str, key: str) -> str:
+    """A segmented control over ``choices`` (value -> label), read from and written to the
+    ``param`` query parameter; ``key`` (the widget's) keeps the choice in the session."""
+    remember(key, url_choice(param, list(choices), default))
+    value = st.segmented_control(label, list(choices), format_func=choices.get, key=key, required=True)
+    st.query_params[param] = value
+    return value
+
+
+def kind_picker() -> str:
+    """Text or image input (``?kind=``)."""
+    return _choice("Input", "kind", KINDS, "text", "flow_kind")
+
+
+def view_picker() -> str:
+    """One of VIEWS (``?view=``)."""
+    return _choice("View", "view", VIEWS, "depth", "flow_view")
+
+
+# -- caches -----------------------------------------------------------------------------------
+@st.cache_data(max_entries=32, show_spinner=False)
+def stats_of(key: str, _result: AttentionResult, stack: str, window: int) -> HeadStats:
+    """Per-head statistics of the result named ``key`` (see :func:`fingerprint`)."""
+    return head_stats(_result, stack, window=window)
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def input_stats(model_name: str, _model, digest: str, _input, size: int | None, stack: str, window: int) -> HeadStats:
+    """Per-head statistics of one of many inputs (a text or a PIL image, named by its
+    ``digest``) to ``_model``; ``stack`` when the model has it, else its first stack."""
+    captured = attnviz.capture(_model, _input, size=size) if size else attnviz.capture(_model, _input)
+    return head_stats(captured, stack if stack in captured.attn else captured.stacks[0], window=window)
+
+
+def remembered(what: tuple, compute):
+    """``compute()`` kept per session for the last FLOW_CACHE_ENTRIES ``what`` keys."""
+    cache = st.session_state.setdefault("flow_cache", OrderedDict())
+    if what not in cache:
+        cache[what] = compute()
+        while len(cache) > FLOW_CACHE_ENTRIES:
+            cache.popitem(last=False)
+    cache.move_to_end(what)
+    return cache[what]
+
+
+def exact_flow(key: str, attn: np.ndarray, stack: str, source: int, fusion: str) -> np.ndarray:
+    """Exact attention flow from token ``source`` to every input token: [keys], summing to 1
+    (cached per session); a progress bar once it takes over a second."""
+    def compute():
+        slot, started, bar = st.empty(), time.perf_counter(), []
+
+        def progress(done: float) -> None:
+            if bar:
+                bar[0].progress(done, text=f"Exact attention flow… {done:.0%}")
+            elif time.perf_counter() - started > 1.0:
+                bar.append(slot.progress(done, text=f"Exact attention flow… {done:.0%}"))
+
+        try:
+            return flow.attention_flow(attn, source, fusion, progress=progress)
+        finally:
+            slot.empty()
+
+    return remembered(("flow", key, stack, source, fusion), compute)
+
+
+# -- controls ---------------------------------------------------------------------------------
+def window_slider(kind: str) -> int:
+    """The local window: tokens (text) or patches along rows and columns (images)."""
+    unit = "patches" if kind == "image" else "tokens"
+    return st.slider(f"Window, in {unit}", 0, 8, 2, key="flow_window",
+                     help="Attention within this many tokens (text) or patches along rows and columns (images) "
+                          "of the query counts as local.")
+
+
+def thresholds(stats: HeadStats) -> tuple[float, float]:
+    """Sliders of the local and global thresholds, with what they mean for this input."""
+    local_min = st.slider("Local: share within the window at least", 0.0, 1.0, LOCAL_MIN, 0.05, key="flow_local_min",
+                          help="A head is local when at least this share of its attention (special tokens left out, "
+                               "the rest renormalised) stays within the window around the query.")
+    global_min = st.slider("Global: distance / uniform head's at least", 0.0, 1.5, GLOBAL_MIN, 0.05,
+                           key="flow_global_min",
+                           help=f"A head that is not local is global when its mean distance is at least this share of "
+                                f"the distance of a head that attends evenly ({stats.uniform_distance:.1f} "
+                                f"{stats.distance_unit} here); the rest are mixed.")
+    return local_min, global_min
+
+
+def source_picker(result: AttentionResult, stack: str) -> int:
+    """The output token whose sources are traced: CLS (or the last token of a decoder) first."""
+    tokens = result.query_tokens(stack)
+    default = len(tokens) - 1 if result.is_causal(stack) else 0
+    return st.selectbox("From output token", range(len(tokens)), index=default, key=f"flow_source_{stack}",
+                        format_func=lambda i: f"{i}: {display_label(tokens[i])}")
+
+
+def many_inputs(kind: str) -> list[tuple[str, str, object]]:
+    """(name, digest, input) for every input of the "many" view: the sample photos or the
+    example texts by default, or the uploaded files."""
+    if kind == "image":
+        files = st.file_uploader("Photos (several at once)", type=image_ui.UPLOAD_TYPES, accept_multiple_files=True,
+                                 key="flow_many_images")
+        pairs = [(f.name, f.getvalue()) for f in files] or [(n, sample_bytes(n)) for n in SAMPLES]
+        return [(n, hashlib.sha1(d).hexdigest(), open_image(d, n)) for n, d in pairs]
+    files = st.file_uploader("Text files (several at once)", type=["txt", "md"], accept_multiple_files=True,
+                             key="flow_many_texts")
+    if files:
+        texts = [(f.name, read_text(f.getvalue(), f.name)) for f in files]
+    else:
+        typed = st.text_area("Texts, one per line", "\n".join(MANY_TEXTS), height=150, key="flow_many_typed")
+        texts = [(f"line {i + 1}", t) for i, t in enumerate(l for l in typed.splitlines() if l.strip())]
+    return [(n, hashlib.sha1(t.encode()).hexdigest(), t) for n, t in texts]
+
+
+def show_head(captured: Captured, layer: int, head: int) -> None:
+    """The pattern of one head: its heatmap (text) or the CLS attention on the photo."""
+    result = captured.result
+    if captured.kind == "text":
+        fig, _ = text_viz.head_heatmap(result, captured.stack, layer, head, text_viz.TextOptions())
+        st.plotly_chart(fig, key="flow_head_pattern", config=png_config(f"{result.model}_L{layer}_H{head}"))
+    else:
+        image_ui.show_overlay(captured.photo, image_viz.query_heat(result, layer, head, 0), image_ui.style_controls(),
+                              key="flow_head_pattern",
+                              file_name=safe_filename(f"{result.model}-cls-layer{layer}-head{head}") + ".png")
+        st.caption(f"Where CLS looks in layer {layer}, head {head}.")
+
+
+# -- the views --------------------------------------------------------------------------------
+def depth_view(captured: Captured) -> None:
+    """Mean attention distance against depth, one dot per head, shaped by its class (local,
+    mixed, global) and coloured by its entropy; a click on a dot shows that head below."""
+    result, stack = captured.result, captured.stack
+    controls, shown = st.columns([1, 3], gap="medium")
+    with controls:
+        stats = stats_of(captured.key, result, stack, window_slider(captured.kind))
+        local_min, global_min = thresholds(stats)
+        classes = stats.classes(local_min, global_min)
+        st.markdown(" · ".join(f"**{(classes == c).sum()}** {c}" for c in ("local", "mixed", "global")))
+    with shown:
+        fig = viz.distance_depth(stats, local_min=local_min, global_min=global_min,
+                                 title=f"{result.model} · {stack}: one dot per head")
+        event = st.plotly_chart(fig, key="flow_depth", on_select="rerun", selection_mode="points",
+                                config=png_config(f"{result.model}_distance_depth"))
+        st.caption("Colour: entropy over log(number of keys), 0 = one key, 1 = even. Special tokens are left out "
+                   "and the rest renormalised; their share is the sink mass. Click a dot to open its head.")
+        points = [p for p in (event.selection.points if event and event.selection else []) if p["curve_number"] == 0]
+        if points:  # the dots are in row-major (layer, head) order
+            show_head(captured, *divmod(points[0]["point_index"], stats.n_heads))
+
+
+def heatmaps_view(captured: Captured) -> None:
+    """One per-head statistic as a layers x heads heatmap, and all of them as JSON."""
+    result, stack = captured.result, captured.stack
+    controls, shown = st.columns([1, 3], gap="medium")
+    with controls:
+        stats = stats_of(captured.key, result, stack, window_slider(captured.kind))
+        statistic = st.radio("Statistic", list(viz.STATISTICS), format_func=lambda n: viz.stat_label(stats, n),
+                             key="flow_statistic")
+    with shown:
+        title = f"{result.model} · {stack} · {viz.stat_label(stats, statistic)}"
+        st.plotly_chart(viz.stat_heatmap(stats, statistic, title), key="flow_heatmap",
+                        config=png_config(f"{result.model}_{statistic}"))
+        st.download_button("All statistics (.json)", lambda: json.dumps(stats.to_json()),
+                           file_name=safe_filename(f"{result.model}-{stack}-stats") + ".json", mime="application/json",
+                           on_click="ignore", icon=":material/download:", key="flow_stats_json")
+
+
+def many_view(captured: Captured) -> None:
+    """Each head's statistics averaged over many inputs (the sample photos, example texts or
+    uploads) run through the same model at the same input size: distance vs depth with
+    ± 1 std bars, and a heatmap of one mean statistic."""
+    kind, result = captured.kind, captured.result
+    controls, shown = st.columns([1, 3], gap="medium")
+    with controls:
+        window = window_slider(kind)
+        inputs = many_inputs(kind)
+    if not inputs:
+        st.info("Add a few inputs to average over.")
+        return
+    model = get_model(captured.model)
+    bar = st.progress(0.0, text=f"Statistics of {len(inputs)} inputs…")
+    per_input = []
+    for i, (_, digest, value) in enumerate(inputs):
+        per_input.append(input_stats(captured.model, model, digest, value, captured.size, captured.stack, window))
+        bar.progress((i + 1) / len(inputs), text=f"Statistics of {len(inputs)} inputs… {i + 1}/{len(inputs)}")
+    bar.empty()
+    spread = average_stats(per_input)
+    with controls:
+        local_min, global_min = thresholds(spread.mean)
+    with shown:
+        what = "sample photos" if kind == "image" and not st.session_state.get("flow_many_images") else "inputs"
+        st.plotly_chart(viz.distance_depth(spread.mean, spread=spread.std, local_min=local_min, global_min=global_min,
+                                           title=f"{result.model} · mean over {spread.n} {what}, bars: ± 1 std"),
+                        key="flow_many_depth", config=png_config(f"{result.model}_distance_depth_mean"))
+        st.caption("The ViT paper averaged 128 images; here every input gets the same model and input size, "
+                   "and each head's statistics are averaged over the inputs.")
+        statistic = st.selectbox("Heatmap of", list(viz.STATISTICS), format_func=lambda n: viz.stat_label(spread.mean, n),
+                                 key="flow_many_statistic")
+        st.plotly_chart(viz.stat_heatmap(spread.mean, statistic, f"mean {viz.stat_label(spread.mean, statistic)}"),
+                        key="flow_many_heatmap", config=png_config(f"{result.model}_{statistic}_mean"))
+
+
+def flow_view(captured: Captured) -> None:
+    """How one output token draws on the input, by three methods side by side: raw attention
+    of the last layer, rollout, and exact attention flow (when the graph is small enough);
+    bars per token (text) or overlays on the photo (images)."""
+    kind, result, stack, key = captured.kind, captured.result, captured.stack, captured.key
+    if stack == "cross":
+        st.info("Rollout and flow follow self-attention down a stack: choose the encoder or the decoder.")
+        return
+    attn = result.attn[stack]
+    controls, shown = st.columns([1, 3], gap="medium")
+    with controls:
+        source = source_picker(result, stack)
+        fusion = st.selectbox("Heads fused by", flow.FUSIONS, key="flow_fusion")
+        if kind == "text":
+            merge = st.toggle("Merge sub-words into words", key="flow_merge")
+            hide = st.toggle("Hide special tokens", key="flow_hide", help="Renormalise over the other tokens.")
+        else:
+            style = image_ui.style_controls()
+    layers, n = attn.shape[0], attn.shape[-1]
+    rolled = remembered(("rollout", key, stack, source, fusion), lambda: flow.rollout(attn, fusion, source=source))
+    weights = {"raw attention": flow.last_layer_attention(attn, source, fusion), "rollout": rolled}
+    if layers * n * n <= flow.MAX_FLOW_EDGES:
+        weights["flow"] = exact_flow(key, attn, stack, source, fusion)
+    else:
+        with shown:
+            st.info(f"Exact flow over {n} tokens and {layers} layers is too big a graph; shown: raw attention and rollout.")
+    label = display_label(result.query_tokens(stack)[source])
+    with shown:
+        if kind == "text":
+            axis = token_axis(result.key_tokens(stack), result.key_special(stack), result.key_word_spans(stack),
+                              merge=merge, hide_special=hide)
+            one = token_axis(["output"], [False], None)
+            shares = {m: reduce(w[None, :], one, axis)[0] for m, w in weights.items()}
+            fig = viz.token_bars(axis.labels, shares, title=f"How “{label}” (token {source}) draws on the input")
+        else:
+            fig = viz.method_overlays(captured.photo.display, result.grid, weights, style)
+        st.plotly_chart(fig, key="flow_methods", config=png_config(f"{result.model}_flow_from_{source}"))
+        st.caption("Raw attention: the last layer only. Rollout: every layer's heads fused, the residual added "
+                   "(0.5 A + 0.5 I), rows renormalised, layers multiplied. Flow: the same matrices as capacities "
+                   "of a layered graph, max-flow from the output token to each input token, normalised to sum 1.")
+
+
+def spread_view(captured: Captured) -> None:
+    """(Text self-attention) how one output token's rollout passes between tokens layer by
+    layer, as a Sankey of the strongest edges of each layer."""
+    result, stack = captured.result, captured.stack
+    if captured.kind != "text" or stack == "cross":
+        st.info("The layer-by-layer view is for the self-attention of a text.")
+        return
+    attn = result.attn[stack]
+    controls, shown = st.columns([1, 3], gap="medium")
+    with controls:
+        source = source_picker(result, stack)
+        fusion = st.selectbox("Heads fused by", flow.FUSIONS, key="flow_spread_fusion")
+        top_k = st.slider("Strongest edges per layer", 1, 20, 5, key="flow_top_k")
+    edges = flow.rollout_spread(attn, source, fusion, top_k)
+    labels = [display_label(t) for t in result.key_tokens(stack)]
+    with shown:
+        st.plotly_chart(viz.spread_sankey(edges, labels, attn.shape[0],
+                                          title=f"How “{labels[source]}” spreads, layer by layer (rollout shares)"),
+                        key="flow_sankey", config=png_config(f"{result.model}_spread_{source}"))
+        st.caption("Left: the output token; right: the input. An edge from token i to token j across a layer carries "
+                   "the share of the output token's rollout that passes from i to j there; only the strongest "
+                   "edges of each layer are drawn.")
