@@ -43,7 +43,8 @@ MB = 1e6
 def text_of(model: attnviz.Model, n_tokens: int) -> str:
     """A text that the model reads as about ``n_tokens`` tokens (specials included)."""
     ids = model.tokenizer(PARAGRAPH * (n_tokens // 100 + 2), add_special_tokens=False)["input_ids"]
-    n_special = len(model.tokenizer("a")["input_ids"]) - len(model.tokenizer("a", add_special_tokens=False)["input_ids"])
+    with_special, without = (len(model.tokenizer("a", add_special_tokens=flag)["input_ids"]) for flag in (True, False))
+    n_special = with_special - without
     return model.tokenizer.decode(ids[:n_tokens - n_special])
 
 

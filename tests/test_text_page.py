@@ -21,7 +21,7 @@ import attnviz
 from attnviz.analysis.tokens import top_share
 from attnviz.viz.heatmap import colour_lut
 from attnviz.viz.tiles import PALETTE_COLOURS
-from attnviz.viz.text import HEATMAP_MAX, LINES_MAX, OPACITY_BINS, ZOOM
+from attnviz.viz.text import HEATMAP_MAX, LINES_MAX, ZOOM
 
 PAGE = "pages/text.py"
 SENTENCE = "The animal didn't cross the street because it was too tired."
@@ -130,7 +130,8 @@ def test_overview_is_one_image_of_every_head(minilm_sentence):
     n_layers, n_heads, n, _ = attn.shape
     targets = array(fig["data"][1]["customdata"]).reshape(-1, 2)
     assert targets.shape == (n_layers * n_heads, 2) and targets[-1].tolist() == [n_layers - 1, n_heads - 1]
-    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(fig["data"][0]["source"].split(",", 1)[1]))).convert("RGB"))
+    png = base64.b64decode(fig["data"][0]["source"].split(",", 1)[1])
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     # 16 tokens -> tiles of 16 x 16 cells enlarged 3x to 48 px, 2 px gaps
     f, gap = 3, 2
     assert image.shape[:2] == (n_layers * (n * f + gap) - gap, n_heads * (n * f + gap) - gap)
@@ -307,7 +308,8 @@ def test_empty_text_gives_a_clear_message(text):
 
 def test_binary_and_huge_uploads_are_refused_clearly():
     at = open_page()
-    at.file_uploader(key="text_upload").set_value(("photo.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "text/plain")).run()
+    png_header = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
+    at.file_uploader(key="text_upload").set_value(("photo.txt", png_header, "text/plain")).run()
     assert not at.exception
     assert "photo.txt looks binary" in at.error[0].value
     at.file_uploader(key="text_upload").set_value(("big.txt", b"word " * 1_000_000, "text/plain")).run()

@@ -101,8 +101,9 @@ def result_header(result: AttentionResult, request: TextRequest) -> None:
     c1, c2 = st.columns([5, 1], vertical_alignment="center")
     c1.caption(f"{result.model} · {len(result.tokens)} tokens · {sizes} · "
                f"{result.timings.get('total_s', 0.0):.2f} s")
-    c2.download_button("Result .npz", data=result.to_bytes, file_name=safe_filename(f"{result.model}_attention") + ".npz",
-                       mime="application/octet-stream", on_click="ignore", icon=":material/download:",
+    c2.download_button("Result .npz", data=result.to_bytes, mime="application/octet-stream",
+                       file_name=safe_filename(f"{result.model}_attention") + ".npz", on_click="ignore",
+                       icon=":material/download:",
                        help="Every attention map and the tokens; open it with attnviz.AttentionResult.load.")
 
 
@@ -262,7 +263,7 @@ def lines_view(result: AttentionResult, stack: str, options: viz.TextOptions) ->
             st.info("Pick at least one head.")
             return
         fig, csv = viz.token_lines(result, stack, layer, heads, options, share=share, token=token,
-                                      direction=direction, starts=tuple(starts))
+                                   direction=direction, starts=tuple(starts))
         name = f"{_base(result, stack)}_L{layer}_lines"
         _show(fig, name, key="text_lines")
         _csv_button(csv, name, "Lines .csv")
@@ -277,13 +278,13 @@ def focus_view(result: AttentionResult, stack: str, options: viz.TextOptions) ->
         with c1:
             head = head_select(result, stack, "text_focus")
         with c2:
-            query = st.selectbox("Token (query)", range(len(q)), index=last_content_unit(q, result.query_special(stack)),
-                                 key="text_focus_q",
+            query = st.selectbox("Token (query)", range(len(q)), key="text_focus_q",
+                                 index=last_content_unit(q, result.query_special(stack)),
                                  format_func=lambda u: f"{u}: {q.labels[u]}")
         with c3:
             if stack == "cross":
-                key = st.selectbox("Source token (key)", range(len(k)), index=last_content_unit(k, result.key_special(stack)),
-                                   key="text_focus_k",
+                key = st.selectbox("Source token (key)", range(len(k)), key="text_focus_k",
+                                   index=last_content_unit(k, result.key_special(stack)),
                                    format_func=lambda u: f"{u}: {k.labels[u]}")
             else:
                 key = query

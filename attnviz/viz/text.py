@@ -238,17 +238,20 @@ def token_lines(result: AttentionResult, stack: str, layer: int, heads: list[int
         spans = axis.spans
         highlight = token is not None and direction == side
         fig.add_trace(go.Scatter(
-            x=np.full(len(axis), x), y=-idx, mode="markers+text", text=plotly_text(axis.labels), textposition=anchor,
+            x=np.full(len(axis), x), y=-idx, mode="markers+text", text=plotly_text(axis.labels),
+            textposition=anchor,
             marker=dict(size=6, color=["#d62728" if highlight and start + i == token else "#555" for i in idx]),
             customdata=np.array([[start + i, s, e - 1] for i, (s, e) in enumerate(spans)]),
-            hovertemplate="%{text} · unit %{customdata[0]} (tokens #%{customdata[1]}–%{customdata[2]})<extra></extra>",
+            hovertemplate="%{text} · unit %{customdata[0]} "
+                          "(tokens #%{customdata[1]}–%{customdata[2]})<extra></extra>",
             showlegend=False))
     n = max(len(q_w), len(k_w))
     left, right = ("target", "source") if stack == "cross" else ("queries", "keys")
     window = ""
     if len(q_w) < len(q) or len(k_w) < len(k):
         window = (f"window: {left} {starts[0]}–{starts[0] + len(q_w) - 1} of {len(q)}, "
-                  f"{right} {starts[1]}–{starts[1] + len(k_w) - 1} of {len(k)}; lines leaving the window are not drawn · ")
+                  f"{right} {starts[1]}–{starts[1] + len(k_w) - 1} of {len(k)}; "
+                  "lines leaving the window are not drawn · ")
     note = f"{window}strongest lines covering {share:.0%} of each row's weight"
     fig.update_layout(
         title=title_layout(_title(result, stack, f"layer {layer} · token lines"), note),
