@@ -11,8 +11,10 @@ from attnviz.models.bundled import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from attnviz.ui import flow as ui
 from attnviz.ui import image as image_ui
 from attnviz.ui import text as text_ui
-from attnviz.ui.common import friendly_errors
+from attnviz.ui.common import friendly_errors, in_app_frame
 from attnviz.ui.models import get_model, model_picker, run_capture
+
+in_app_frame()
 
 st.title("Local or global, and attention flow")
 st.markdown("Which heads look **near** and which look **far**, how that changes with depth (the ViT paper's "

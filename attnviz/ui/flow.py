@@ -26,7 +26,7 @@ import attnviz
 from attnviz.analysis import flow
 from attnviz.analysis.stats import GLOBAL_MIN, LOCAL_MIN, HeadStats, average_stats, head_stats
 from attnviz.analysis.tokens import display_label, reduce, token_axis
-from attnviz.inputs import open_image, read_text
+from attnviz.inputs import MAX_IMAGE_UPLOAD_MB, MAX_TEXT_UPLOAD_MB, open_image, read_text
 from attnviz.result import AttentionResult
 from attnviz.samples import SAMPLES, sample_bytes
 from attnviz.ui import image as image_ui
@@ -50,6 +50,7 @@ MANY_TEXTS = [  # the default texts of "over many inputs"
     "Researchers found that the new vaccine protected mice against several strains of the virus.",
 ]
 FLOW_CACHE_ENTRIES = 16  # rollouts and exact flows kept per session
+MAX_MANY_INPUTS = 128  # files read by "over many inputs" (the ViT paper averaged 128 images)
 
 
 def fingerprint(result: AttentionResult) -> str:
@@ -181,11 +182,11 @@ def many_inputs(kind: str) -> list[tuple[str, str, object]]:
     example texts by default, or the uploaded files."""
     if kind == "image":
         files = st.file_uploader("Photos (several at once)", type=image_ui.UPLOAD_TYPES, accept_multiple_files=True,
-                                 key="flow_many_images")
+                                 key="flow_many_images", max_upload_size=MAX_IMAGE_UPLOAD_MB)[:MAX_MANY_INPUTS]
         pairs = [(f.name, f.getvalue()) for f in files] or [(n, sample_bytes(n)) for n in SAMPLES]
         return [(n, hashlib.sha1(d).hexdigest(), open_image(d, n)) for n, d in pairs]
     files = st.file_uploader("Text files (several at once)", type=["txt", "md"], accept_multiple_files=True,
-                             key="flow_many_texts")
+                             key="flow_many_texts", max_upload_size=MAX_TEXT_UPLOAD_MB)[:MAX_MANY_INPUTS]
     if files:
         texts = [(f.name, read_text(f.getvalue(), f.name)) for f in files]
     else:
