@@ -87,7 +87,9 @@ def _tokens(model: Model, ids: list[int]) -> list[str]:
 
 
 def _special(model: Model, ids: list[int]) -> list[bool]:
-    specials = set(model.tokenizer.all_special_ids)
+    """Which tokens are special ([CLS], [SEP], BOS, </s>, padding). The unknown token is not:
+    it stands for real input (an emoji, a character the vocabulary lacks)."""
+    specials = set(model.tokenizer.all_special_ids) - {model.tokenizer.unk_token_id}
     return [i in specials for i in ids]
 
 

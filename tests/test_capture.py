@@ -211,3 +211,11 @@ def test_recorder_is_per_thread():
         block(x)
         t.join()
     assert len(mine.maps) == 1 and seen_elsewhere == [20]
+
+
+def test_unknown_tokens_are_input_not_special(minilm):
+    r = attnviz.capture(minilm, "I love 🍕 today.")
+    unknown = [i for i, t in enumerate(r.tokens) if t == "[UNK]"]
+    assert unknown, r.tokens
+    assert not any(r.special[i] for i in unknown)
+    assert r.special[0] and r.special[-1]
