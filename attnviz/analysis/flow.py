@@ -46,8 +46,10 @@ def fuse_heads(attn_layer: np.ndarray, how: str = "mean") -> np.ndarray:
     by their mean, max or min."""
     if how not in FUSIONS:
         raise ValueError(f"fusion must be one of {FUSIONS}, not {how!r}")
-    a = np.asarray(attn_layer, dtype=np.float64)
-    return {"mean": a.mean, "max": a.max, "min": a.min}[how](axis=0)
+    a = np.asarray(attn_layer)
+    if how == "mean":  # accumulated in float64 without a float64 copy of every head
+        return a.mean(axis=0, dtype=np.float64)
+    return (a.max if how == "max" else a.min)(axis=0).astype(np.float64)
 
 
 def discard_lowest(fused: np.ndarray, ratio: float) -> np.ndarray:
