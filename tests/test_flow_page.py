@@ -5,14 +5,13 @@ run here on a capture made outside the app.
 """
 from __future__ import annotations
 
-import base64
-import json
 import re
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from apptest_tools import array, assert_clean, figures
 from conftest import app_path
 
 import attnviz
@@ -38,22 +37,10 @@ def show(at: AppTest, view: str) -> AppTest:
     return at
 
 
-def assert_clean(at: AppTest) -> None:
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
 
 
-def figures(at: AppTest) -> list[dict]:
-    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
 
 
-def array(value) -> np.ndarray:
-    """A figure's array: a plain list, or plotly's typed-array form {dtype, bdata, shape}."""
-    if isinstance(value, dict):
-        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
-        shape = value.get("shape")
-        return flat.reshape([int(n) for n in str(shape).split(",")] if shape else -1)
-    return np.asarray(value)
 
 
 def dots(fig: dict) -> dict:

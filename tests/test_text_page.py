@@ -8,13 +8,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 
 import numpy as np
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from apptest_tools import array, charts
 from conftest import app_path
 
 import attnviz
@@ -49,22 +49,8 @@ def assert_clean(at: AppTest) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
-def charts(at: AppTest) -> dict[str, dict]:
-    """The plotly figures on the page by widget key, decoded from their JSON specs."""
-    out = {}
-    for chart in at.get("plotly_chart"):
-        spec = json.loads(chart.proto.spec)
-        spec["config"] = json.loads(chart.proto.config)
-        out[chart.key] = spec
-    return out
 
 
-def array(value) -> np.ndarray:
-    """A plotly data array: a typed array {dtype, bdata, shape} or a plain list."""
-    if isinstance(value, dict) and "bdata" in value:
-        a = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
-        return a.reshape([int(s) for s in str(value.get("shape", len(a))).split(",")])
-    return np.array(value, dtype=float)
 
 
 def heat(fig: dict) -> tuple[np.ndarray, np.ndarray]:

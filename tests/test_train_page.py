@@ -7,7 +7,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import app_path
-from test_text_page import array, charts
+from apptest_tools import array, charts
 
 import attnviz
 from attnviz.models import custom

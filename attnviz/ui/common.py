@@ -61,10 +61,18 @@ def in_app_frame() -> None:
     Streamlit (1.67) serves a server's first request in its legacy ``pages/`` mode until some
     session has run ``st.navigation``: a deep link such as ``/image`` opened first then runs
     the page file alone, without app.py (no page config, legacy sidebar titles). This leaves
-    that mode, once per server, and reruns, so that app.py routes to the same page.
+    that mode and reruns, so that app.py routes to the same page. A server meets that mode
+    once; AppTest re-enters it on every run, and there the flag is only cleared (a rerun
+    would drop the clicks the test just made).
     """
     from streamlit.runtime.pages_manager import PagesManager
 
+    global _left_legacy_mode
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
-        st.rerun()
+        if not _left_legacy_mode:
+            _left_legacy_mode = True
+            st.rerun()
+
+
+_left_legacy_mode = False  # whether this process has already rerun out of the legacy mode
