@@ -1,0 +1,230 @@
+"""Many users at once: concurrent browser sessions against one attnviz server on 127.0.0.1.
+
+    .venv/bin/python bench/load.py [--sessions 8] [--requests 13] [--rss-bound-gb 3.0]
+
+Starts `streamlit run app.py` with the demo's settings (.streamlit/config.toml and
+ATTNVIZ_MAX_TOKENS=1024, as in the Dockerfile), then drives ``--sessions`` browser contexts
+of one headless chromium at the same time. Session i opens the text page on one of three
+bundled models (an encoder, an encoder-decoder, a decoder) and types ``--requests`` sentences
+of its own, one after another; each sentence is new to the server (no cache hit) and longer
+than the last. After each one the session waits for its own token count in the result line,
+then downloads the result (.npz) and compares it with a capture of the same sentence made in
+this process: tokens equal and every attention weight within 1e-3. A result equal to another
+session's sentence counts as cross-talk.
+
+Prints sessions, requests, errors, the cross-talk check, latency percentiles (from pressing
+Ctrl+Enter to the new result on screen), and the server's resident memory (now and peak,
+from /proc) against the bound stated in docs/deploy.md. Exits 1 on any error, cross-talk, or
+a peak above the bound. Requests are bounded (sessions x requests) and the server stops at
+the end.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import attnviz  # noqa: E402
+from attnviz.result import AttentionResult  # noqa: E402
+
+MODELS = ["minilm-l6", "t5-small-titler", "smollm2-135m"]  # session i uses MODELS[i % 3]
+WORDS = ("cat dog river mountain quietly bright engine letter garden window travel silver orange "
+         "whisper market ancient follow because under between yesterday music kitchen ocean paper "
+         "thunder gentle winter forest number castle honest rapid purple island bridge").split()
+TOKEN_CAP = "1024"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+TIMEOUT_MS = 300_000
+
+
+def sentence(session: int, request: int) -> str:
+    """Session ``session``'s ``request``-th text: unique, and 3 words longer than the one before."""
+    rng = np.random.default_rng(1000 * session + request)
+    words = " ".join(rng.choice(WORDS, 6 + 3 * request))
+    return f"Visitor {session} asks question {request}: {words}."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.address", "127.0.0.1",
+           "--server.port", str(port)]
+    env = {**os.environ, "ATTNVIZ_MAX_TOKENS": TOKEN_CAP}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                if r.read() == b"ok":
+                    return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"the server did not start; see {log}")
+
+
+def rss_gb(pid: int) -> tuple[float, float]:
+    """(resident, peak resident) memory of process ``pid`` in GB, from /proc/PID/status."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return (int(fields["VmRSS"].split()[0]) / 1e6, int(fields["VmHWM"].split()[0]) / 1e6)
+
+
+def references(sessions: int, requests: int) -> dict[tuple[int, int], AttentionResult]:
+    """What each request must give: the same capture, made here."""
+    os.environ["ATTNVIZ_MAX_TOKENS"] = TOKEN_CAP
+    models = {}
+    refs = {}
+    for i in range(sessions):
+        name = MODELS[i % len(MODELS)]
+        model = models.get(name) or models.setdefault(name, attnviz.load_model(name))
+        for j in range(requests):
+            refs[i, j] = attnviz.capture(model, sentence(i, j))
+    return refs
+
+
+def same(a: AttentionResult, b: AttentionResult) -> bool:
+    return (a.tokens == b.tokens and a.attn.keys() == b.attn.keys()
+            and all(np.allclose(a.attn[s].astype(np.float32), b.attn[s].astype(np.float32), atol=1e-3, rtol=0)
+                    for s in a.attn))
+
+
+IDLE = "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"  # the script has finished
+
+
+async def download_result(page, attempts: int = 3) -> AttentionResult:
+    """Click "Result .npz" and read the file; a download cancelled by a rerun is tried again."""
+    for attempt in range(attempts):
+        try:
+            async with page.expect_download(timeout=TIMEOUT_MS) as info:
+                await page.get_by_role("button", name="Result .npz").click()
+            download = await info.value
+            return AttentionResult.load(io.BytesIO(Path(await download.path()).read_bytes()))
+        except Exception:  # noqa: BLE001 - retried, then raised
+            if attempt == attempts - 1:
+                raise
+            await page.wait_for_function(IDLE, timeout=TIMEOUT_MS)
+
+
+async def session(browser, base: str, i: int, requests: int, refs, out: dict) -> None:
+    """One user: the text page on its model, ``requests`` sentences, each result checked."""
+    name = MODELS[i % len(MODELS)]
+    context = await browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = await context.new_page()
+    page_errors: list[str] = []
+    page.on("pageerror", lambda e: page_errors.append(str(e)))
+    try:
+        await page.goto(f"{base}/text?model={name}", timeout=TIMEOUT_MS)
+        box = page.locator('textarea[aria-label="Text"]')
+        await box.wait_for(timeout=TIMEOUT_MS)
+        for j in range(requests):
+            ref = refs[i, j]
+            try:
+                await box.fill(sentence(i, j))
+                started = time.perf_counter()
+                await box.press("Control+Enter")
+                await page.get_by_text(f"{name} · {len(ref.tokens)} tokens ·").wait_for(timeout=TIMEOUT_MS)
+                out["latency"].append(time.perf_counter() - started)
+                out["requests"] += 1
+                await page.wait_for_function(IDLE, timeout=TIMEOUT_MS)  # the rest of the page drawn
+                shown = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
+                if await shown.count():
+                    out["errors"].append(f"session {i} request {j}: {await shown.first.inner_text()}")
+                got = await download_result(page)
+            except Exception as e:  # noqa: BLE001 - an error of this request; the session goes on
+                out["errors"].append(f"session {i} request {j}: {type(e).__name__}: {str(e).splitlines()[0]}")
+                continue
+            if same(got, ref):
+                out["own"] += 1
+            else:
+                others = [k for k, r in refs.items() if k != (i, j) and r.tokens == got.tokens]
+                out["crosstalk" if others else "errors"].append(
+                    f"session {i} request {j}: the result is {'that of ' + str(others[0]) if others else 'wrong'}")
+    except Exception as e:  # noqa: BLE001 - the session could not go on: an error, the others go on
+        out["errors"].append(f"session {i}: {type(e).__name__}: {str(e).splitlines()[0]}")
+    finally:
+        out["errors"] += [f"session {i}: page error {e}" for e in page_errors]
+        await context.close()
+
+
+async def drive(base: str, sessions: int, requests: int, refs) -> dict:
+    from playwright.async_api import async_playwright
+
+    out = {"requests": 0, "own": 0, "latency": [], "errors": [], "crosstalk": []}
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        await asyncio.gather(*(session(browser, base, i, requests, refs, out) for i in range(sessions)))
+        await browser.close()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sessions", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=13, help="sentences per session")
+    ap.add_argument("--rss-bound-gb", type=float, default=3.0, help="the bound docs/deploy.md states")
+    args = ap.parse_args()
+
+    print(f"reference captures for {args.sessions} x {args.requests} sentences…", flush=True)
+    t0 = time.perf_counter()
+    refs = references(args.sessions, args.requests)
+    print(f"… {time.perf_counter() - t0:.0f} s", flush=True)
+    port = free_port()
+    log = ROOT / "test-artifacts" / "load-server.log"
+    log.parent.mkdir(exist_ok=True)
+    server = start_server(port, log)
+    try:
+        started = time.perf_counter()
+        out = asyncio.run(drive(f"http://127.0.0.1:{port}", args.sessions, args.requests, refs))
+        wall = time.perf_counter() - started
+        rss, peak = rss_gb(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    lat = sorted(out["latency"]) or [float("nan")]
+    p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
+    crosstalk_ok = not out["crosstalk"] and out["own"] == out["requests"]
+    rows = [
+        ("sessions (concurrent browser contexts)", f"{args.sessions}"),
+        ("models", ", ".join(MODELS[: min(args.sessions, len(MODELS))])),
+        ("requests (new sentences captured)", f"{out['requests']} of {args.sessions * args.requests}"),
+        ("errors", f"{len(out['errors'])}"),
+        ("cross-talk check", f"{'pass' if crosstalk_ok else 'FAIL'}: {out['own']} of {out['requests']} "
+                             f"downloads equal their own sentence's capture, {len(out['crosstalk'])} another's"),
+        ("latency p50 (s)", f"{statistics.median(lat):.2f}"),
+        ("latency p95 (s)", f"{p95:.2f}"),
+        ("latency max (s)", f"{lat[-1]:.2f}"),
+        ("wall time (s)", f"{wall:.0f}"),
+        ("server RSS after (GB)", f"{rss:.2f}"),
+        ("server peak RSS (GB)", f"{peak:.2f}  (bound {args.rss_bound_gb:.1f}: "
+                                 f"{'within' if peak <= args.rss_bound_gb else 'EXCEEDED'})"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print(f"\n{'what':<{width}}  value\n{'-' * width}  {'-' * 40}")
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    for line in (out["errors"] + out["crosstalk"])[:20]:
+        print("  ", line)
+    return 0 if not out["errors"] and crosstalk_ok and peak <= args.rss_bound_gb else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
