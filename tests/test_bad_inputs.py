@@ -146,3 +146,129 @@ def test_folders_and_names(corpus, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     check_all(of_kind(corpus, "folder"), lambda c: attnviz.load_model(str(c.path)))
     check_all(of_kind(corpus, "name"), lambda c: attnviz.load_model(c.text))
+
+
+# -- app ------------------------------------------------------------------------------------
+def page_outcome(at, case: Case) -> str | None:
+    """None when the page shows what ``case`` expects (no exception; the message in st.error,
+    or no error at all for an ok case), else what went wrong."""
+    if at.exception:
+        return f"exception in the page: {at.exception[0].value}"
+    errors = [e.value for e in at.error]
+    if case.expect == "error":
+        if not any(re.search(case.match, e) for e in errors):
+            return f"no st.error matching {case.match!r}; errors shown: {errors}"
+    elif errors:
+        return f"expected a result, the page shows: {errors}"
+    return None
+
+
+def accepted_by(uploader, cases: list[Case]) -> list[Case]:
+    """The cases whose file names the uploader's type filter lets through (Streamlit refuses
+    the others itself, in the browser and again on the server)."""
+    types = tuple(t if t.startswith(".") else f".{t}" for t in uploader.allowed_type)
+    kept = [c for c in cases if all(name.lower().endswith(types) for name, _ in names_of(c))]
+    assert kept
+    return kept
+
+
+def names_of(case: Case) -> list[tuple[str, bytes]]:
+    return case.uploads() if case.kind == "upload" else [(case.path.name, b"")]
+
+
+def check_page(at, cases: list[Case], give, recover, ready, shows_result=None) -> None:
+    """In one session: give each case to the page (``give(at, case)``), check what it shows
+    (for an ok case also ``shows_result(at)``, default ``ready``), then ``recover(at)`` (a good
+    input again) and check that ``ready(at)`` holds: the session survived every bad input."""
+    failures = []
+    for case in cases:
+        give(at, case)
+        at.run()
+        why = page_outcome(at, case)
+        if why is None and case.expect == "ok" and not (shows_result or ready)(at):
+            why = "no result shown"
+        if why:
+            failures.append(f"{case.name} ({case.about}): {why}")
+        recover(at)
+        at.run()
+        if at.exception or at.error or not ready(at):
+            failures.append(f"{case.name}: the session did not recover: {[e.value for e in at.error]} {at.exception}")
+            break
+    assert not failures, f"{len(failures)} of {len(cases)} cases failed on the page:\n" + "\n".join(failures)
+
+
+def utf8(text: str) -> bool:
+    """Whether a browser can send ``text`` as it is (a lone surrogate arrives as U+FFFD)."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def text_page_ready(at) -> bool:
+    return any(" tokens · " in c.value for c in at.caption)
+
+
+def test_text_page_typed_and_uploaded(corpus):
+    """Typed texts into the text box, text files into its uploader, on minilm-l6."""
+    at = open_page("pages/text.py")
+    box = at.text_area(key="_text_box")
+    good = "The cat sat on the mat."
+
+    def give_typed(at, case):
+        at.text_area(key="_text_box").set_value(case.text)
+
+    def give_file(at, case):
+        at.text_area(key="_text_box").set_value(good)
+        at.file_uploader(key="text_upload").set_value((case.path.name, case.data(), "text/plain"))
+
+    def recover(at):
+        at.file_uploader(key="text_upload").set_value(None)
+        at.text_area(key="_text_box").set_value(good)
+
+    assert box.value and text_page_ready(at)
+    typed = [c for c in of_kind(corpus, "typed") if c.model == "minilm-l6" and utf8(c.text)]
+    check_page(at, typed, give_typed, recover, text_page_ready)
+    files = accepted_by(at.file_uploader(key="text_upload"), of_kind(corpus, "text_file"))
+    check_page(at, files, give_file, recover, text_page_ready)
+
+
+def image_page_ready(at) -> bool:
+    return not at.exception and len(at.get("plotly_chart")) > 0
+
+
+def test_image_page_uploads(corpus, monkeypatch):
+    monkeypatch.setenv("ATTNVIZ_MAX_TOKENS", "1024")  # the demo's cap: a 10000 x 20 strip stays cheap
+    at = open_page("pages/image.py", timeout=300)
+
+    def give(at, case):
+        at.file_uploader(key="image_upload").set_value((case.path.name, case.data(), "application/octet-stream"))
+
+    def recover(at):
+        at.file_uploader(key="image_upload").set_value(None)
+
+    assert image_page_ready(at)
+    cases = accepted_by(at.file_uploader(key="image_upload"), of_kind(corpus, "image"))
+    check_page(at, cases, give, recover, image_page_ready)
+
+
+def test_train_page_model_uploads(corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNVIZ_HOME", str(tmp_path / "home"))
+    at = open_page("pages/train.py")
+
+    def give(at, case):
+        at.file_uploader(key="train_upload").set_value(
+            [(name, data, "application/octet-stream") for name, data in case.uploads()])
+
+    def recover(at):
+        at.file_uploader(key="train_upload").set_value(None)
+
+    def ready(at):
+        return any(s.value == "Inspect" for s in at.subheader)
+
+    def unpacked(at):
+        return ready(at) and any("Unpacked a" in s.value for s in at.success)
+
+    cases = accepted_by(at.file_uploader(key="train_upload"), of_kind(corpus, "upload"))
+    check_page(at, cases, give, recover, ready, unpacked)
