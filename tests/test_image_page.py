@@ -6,9 +6,7 @@ made here, outside the app.
 """
 from __future__ import annotations
 
-import base64
 import io
-import json
 import struct
 import zlib
 
@@ -17,6 +15,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from apptest_tools import array, assert_clean, figures, pictures
 from conftest import app_path
 
 import attnviz
@@ -50,35 +49,6 @@ def upload(at: AppTest, name: str, data: bytes, mime: str = "image/png") -> AppT
 
 def show(at: AppTest, view: str) -> AppTest:
     return at.button_group(key="image_view_box").set_value(view).run()
-
-
-def assert_clean(at: AppTest) -> None:
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
-
-
-def figures(at: AppTest) -> list[dict]:
-    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
-
-
-def pictures(fig: dict) -> list[Image.Image]:
-    """The images of a figure's Image traces, decoded from their data URIs."""
-    out = []
-    for trace in fig["data"]:
-        if trace["type"] == "image":
-            header, b64 = trace["source"].split(",", 1)
-            assert header == "data:image/jpeg;base64"
-            out.append(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
-    return out
-
-
-def array(value) -> np.ndarray:
-    """A figure's array: a plain list, or plotly's typed-array form {dtype, bdata, shape}."""
-    if isinstance(value, dict):
-        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
-        shape = value.get("shape")
-        return flat.reshape([int(n) for n in str(shape).split(",")] if shape else -1)
-    return np.asarray(value)
 
 
 def weights(fig: dict) -> np.ndarray:
