@@ -135,7 +135,7 @@ def main() -> None:
         else:
             print(f"{case:<28}{view:<36}{seconds:>9.3f}{size / MB:>10.3f}{target / MB:>11.1f}"
                   f"{'yes' if size < target else 'NO':>5}")
-    print(f"\nhead switch, server time (target < 0.3 s at 512 tokens)")
+    print("\nhead switch, server time (target < 0.3 s at 512 tokens)")
     print(f"{'case':<28}{'figure+JSON s':>15}{'mean of heads s':>17}{'AppTest rerun s':>17}")
     for case, switch, switch_mean, apptest in switches:
         at = f"{apptest:>17.3f}" if apptest is not None else f"{'-':>17}"

@@ -19,14 +19,13 @@ import threading
 import time
 import zipfile
 from pathlib import Path
-from typing import Callable
 
 from attnviz.errors import AttnvizError
 from attnviz.models import TRANSFORMERS_LOCK
 from attnviz.models.bundled import BUNDLED, BundledModel
+from attnviz.models.converters.common import Progress
 
 MANIFEST = "MANIFEST.json"
-Progress = Callable[[float, str], None]  # (fraction in [0, 1], message)
 _FETCH_LOCK = threading.Lock()  # one fetch at a time in a process (app sessions are threads)
 
 

