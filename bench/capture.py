@@ -28,14 +28,17 @@ from attnviz.models import store  # noqa: E402
 TEXT = ("Attention lets every token look at every other token; the model learns where to look. " * 12)
 
 
-def median_s(fn, runs: int) -> float:
-    fn()  # warm-up
-    times = []
+def medians_s(capture, forward, runs: int) -> tuple[float, float]:
+    """Median seconds of ``capture()`` and of ``forward()``, run alternately so that a busy
+    moment of the machine falls on both alike."""
+    capture(), forward()  # warm-up
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for fn, out in ((capture, times[0]), (forward, times[1])):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def text_case(runs: int) -> tuple[str, float, float]:
@@ -44,9 +47,7 @@ def text_case(runs: int) -> tuple[str, float, float]:
     text = model.tokenizer.decode(enc["input_ids"][0, 1:-1])
     assert len(attnviz.capture(model, text).tokens) in range(124, 133)
     plain = tf.AutoModel.from_pretrained(store.model_dir("minilm-l6"), attn_implementation="sdpa").eval()
-    with torch.inference_mode():
-        forward = median_s(lambda: plain(**enc), runs)
-    capture = median_s(lambda: attnviz.capture(model, text), runs)
+    capture, forward = medians_s(lambda: attnviz.capture(model, text), lambda: _plain(plain, enc), runs)
     return f"minilm-l6, {enc['input_ids'].shape[1]} tokens", capture, forward
 
 
@@ -55,17 +56,20 @@ def image_case(runs: int) -> tuple[str, float, float]:
     photo = Image.fromarray(data.astronaut())  # 512 x 512: 16 x 16 patches at 224 px
     plain = tf.AutoModel.from_pretrained(store.model_dir("dinov2-small"), attn_implementation="sdpa").eval()
     pixels = torch.randn(1, 3, 224, 224)
-    with torch.inference_mode():
-        forward = median_s(lambda: plain(pixel_values=pixels), runs)
-    capture = median_s(lambda: attnviz.capture(model, photo, size=224), runs)
+    capture, forward = medians_s(lambda: attnviz.capture(model, photo, size=224),
+                                 lambda: _plain(plain, {"pixel_values": pixels}), runs)
     return "dinov2-small, 224 px (257 tokens)", capture, forward
+
+
+def _plain(net, inputs: dict) -> None:
+    with torch.inference_mode():
+        net(**inputs)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=15)
     runs = ap.parse_args().runs
-    torch.set_num_threads(torch.get_num_threads())
     rows = [text_case(runs), image_case(runs)]
     print(f"threads: {torch.get_num_threads()}, runs: {runs} (medians)")
     print(f"{'case':<36}{'capture ms':>12}{'SDPA forward ms':>17}{'ratio':>8}{'target':>8}")
