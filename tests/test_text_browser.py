@@ -32,8 +32,13 @@ def test_type_a_sentence_switch_head_open_a_tile(streamlit_server, browser_page)
 
     chart = page.locator(HEATMAP)
     chart.locator(".heatmaplayer image").wait_for(timeout=60_000)  # plotly drew the heatmap
-    ticks = chart.locator(".xtick text").all_text_contents()
-    assert {"mat", "warm", "[SEP]"} <= set(ticks)
+    # the typed sentence's tokens on the key axis (the chart of the default text may still be
+    # on screen for a moment, so wait for them rather than read once)
+    page.wait_for_function(
+        f"""() => {{
+            const ticks = [...document.querySelectorAll('{HEATMAP} .xtick text')].map(t => t.textContent);
+            return ['mat', 'warm', '[SEP]'].every(w => ticks.includes(w));
+        }}""", timeout=60_000)
     wait_for_title(page, "layer 5 · head 0")
 
     page.get_by_role("combobox", name="Head", exact=True).click()
