@@ -7,12 +7,10 @@ flow from one output token, and (text) the layer-by-layer spread of that token.
 """
 import streamlit as st
 
-from attnviz.models.bundled import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from attnviz.ui import flow as ui
 from attnviz.ui import image as image_ui
 from attnviz.ui import text as text_ui
 from attnviz.ui.common import friendly_errors, in_app_frame
-from attnviz.ui.models import get_model, model_picker, run_capture
 
 in_app_frame()
 
@@ -23,26 +21,14 @@ st.markdown("Which heads look **near** and which look **far**, how that changes 
 
 kind = ui.kind_picker()
 with friendly_errors():
-    settings, source = st.columns([1, 2], gap="large")
     if kind == "text":
-        with settings:
-            name = model_picker(text_ui.TEXT_FAMILIES, DEFAULT_TEXT_MODEL)
-            model = get_model(name)
-        with source:
-            request = text_ui.text_input(model)
-        result = run_capture(name, request.text, pair=request.pair, target=request.target, generate=request.generate)
+        request, result = text_ui.text_capture()
         for note in request.notes + tuple(result.warnings):
             st.info(note)
-        captured = ui.Captured(kind, name, result, text_ui.stack_picker(result))
+        captured = ui.Captured(kind, result.model, result, text_ui.stack_picker(result))
     else:
-        with settings:
-            name = model_picker(("image",), DEFAULT_IMAGE_MODEL)
-            size = image_ui.input_size_picker(get_model(name))
-        with source:
-            photo = image_ui.photo_input()
-        result = run_capture(name, image=photo.image, image_bytes=photo.data, size=size)
-        image_ui.capture_summary(photo, result)
-        captured = ui.Captured(kind, name, result, "encoder", photo, size)
+        photo, size, result = image_ui.photo_capture()
+        captured = ui.Captured(kind, result.model, result, "encoder", photo, size)
 
 
 @st.fragment

@@ -6,10 +6,8 @@ attention (click the photo), attention rollout, and the prefix tokens' share.
 """
 import streamlit as st
 
-from attnviz.models.bundled import DEFAULT_IMAGE_MODEL
 from attnviz.ui import image as ui
 from attnviz.ui.common import friendly_errors, in_app_frame
-from attnviz.ui.models import get_model, model_picker, run_capture
 from attnviz.ui.selectors import layer_head
 
 in_app_frame()
@@ -20,14 +18,7 @@ st.markdown("Upload a photo and see where the model looks: the **CLS** token's a
             "groups with.")
 
 with friendly_errors():
-    settings, source = st.columns([1, 2], gap="large")
-    with settings:
-        name = model_picker(("image",), DEFAULT_IMAGE_MODEL)
-        size = ui.input_size_picker(get_model(name))
-    with source:
-        photo = ui.photo_input()
-    result = run_capture(name, image=photo.image, image_bytes=photo.data, size=size)
-    ui.capture_summary(photo, result)
+    photo, size, result = ui.photo_capture()
     st.download_button("Attention maps (.npz)", result.to_bytes, file_name=f"{photo.name.rsplit('.', 1)[0]}-attention.npz",
                        mime="application/octet-stream", on_click="ignore", icon=":material/download:",
                        help="Every layer's and head's attention as float16 [layers, heads, queries, keys], "

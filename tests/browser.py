@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -51,11 +52,11 @@ def start_server(port: int, extra_env: dict | None = None) -> subprocess.Popen:
                             env={**os.environ, **(extra_env or {})})
 
 
-@pytest.fixture(scope="session")
-def streamlit_server():
-    """Base URL of a streamlit server running app.py for the whole test session."""
+@contextmanager
+def serving(extra_env: dict | None = None):
+    """A fresh `streamlit run app.py` on a free port for the ``with`` block; yields its URL."""
     port = free_port()
-    proc = start_server(port)
+    proc = start_server(port, extra_env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url)
@@ -66,6 +67,13 @@ def streamlit_server():
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def streamlit_server():
+    """Base URL of a streamlit server running app.py for the whole test session."""
+    with serving() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

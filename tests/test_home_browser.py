@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from browser import ARTIFACTS, ROOT, free_port, screenshot, wait_for_app, wait_healthy
+from browser import ARTIFACTS, ROOT, free_port, screenshot, serving, wait_for_app, wait_healthy
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +40,7 @@ def test_make_run_serves_the_home_page(make_run_server, browser_page):
 def test_a_deep_link_on_a_fresh_server_runs_inside_the_app(browser_page):
     """The first request a server gets is a shareable link to a page: it must still run
     inside app.py's navigation (page titles, wide layout), not Streamlit's legacy pages/ mode."""
-    from browser import start_server
-
-    port = free_port()
-    proc = start_server(port)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url)
+    with serving() as url:
         browser_page.goto(f"{url}/lab")
         wait_for_app(browser_page)
         browser_page.get_by_role("heading", name="Mechanics lab").first.wait_for(timeout=60_000)
@@ -54,6 +48,3 @@ def test_a_deep_link_on_a_fresh_server_runs_inside_the_app(browser_page):
         nav.get_by_text("Text explorer").wait_for(timeout=30_000)
         assert nav.get_by_text("train", exact=True).count() == 0, "legacy pages/ titles shown"
         screenshot(browser_page, "deep-link-lab")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)

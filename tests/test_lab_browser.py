@@ -2,30 +2,19 @@
 for a few steps (live curve), stops on Stop, is saved, and opens in the text explorer, whose
 heatmap shows its attention. The server gets its own ATTNVIZ_HOME, so saved models stay out of
 the real cache. Screenshots go to test-artifacts/."""
-import subprocess
 import zipfile
 import time
 
 import pytest
 
-from browser import free_port, screenshot, start_server, wait_for_app, wait_healthy
+from browser import screenshot, serving, wait_for_app
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A streamlit server whose models are saved under a temporary ATTNVIZ_HOME."""
-    port = free_port()
-    proc = start_server(port, {"ATTNVIZ_HOME": str(tmp_path_factory.mktemp("home"))})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url)
+    with serving({"ATTNVIZ_HOME": str(tmp_path_factory.mktemp("home"))}) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def open_page(page, url: str, path: str) -> None:

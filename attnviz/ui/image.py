@@ -19,10 +19,12 @@ from attnviz.analysis.flow import rollout
 from attnviz.analysis.stats import head_stats
 from attnviz.errors import AttnvizError
 from attnviz.inputs import MAX_IMAGE_SIDE, MAX_IMAGE_UPLOAD_MB, open_image
+from attnviz.models.bundled import DEFAULT_IMAGE_MODEL
 from attnviz.models.loader import Model
 from attnviz.result import AttentionResult
 from attnviz.samples import DEFAULT_SAMPLE, SAMPLES, credits, sample_bytes
 from attnviz.ui.common import remember, url_choice
+from attnviz.ui.models import get_model, model_picker, run_capture
 from attnviz.ui.selectors import HEAD_FUSIONS
 from attnviz.viz import image as viz
 from attnviz.viz.image import OverlayStyle as Style
@@ -144,6 +146,21 @@ def input_size_picker(model: Model) -> int:
              "finer grid and take longer (the attention grows with the square of the patches).")
     st.query_params["size"] = str(size)
     return size
+
+
+def photo_capture() -> tuple[Photo, int, AttentionResult]:
+    """The image pages' input: model and input size on the left, the photo on the right; then
+    the (cached) capture and its one-line summary. Returns the photo, the size (shorter side,
+    px) and the result."""
+    settings, source = st.columns([1, 2], gap="large")
+    with settings:
+        name = model_picker(("image",), DEFAULT_IMAGE_MODEL)
+        size = input_size_picker(get_model(name))
+    with source:
+        photo = photo_input()
+    result = run_capture(name, image=photo.image, image_bytes=photo.data, size=size)
+    capture_summary(photo, result)
+    return photo, size, result
 
 
 def capture_summary(photo: Photo, result: AttentionResult) -> None:

@@ -15,9 +15,11 @@ import streamlit as st
 from attnviz.analysis.tokens import last_content_unit
 from attnviz.capture import GENERATE_CAP
 from attnviz.inputs import MAX_TEXT_UPLOAD_MB, read_text
+from attnviz.models.bundled import DEFAULT_TEXT_MODEL
 from attnviz.models.loader import Model
 from attnviz.result import AttentionResult
 from attnviz.ui.common import friendly_errors, remember, url_choice, url_int
+from attnviz.ui.models import get_model, model_picker, run_capture
 from attnviz.ui.selectors import HEAD_FUSIONS, head_select, layer_slider
 from attnviz.viz import text as viz
 from attnviz.viz.heatmap import png_config, safe_filename
@@ -90,6 +92,19 @@ def limit_text(text: str, max_tokens: int) -> tuple[str, str]:
 
 
 # -- what the capture gave ------------------------------------------------------------------
+def text_capture() -> tuple[TextRequest, AttentionResult]:
+    """The text pages' input: the model on the left, the text and its options on the right;
+    then the (cached) capture of that text."""
+    left, right = st.columns([1, 2], gap="large")
+    with left:
+        name = model_picker(TEXT_FAMILIES, DEFAULT_TEXT_MODEL)
+        model = get_model(name)
+    with right:
+        request = text_input(model)
+    return request, run_capture(name, request.text, pair=request.pair, target=request.target,
+                                generate=request.generate)
+
+
 def result_header(result: AttentionResult, request: TextRequest) -> None:
     """Notes and warnings, a one-line summary, and the .npz download of the whole result."""
     for note in request.notes:
