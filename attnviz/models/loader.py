@@ -294,7 +294,8 @@ def _load_transformers_unlocked(source: str, name: str, device: torch.device, lo
     if family == "image":
         return Model(name, family, net, device, max_tokens=0, image=_image_spec(source, net.config, kwargs))
     tokenizer = tf.AutoTokenizer.from_pretrained(source, **kwargs)
-    limit = getattr(net.config, "max_position_embeddings", None) or 10**6
+    # a model that does not say how long its inputs may be (relative positions) gets the decoders' cap
+    limit = getattr(net.config, "max_position_embeddings", None) or DECODER_TOKEN_CAP
     if family == "decoder":
         limit = min(limit, DECODER_TOKEN_CAP)
     elif family == "encoder-decoder":
