@@ -4,6 +4,7 @@ models are checked before anything is written."""
 import io
 import json
 import math
+import os
 import zipfile
 
 import numpy as np
@@ -210,3 +211,35 @@ def test_upload_refuses_bad_safetensors_and_sizes():
         upload.extract([("config.json", b"{}"), ("model.safetensors", b"x" * 100)], max_upload=50)
     with pytest.raises(attnviz.AttnvizError, match="no config.json"):
         upload.extract([("model.safetensors", b"x")])
+
+
+def small_upload(i: int) -> list[tuple[str, bytes]]:
+    """A distinct upload that unpacks (config.json and an empty safetensors file) but holds no model."""
+    header = b'{"__metadata__": {}}'
+    return [("config.json", json.dumps({"n": i}).encode()),
+            ("model.safetensors", len(header).to_bytes(8, "little") + header)]
+
+
+def test_uploads_keep_only_the_most_recently_used_folders():
+    root = store.home() / "uploads"
+    first = upload.extract(small_upload(0)).folder
+    folders = [first] + [upload.extract(small_upload(i)).folder for i in range(1, upload.MAX_UPLOADS)]
+    for age, folder in enumerate(reversed(folders)):  # distinct ages, first the oldest (mtime resolution)
+        os.utime(folder, (1e9 - age, 1e9 - age))
+    assert upload.extract(small_upload(0)).folder == first  # the same upload again: used now
+    newest = upload.extract(small_upload(upload.MAX_UPLOADS)).folder  # one more than are kept
+    kept = list(root.iterdir())
+    assert len(kept) == upload.MAX_UPLOADS and first in kept and newest in kept
+    assert not folders[1].exists()  # the least recently used went
+
+
+def test_upload_refused_at_loading_is_discarded(reverse_net, tmp_path):
+    files = model_files(reverse_net, tmp_path)
+    absurd = json.loads(files["config.json"]) | {"d_model": 10**9}
+    done = upload.extract(list((files | {"config.json": json.dumps(absurd).encode()}).items()))
+    with pytest.raises(attnviz.AttnvizError, match="d_model"):
+        attnviz.load_model(str(done.folder))
+    upload.discard(done.folder)
+    assert not done.folder.exists() and custom.saved_models() == []
+    upload.discard(tmp_path / "src")  # a folder outside uploads/ is never removed
+    assert (tmp_path / "src" / "config.json").exists()

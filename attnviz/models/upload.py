@@ -5,6 +5,9 @@ tokenizer or preprocessor files) of a transformers architecture, or attnviz's ow
 format (:mod:`attnviz.models.custom`). :func:`extract` writes what it keeps into
 ``store.home()/uploads/<sha>/`` (sha: of the kept files' names and bytes, so the same upload
 lands in the same folder), which :func:`attnviz.load_model` then loads like any folder.
+At most MAX_UPLOADS such folders are kept: each upload marks its folder as used (its mtime)
+and the least recently used beyond that number are removed; :func:`discard` removes the folder
+of an upload that is refused when loaded.
 
 What is refused, and why:
 
@@ -27,6 +30,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import stat
 import tempfile
 import zipfile
@@ -41,6 +45,7 @@ from attnviz.models.loader import PICKLE_SUFFIXES
 MAX_UPLOAD_BYTES = 1 << 30  # 1 GiB sent
 MAX_EXTRACTED_BYTES = 2 << 30  # 2 GiB written
 MAX_FILES = 256
+MAX_UPLOADS = 16  # upload folders kept; the least recently used beyond are removed
 MAX_HEADER_BYTES = 100 << 20  # a safetensors JSON header larger than this is not a real one
 KEPT_SUFFIXES = (".json", ".safetensors", ".txt", ".model")  # config, weights, vocab, sentencepiece
 REFUSED_PICKLES = PICKLE_SUFFIXES + (".pickle", ".joblib")
@@ -183,7 +188,29 @@ def _write(kept: list[_Entry], max_extracted: int) -> Path:
             except OSError:  # another session unpacked the same upload meanwhile
                 if not folder.exists():
                     raise
+    os.utime(folder)  # used now: the newest, the last to be pruned
+    _prune(root, MAX_UPLOADS)
     return folder
+
+
+def _prune(root: Path, keep: int) -> None:
+    """Remove all but the ``keep`` most recently used upload folders (by mtime); the
+    temporary ``.upload-*`` folders of uploads still being written are left alone."""
+    used = []
+    for p in root.iterdir():
+        try:
+            if p.is_dir() and not p.name.startswith("."):
+                used.append((p.stat().st_mtime, p))
+        except FileNotFoundError:  # removed by another session meanwhile
+            continue
+    for _, old in sorted(used, reverse=True)[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def discard(folder: Path) -> None:
+    """Remove the folder of an upload refused when loaded; folders elsewhere are left alone."""
+    if folder.parent == uploads_dir():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _copy_capped(src: BinaryIO, dst: BinaryIO, digest, entry: _Entry, room: int) -> int:
