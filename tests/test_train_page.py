@@ -2,6 +2,11 @@
 figure holds the model's own attention, and a saved model opens in the text explorer."""
 from __future__ import annotations
 
+import io
+import sys
+import zipfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -10,8 +15,11 @@ from conftest import app_path
 from apptest_tools import array, charts
 
 import attnviz
-from attnviz.models import custom
+from attnviz.models import custom, upload
 from attnviz.ui.train import RUN_KEY
+
+sys.path.insert(0, str(Path(__file__).parent / "corpus"))
+from make_corpus import files_of, tiny_bert, with_config  # noqa: E402
 
 PAGE = "pages/train.py"
 
@@ -84,3 +92,27 @@ def test_other_attention_kinds_train_on_the_page():
     assert at.session_state[RUN_KEY].net.config.attention == "additive"
     at = train(5, train_attention="local")
     assert any("expect it to fail" in i.value for i in at.info)  # reverse with w = 2 cannot reach
+
+
+def test_upload_refused_at_loading_leaves_the_page_working(tmp_path):
+    """A zip that unpacks but whose config.json is refused at loading (hidden_size 10^9 over
+    small weights): the refusal shows in the upload block, its folder is removed, and training
+    still works with the file still uploaded."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in with_config(files_of(tiny_bert(tmp_path / "bert")), hidden_size=10**9).items():
+            z.writestr(name, data)
+    at = AppTest.from_file(app_path(), default_timeout=300).run()
+    at.switch_page(PAGE).run()
+    at.file_uploader(key="train_upload").set_value(("model.zip", buf.getvalue(), "application/zip")).run()
+    assert not at.exception, at.exception
+    (error,) = [e.value for e in at.error]
+    assert "Refused before loading" in error
+    assert not any(upload.uploads_dir().iterdir())  # the refused upload's folder is gone
+    assert any(s.value == "Inspect" for s in at.subheader)  # the page went on below the upload
+    at.number_input(key="train_steps").set_value(5)
+    at.button(key="train_start").click().run()
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error] == [error]  # still said, once, in the upload block
+    assert len(at.session_state[RUN_KEY].trainer.history) == 5
+    assert "train_grid" in charts(at)  # and the trained model is inspected below

@@ -142,7 +142,8 @@ def save_block(run: TrainRun) -> None:
 
 def upload_block() -> None:
     """Upload a model (a zip, or its files): a custom one becomes the one inspected below; a
-    transformers one can be opened in the other pages."""
+    transformers one can be opened in the other pages. A refused upload is said here, and
+    the rest of the page goes on."""
     files = st.file_uploader("A zip of the model folder, or its files (config.json, *.safetensors, tokenizer files)",
                              type=["zip", "json", "safetensors", "txt", "model"], accept_multiple_files=True,
                              key="train_upload", help="Pickle weights (*.bin, *.pt) are refused; nothing uploaded is run.")
@@ -150,24 +151,38 @@ def upload_block() -> None:
         return
     ids = tuple(f.file_id for f in files)
     done = st.session_state.get("train_uploaded")
-    if done is None or done[0] != ids:  # unpack once per upload, not on every rerun
-        try:
-            with st.spinner("Checking and unpacking…"):
-                done = (ids, upload.extract([(f.name, f.getvalue()) for f in files]))
-        except AttnvizError as e:  # shown here; the rest of the page goes on
-            st.error(str(e))
-            return
+    if done is None or done[0] != ids:  # unpack and load once per upload, not on every rerun
+        done = (ids, *_unpack_and_load(files))
         st.session_state["train_uploaded"] = done
-        model = get_model(str(done[1].folder))
-        if model.family == "custom":
-            st.session_state[PICK_KEY] = str(done[1].folder)
-    extracted = done[1]
+    _, extracted, refused = done
+    if refused is not None:
+        st.error(refused)
+        return
     model = get_model(str(extracted.folder))
     for line in extracted.skipped:
         st.caption(f"Left out: {line}")
     st.success(f"Unpacked a {model.family} model into {extracted.folder} ({', '.join(extracted.files)}).")
     if model.family != "custom":
         open_buttons(extracted.folder, None, image=model.family == "image", key="upload")
+
+
+def _unpack_and_load(files) -> tuple[upload.Extracted | None, str | None]:
+    """(what was unpacked, None) for an upload that unpacks and loads, else (None, why it was
+    refused); a model refused at loading has its folder removed. A custom model becomes the
+    one inspected below."""
+    try:
+        with st.spinner("Checking and unpacking…"):
+            extracted = upload.extract([(f.name, f.getvalue()) for f in files])
+    except AttnvizError as e:
+        return None, str(e)
+    try:
+        model = get_model(str(extracted.folder))
+    except AttnvizError as e:  # e.g. a config.json of absurd sizes, or weights of other shapes
+        upload.discard(extracted.folder)
+        return None, str(e)
+    if model.family == "custom":
+        st.session_state[PICK_KEY] = str(extracted.folder)
+    return extracted, None
 
 
 # -- inspecting and opening elsewhere --------------------------------------------------------
