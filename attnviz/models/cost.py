@@ -16,11 +16,14 @@ Everything runs on the CPU, on ``threads`` threads (one by default: the steadies
 busy with other work, see :func:`attnviz.device.cpu_threads`). Time is the median of a few runs
 (one run for slow points), after a first run that also measures the peak memory: what the run
 allocates above what existed before it, from the allocation events of torch's profiler.
+One measurement runs at a time in a process: two at once would compete for the CPU, skew
+each other's times, and let visitors of a hosted demo pile up minutes of work.
 """
 from __future__ import annotations
 
 import math
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -30,11 +33,17 @@ import torch.nn.functional as F
 
 from attnviz.analysis.mechanics import FLOAT_BYTES
 from attnviz.device import cpu_threads
+from attnviz.errors import AttnvizError
 from attnviz.models.store import Progress, _quiet
 
 METHODS = ("global", "local", "top-k", "fused")
 MEMORY_BUDGET = 2.5e9  # bytes; points expected to need more are skipped, not run
 SLOW_POINT_S = 0.3  # a first run slower than this is timed only once more
+_RUNNING = threading.Lock()  # held by the one measurement running in this process
+
+
+class Busy(AttnvizError):
+    """Another measurement is running in this process: try again once it is done."""
 
 
 @dataclass(frozen=True)
@@ -98,9 +107,15 @@ def expected_bytes(method: str, n: int, d: int, window: int) -> float:
 def measure(lengths: list[int], methods: tuple[str, ...] = METHODS, *, d: int = 64, window: int = 64,
             top: int = 32, repeats: int = 3, threads: int = 1, budget: float = MEMORY_BUDGET,
             progress: Progress = _quiet) -> list[Measured]:
-    """Time and peak memory of each method at each length n (one head of dimension d)."""
-    with cpu_threads(threads):
-        return _measure_all(lengths, methods, d, window, top, repeats, budget, progress)
+    """Time and peak memory of each method at each length n (one head of dimension d).
+    Raises :class:`Busy` at once while another measurement runs in this process."""
+    if not _RUNNING.acquire(blocking=False):
+        raise Busy("Another measurement is running on this server; try again shortly.")
+    try:
+        with cpu_threads(threads):
+            return _measure_all(lengths, methods, d, window, top, repeats, budget, progress)
+    finally:
+        _RUNNING.release()
 
 
 def _measure_all(lengths, methods, d, window, top, repeats, budget, progress) -> list[Measured]:

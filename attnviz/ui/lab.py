@@ -15,6 +15,7 @@ import streamlit as st
 from attnviz.analysis import mechanics as mech
 from attnviz.errors import AttnvizError
 from attnviz.models import cost
+from attnviz.models.loader import token_cap
 from attnviz.models.qkv import bert_layer_qkv
 from attnviz.ui.common import friendly_errors
 from attnviz.ui.models import get_model
@@ -276,17 +277,24 @@ def cost_view() -> None:
     d = c[0].select_slider("Head dimension d", (16, 32, 64, 128), 64, key="lab_cost_d")
     window = c[1].select_slider("Window w", (8, 16, 32, 64, 128, 256), 64, key="lab_cost_w")
     top = c[2].select_slider("k (top-k)", (8, 16, 32, 64, 128), 32, key="lab_cost_k")
-    longest = c[3].select_slider("Longest n", COST_LENGTHS[2:], 4096, key="lab_cost_n",
-                                 format_func=lambda n: f"{n:,}", help="Up to 16,384 takes about a minute.")
+    # a hosted demo's $ATTNVIZ_MAX_TOKENS bounds the longest n (512, a few milliseconds, is always offered)
+    offered = [n for n in COST_LENGTHS[2:] if n <= token_cap(COST_LENGTHS[-1])] or COST_LENGTHS[2:3]
+    longest = c[3].select_slider("Longest n", offered, min(4096, offered[-1]), key="lab_cost_n",
+                                 format_func=lambda n: f"{n:,}",
+                                 help="Up to 16,384 takes about a minute." if offered[-1] == COST_LENGTHS[-1] else
+                                 f"This server measures up to {offered[-1]:,}.")
     lengths = [n for n in COST_LENGTHS if n <= longest]
     settings = dict(d=d, window=window, top=top)
     if st.button("Measure on this machine", icon=":material/timer:", key="lab_cost_run"):
         bar = st.progress(0.0, text="Starting…")
         with friendly_errors():
-            points = cost.measure(lengths, d=d, window=window, top=top,
-                                  progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m))
+            try:
+                st.session_state["lab_cost"] = (settings, cost.measure(
+                    lengths, d=d, window=window, top=top,
+                    progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)))
+            except cost.Busy as e:  # another visitor's run: not an error of this one
+                st.info(str(e))
         bar.empty()
-        st.session_state["lab_cost"] = (settings, points)
     saved_settings, measured = st.session_state.get("lab_cost", (None, []))
     if saved_settings != settings:
         measured = []
