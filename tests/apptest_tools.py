@@ -9,6 +9,17 @@ import numpy as np
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from conftest import app_path
+
+
+def open_page(page: str, timeout: float = 300, **params: str) -> AppTest:
+    """An AppTest of app.py, with these query parameters, switched to ``page`` (e.g.
+    "pages/text.py") and run: the page as a visitor reaches it, inside the app's navigation."""
+    at = AppTest.from_file(app_path(), default_timeout=timeout)
+    at.query_params.update(params)
+    at.run()
+    return at.switch_page(page).run()
+
 
 def assert_clean(at: AppTest) -> None:
     """No exception and no error message on the page."""

@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import app_path
+from apptest_tools import open_page
 from attnviz.ui.models import OWN_MODEL
 
 
 def text_page() -> AppTest:
-    at = AppTest.from_file(app_path(), default_timeout=180).run()
-    at.switch_page("pages/text.py").run()
+    at = open_page("pages/text.py")
     assert not at.exception and not at.error
     return at
 

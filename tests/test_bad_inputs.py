@@ -24,28 +24,10 @@ from make_corpus import Case, build  # noqa: E402
 
 import attnviz  # noqa: E402
 from attnviz.inputs import open_image, read_text  # noqa: E402
+from apptest_tools import open_page  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MIN_CASES = 50
-
-
-def open_page(page: str, timeout: float = 120):
-    """An AppTest of app.py switched to ``page`` (e.g. "pages/text.py"), run once, with no
-    exception. A page not yet listed in attnviz.ui.home.PAGES is run on its own instead."""
-    from streamlit.testing.v1 import AppTest
-
-    from attnviz.ui.home import PAGES
-    from conftest import app_path
-
-    if not (ROOT / page).exists():
-        pytest.skip(f"{page} is not there yet")
-    if page in [p[0] for p in PAGES]:
-        at = AppTest.from_file(app_path(), default_timeout=timeout).run()
-        at.switch_page(page).run()
-    else:
-        at = AppTest.from_file(app_path(page), default_timeout=timeout).run()
-    assert not at.exception, at.exception
-    return at
 
 
 @pytest.fixture(scope="session")

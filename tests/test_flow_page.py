@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptest_tools import array, assert_clean, figures
-from conftest import app_path
+from apptest_tools import array, assert_clean, figures, open_page
 
 import attnviz
 from attnviz.analysis.flow import attention_flow, last_layer_attention, rollout, rollout_spread
@@ -21,14 +20,8 @@ from attnviz.inputs import open_image
 from attnviz.samples import SAMPLES, sample_bytes
 from attnviz.ui.text import DEFAULT_TEXT
 
-PAGE = app_path("pages/flow.py")
+PAGE = "pages/flow.py"
 ATOL = 1e-9  # the page and the test run the same float16 capture through the same code
-
-
-def open_page(**params: str) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=300)
-    at.query_params.update(params)
-    return at.run()
 
 
 def show(at: AppTest, view: str) -> AppTest:
@@ -51,7 +44,7 @@ def dots(fig: dict) -> dict:
 # -- text -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def text_page() -> AppTest:
-    at = open_page(kind="text", model="minilm-l6")
+    at = open_page(PAGE, kind="text", model="minilm-l6")
     assert_clean(at)
     return at
 
@@ -139,7 +132,7 @@ def test_text_statistics_over_many_inputs_are_the_mean_over_captures(text_page, 
 # -- image ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def image_page() -> AppTest:
-    at = open_page(kind="image", model="dinov2-small", sample="coffee", size="224")
+    at = open_page(PAGE, kind="image", model="dinov2-small", sample="coffee", size="224")
     assert_clean(at)
     return at
 

@@ -15,8 +15,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from apptest_tools import array, assert_clean, figures, pictures
-from conftest import app_path
+from apptest_tools import array, assert_clean, figures, open_page, pictures
 
 import attnviz
 from attnviz.analysis.flow import fuse_heads, rollout
@@ -34,13 +33,6 @@ def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format=fmt, **kwargs)
     return buf.getvalue()
-
-
-def open_page(**params: str) -> AppTest:
-    at = AppTest.from_file(app_path(), default_timeout=300)
-    at.query_params.update(params)
-    at.run()
-    return at.switch_page(PAGE).run()
 
 
 def upload(at: AppTest, name: str, data: bytes, mime: str = "image/png") -> AppTest:
@@ -70,7 +62,7 @@ def result(dinov2, cat_png):
 
 @pytest.fixture(scope="module")
 def cat_page(cat_png) -> AppTest:
-    return upload(open_page(), "cat.png", cat_png)
+    return upload(open_page(PAGE), "cat.png", cat_png)
 
 
 # -- the views ----------------------------------------------------------------------------
@@ -187,7 +179,7 @@ def test_style_controls_change_the_overlay(cat_page):
 
 
 def test_the_url_chooses_sample_view_layer_and_head():
-    at = open_page(sample="astronaut", view="layers", layer="3", head="2")
+    at = open_page(PAGE, sample="astronaut", view="layers", layer="3", head="2")
     assert_clean(at)
     assert any("astronaut.png" in c.value for c in at.caption)
     assert at.slider(key="image_lh_layer").value == 3
@@ -200,7 +192,7 @@ def test_the_url_chooses_sample_view_layer_and_head():
 
 
 def test_input_size_and_model_set_the_patch_grid():
-    at = open_page(sample="cat", size="112")
+    at = open_page(PAGE, sample="cat", size="112")
     assert_clean(at)
     assert any("8 x 12 patches of 14 px" in c.value for c in at.caption)  # 451 x 300 at 112 px
     at.selectbox(key="_model_box").set_value("clip-vit-b16").run()
@@ -212,7 +204,7 @@ def test_input_size_and_model_set_the_patch_grid():
 
 
 def test_a_text_model_folder_gets_a_clear_message():
-    at = open_page(model=str(store.model_dir("minilm-l6")))
+    at = open_page(PAGE, model=str(store.model_dir("minilm-l6")))
     assert not at.exception, at.exception
     assert len(at.error) == 1 and "is not an image model" in at.error[0].value
 
@@ -262,7 +254,7 @@ ACCEPTED = {
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_bad_upload_is_refused_with_a_clear_message_and_the_app_stays_usable(case, photo):
     name, make, message = REFUSED[case]
-    at = upload(open_page(), name, make(photo))
+    at = upload(open_page(PAGE), name, make(photo))
     assert not at.exception, at.exception
     assert at.button_group(key="image_sample_pills").value is None  # no sample looks chosen
     assert len(at.error) == 1 and message in at.error[0].value, [e.value for e in at.error]
@@ -278,7 +270,7 @@ def test_bad_upload_is_refused_with_a_clear_message_and_the_app_stays_usable(cas
 @pytest.mark.parametrize("case", list(ACCEPTED))
 def test_odd_upload_is_shown_with_a_note(case, photo):
     name, make, message = ACCEPTED[case]
-    at = upload(open_page(), name, make(photo))
+    at = upload(open_page(PAGE), name, make(photo))
     assert_clean(at)
     notes = [i.value for i in at.info]
     assert any(message in n for n in notes), notes

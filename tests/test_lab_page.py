@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 from streamlit.testing.v1 import AppTest
 
-from conftest import app_path
-from apptest_tools import array, charts
+from apptest_tools import array, charts, open_page
 
 import attnviz
 from attnviz.analysis import mechanics as mech
@@ -16,8 +15,7 @@ PAGE = "pages/lab.py"
 
 
 def open_lab() -> AppTest:
-    at = AppTest.from_file(app_path(), default_timeout=300).run()
-    at.switch_page(PAGE).run()
+    at = open_page(PAGE)
     assert_clean(at)
     return at
 

@@ -141,7 +141,7 @@ def test_upload_with_pickle_beside_safetensors_never_writes_the_pickle(bert, mar
 
 def test_upload_through_the_train_page(bert, marker, tmp_path, monkeypatch):
     """The train page's uploader shows the refusal in st.error, and the page keeps working."""
-    from test_bad_inputs import open_page
+    from apptest_tools import open_page
 
     monkeypatch.setenv("ATTNVIZ_HOME", str(tmp_path / "home"))
     at = open_page("pages/train.py")

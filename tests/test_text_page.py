@@ -15,7 +15,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from apptest_tools import array, charts
-from conftest import app_path
+from apptest_tools import open_page as open_text_page
 
 import attnviz
 from attnviz.analysis.tokens import top_share
@@ -30,10 +30,7 @@ ATOL = 2e-3  # float16 weights; the app and the test run the model separately
 
 # -- helpers ------------------------------------------------------------------------------
 def open_page(text: str | None = None, **params: str) -> AppTest:
-    at = AppTest.from_file(app_path(), default_timeout=300)
-    at.query_params.update(params)
-    at.run()
-    at.switch_page(PAGE).run()
+    at = open_text_page(PAGE, **params)
     if text is not None:
         at.text_area(key="_text_box").set_value(text).run()
     return at
