@@ -249,25 +249,27 @@ def cls_view(result: AttentionResult, photo: Photo, layer: int, head: int | str,
 def heads_view(result: AttentionResult, photo: Photo, layer: int, head: int | str, style: Style) -> None:
     """The CLS attention of every head of ``layer``, side by side."""
     n_heads = result.attn["encoder"].shape[1]
-    heats = np.stack([viz.query_heat(result, layer, h, 0) for h in range(n_heads)])
-    fig = viz.overlay_grid_figure(photo.display, heats, [f"head {h}" for h in range(n_heads)],
-                                  style, columns=_columns(n_heads),
-                                  highlight=head if isinstance(head, int) else None)
-    st.plotly_chart(fig, key="image_heads", config=PLOTLY_CONFIG)
-    st.caption(f"CLS attention of each head in layer {layer}, each map coloured from its own minimum to "
-               f"its {style.top * 100:g}th percentile. The camera button above the figure saves it as a PNG.")
+    _grid_view(photo, [viz.query_heat(result, layer, h, 0) for h in range(n_heads)],
+               [f"head {h}" for h in range(n_heads)], head if isinstance(head, int) else None, style,
+               key="image_heads", what=f"of each head in layer {layer}")
 
 
 def layers_view(result: AttentionResult, photo: Photo, layer: int, head: int | str, style: Style) -> None:
     """The CLS attention of ``head`` (or fused heads) in every layer."""
     n_layers = result.attn["encoder"].shape[0]
-    heats = np.stack([viz.query_heat(result, l, head, 0) for l in range(n_layers)])
-    fig = viz.overlay_grid_figure(photo.display, heats, [f"layer {l}" for l in range(n_layers)],
-                                  style, columns=_columns(n_layers),
-                                  highlight=layer)
-    st.plotly_chart(fig, key="image_layers", config=PLOTLY_CONFIG)
-    st.caption(f"CLS attention of {head_name(head)} in every layer, each map coloured from its own minimum to "
-               f"its {style.top * 100:g}th percentile. The camera button above the figure saves it as a PNG.")
+    _grid_view(photo, [viz.query_heat(result, l, head, 0) for l in range(n_layers)],
+               [f"layer {l}" for l in range(n_layers)], layer, style,
+               key="image_layers", what=f"of {head_name(head)} in every layer")
+
+
+def _grid_view(photo: Photo, heats: list[np.ndarray], labels: list[str], highlight: int | None, style: Style,
+               key: str, what: str) -> None:
+    """Overlays of several [rows, cols] maps on the photo as one figure, ``highlight`` outlined."""
+    fig = viz.overlay_grid_figure(photo.display, np.stack(heats), labels, style, columns=_columns(len(heats)),
+                                  highlight=highlight)
+    st.plotly_chart(fig, key=key, config=PLOTLY_CONFIG)
+    st.caption(f"CLS attention {what}, each map coloured from its own minimum to its {style.top * 100:g}th "
+               "percentile. The camera button above the figure saves it as a PNG.")
 
 
 def _columns(n: int) -> int:
