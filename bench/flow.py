@@ -19,15 +19,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import networkx as nx  # noqa: E402
 import numpy as np  # noqa: E402
-from networkx.algorithms.flow import edmonds_karp  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import attnviz  # noqa: E402
 from attnviz.analysis.flow import attention_flow, augmented_layer, flow_capacities, max_flow_values, rollout  # noqa: E402
 from attnviz.samples import SAMPLES, sample_bytes  # noqa: E402
+from flow_reference import networkx_flows  # noqa: E402
 
 TEXT = "Attention lets every token look at every other token, and the model learns where to look. " * 4
 
@@ -63,25 +63,6 @@ def image_rows(runs: int) -> list[str]:
         rows.append(f"| dinov2-small, {name} | {attn.shape[-1]} | {attn.shape[0]} | {flow_s:.3f} s ({flow_cpu:.3f} s CPU) "
                     f"| {rollout_s * 1e3:.1f} ms |")
     return rows
-
-
-def networkx_graph(weights: np.ndarray) -> nx.DiGraph:
-    """The paper's layered graph: node (l, i), edges (l, i) -> (l-1, j) with capacity weights[l-1, i, j]."""
-    layers, n, _ = weights.shape
-    g = nx.DiGraph()
-    for layer in range(1, layers + 1):
-        for i in range(n):
-            for j in range(n):
-                if weights[layer - 1, i, j] > 0:
-                    g.add_edge((layer, i), (layer - 1, j), capacity=weights[layer - 1, i, j])
-    return g
-
-
-def networkx_flows(weights: np.ndarray, source: int) -> np.ndarray:
-    g = networkx_graph(weights)
-    layers, n, _ = weights.shape
-    return np.array([nx.maximum_flow_value(g, (layers, source), (0, v), flow_func=edmonds_karp) for v in range(n)],
-                    dtype=np.float64)
 
 
 def text_rows(runs: int) -> list[str]:

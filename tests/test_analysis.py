@@ -3,16 +3,15 @@ distances by double loops, entropy by hand, and the same on a real captured mode
 import json
 import math
 
-import networkx as nx
 import numpy as np
 import pytest
-from networkx.algorithms.flow import edmonds_karp
 
 import attnviz
 from attnviz.analysis import average_stats, head_stats
 from attnviz.analysis.flow import (FLOW_SCALE, attention_flow, discard_lowest, flow_capacities,
                                    fuse_heads, last_layer_attention, max_flow_values, rollout, rollout_spread)
 from attnviz.result import AttentionResult, PatchGrid
+from flow_reference import networkx_flows
 
 
 def random_attention(rng, layers, heads, queries, keys=None, sharpness=3.0, causal=False):
@@ -70,19 +69,6 @@ def test_fuse_heads_and_discard():
 
 
 # -- attention flow -------------------------------------------------------------------------
-def networkx_flows(capacities, source):
-    """Max-flow from (L, source) to every (0, v) by networkx's Edmonds-Karp, one pair at a time."""
-    layers, n, _ = capacities.shape
-    g = nx.DiGraph()
-    for layer in range(1, layers + 1):
-        for i in range(n):
-            for j in range(n):
-                if capacities[layer - 1, i, j] > 0:
-                    g.add_edge((layer, i), (layer - 1, j), capacity=int(capacities[layer - 1, i, j]))
-    return np.array([nx.maximum_flow_value(g, (layers, source), (0, v), flow_func=edmonds_karp)
-                     for v in range(n)])
-
-
 def test_flow_equals_networkx_on_random_layered_graphs():
     interior_cuts = 0
     for seed in range(6):  # dense and causal, mean and max fusion, 6-11 tokens, 2-5 layers
