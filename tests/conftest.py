@@ -14,39 +14,21 @@ def app_path(name: str = "app.py") -> str:
     return str(ROOT / name)
 
 
-@pytest.fixture(scope="session")
-def minilm():
-    import attnviz
+def bundled(name: str):
+    """A session fixture: the bundled model ``name``, loaded once (fetched on first use)."""
+    @pytest.fixture(scope="session")
+    def load():
+        import attnviz
 
-    return attnviz.load_model("minilm-l6")
-
-
-@pytest.fixture(scope="session")
-def smollm():
-    import attnviz
-
-    return attnviz.load_model("smollm2-135m")
+        return attnviz.load_model(name)
+    return load
 
 
-@pytest.fixture(scope="session")
-def t5():
-    import attnviz
-
-    return attnviz.load_model("t5-small-titler")
-
-
-@pytest.fixture(scope="session")
-def dinov2():
-    import attnviz
-
-    return attnviz.load_model("dinov2-small")
-
-
-@pytest.fixture(scope="session")
-def clip():
-    import attnviz
-
-    return attnviz.load_model("clip-vit-b16")
+minilm = bundled("minilm-l6")
+smollm = bundled("smollm2-135m")
+t5 = bundled("t5-small-titler")
+dinov2 = bundled("dinov2-small")
+clip = bundled("clip-vit-b16")
 
 
 @pytest.fixture(scope="session")

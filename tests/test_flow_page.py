@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from browser import screenshot, wait_for_app
 from apptest_tools import array, assert_clean, figures, open_page
 
 import attnviz
@@ -177,19 +178,8 @@ def test_image_statistics_over_the_sample_photos(image_page, dinov2):
 
 
 # -- in chromium ----------------------------------------------------------------------------
-def registered() -> None:
-    """The browser reaches the page only once app.py's navigation lists it."""
-    from attnviz.ui.home import PAGES
-
-    if "pages/flow.py" not in [path for path, *_ in PAGES]:
-        pytest.skip("pages/flow.py is not in attnviz.ui.home.PAGES yet, so the app has no /flow")
-
-
 @pytest.mark.browser
 def test_click_a_head_in_the_distance_plot_opens_its_pattern(streamlit_server, browser_page):
-    from browser import screenshot, wait_for_app
-
-    registered()
     page = browser_page
     page.set_viewport_size({"width": 1400, "height": 1400})
     page.goto(f"{streamlit_server}/flow?kind=text&model=minilm-l6&view=depth")
@@ -208,9 +198,6 @@ def test_click_a_head_in_the_distance_plot_opens_its_pattern(streamlit_server, b
 
 @pytest.mark.browser
 def test_rollout_and_flow_on_a_photo(streamlit_server, browser_page):
-    from browser import screenshot, wait_for_app
-
-    registered()
     page = browser_page
     page.set_viewport_size({"width": 1400, "height": 1200})
     page.goto(f"{streamlit_server}/flow?kind=image&model=dinov2-small&view=flow&sample=cat")
