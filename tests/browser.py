@@ -100,8 +100,13 @@ def browser_page(_browser):
 
 
 def wait_for_app(page, timeout_ms: int = 120_000) -> None:
-    """Wait until the app has finished running its script (no 'Running...' status widget)."""
-    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_ms)
+    """Wait until the app has run its script to the end at least once and is not running now.
+
+    Streamlit marks its root with ``data-test-script-state``: ``initial`` until a first run
+    starts, then ``running`` / ``notRunning`` (and ``rerunRequested``). Waiting for the root
+    alone, or for the 'Running...' widget to be absent, passes before the first run has drawn
+    anything below the title (that raced in CI)."""
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout_ms)
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
 

@@ -30,7 +30,7 @@ def test_make_run_serves_the_home_page(make_run_server, browser_page):
     browser_page.goto(make_run_server)
     wait_for_app(browser_page)
     browser_page.get_by_role("heading", name="attnviz").first.wait_for(timeout=60_000)
-    assert browser_page.get_by_text("minilm-l6").first.is_visible()
+    browser_page.get_by_text("minilm-l6", exact=True).first.wait_for(state="visible", timeout=60_000)
     assert browser_page.locator('[data-testid="stException"]').count() == 0
     screenshot(browser_page, "home")
     assert not browser_page.errors, browser_page.errors

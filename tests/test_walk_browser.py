@@ -49,7 +49,7 @@ def test_home(streamlit_server, browser_page):
     wait_for_app(page, TIMEOUT)
     page.get_by_role("heading", name="attnviz").first.wait_for(timeout=TIMEOUT)
     for _, title, _, _ in PAGES:
-        assert page.get_by_role("link", name=title).first.is_visible()
+        page.get_by_role("link", name=title).first.wait_for(state="visible", timeout=TIMEOUT)
     healthy(page)
     screenshot(page, "walk-1-home")
 
