@@ -111,6 +111,34 @@ def wait_for_app(page, timeout_ms: int = 120_000) -> None:
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
 
 
+def click_until_shown(page, where, shown, tries: int = 4, timeout_ms: int = 20_000) -> None:
+    """Click the point ``where()`` gives (page x, y) until the locator ``shown`` appears.
+
+    Plotly may still be redrawing a figure when its first click lands (the click is then lost),
+    so a click on a chart point is retried; ``where`` is called again each time because the
+    chart may have moved."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(tries):
+        x, y = where()
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.up()
+        try:
+            shown.wait_for(timeout=timeout_ms)
+            return
+        except PlaywrightTimeout:
+            if attempt == tries - 1:
+                raise
+
+
+def centre(locator) -> tuple[float, float]:
+    """The page coordinates of a locator's centre (it must be visible)."""
+    locator.wait_for()
+    box = locator.bounding_box()
+    return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+
 def screenshot(page, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from browser import screenshot, wait_for_app
+from browser import centre, click_until_shown, screenshot, wait_for_app
 from apptest_tools import array, assert_clean, figures, open_page
 
 import attnviz
@@ -186,9 +186,8 @@ def test_click_a_head_in_the_distance_plot_opens_its_pattern(streamlit_server, b
     wait_for_app(page)
     dot = page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace').first.locator("path.point").nth(13)
     dot.wait_for(timeout=180_000)  # the 14th dot: layer 1, head 1 of minilm-l6's 12 heads
-    box = dot.bounding_box()  # plotly's drag layer lies over the dots: click where the dot is
-    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.get_by_text("layer 1 · head 1").first.wait_for(timeout=60_000)
+    # plotly's drag layer lies over the dots: click where the dot is
+    click_until_shown(page, lambda: centre(dot), page.get_by_text("layer 1 · head 1").first)
     wait_for_app(page)
     assert page.locator('[data-testid="stPlotlyChart"]').count() == 2  # the plot and the head
     assert page.locator('[data-testid="stException"]').count() == 0

@@ -2,9 +2,8 @@
 import re
 
 import pytest
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from browser import screenshot, wait_for_app
+from browser import click_until_shown, screenshot, wait_for_app
 
 
 @pytest.mark.browser
@@ -27,20 +26,15 @@ def test_upload_a_photo_and_click_a_patch(streamlit_server, browser_page, photo,
     # dinov2-small at 224 px sees the 451 x 300 cat as 16 rows x 24 columns of patches
     rows, cols, row, col = 16, 24, 4, 18
     caption = page.get_by_text(re.compile(rf"Patch \(row {row}, col {col}\), outlined"))
-    for attempt in range(4):  # plotly may still be redrawing the new photo's figure: click again
+
+    def patch_point():
         plot = page.locator('[data-testid="stPlotlyChart"] .nsewdrag').first
         plot.wait_for()
         box = plot.bounding_box()
         assert abs(box["width"] / box["height"] - cols / rows) < 0.05, box  # the plot area is the photo
-        page.mouse.move(box["x"] + (col + 0.5) / cols * box["width"], box["y"] + (row + 0.5) / rows * box["height"])
-        page.mouse.down()
-        page.mouse.up()
-        try:
-            caption.wait_for(timeout=20_000)
-            break
-        except PlaywrightTimeout:
-            if attempt == 3:
-                raise
+        return box["x"] + (col + 0.5) / cols * box["width"], box["y"] + (row + 0.5) / rows * box["height"]
+
+    click_until_shown(page, patch_point, caption)
     wait_for_app(page)
     assert page.get_by_label("Patch row").input_value() == str(row)
     assert page.get_by_label("Patch column").input_value() == str(col)

@@ -3,7 +3,7 @@ it, and a click on a tile of the model overview opens that head. Screenshots go 
 test-artifacts/."""
 import pytest
 
-from browser import screenshot, wait_for_app
+from browser import centre, click_until_shown, screenshot, wait_for_app
 
 SENTENCE = "The cat sat on the mat because it was warm."
 
@@ -53,9 +53,8 @@ def test_type_a_sentence_switch_head_open_a_tile(streamlit_server, browser_page)
     overview.locator(".imagelayer image").wait_for(timeout=60_000)  # every head in one picture
     screenshot(page, "text-overview")
     tile = overview.locator(".scatterlayer .point").nth(2 * 12 + 7)  # layer 2, head 7
-    box = tile.bounding_box()
-    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    wait_for_title(page, "layer 2 · head 7")
+    opened = page.locator(f"{HEATMAP} .gtitle", has_text="layer 2 · head 7")
+    click_until_shown(page, lambda: centre(tile), opened)
     assert page.get_by_role("tab", name="Head heatmap").get_attribute("aria-selected") == "true"
     screenshot(page, "text-opened-tile")
     assert page.locator('[data-testid="stException"]').count() == 0
