@@ -7,13 +7,16 @@ PIP := $(PY) -m pip install --disable-pip-version-check -q
 PORT ?= 8501
 PYTEST_ARGS ?=
 
-.PHONY: run test setup setup-dev chromium bench clean
+.PHONY: run test lint setup setup-dev chromium bench clean
 
 run: setup
 	$(PY) -m streamlit run app.py --server.port $(PORT)
 
-test: setup-dev chromium
+test: setup-dev chromium lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup-dev
+	$(PY) -m ruff check .
 
 setup: $(VENV)/.installed
 

@@ -99,6 +99,30 @@ def apptest_head_switch(name: str, text: str, runs: int) -> float:
     return statistics.median(times)
 
 
+def bench_case(name: str, n: int, runs: int) -> tuple[list[tuple], tuple]:
+    """Rows (case, view, seconds, JSON bytes, target bytes) and the head-switch timings of one
+    model at about n tokens."""
+    rows = []
+    model = attnviz.load_model(name)
+    text = text_of(model, n)
+    result = attnviz.capture(model, text)
+    capture_s = result.timings["total_s"] if n >= 2048 else timed(lambda: attnviz.capture(model, text), 2)[0]
+    stack = result.stacks[0]
+    n_tokens = len(result.tokens)
+    target = 1 * MB if n <= 512 else 2 * MB
+    case = f"{name}, {n_tokens} tokens"
+    rows.append((case, "capture", capture_s, None, None))
+    for view, build in view_builders(result, stack):
+        seconds, figs = timed(build, 1 if n >= 2048 else runs)
+        size = sum(len(f.to_json()) for f in figs)
+        rows.append((case, view, seconds, size, target))
+    layer = result.attn[stack].shape[0] - 1
+    switch = timed(lambda: viz.head_heatmap(result, stack, layer, 1, OPTIONS)[0].to_json(), runs)[0]
+    switch_mean = timed(lambda: viz.head_heatmap(result, stack, layer, "mean", OPTIONS)[0].to_json(), runs)[0]
+    apptest = apptest_head_switch(name, text, 3) if n <= 512 else None
+    return rows, (case, switch, switch_mean, apptest)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
@@ -107,26 +131,10 @@ def main() -> None:
     cases = [c for c in CASES if not (args.skip_2048 and c[1] == 2048)]
     print(f"torch threads: {torch.get_num_threads()}, runs: {args.runs} (medians; capture at 2,048: one run)")
     rows, switches = [], []
-    for name, n in cases:
-        model = attnviz.load_model(name)
-        text = text_of(model, n)
-        result = attnviz.capture(model, text)
-        capture_s = result.timings["total_s"] if n >= 2048 else timed(lambda: attnviz.capture(model, text), 2)[0]
-        stack = result.stacks[0]
-        n_tokens = len(result.tokens)
-        target = 1 * MB if n <= 512 else 2 * MB
-        case = f"{name}, {n_tokens} tokens"
-        rows.append((case, "capture", capture_s, None, None))
-        for view, build in view_builders(result, stack):
-            seconds, figs = timed(build, 1 if n >= 2048 else args.runs)
-            size = sum(len(f.to_json()) for f in figs)
-            rows.append((case, view, seconds, size, target))
-        layer = result.attn[stack].shape[0] - 1
-        switch = timed(lambda: viz.head_heatmap(result, stack, layer, 1, OPTIONS)[0].to_json(), args.runs)[0]
-        switch_mean = timed(lambda: viz.head_heatmap(result, stack, layer, "mean", OPTIONS)[0].to_json(), args.runs)[0]
-        apptest = apptest_head_switch(name, text, 3) if n <= 512 else None
-        switches.append((case, switch, switch_mean, apptest))
-        del model, result
+    for name, n in cases:  # one case at a time: its model and result are freed before the next
+        case_rows, switch = bench_case(name, n, args.runs)
+        rows += case_rows
+        switches.append(switch)
 
     print(f"\n{'case':<28}{'view':<36}{'time s':>9}{'JSON MB':>10}{'target MB':>11}{'ok':>5}")
     for case, view, seconds, size, target in rows:

@@ -26,6 +26,7 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch
@@ -133,9 +134,9 @@ def _measure_all(lengths, methods, d, window, top, repeats, budget, progress) ->
                 points.append(Measured(method, n, skipped=f"needs about {need / 1e9:.1f} GB, over the "
                                                           f"{budget / 1e9:.1f} GB budget"))
             else:
-                points.append(_measure_one(method, n, lambda: runs[method](q, k, v), repeats))
+                points.append(_measure_one(method, n, partial(runs[method], q, k, v), repeats))
             done += 1
-        del q, k, v
+        del q, k, v  # free this length's inputs before the next, larger ones
     progress(1.0, "done")
     return points
 
