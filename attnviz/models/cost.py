@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from attnviz.analysis.mechanics import FLOAT_BYTES
 from attnviz.device import cpu_threads
 from attnviz.errors import AttnvizError
-from attnviz.models.store import Progress, _quiet
+from attnviz.models.store import Progress, no_progress
 
 METHODS = ("global", "local", "top-k", "fused")
 MEMORY_BUDGET = 2.5e9  # bytes; points expected to need more are skipped, not run
@@ -107,7 +107,7 @@ def expected_bytes(method: str, n: int, d: int, window: int) -> float:
 
 def measure(lengths: list[int], methods: tuple[str, ...] = METHODS, *, d: int = 64, window: int = 64,
             top: int = 32, repeats: int = 3, threads: int = 1, budget: float = MEMORY_BUDGET,
-            progress: Progress = _quiet) -> list[Measured]:
+            progress: Progress = no_progress) -> list[Measured]:
     """Time and peak memory of each method at each length n (one head of dimension d).
     Raises :class:`Busy` at once while another measurement runs in this process."""
     if not _RUNNING.acquire(blocking=False):

@@ -75,7 +75,7 @@ def token_cap(limit: int) -> int:
     return min(limit, int(cap)) if cap.isdigit() and int(cap) > 0 else limit
 
 
-def load_model(name: str, progress: store.Progress = store._quiet, device: torch.device | None = None) -> Model:
+def load_model(name: str, progress: store.Progress = store.no_progress, device: torch.device | None = None) -> Model:
     """Load ``name``: a bundled name (fetched on first use), a local folder, or a hub id."""
     name = str(name).strip()
     if not name:

