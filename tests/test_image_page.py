@@ -22,6 +22,7 @@ from attnviz.analysis.flow import fuse_heads, rollout
 from attnviz.analysis.stats import head_stats
 from attnviz.inputs import open_image
 from attnviz.models import store
+from attnviz.samples import DEFAULT_SAMPLE
 
 PAGE = "pages/image.py"
 VIEWS = ["cls", "heads", "layers", "patch", "rollout", "prefix"]
@@ -189,6 +190,23 @@ def test_the_url_chooses_sample_view_layer_and_head():
     assert titles[3] == "<b>layer 3</b>" and titles[0] == "layer 0"
     for name in ("model", "layer", "head", "view", "size", "sample"):
         assert name in at.query_params
+
+
+def test_replacing_an_upload_shows_the_new_photo(photo):
+    """Choosing another photo while one is shown: the browser removes the first file (a run
+    with no file shows the sample photo and selects its pill), then sends the new file with
+    the pills' value from before that run (none selected). The new photo must be shown; it was
+    the sample (found by bench/load.py, seen in chromium)."""
+    at = upload(open_page(PAGE), "first.png", encode(photo))
+    at.file_uploader(key="image_upload").set_value(None).run()
+    assert at.button_group(key="image_sample_pills").value == DEFAULT_SAMPLE
+    at.file_uploader(key="image_upload").set_value(("second.png", encode(photo.crop((0, 0, 300, 240))), "image/png"))
+    at.button_group(key="image_sample_pills").set_value(None)  # the browser's stale value
+    at.run()
+    assert_clean(at)
+    assert any(c.value.startswith("**second.png** (300 x 240 px)") for c in at.caption), [c.value for c in at.caption]
+    assert at.button_group(key="image_sample_pills").value is None
+    assert "sample" not in at.query_params
 
 
 def test_input_size_and_model_set_the_patch_grid():

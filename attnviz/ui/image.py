@@ -91,9 +91,14 @@ def _use_upload() -> None:
 
 
 def _use_sample() -> None:
+    if st.session_state[PILLS_KEY] is None:
+        if st.session_state.get(SOURCE_KEY) == "upload":
+            # No pill shows while an upload does, so this None is stale, not a click: replacing
+            # an upload runs the script once with no file (the sample is shown and its pill set)
+            # and then with the new file, which can come with the pills' value from before.
+            return
+        st.session_state[PILLS_KEY] = st.session_state[SAMPLE_KEY]  # a click on the chosen pill: keep it
     st.session_state[SOURCE_KEY] = "sample"
-    if st.session_state[PILLS_KEY] is None:  # a click on the chosen pill unselects it: keep it
-        st.session_state[PILLS_KEY] = st.session_state[SAMPLE_KEY]
     st.session_state[SAMPLE_KEY] = st.session_state[PILLS_KEY]
 
 
