@@ -4,19 +4,20 @@
 
 Starts `streamlit run app.py` with the demo's settings (.streamlit/config.toml and
 ATTNVIZ_MAX_TOKENS=1024, as in the Dockerfile), then drives ``--sessions`` browser contexts
-of one headless chromium at the same time. Session i opens the text page on one of three
-bundled models (an encoder, an encoder-decoder, a decoder) and types ``--requests`` sentences
-of its own, one after another; each sentence is new to the server (no cache hit) and longer
-than the last. After each one the session waits for its own token count in the result line,
-then downloads the result (.npz) and compares it with a capture of the same sentence made in
-this process: tokens equal and every attention weight within 1e-3. A result equal to another
-session's sentence counts as cross-talk.
+of one headless chromium at the same time. Session i plays USERS[i % 4]: three type sentences
+on the text page (an encoder, an encoder-decoder, a decoder), the fourth uploads photos on the
+image page (dinov2-small). Each does ``--requests`` requests of its own, one after another;
+each input is new to the server (no cache hit): sentences grow by three words, photos are
+crops of the sample photos of their own size and place. After each one the session waits for
+the result line naming its input, downloads the result (.npz) and compares it with a capture
+of the same input made in this process: tokens equal and every attention weight within 1e-3.
+A result equal to another request's capture counts as cross-talk.
 
-Prints sessions, requests, errors, the cross-talk check, latency percentiles (from pressing
-Ctrl+Enter to the new result on screen), and the server's resident memory (now and peak,
-from /proc) against the bound stated in docs/deploy.md. Exits 1 on any error, cross-talk, or
-a peak above the bound. Requests are bounded (sessions x requests) and the server stops at
-the end.
+Prints sessions, requests, errors, the cross-talk check, latency percentiles (from sending the
+input to the new result on screen), and the server's resident memory (now and peak, from
+/proc) against the bound stated in docs/deploy.md. Exits 1 on any error, cross-talk, or a
+peak above the bound. Requests are bounded (sessions x requests) and the server stops at the
+end.
 """
 from __future__ import annotations
 
@@ -33,14 +34,19 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import attnviz  # noqa: E402
+from attnviz.inputs import open_image  # noqa: E402
 from attnviz.result import AttentionResult  # noqa: E402
+from attnviz.samples import SAMPLES, sample_bytes  # noqa: E402
 
-MODELS = ["minilm-l6", "t5-small-titler", "smollm2-135m"]  # session i uses MODELS[i % 3]
+# (page, model) of each kind of user: session i plays USERS[i % len(USERS)]
+USERS = [("text", "minilm-l6"), ("text", "t5-small-titler"), ("text", "smollm2-135m"), ("image", "dinov2-small")]
+IMAGE_SIZE = 224  # the image page's default input size (shorter side, px)
 WORDS = ("cat dog river mountain quietly bright engine letter garden window travel silver orange "
          "whisper market ancient follow because under between yesterday music kitchen ocean paper "
          "thunder gentle winter forest number castle honest rapid purple island bridge").split()
@@ -56,6 +62,25 @@ def sentence(session: int, request: int) -> str:
     rng = np.random.default_rng(1000 * session + request)
     words = " ".join(rng.choice(WORDS, 6 + 3 * request))
     return f"Visitor {session} asks question {request}: {words}."
+
+
+def photo(session: int, request: int) -> tuple[str, bytes]:
+    """Session ``session``'s ``request``-th upload: (file name, PNG bytes), a crop of a sample
+    photo of its own size and place."""
+    rng = np.random.default_rng(1000 * session + request)
+    sample = list(SAMPLES)[request % len(SAMPLES)]
+    image = open_image(sample_bytes(sample))
+    w, h = (int(rng.integers(s // 2, s + 1)) for s in image.size)
+    x, y = int(rng.integers(0, image.width - w + 1)), int(rng.integers(0, image.height - h + 1))
+    buf = io.BytesIO()
+    image.crop((x, y, x + w, y + h)).save(buf, format="PNG")
+    return f"visitor{session}-{request}-{sample}.png", buf.getvalue()
+
+
+def request_input(session: int, request: int):
+    """What the session sends: a sentence (text users) or a photo (image users)."""
+    page, _ = USERS[session % len(USERS)]
+    return sentence(session, request) if page == "text" else photo(session, request)
 
 
 def free_port() -> int:
@@ -93,10 +118,14 @@ def references(sessions: int, requests: int) -> dict[tuple[int, int], AttentionR
     models = {}
     refs = {}
     for i in range(sessions):
-        name = MODELS[i % len(MODELS)]
+        page, name = USERS[i % len(USERS)]
         model = models.get(name) or models.setdefault(name, attnviz.load_model(name))
         for j in range(requests):
-            refs[i, j] = attnviz.capture(model, sentence(i, j))
+            if page == "text":
+                refs[i, j] = attnviz.capture(model, sentence(i, j))
+            else:
+                file_name, data = photo(i, j)
+                refs[i, j] = attnviz.capture(model, open_image(data, file_name), size=IMAGE_SIZE)
     return refs
 
 
@@ -109,12 +138,16 @@ def same(a: AttentionResult, b: AttentionResult) -> bool:
 IDLE = "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"  # the script has finished
 
 
-async def download_result(page, attempts: int = 3) -> AttentionResult:
-    """Click "Result .npz" and read the file; a download cancelled by a rerun is tried again."""
+DOWNLOAD = {"text": "Result .npz", "image": "Attention maps (.npz)"}  # each page's button
+
+
+async def download_result(page, button: str, attempts: int = 3) -> AttentionResult:
+    """Click the download ``button`` and read the .npz; a download cancelled by a rerun is
+    tried again."""
     for attempt in range(attempts):
         try:
             async with page.expect_download(timeout=TIMEOUT_MS) as info:
-                await page.get_by_role("button", name="Result .npz").click()
+                await page.get_by_role("button", name=button).click()
             download = await info.value
             return AttentionResult.load(io.BytesIO(Path(await download.path()).read_bytes()))
         except Exception:  # noqa: BLE001 - retried, then raised
@@ -123,38 +156,53 @@ async def download_result(page, attempts: int = 3) -> AttentionResult:
             await page.wait_for_function(IDLE, timeout=TIMEOUT_MS)
 
 
+async def send(page, kind: str, name: str, data, ref: AttentionResult) -> None:
+    """Send one input (a sentence, or a photo's file name and bytes) and return when the
+    result line names it."""
+    if kind == "text":
+        box = page.locator('textarea[aria-label="Text"]')
+        await box.fill(data)
+        await box.press("Control+Enter")
+        shown = f"{name} · {len(ref.tokens)} tokens ·"
+    else:
+        file_name, png = data
+        await page.locator('[data-testid="stFileUploaderDropzone"] input[type="file"]').set_input_files(
+            {"name": file_name, "mimeType": "image/png", "buffer": png})
+        (width, height), (seen_h, seen_w) = Image.open(io.BytesIO(png)).size, ref.image.shape[:2]
+        shown = f"{file_name} ({width} x {height} px) → {name} saw {seen_w} x {seen_h} px"
+    await page.get_by_text(shown).first.wait_for(timeout=TIMEOUT_MS)
+
+
 async def session(browser, base: str, i: int, requests: int, refs, out: dict) -> None:
-    """One user: the text page on its model, ``requests`` sentences, each result checked."""
-    name = MODELS[i % len(MODELS)]
+    """One user: its page and model, ``requests`` inputs, each result checked."""
+    kind, name = USERS[i % len(USERS)]
     context = await browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     page = await context.new_page()
     page_errors: list[str] = []
     page.on("pageerror", lambda e: page_errors.append(str(e)))
     try:
-        await page.goto(f"{base}/text?model={name}", timeout=TIMEOUT_MS)
-        box = page.locator('textarea[aria-label="Text"]')
-        await box.wait_for(timeout=TIMEOUT_MS)
+        await page.goto(f"{base}/{kind}?model={name}", timeout=TIMEOUT_MS)
+        await page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]',
+                                     timeout=TIMEOUT_MS)  # the first run has drawn the page
         for j in range(requests):
             ref = refs[i, j]
             try:
-                await box.fill(sentence(i, j))
                 started = time.perf_counter()
-                await box.press("Control+Enter")
-                await page.get_by_text(f"{name} · {len(ref.tokens)} tokens ·").wait_for(timeout=TIMEOUT_MS)
+                await send(page, kind, name, request_input(i, j), ref)
                 out["latency"].append(time.perf_counter() - started)
                 out["requests"] += 1
                 await page.wait_for_function(IDLE, timeout=TIMEOUT_MS)  # the rest of the page drawn
                 shown = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
                 if await shown.count():
                     out["errors"].append(f"session {i} request {j}: {await shown.first.inner_text()}")
-                got = await download_result(page)
+                got = await download_result(page, DOWNLOAD[kind])
             except Exception as e:  # noqa: BLE001 - an error of this request; the session goes on
                 out["errors"].append(f"session {i} request {j}: {type(e).__name__}: {str(e).splitlines()[0]}")
                 continue
             if same(got, ref):
                 out["own"] += 1
             else:
-                others = [k for k, r in refs.items() if k != (i, j) and r.tokens == got.tokens]
+                others = [k for k, r in refs.items() if k != (i, j) and same(got, r)]
                 out["crosstalk" if others else "errors"].append(
                     f"session {i} request {j}: the result is {'that of ' + str(others[0]) if others else 'wrong'}")
     except Exception as e:  # noqa: BLE001 - the session could not go on: an error, the others go on
@@ -178,11 +226,11 @@ async def drive(base: str, sessions: int, requests: int, refs) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sessions", type=int, default=8)
-    ap.add_argument("--requests", type=int, default=13, help="sentences per session")
+    ap.add_argument("--requests", type=int, default=13, help="inputs per session")
     ap.add_argument("--rss-bound-gb", type=float, default=3.0, help="the bound docs/deploy.md states")
     args = ap.parse_args()
 
-    print(f"reference captures for {args.sessions} x {args.requests} sentences…", flush=True)
+    print(f"reference captures for {args.sessions} x {args.requests} inputs…", flush=True)
     t0 = time.perf_counter()
     refs = references(args.sessions, args.requests)
     print(f"… {time.perf_counter() - t0:.0f} s", flush=True)
@@ -204,11 +252,11 @@ def main() -> int:
     crosstalk_ok = not out["crosstalk"] and out["own"] == out["requests"]
     rows = [
         ("sessions (concurrent browser contexts)", f"{args.sessions}"),
-        ("models", ", ".join(MODELS[: min(args.sessions, len(MODELS))])),
-        ("requests (new sentences captured)", f"{out['requests']} of {args.sessions * args.requests}"),
+        ("users", ", ".join(f"{kind} page on {name}" for kind, name in USERS[: min(args.sessions, len(USERS))])),
+        ("requests (new inputs captured)", f"{out['requests']} of {args.sessions * args.requests}"),
         ("errors", f"{len(out['errors'])}"),
         ("cross-talk check", f"{'pass' if crosstalk_ok else 'FAIL'}: {out['own']} of {out['requests']} "
-                             f"downloads equal their own sentence's capture, {len(out['crosstalk'])} another's"),
+                             f"downloads equal their own input's capture, {len(out['crosstalk'])} another's"),
         ("latency p50 (s)", f"{statistics.median(lat):.2f}"),
         ("latency p95 (s)", f"{p95:.2f}"),
         ("latency max (s)", f"{lat[-1]:.2f}"),
