@@ -25,21 +25,20 @@ import argparse
 import asyncio
 import io
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # attnviz, and the browser helpers of the tests
 
 import attnviz  # noqa: E402
+from browser import (CHROMIUM, CHROMIUM_ARGS, NO_STATUS_WIDGET, SCRIPT_DONE, free_port,  # noqa: E402
+                     start_server, wait_healthy)
 from attnviz.inputs import open_image  # noqa: E402
 from attnviz.result import AttentionResult  # noqa: E402
 from attnviz.samples import SAMPLES, sample_bytes  # noqa: E402
@@ -51,9 +50,6 @@ WORDS = ("cat dog river mountain quietly bright engine letter garden window trav
          "whisper market ancient follow because under between yesterday music kitchen ocean paper "
          "thunder gentle winter forest number castle honest rapid purple island bridge").split()
 TOKEN_CAP = "1024"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 300_000
 
 
@@ -81,29 +77,6 @@ def request_input(session: int, request: int):
     """What the session sends: a sentence (text users) or a photo (image users)."""
     page, _ = USERS[session % len(USERS)]
     return sentence(session, request) if page == "text" else photo(session, request)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(port: int, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.address", "127.0.0.1",
-           "--server.port", str(port)]
-    env = {**os.environ, "ATTNVIZ_MAX_TOKENS": TOKEN_CAP}
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                if r.read() == b"ok":
-                    return proc
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise SystemExit(f"the server did not start; see {log}")
 
 
 def rss_gb(pid: int) -> tuple[float, float]:
@@ -135,9 +108,6 @@ def same(a: AttentionResult, b: AttentionResult) -> bool:
                     for s in a.attn))
 
 
-IDLE = "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"  # the script has finished
-
-
 DOWNLOAD = {"text": "Result .npz", "image": "Attention maps (.npz)"}  # each page's button
 
 
@@ -153,7 +123,7 @@ async def download_result(page, button: str, attempts: int = 3) -> AttentionResu
         except Exception:  # noqa: BLE001 - retried, then raised
             if attempt == attempts - 1:
                 raise
-            await page.wait_for_function(IDLE, timeout=TIMEOUT_MS)
+            await page.wait_for_function(NO_STATUS_WIDGET, timeout=TIMEOUT_MS)
 
 
 async def send(page, kind: str, name: str, data, ref: AttentionResult) -> None:
@@ -182,8 +152,7 @@ async def session(browser, base: str, i: int, requests: int, refs, out: dict) ->
     page.on("pageerror", lambda e: page_errors.append(str(e)))
     try:
         await page.goto(f"{base}/{kind}?model={name}", timeout=TIMEOUT_MS)
-        await page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]',
-                                     timeout=TIMEOUT_MS)  # the first run has drawn the page
+        await page.wait_for_selector(SCRIPT_DONE, timeout=TIMEOUT_MS)  # the first run has drawn the page
         for j in range(requests):
             ref = refs[i, j]
             try:
@@ -191,7 +160,7 @@ async def session(browser, base: str, i: int, requests: int, refs, out: dict) ->
                 await send(page, kind, name, request_input(i, j), ref)
                 out["latency"].append(time.perf_counter() - started)
                 out["requests"] += 1
-                await page.wait_for_function(IDLE, timeout=TIMEOUT_MS)  # the rest of the page drawn
+                await page.wait_for_function(NO_STATUS_WIDGET, timeout=TIMEOUT_MS)  # the rest of the page drawn
                 shown = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
                 if await shown.count():
                     out["errors"].append(f"session {i} request {j}: {await shown.first.inner_text()}")
@@ -235,12 +204,12 @@ def main() -> int:
     refs = references(args.sessions, args.requests)
     print(f"… {time.perf_counter() - t0:.0f} s", flush=True)
     port = free_port()
-    log = ROOT / "test-artifacts" / "load-server.log"
-    log.parent.mkdir(exist_ok=True)
-    server = start_server(port, log)
+    base = f"http://127.0.0.1:{port}"
+    server = start_server(port, {"ATTNVIZ_MAX_TOKENS": TOKEN_CAP})  # its log: test-artifacts/
     try:
+        wait_healthy(base)
         started = time.perf_counter()
-        out = asyncio.run(drive(f"http://127.0.0.1:{port}", args.sessions, args.requests, refs))
+        out = asyncio.run(drive(base, args.sessions, args.requests, refs))
         wall = time.perf_counter() - started
         rss, peak = rss_gb(server.pid)
     finally:

@@ -99,6 +99,10 @@ def browser_page(_browser):
     context.close()
 
 
+SCRIPT_DONE = '[data-testid="stApp"][data-test-script-state="notRunning"]'  # a run has ended, none runs
+NO_STATUS_WIDGET = "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"  # no 'Running...'
+
+
 def wait_for_app(page, timeout_ms: int = 120_000) -> None:
     """Wait until the app has run its script to the end at least once and is not running now.
 
@@ -106,9 +110,8 @@ def wait_for_app(page, timeout_ms: int = 120_000) -> None:
     starts, then ``running`` / ``notRunning`` (and ``rerunRequested``). Waiting for the root
     alone, or for the 'Running...' widget to be absent, passes before the first run has drawn
     anything below the title (that raced in CI)."""
-    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout_ms)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
+    page.wait_for_selector(SCRIPT_DONE, timeout=timeout_ms)
+    page.wait_for_function(NO_STATUS_WIDGET, timeout=timeout_ms)
 
 
 def click_until_shown(page, where, shown, tries: int = 4, timeout_ms: int = 20_000) -> None:
