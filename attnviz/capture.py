@@ -22,13 +22,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from attnviz import limits
 from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text, to_rgb
-from attnviz.models.loader import Model, token_cap
+from attnviz.limits import token_cap
+from attnviz.models.loader import Model
 from attnviz.result import AttentionResult, PatchGrid
 
 TextInput = Union[str, tuple[str, str]]
 MAX_IMAGE_TOKENS = 4096  # patches; bounds memory at [12, 12, 4096, 4096] float16 = 4.8 GB
+CHARS_PER_TOKEN = 20  # a text is cut at max_tokens * this many characters before it is tokenised
 GENERATE_CAP = 256
 
 
@@ -36,7 +39,12 @@ def capture(model: Model, input, *, target: str | None = None, generate: int = 0
             size: int | None = None) -> AttentionResult:
     """Run ``model`` on ``input`` and return all its attention maps (see the module docstring)."""
     started = time.perf_counter()
-    with model.lock, torch.inference_mode():
+    cut: list[str] = []  # before any lock: a huge text is cut here, so tokenising it blocks nobody
+    if model.family not in ("image", "custom") and not isinstance(input, Image.Image):
+        input = (tuple(_bound_text(t, model, cut) for t in input) if isinstance(input, tuple)
+                 else _bound_text(input, model, cut))
+        target = _bound_text(target, model, cut) if target is not None else None
+    with model.lock, limits.SLOTS, torch.inference_mode():
         if model.family == "image":
             if not isinstance(input, Image.Image):
                 raise AttnvizError(f"{model.name} is an image model: give it an image, not {type(input).__name__}.")
@@ -54,7 +62,23 @@ def capture(model: Model, input, *, target: str | None = None, generate: int = 0
                 source, target = (input if isinstance(input, tuple) else (input, target))
                 result = _capture_seq2seq(model, source, target)
     result.timings["total_s"] = time.perf_counter() - started
+    result.warnings[:0] = cut
     return result
+
+
+def _bound_text(text, model: Model, warnings: list[str]):
+    """``text`` cut to ``model.max_tokens * CHARS_PER_TOKEN`` characters, more than the model
+    reads, with a line in ``warnings`` when it was cut: two million zero-width joiners, pasted,
+    would otherwise take seconds to tokenise while other sessions wait."""
+    if text is None:
+        return None
+    text = str(text)
+    limit = max(1, model.max_tokens) * CHARS_PER_TOKEN
+    if len(text) <= limit:
+        return text
+    warnings.append(f"The text has {len(text):,} characters; only the first {limit:,} were read "
+                    f"({model.name} reads at most {model.max_tokens:,} tokens).")
+    return text[:limit]
 
 
 # -- text ---------------------------------------------------------------------------------
@@ -65,16 +89,33 @@ def _one_text(input: TextInput, model: Model) -> str:
 
 
 def _encode(model: Model, text, pair=None, limit: int | None = None):
-    """Tokenise with the model's tokenizer, truncating to ``limit`` tokens with a warning."""
+    """Tokenise with the model's tokenizer, truncating to ``limit`` tokens with a warning.
+
+    Special-token strings the user typed ("[SEP]", "<|im_start|>") are split like any text
+    (``split_special_tokens``), so that they stay the user's words; where the tokenizer still
+    reads one as a special token (T5's "</s>"), a warning says so. Text of which most tokens
+    are the unknown token (a model uploaded without its vocabulary) gets a warning too."""
     limit = limit or model.max_tokens
-    enc = model.tokenizer(text, pair, return_tensors="pt", truncation=False,
-                          return_special_tokens_mask=True, return_token_type_ids=pair is not None)
+    kwargs = dict(return_tensors="pt", return_special_tokens_mask=True, return_token_type_ids=pair is not None,
+                  split_special_tokens=True)
+    enc = model.tokenizer(text, pair, truncation=False, **kwargs)
     warnings = []
     n = enc["input_ids"].shape[1]
     if n > limit:
         warnings.append(f"The input has {n} tokens; {model.name} reads at most {limit}, so it was cut to the first {limit}.")
-        enc = model.tokenizer(text, pair, return_tensors="pt", truncation=True, max_length=limit,
-                              return_special_tokens_mask=True, return_token_type_ids=pair is not None)
+        enc = model.tokenizer(text, pair, truncation=True, max_length=limit, **kwargs)
+    ids, added = enc["input_ids"][0].tolist(), enc["special_tokens_mask"][0].tolist()
+    specials = set(model.tokenizer.all_special_ids)
+    typed = sorted({model.tokenizer.convert_ids_to_tokens(i) for i, a in zip(ids, added) if not a and i in specials}
+                   - {model.tokenizer.unk_token})
+    if typed:
+        warnings.append(f"{model.name} reads {', '.join(repr(t) for t in typed)} in the text as its special "
+                        "token (its tokenizer cannot split it); it is shown as the text's own token.")
+    words = [i for i, a in zip(ids, added) if not a]
+    unknown = sum(i == model.tokenizer.unk_token_id for i in words)
+    if model.tokenizer.unk_token_id is not None and len(words) >= 2 and unknown > len(words) / 2:
+        warnings.append(f"{unknown} of {len(words)} tokens are unknown to {model.name}'s tokenizer "
+                        f"({model.tokenizer.unk_token}): its vocabulary may be missing or not this model's.")
     return enc, warnings
 
 
@@ -86,11 +127,14 @@ def _tokens(model: Model, ids: list[int]) -> list[str]:
     return [t.replace("▁", " ") for t in raw]
 
 
-def _special(model: Model, ids: list[int]) -> list[bool]:
-    """Which tokens are special ([CLS], [SEP], BOS, </s>, padding). The unknown token is not:
-    it stands for real input (an emoji, a character the vocabulary lacks)."""
+def _special(model: Model, ids: list[int], enc=None) -> list[bool]:
+    """Which tokens are special ([CLS], [SEP], BOS, </s>, padding). The first tokens, those of
+    ``enc``, are special when the tokenizer added them (a special-token string the user typed is
+    the user's text); later ones (generated) when their id is a special one. The unknown token
+    is never special: it stands for real input (an emoji, a character the vocabulary lacks)."""
+    added = [bool(a) for a in enc["special_tokens_mask"][0].tolist()] if enc is not None else []
     specials = set(model.tokenizer.all_special_ids) - {model.tokenizer.unk_token_id}
-    return [i in specials for i in ids]
+    return added[:len(ids)] + [i in specials for i in ids[len(added):]]
 
 
 def _word_spans(enc, n: int) -> list[tuple[int, int]]:
@@ -132,7 +176,7 @@ def _capture_encoder(model: Model, input: TextInput) -> AttentionResult:
     segments = enc["token_type_ids"][0].tolist() if b is not None else None
     return AttentionResult(
         kind="text", model=model.name, attn={"encoder": attn}, tokens=_tokens(model, ids),
-        special=_special(model, ids), word_spans=_word_spans(enc, len(ids)), segments=segments,
+        special=_special(model, ids, enc), word_spans=_word_spans(enc, len(ids)), segments=segments,
         timings={"tokenize_s": t1 - t0, "forward_s": t2 - t1, "copy_s": time.perf_counter() - t2},
         warnings=warnings)
 
@@ -156,7 +200,7 @@ def _capture_decoder(model: Model, prompt: str, generate: int) -> AttentionResul
     spans = _word_spans(enc, prompt_len) + [(i, i + 1) for i in range(prompt_len, len(all_ids))]
     return AttentionResult(
         kind="text", model=model.name, attn={"decoder": attn}, tokens=_tokens(model, all_ids),
-        special=_special(model, all_ids), word_spans=spans, causal=True, prompt_len=prompt_len,
+        special=_special(model, all_ids, enc), word_spans=spans, causal=True, prompt_len=prompt_len,
         timings={"tokenize_s": t1 - t0, "generate_s": t2 - t1, "forward_s": t3 - t2,
                  "copy_s": time.perf_counter() - t3},
         warnings=warnings)
@@ -187,7 +231,7 @@ def _capture_seq2seq(model: Model, source: str, target: str | None) -> Attention
         kind="text", model=model.name,
         attn={"encoder": _stack(out.encoder_attentions), "decoder": _stack(out.decoder_attentions),
               "cross": _stack(out.cross_attentions)},
-        tokens=_tokens(model, src_ids), special=_special(model, src_ids),
+        tokens=_tokens(model, src_ids), special=_special(model, src_ids, enc),
         word_spans=_word_spans(enc, len(src_ids)),
         target_tokens=_tokens(model, tgt_ids), target_special=_special(model, tgt_ids),
         target_word_spans=target_spans,
@@ -197,11 +241,13 @@ def _capture_seq2seq(model: Model, source: str, target: str | None) -> Attention
 
 
 # -- images -------------------------------------------------------------------------------
-def image_input_size(width: int, height: int, short_side: int, patch: int) -> tuple[int, int]:
+def image_input_size(width: int, height: int, short_side: int, patch: int,
+                     most: int | None = None) -> tuple[int, int]:
     """(width, height) fed to the model: shorter side ``short_side``, aspect kept, each side a
-    multiple of ``patch`` (at least one patch), at most MAX_IMAGE_TOKENS patches (or the
-    deployment's lower cap, see attnviz.models.loader.token_cap)."""
-    most = token_cap(MAX_IMAGE_TOKENS)
+    multiple of ``patch`` (at least one patch), at most ``most`` patches (default
+    MAX_IMAGE_TOKENS or the deployment's lower cap, see attnviz.limits.token_cap; a loaded
+    model's own cap is its ``max_tokens``)."""
+    most = most or token_cap(MAX_IMAGE_TOKENS)
     scale = short_side / min(width, height)
     w, h = width * scale, height * scale
     n = (w / patch) * (h / patch)
@@ -220,7 +266,7 @@ def _capture_image(model: Model, image: Image.Image, size: int | None) -> Attent
     if size < spec.patch or size % spec.patch:
         raise AttnvizError(f"The input size must be a positive multiple of {model.name}'s patch size, {spec.patch} px; got {size}.")
     t0 = time.perf_counter()
-    w, h = image_input_size(*image.size, size, spec.patch)
+    w, h = image_input_size(*image.size, size, spec.patch, model.max_tokens)
     seen = to_rgb(image).resize((w, h), Image.Resampling.BICUBIC)
     pixels = np.asarray(seen, dtype=np.float32) / 255.0
     pixels = (pixels - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)

@@ -19,6 +19,7 @@ MAX_IMAGE_SIDE = 4096  # larger photos are downscaled (aspect kept) as they are 
 # Caps the uploaders state to the browser, in MiB (server.maxUploadSize is the server's hard cap)
 MAX_TEXT_UPLOAD_MB = 1  # just above MAX_TEXT_BYTES, so that read_text explains the limit
 MAX_IMAGE_UPLOAD_MB = 50
+MAX_MODEL_UPLOAD_MB = 100  # each model uploader's cap (a zip, or several files each this large at most)
 
 
 def clean_text(text: str) -> str:

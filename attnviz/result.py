@@ -99,6 +99,11 @@ class AttentionResult:
         """The stacks present, in the canonical order encoder, decoder, cross."""
         return [s for s in STACKS if s in self.attn]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays the result holds (maps and picture): what caching it costs."""
+        return sum(a.nbytes for a in self.attn.values()) + (self.image.nbytes if self.image is not None else 0)
+
     def query_tokens(self, stack: str) -> list[str]:
         return self.target_tokens if stack in ("decoder", "cross") and self.target_tokens is not None else self.tokens
 

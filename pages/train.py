@@ -25,9 +25,9 @@ with friendly_errors():
     st.subheader("Inspect")
     picked = pick_model(st.session_state.get(RUN_KEY))
     if picked is not None:
-        folder, net = picked
-        text = inspect(net, folder.name if folder else "trained")
-        if folder is not None:
-            open_buttons(folder, text)
+        label, net = picked
+        text = inspect(net, label or "trained")
+        if label is not None:
+            open_buttons(label, text)
         else:
             st.caption("Save it to open it in the other pages.")

@@ -5,6 +5,7 @@ import io
 import json
 import math
 import os
+import time
 import zipfile
 
 import numpy as np
@@ -149,7 +150,8 @@ def test_upload_of_a_custom_model_zip_loads(reverse_net, tmp_path):
     assert not (done.folder / "run.py").exists() and any("run.py" in s for s in done.skipped)
     result = attnviz.capture(attnviz.load_model(str(done.folder)), REVERSE_INPUT)
     assert result.attn["encoder"].shape == (2, 4, 12, 12)
-    assert custom.saved_models() == [done.folder]
+    assert custom.is_custom(done.folder)
+    assert custom.saved_models() == []  # an upload belongs to the session that sent it, not to the saved list
     # the same upload as loose files lands in the same folder
     assert upload.extract(list(files.items())).folder == done.folder
 
@@ -224,13 +226,21 @@ def test_uploads_keep_only_the_most_recently_used_folders():
     root = store.home() / "uploads"
     first = upload.extract(small_upload(0)).folder
     folders = [first] + [upload.extract(small_upload(i)).folder for i in range(1, upload.MAX_UPLOADS)]
-    for age, folder in enumerate(reversed(folders)):  # distinct ages, first the oldest (mtime resolution)
-        os.utime(folder, (1e9 - age, 1e9 - age))
+    now = time.time()
+    for age, folder in enumerate(reversed(folders)):  # distinct ages within the TTL, first the oldest
+        os.utime(folder, (now - 60 - age, now - 60 - age))
     assert upload.extract(small_upload(0)).folder == first  # the same upload again: used now
     newest = upload.extract(small_upload(upload.MAX_UPLOADS)).folder  # one more than are kept
     kept = list(root.iterdir())
     assert len(kept) == upload.MAX_UPLOADS and first in kept and newest in kept
     assert not folders[1].exists()  # the least recently used went
+
+
+def test_uploads_unused_for_longer_than_the_ttl_are_removed():
+    stale = upload.extract(small_upload(0)).folder
+    os.utime(stale, (time.time() - upload.UPLOAD_TTL_S - 60,) * 2)
+    fresh = upload.extract(small_upload(1)).folder
+    assert fresh.exists() and not stale.exists()
 
 
 def test_upload_refused_at_loading_is_discarded(reverse_net, tmp_path):

@@ -73,11 +73,11 @@ def test_saved_model_opens_in_the_text_explorer():
     at.button(key="train_save").click().run()
     assert_clean(at)
     (folder,) = custom.saved_models()
-    assert at.selectbox(key="train_inspect").value == str(folder)
+    assert at.selectbox(key="train_inspect").value == f"saved:{folder.name}"  # a label, never a path
     text = at.text_input(key="train_input_reverse_12").value
     at.button(key="train_open_inspect_pages/text.py").click().run()
     assert_clean(at)
-    assert at.session_state["model"] == str(folder)
+    assert at.session_state["model"] == f"saved:{folder.name}"
     assert at.text_area(key="_text_box").value == text
     result = attnviz.capture(attnviz.load_model(str(folder)), text)
     heat = charts(at)["text_heatmap"]

@@ -43,7 +43,6 @@ from attnviz.errors import AttnvizError
 from attnviz.models import store
 from attnviz.models.loader import Model
 from attnviz.models.toy_tasks import TASKS, VOCAB, encode
-from attnviz.models.upload import uploads_dir
 from attnviz.recorder import record_attention
 from attnviz.result import AttentionResult
 
@@ -208,16 +207,17 @@ def free_name(name: str) -> str:
 
 
 def saved_models() -> list[Path]:
-    """Folders of custom models saved or uploaded here, newest first."""
-    folders = [p.parent for root in (saved_dir(), uploads_dir()) for p in root.glob(f"*/{CONFIG}")]
-    custom = [f for f in folders if _is_custom(f / CONFIG)]
+    """Folders of custom models saved here (not uploads: those belong to the session that sent
+    them), newest first."""
+    custom = [p.parent for p in saved_dir().glob(f"*/{CONFIG}") if is_custom(p.parent)]
     return sorted(custom, key=lambda f: f.stat().st_mtime, reverse=True)
 
 
-def _is_custom(config: Path) -> bool:
+def is_custom(folder: Path) -> bool:
+    """Whether ``folder`` holds one of attnviz's own (Build your own) models."""
     try:
-        return json.loads(config.read_text()).get("attnviz_custom") is True
-    except (OSError, ValueError, AttributeError):
+        return json.loads((folder / CONFIG).read_text()).get("attnviz_custom") is True
+    except (OSError, ValueError, AttributeError, RecursionError):
         return False
 
 

@@ -6,6 +6,7 @@ models are loaded with eager attention so that they return their attention proba
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -15,19 +16,22 @@ from typing import Any
 
 import torch
 
+from attnviz import limits
 from attnviz.device import default_device
 from attnviz.errors import AttnvizError
+from attnviz.limits import token_cap
 from attnviz.models import TRANSFORMERS_LOCK, store
 from attnviz.models.bundled import BUNDLED
 
 FAMILIES = ("encoder", "decoder", "encoder-decoder", "image", "custom")
 DECODER_TOKEN_CAP = 2048  # [30 layers, 9 heads, 2048, 2048] float16 is already 2.3 GB
 SEQ2SEQ_TOKEN_CAP = 512
+IMAGE_TOKEN_CAP = 4096  # patches
+MIN_TOKENS = 16  # a model whose capture budget does not reach this many tokens is refused
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-TOKEN_CAP_ENV = "ATTNVIZ_MAX_TOKENS"  # a hosted demo's cap on every input's length (see token_cap)
-MAX_PARAMS = 2_000_000_000  # 8 GB in float32; a config describing more is refused before loading
 MAX_LAYERS = 256  # deeper configs are refused before even an empty model is built to count them
+log = logging.getLogger("attnviz")
 IMAGE_MODEL_TYPES = {"vit", "dinov2", "dinov2_with_registers", "clip_vision_model", "clip", "deit",
                      "beit", "siglip_vision_model", "dinov3_vit", "vit_msn", "vit_mae"}
 
@@ -47,8 +51,9 @@ class ImageSpec:
 class Model:
     """A loaded model, ready for :func:`attnviz.capture`.
 
-    family: one of FAMILIES; max_tokens: the longest input it is run on (longer text is
-    truncated with a warning); lock: held while the model runs, so that sessions sharing it
+    family: one of FAMILIES; max_tokens: the longest input it is run on, in tokens or, for image
+    models, patches (longer text is truncated with a warning, larger images are scaled down;
+    see :func:`token_limit`); lock: held while the model runs, so that sessions sharing it
     never interleave.
     """
 
@@ -67,63 +72,78 @@ class Model:
         return getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", 0)
 
 
-def token_cap(limit: int) -> int:
-    """``limit`` lowered to $ATTNVIZ_MAX_TOKENS when that is set: the longest input (text tokens
-    or image patches) any model is run on. A hosted demo sets it to bound each request's memory,
-    which grows with layers x heads x tokens^2."""
-    cap = os.environ.get(TOKEN_CAP_ENV, "").strip()
-    return min(limit, int(cap)) if cap.isdigit() and int(cap) > 0 else limit
+def load_model(name: str, progress: store.Progress = store.no_progress, device: torch.device | None = None,
+               *, label: str | None = None) -> Model:
+    """Load ``name``: a bundled name (fetched on first use), a local folder, or a hub id.
 
-
-def load_model(name: str, progress: store.Progress = store.no_progress, device: torch.device | None = None) -> Model:
-    """Load ``name``: a bundled name (fetched on first use), a local folder, or a hub id."""
+    ``label`` is what messages and the result call the model (default: ``name``); a hosted
+    demo passes one for uploads, so that no server path reaches a visitor. Whatever goes wrong
+    while reading the files (malformed JSON nested thousands deep, a tokenizer.json of the wrong
+    shape, a config with zero heads) becomes one AttnvizError naming the model.
+    """
     name = str(name).strip()
     if not name:
         raise AttnvizError("No model name given.")
+    label = label or name
     device = device or default_device()
+    try:
+        return _load(name, label, progress, device)
+    except AttnvizError:
+        raise
+    except MemoryError:
+        raise AttnvizError(f"'{label}' needs more memory than this server has; it was not loaded.") from None
+    except Exception as e:  # malformed files reach transformers' and tokenizers' internals
+        log.warning("loading %s failed", label, exc_info=True)
+        raise AttnvizError(f"Cannot load '{label}': its files are malformed or describe something attnviz cannot "
+                           f"run ({type(e).__name__}).") from None
+
+
+def _load(name: str, label: str, progress: store.Progress, device: torch.device) -> Model:
     if name in BUNDLED:
         folder = store.ensure(name, progress)
-        return _load_folder(folder, name, device)
+        return _load_folder(folder, label, device)
     path = Path(name).expanduser()
     try:
         is_dir, exists = path.is_dir(), path.exists()
     except OSError:  # e.g. a name too long to be a path
         is_dir = exists = False
     if is_dir:
-        return _load_folder(path, name, device)
+        return _load_folder(path, label, device)
     if exists:
-        raise AttnvizError(f"'{name}' is a file; give the folder that holds config.json and *.safetensors.")
+        raise AttnvizError(f"'{label}' is a file; give the folder that holds config.json and *.safetensors.")
     if HUB_ID.match(name) and not name.startswith((".", "/")):
         return _load_hub(name, device)
     raise AttnvizError(
-        f"Unknown model '{name}': not a bundled name ({', '.join(BUNDLED)}), "
+        f"Unknown model '{label}': not a bundled name ({', '.join(BUNDLED)}), "
         "not an existing folder, and not a hub id like 'org/name'."
     )
 
 
-def check_folder(folder: Path) -> None:
-    """Refuse folders that are not loadable safely: no config.json, or pickle weights only."""
+def check_folder(folder: Path, label: str | None = None) -> None:
+    """Refuse folders that are not loadable safely: no config.json, or pickle weights only.
+    Messages call the folder ``label`` (default: its path)."""
+    label = label or str(folder)
     if not (folder / "config.json").is_file():
-        raise AttnvizError(f"{folder} has no config.json: it is not a model folder.")
+        raise AttnvizError(f"'{label}' has no config.json: it is not a model folder.")
     if not any(folder.glob("*.safetensors")):
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
             raise AttnvizError(
-                f"{folder} holds only pickle weights ({', '.join(pickles[:3])}); attnviz loads only "
+                f"'{label}' holds only pickle weights ({', '.join(pickles[:3])}); attnviz loads only "
                 "*.safetensors because unpickling can run arbitrary code. Convert them once, in a "
                 "Python you trust, with model.save_pretrained(folder, safe_serialization=True)."
             )
-        raise AttnvizError(f"{folder} has no *.safetensors weights.")
+        raise AttnvizError(f"'{label}' has no *.safetensors weights.")
 
 
 def _load_folder(folder: Path, name: str, device: torch.device) -> Model:
-    check_folder(folder)
+    check_folder(folder, name)
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as e:
-        raise AttnvizError(f"{folder}/config.json is not valid JSON: {e}") from None
+        raise AttnvizError(f"The config.json of '{name}' is not valid JSON: {e}") from None
     if not isinstance(config, dict):
-        raise AttnvizError(f"{folder}/config.json must hold a JSON object.")
+        raise AttnvizError(f"The config.json of '{name}' must hold a JSON object.")
     if config.get("attnviz_custom"):
         from attnviz.models import custom
 
@@ -134,7 +154,6 @@ def _load_folder(folder: Path, name: str, device: torch.device) -> Model:
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
     """Whether the hub's host answers at all (a quick check, so that offline fails at once
     instead of after the client's retries). ``HF_HUB_OFFLINE=1`` counts as unreachable."""
-    import os
     import socket
     from urllib.parse import urlparse
 
@@ -228,11 +247,16 @@ def _weights_params(source: str, local: bool) -> int | None:
     return total
 
 
-def check_size(config, cls, source: str, name: str, local: bool) -> None:
-    """Refuse, before any weight is allocated, a config whose model would be too large
-    (MAX_LAYERS, MAX_PARAMS) or larger than its weights: transformers fills weights missing
-    from the checkpoint with fresh random ones, so a config.json claiming 10^9-wide layers or
-    thousands of layers over small weights would otherwise allocate all of it."""
+def check_size(config, cls, source: str, name: str, local: bool) -> torch.nn.Module:
+    """Refuse, before any weight is allocated, a config whose model would be too large or larger
+    than its weights; return the model built on the meta device (shapes only).
+
+    Counted: parameters **and** buffers (a causal-mask buffer grows with max_position_embeddings
+    squared: a 9 kB GPT-Neo config claiming 30,000 positions asks for gigabytes of them), against
+    the model budget (``limits.MODEL_BYTES``); depth against MAX_LAYERS, before even the empty
+    model is built. Transformers fills weights missing from the checkpoint with fresh random
+    ones, so a config describing more parameters than its safetensors hold is refused too.
+    """
     depths = [v for k, v in _flat_items(config.to_dict()) if str(k).endswith(("layers", "layer")) and isinstance(v, int)]
     if any(d > MAX_LAYERS for d in depths):
         raise AttnvizError(f"The config.json of '{name}' asks for {max(depths):,} layers; attnviz loads at most "
@@ -241,18 +265,56 @@ def check_size(config, cls, source: str, name: str, local: bool) -> None:
         with torch.device("meta"):  # shapes only: nothing is allocated
             empty = cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(
                 config.vision_config if config.model_type == "clip" else config)
-    except (TypeError, ValueError, RuntimeError, AttributeError, KeyError) as e:
+    except (TypeError, ValueError, RuntimeError, AttributeError, KeyError, ZeroDivisionError) as e:
         raise AttnvizError(f"The config.json of '{name}' does not describe a model that can be built: "
                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     params = sum(p.numel() for p in empty.parameters())
-    if params > MAX_PARAMS:
-        raise AttnvizError(f"The config.json of '{name}' describes {params:,} parameters; "
-                           f"attnviz loads at most {MAX_PARAMS:,}. Refused before loading anything.")
+    held = model_bytes(empty)
+    room = limits.budget(limits.MODEL_BYTES)
+    if held > room:
+        raise AttnvizError(f"The config.json of '{name}' describes a model of {held / 1e9:,.2f} GB (parameters and "
+                           f"buffers); this server loads at most {room / 1e9:,.2f} GB. Refused before loading anything.")
     weights = _weights_params(source, local)
     if weights is not None and params > 1.02 * weights + 1_000_000:
         raise AttnvizError(f"The config.json of '{name}' describes {params / 1e6:,.0f} million parameters but its "
                            f"weights hold only {weights / 1e6:,.0f} million: config and weights do not match "
                            "(check hidden_size, num_hidden_layers, vocab_size). Refused before loading anything.")
+    return empty
+
+
+def model_bytes(net: torch.nn.Module) -> int:
+    """Bytes of a model's parameters (as float32, how attnviz loads them) and buffers (in their
+    own dtype); works on a model built on the meta device."""
+    params = sum(p.numel() for p in net.parameters()) * 4
+    return params + sum(b.numel() * b.element_size() for b in net.buffers())
+
+
+def token_limit(config, family: str, name: str) -> int:
+    """The longest input a model of ``config`` is run on: what it can embed (its position table,
+    less the offset some families start at), at most the family's cap, then lowered until a
+    capture fits the capture budget (``limits.tokens_within``) and to $ATTNVIZ_MAX_TOKENS.
+
+    Refuses a model for which not even MIN_TOKENS fit."""
+    text = getattr(config, "text_config", None) if family == "image" else None
+    cfg = text or config
+    if family == "image":
+        limit = IMAGE_TOKEN_CAP
+    else:
+        limit = getattr(cfg, "max_position_embeddings", None) or DECODER_TOKEN_CAP
+        limit = min(limit, DECODER_TOKEN_CAP if family != "encoder-decoder" else SEQ2SEQ_TOKEN_CAP)
+    vision = getattr(config, "vision_config", None) if family == "image" else None
+    sizes = vision or cfg
+    layers = max([v for k, v in _flat_items(sizes.to_dict()) if k in ("num_hidden_layers", "num_layers",
+                                                                       "n_layer", "encoder_layers")] or [1])
+    heads = max([v for k, v in _flat_items(sizes.to_dict()) if k in ("num_attention_heads", "num_heads", "n_head",
+                                                                      "encoder_attention_heads")] or [1])
+    hidden = max([v for k, v in _flat_items(sizes.to_dict()) if k in ("hidden_size", "d_model", "n_embd")] or [1])
+    stacks = 3 if family == "encoder-decoder" else 1
+    fits = limits.tokens_within(int(limit), int(layers), int(heads), int(hidden), stacks)
+    if fits < MIN_TOKENS:
+        raise AttnvizError(f"A capture of '{name}' would need more memory than this server allows even for "
+                           f"{MIN_TOKENS} tokens; it was not loaded.")
+    return token_cap(fits)
 
 
 def _flat_items(d: dict):
@@ -281,6 +343,7 @@ def _load_transformers_unlocked(source: str, name: str, device: torch.device, lo
     family = _family(config)
     cls = _net_class(config, family)
     check_size(config, cls, source, name, local_files_only)
+    max_tokens = token_limit(config, family, name)
     model_kwargs = dict(kwargs, attn_implementation="eager", use_safetensors=True, dtype=torch.float32)
     try:
         net = cls.from_pretrained(source, **model_kwargs)
@@ -292,15 +355,9 @@ def _load_transformers_unlocked(source: str, name: str, device: torch.device, lo
         raise AttnvizError(f"Cannot load the weights of '{name}': {str(e).splitlines()[0]}") from None
     net.eval().to(device)
     if family == "image":
-        return Model(name, family, net, device, max_tokens=0, image=_image_spec(source, net.config, kwargs))
+        return Model(name, family, net, device, max_tokens=max_tokens, image=_image_spec(source, net.config, kwargs))
     tokenizer = tf.AutoTokenizer.from_pretrained(source, **kwargs)
-    # a model that does not say how long its inputs may be (relative positions) gets the decoders' cap
-    limit = getattr(net.config, "max_position_embeddings", None) or DECODER_TOKEN_CAP
-    if family == "decoder":
-        limit = min(limit, DECODER_TOKEN_CAP)
-    elif family == "encoder-decoder":
-        limit = min(limit, SEQ2SEQ_TOKEN_CAP)
-    return Model(name, family, net, device, max_tokens=token_cap(int(limit)), tokenizer=tokenizer)
+    return Model(name, family, net, device, max_tokens=max_tokens, tokenizer=tokenizer)
 
 
 def _image_spec(source: str, config, kwargs) -> ImageSpec:

@@ -5,15 +5,19 @@ tokenizer or preprocessor files) of a transformers architecture, or attnviz's ow
 format (:mod:`attnviz.models.custom`). :func:`extract` writes what it keeps into
 ``store.home()/uploads/<sha>/`` (sha: of the kept files' names and bytes, so the same upload
 lands in the same folder), which :func:`attnviz.load_model` then loads like any folder.
-At most MAX_UPLOADS such folders are kept: each upload marks its folder as used (its mtime)
-and the least recently used beyond that number are removed; :func:`discard` removes the folder
-of an upload that is refused when loaded.
+At most MAX_UPLOADS such folders are kept, none unused for more than UPLOAD_TTL_S: each upload
+marks its folder as used (its mtime), and older ones are removed; :func:`discard` removes the
+folder of an upload that is refused when loaded. Which session may use a folder is the app's
+business (attnviz.ui.models: a session sees only its own uploads).
 
 What is refused, and why:
 
-- more than MAX_UPLOAD_BYTES sent, or more than MAX_EXTRACTED_BYTES once unpacked: the sizes a
-  zip declares are checked before anything is written, and the bytes are counted again while
-  they are written (a zip bomb declares little and inflates to a lot);
+- more than MAX_UPLOAD_BYTES sent, or more than the upload budget once unpacked
+  (``ATTNVIZ_UPLOAD_BYTES``, see attnviz.limits): the sizes a zip declares are checked before
+  anything is written, and the bytes are counted again while they are written, stopping at the
+  budget (a zip bomb declares little and inflates to a lot); the JSON files are written first,
+  and a safetensors file whose header does not account for exactly its declared size is
+  refused after its header, before its data;
 - names that would land outside the folder (``../x``, ``/etc/x``, ``C:\\x``) and links;
 - pickle files (``*.bin``, ``*.pt``, ``*.pth``, ``*.ckpt``, ``*.pkl``): unpickling runs whatever
   code the file's author put in it. They are never written; an upload that has nothing else
@@ -38,14 +42,15 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, Iterator
 
+from attnviz import limits
 from attnviz.errors import AttnvizError
 from attnviz.models import store
 from attnviz.models.loader import PICKLE_SUFFIXES
 
 MAX_UPLOAD_BYTES = 1 << 30  # 1 GiB sent
-MAX_EXTRACTED_BYTES = 2 << 30  # 2 GiB written
 MAX_FILES = 256
 MAX_UPLOADS = 16  # upload folders kept; the least recently used beyond are removed
+UPLOAD_TTL_S = 3600  # an upload folder unused this long is removed
 MAX_HEADER_BYTES = 100 << 20  # a safetensors JSON header larger than this is not a real one
 KEPT_SUFFIXES = (".json", ".safetensors", ".txt", ".model")  # config, weights, vocab, sentencepiece
 REFUSED_PICKLES = PICKLE_SUFFIXES + (".pickle", ".joblib")
@@ -72,9 +77,12 @@ class _Entry:
 
 
 def extract(uploads: list[tuple[str, bytes]], *, max_upload: int = MAX_UPLOAD_BYTES,
-            max_extracted: int = MAX_EXTRACTED_BYTES) -> Extracted:
+            max_extracted: int | None = None) -> Extracted:
     """Check ``uploads`` ((file name, bytes) pairs: zips are unpacked) and write the model
-    files into ``store.home()/uploads/<sha>``. Raises AttnvizError for anything refused."""
+    files into ``store.home()/uploads/<sha>``; at most ``max_extracted`` bytes are written
+    (default: the upload budget, ``limits.UPLOAD_BYTES``). Raises AttnvizError for anything
+    refused, and leaves nothing behind then."""
+    max_extracted = max_extracted or limits.budget(limits.UPLOAD_BYTES)
     if not uploads:
         raise AttnvizError("Nothing was uploaded: choose a zip, or config.json and the *.safetensors files.")
     sent = sum(len(data) for _, data in uploads)
@@ -173,7 +181,7 @@ def _write(kept: list[_Entry], max_extracted: int) -> Path:
     with tempfile.TemporaryDirectory(prefix=".upload-", dir=root) as tmp:
         build = Path(tmp) / "model"
         build.mkdir()
-        for e in sorted(kept, key=lambda e: e.name):
+        for e in sorted(kept, key=lambda e: (not e.name.endswith(".json"), e.name)):  # configs first
             digest.update(e.name.encode() + b"\0")
             try:
                 with e.open() as src, open(build / e.name, "wb") as dst:
@@ -189,13 +197,16 @@ def _write(kept: list[_Entry], max_extracted: int) -> Path:
                 if not folder.exists():
                     raise
     os.utime(folder)  # used now: the newest, the last to be pruned
-    _prune(root, MAX_UPLOADS)
+    _prune(root, MAX_UPLOADS, UPLOAD_TTL_S)
     return folder
 
 
-def _prune(root: Path, keep: int) -> None:
-    """Remove all but the ``keep`` most recently used upload folders (by mtime); the
-    temporary ``.upload-*`` folders of uploads still being written are left alone."""
+def _prune(root: Path, keep: int, ttl_s: float) -> None:
+    """Remove all but the ``keep`` most recently used upload folders (by mtime), and any unused
+    for more than ``ttl_s`` seconds; the temporary ``.upload-*`` folders of uploads still being
+    written are left alone."""
+    import time
+
     used = []
     for p in root.iterdir():
         try:
@@ -203,8 +214,11 @@ def _prune(root: Path, keep: int) -> None:
                 used.append((p.stat().st_mtime, p))
         except FileNotFoundError:  # removed by another session meanwhile
             continue
-    for _, old in sorted(used, reverse=True)[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
+    now = time.time()
+    ranked = sorted(used, reverse=True)
+    for rank, (mtime, old) in enumerate(ranked):
+        if rank >= keep or now - mtime > ttl_s:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def discard(folder: Path) -> None:
@@ -214,8 +228,19 @@ def discard(folder: Path) -> None:
 
 
 def _copy_capped(src: BinaryIO, dst: BinaryIO, digest, entry: _Entry, room: int) -> int:
-    """Copy in chunks; refuse once more than the declared size or the room left arrives."""
+    """Copy in chunks; refuse once more than the declared size or the room left arrives. A
+    safetensors file's header is read and checked first: its tensors must account for exactly
+    the entry's declared size, so that padding or a bomb is refused before its data is written."""
     copied = 0
+    if entry.name.endswith(".safetensors"):
+        head = src.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        header = src.read(n) if 0 < n <= min(entry.size - 8, MAX_HEADER_BYTES) else b""
+        _check_header(entry.name, header, entry.size - 8 - len(header), exact=True)
+        for chunk in (head, header):
+            digest.update(chunk)
+            dst.write(chunk)
+        copied = len(head) + len(header)
     while chunk := src.read(CHUNK):
         copied += len(chunk)
         if copied > entry.size or copied > room:
@@ -229,6 +254,8 @@ def _copy_capped(src: BinaryIO, dst: BinaryIO, digest, entry: _Entry, room: int)
 def _check_files(folder: Path) -> None:
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except RecursionError:
+        raise AttnvizError("config.json is nested too deeply to be a model's configuration.") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise AttnvizError(f"config.json is not valid JSON: {e}") from None
     if not isinstance(config, dict):
@@ -244,19 +271,31 @@ def check_safetensors(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(8)
         n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 0 < n <= min(size - 8, MAX_HEADER_BYTES):
-            raise AttnvizError(f"{path.name} is not a safetensors file (its header is missing or damaged).")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, ValueError):
-            raise AttnvizError(f"{path.name} is not a safetensors file (its header is not JSON).") from None
+        header = f.read(n) if 0 < n <= min(size - 8, MAX_HEADER_BYTES) else b""
+    _check_header(path.name, header, size - 8 - len(header), exact=False)
+
+
+def _check_header(name: str, raw: bytes, data: int, exact: bool) -> None:
+    """Refuse a safetensors header ``raw`` (the JSON after the 8-byte length) that is missing or
+    not a JSON object, or whose tensors point outside the ``data`` bytes that follow it (with
+    ``exact``: or do not end exactly there)."""
+    if not raw:
+        raise AttnvizError(f"{name} is not a safetensors file (its header is missing or damaged).")
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise AttnvizError(f"{name} is not a safetensors file (its header is not JSON).") from None
     if not isinstance(header, dict):
-        raise AttnvizError(f"{path.name} is not a safetensors file (its header is not a JSON object).")
-    data = size - 8 - n
+        raise AttnvizError(f"{name} is not a safetensors file (its header is not a JSON object).")
+    end = 0
     for key, tensor in header.items():
         if key == "__metadata__":
             continue
         offsets = tensor.get("data_offsets") if isinstance(tensor, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1] <= data):
-            raise AttnvizError(f"{path.name} is not a valid safetensors file (tensor {key!r} points outside it).")
-
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data):
+            raise AttnvizError(f"{name} is not a valid safetensors file (tensor {str(key)[:40]!r} points outside it).")
+        end = max(end, offsets[1])
+    if exact and end != data:
+        raise AttnvizError(f"{name} declares {data:,} bytes of data but its tensors use {end:,}: refused before "
+                           "writing it (a damaged file, or a zip bomb).")

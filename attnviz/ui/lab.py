@@ -15,7 +15,7 @@ import streamlit as st
 from attnviz.analysis import mechanics as mech
 from attnviz.errors import AttnvizError
 from attnviz.models import cost
-from attnviz.models.loader import token_cap
+from attnviz.limits import token_cap
 from attnviz.models.qkv import bert_layer_qkv
 from attnviz.ui.common import friendly_errors
 from attnviz.ui.models import get_model

