@@ -93,7 +93,7 @@ def load_model(name: str, progress: store.Progress = store.no_progress, device: 
     except MemoryError:
         raise AttnvizError(f"'{label}' needs more memory than this server has; it was not loaded.") from None
     except Exception as e:  # malformed files reach transformers' and tokenizers' internals
-        log.warning("loading %s failed", label, exc_info=True)
+        log.info("loading %s failed", label, exc_info=True)  # the server log, never the page or terminal
         raise AttnvizError(f"Cannot load '{label}': its files are malformed or describe something attnviz cannot "
                            f"run ({type(e).__name__}).") from None
 

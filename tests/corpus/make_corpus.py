@@ -171,7 +171,7 @@ TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat",
               "ran", ".", ",", "!", "?", "and", "it", "was", "good", "##s", "##ing", "##ed"]
 
 
-def tiny_bert(folder: Path) -> Path:
+def tiny_bert(folder: Path, positions: int = 64) -> Path:
     """A real 2-layer BERT (hidden 32) with a 24-word vocabulary, saved as safetensors."""
     import torch
     from transformers import BertConfig, BertModel
@@ -181,10 +181,25 @@ def tiny_bert(folder: Path) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     config = BertConfig(vocab_size=len(TINY_VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+                        intermediate_size=64, max_position_embeddings=positions)
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder, safe_serialization=True)
     (folder / "vocab.txt").write_text("\n".join(TINY_VOCAB) + "\n")
+    return folder
+
+
+def tiny_gpt_neo(folder: Path) -> Path:
+    """A real 2-layer GPT-Neo (hidden 16, 64 positions), saved as safetensors; its causal-mask
+    buffers grow with max_position_embeddings squared."""
+    import torch
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = GPTNeoConfig(vocab_size=len(TINY_VOCAB), hidden_size=16, num_layers=2, num_heads=2, window_size=8,
+                          attention_types=[[["global", "local"], 1]], max_position_embeddings=64,
+                          bos_token_id=2, eos_token_id=3)
+    torch.manual_seed(0)
+    GPTNeoForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     return folder
 
 
@@ -265,6 +280,46 @@ def tokens_have(*parts, n_max=None, warns=None):
             assert len(result.tokens) <= n_max, len(result.tokens)
         if warns is not None:
             assert any(re.search(warns, w) for w in result.warnings), result.warnings
+    return check
+
+
+def specials_at_ends():
+    """Check an AttentionResult: only the first and last tokens (those the tokenizer adds, if
+    any) are special, whatever special-token strings the text holds."""
+    def check(result):
+        inner = result.special[1:-1]
+        assert not any(inner), [t for t, s in zip(result.tokens, result.special) if s]
+    return check
+
+
+def no_specials(warns=None):
+    def check(result):
+        assert not any(result.special), [t for t, s in zip(result.tokens, result.special) if s]
+        if warns is not None:
+            assert any(re.search(warns, w) for w in result.warnings), result.warnings
+    return check
+
+
+def reads_long_text_capped(most):
+    """Check an upload's (Extracted, Model): its token cap is at most ``most``, and a text far
+    longer than that is cut to the cap with a warning."""
+    def check(out):
+        _, model = out
+        assert 0 < model.max_tokens <= most, model.max_tokens
+        from attnviz import capture
+
+        result = capture(model, "the cat sat on the mat . " * 5_000)
+        assert len(result.tokens) <= model.max_tokens and any("cut" in w for w in result.warnings), result.warnings
+    return check
+
+
+def warns_on_capture(pattern):
+    """Check an upload's (Extracted, Model): a capture of known words warns with ``pattern``."""
+    def check(out):
+        _, model = out
+        from attnviz import capture
+
+        assert any(re.search(pattern, w) for w in capture(model, "the cat sat on the mat").warnings)
     return check
 
 
@@ -445,12 +500,24 @@ def build(out: Path) -> list[Case]:
         ok("typed-very-long-seq2seq", about="long text on the encoder-decoder: cut to 512 tokens",
            check=tokens_have("cat", n_max=512, warns="cut"), **typed("The cat sat on the mat. " * 400, model="t5-small-titler")),
         ok("typed-one-char", about="a single character", check=tokens_have("a"), **typed("a")),
+        ok("typed-2m-joiners", about="two million zero-width joiners: cut before tokenising, with a warning",
+           check=tokens_have(n_max=512, warns="only the first"), **typed("\u200d" * 2_000_000)),
+        ok("typed-special-strings", about="[CLS], [SEP] and [MASK] typed inside the text stay text",
+           check=specials_at_ends(), **typed("the cat [SEP] sat [CLS] on the [MASK] mat")),
+        ok("typed-special-strings-decoder", about="chat-template markers typed on the decoder stay text",
+           check=no_specials(), **typed("<|im_start|>user hi<|im_end|> <|endoftext|>", model="smollm2-135m")),
+        ok("typed-eos-seq2seq", about="'</s>' typed on T5, which reads it as its end token: shown as text, warned",
+           check=both(specials_at_ends(), tokens_have(warns="reads '</s>'")),
+           **typed("the cat </s> sat on the mat", model="t5-small-titler")),
         error("typed-only-controls", about="only control characters", match="empty", **typed("\x00\x1b\x07\x08")),
         error("typed-whitespace", about="only spaces and newlines", match="empty", **typed("   \n\t  ")),
     ]
 
     # model uploads --------------------------------------------------------------------------
     bert = files_of(tiny_bert(out / "models" / "tiny-bert"))
+    bert_64k = files_of(tiny_bert(out / "models" / "tiny-bert-64k", positions=65_536))
+    neo = files_of(tiny_gpt_neo(out / "models" / "tiny-gpt-neo"))
+    deep_json = b'{"a": ' * 50_000 + b"1" + b"}" * 50_000
     custom_files = files_of(tiny_custom(out / "models" / "tiny-custom"))
     config = bert["config.json"]
     weights = bert["model.safetensors"]
@@ -522,6 +589,26 @@ def build(out: Path) -> list[Case]:
               match="configuration|Cannot", **up("remote-code", zipped({**bert, "configuration_evil.py": b"raise SystemExit",
                                                   "config.json": json.dumps({"model_type": "evil", "auto_map": {
                                                       "AutoConfig": "configuration_evil.EvilConfig"}}).encode()}))),
+        error("upload-gpt-neo-positions", about="GPT-Neo config claiming 100,000 positions: 20 GB of mask buffers",
+              match="parameters and buffers", **up("neo-positions", zipped(with_config(neo, max_position_embeddings=100_000)))),
+        ok("upload-bert-65536-positions", about="a BERT embedding 65,536 positions: capped, long text cut",
+           check=reads_long_text_capped(8192), **up("bert-64k", zipped(bert_64k))),
+        error("upload-padded-safetensors", about="a 40 MB safetensors entry (a 40 kB zip) whose tensors use 16 bytes",
+              match="declares .* bytes of data", **up("padded", zipped({**bert, "model.safetensors": safetensors_bytes(
+                  {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * (40 << 20))}))),
+        error("upload-config-nested", about="config.json nested 50,000 levels deep", match="nested too deeply",
+              **up("config-nested", zipped({**bert, "config.json": deep_json}))),
+        error("upload-safetensors-nested", about="a safetensors header nested 50,000 levels deep", match="not JSON",
+              **up("st-nested", zipped({**bert, "model.safetensors": struct.pack("<Q", len(deep_json)) + deep_json}))),
+        error("upload-safetensors-string-offsets", about="tensor offsets given as strings", match="points outside",
+              **up("st-strings", zipped({**bert, "model.safetensors": safetensors_bytes(
+                  {"w": {"dtype": "F32", "shape": [4], "data_offsets": ["0", "16"]}}, b"\0" * 16)}))),
+        error("upload-zero-heads", about="config.json with num_attention_heads 0", match="can be built|malformed",
+              **up("zero-heads", zipped(with_config(bert, num_attention_heads=0)))),
+        error("upload-tokenizer-malformed", about="a tokenizer.json of the wrong shape", match="malformed",
+              **up("bad-tokenizer", zipped({**bert, "tokenizer.json": b'{"model": {"type": "WordPiece", "vocab": 5}}'}))),
+        ok("upload-no-tokenizer", about="weights and config without vocab.txt: every word unknown, warned",
+           check=warns_on_capture("unknown"), **up("no-tokenizer", zipped({k: v for k, v in bert.items() if k != "vocab.txt"}))),
         error("upload-custom-absurd", about="attnviz custom config with d_model 10^9", match="d_model",
               **up("custom-absurd", zipped(with_config(custom_files, d_model=10**9)))),
         error("upload-custom-mismatch", about="attnviz custom weights of another width", match="do not match",
