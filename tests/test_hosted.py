@@ -219,3 +219,22 @@ def test_hosted_uploads_take_one_zip_and_show_no_server_path(hosted):
     assert not at.file_uploader(key="train_upload").proto.multiple_files
     text = all_text(at)
     assert label in text and folder not in text and str(hosted) not in text
+
+
+def test_hosted_refusals_name_no_server_path(hosted):
+    """A refused upload (weights of other shapes than its config) and a library's own message:
+    the visitor sees the model's label, never where the server keeps it."""
+    from attnviz.ui.common import for_visitor
+
+    assert for_visitor(f"Cannot read {hosted}/uploads/x/config.json: bad") == "Cannot read …: bad"
+    at = open_page("pages/train.py")
+    folder = tiny_bert(hosted / "bert")
+    config = (folder / "config.json").read_text().replace('"hidden_size": 32', '"hidden_size": 48')
+    (folder / "config.json").write_text(config)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in folder.iterdir():
+            z.write(f, f.name)
+    at.file_uploader(key="train_upload").set_value(("bert.zip", buf.getvalue(), "application/zip")).run()
+    assert not at.exception and "other shapes" in at.error[0].value
+    assert str(hosted) not in all_text(at) and not list((hosted / "home" / "uploads").iterdir())

@@ -242,9 +242,9 @@ def load(folder: str | Path, name: str, device: torch.device) -> Model:
         net = CustomNet(CustomConfig.from_json(data))
         net.load_state_dict(load_file(str(folder / WEIGHTS)))
     except (OSError, ValueError) as e:
-        raise AttnvizError(f"Cannot read the custom model in {folder}: {str(e).splitlines()[0]}") from None
+        raise AttnvizError(f"Cannot read the custom model '{name}': {str(e).splitlines()[0]}") from None
     except RuntimeError as e:  # shapes or names that do not match the config
-        raise AttnvizError(f"The weights in {folder} do not match its config.json: {str(e).splitlines()[0]}") from None
+        raise AttnvizError(f"The weights of '{name}' do not match its config.json: {str(e).splitlines()[0]}") from None
     net.trained = data.get("trained") or {}
     net.eval().to(device)
     return Model(name, "custom", net, device, max_tokens=net.config.length)

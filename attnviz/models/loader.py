@@ -339,7 +339,7 @@ def _load_transformers_unlocked(source: str, name: str, device: torch.device, lo
     try:
         config = tf.AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise AttnvizError(f"Cannot read the configuration of '{name}': {str(e).splitlines()[0]}") from None
+        raise AttnvizError(f"Cannot read the configuration of '{name}': {_first_line(e, source, name)}") from None
     family = _family(config)
     cls = _net_class(config, family)
     check_size(config, cls, source, name, local_files_only)
@@ -352,12 +352,17 @@ def _load_transformers_unlocked(source: str, name: str, device: torch.device, lo
             raise AttnvizError(f"Cannot load the weights of '{name}': some tensors in its *.safetensors have other "
                                "shapes than its config.json describes (check hidden_size, vocab_size and the "
                                "like).") from None
-        raise AttnvizError(f"Cannot load the weights of '{name}': {str(e).splitlines()[0]}") from None
+        raise AttnvizError(f"Cannot load the weights of '{name}': {_first_line(e, source, name)}") from None
     net.eval().to(device)
     if family == "image":
         return Model(name, family, net, device, max_tokens=max_tokens, image=_image_spec(source, net.config, kwargs))
     tokenizer = tf.AutoTokenizer.from_pretrained(source, **kwargs)
     return Model(name, family, net, device, max_tokens=max_tokens, tokenizer=tokenizer)
+
+
+def _first_line(error: Exception, source: str, name: str) -> str:
+    """The first line of a library's message, with the model's folder called by its ``name``."""
+    return (str(error).splitlines() or [type(error).__name__])[0].replace(source, name)
 
 
 def _image_spec(source: str, config, kwargs) -> ImageSpec:

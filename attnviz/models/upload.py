@@ -187,7 +187,8 @@ def _write(kept: list[_Entry], max_extracted: int) -> Path:
                 with e.open() as src, open(build / e.name, "wb") as dst:
                     written += _copy_capped(src, dst, digest, e, max_extracted - written)
             except (zipfile.BadZipFile, OSError, EOFError) as err:
-                raise AttnvizError(f"{e.name} could not be unpacked ({err}); the zip may be damaged.") from None
+                raise AttnvizError(f"{e.name[:80]} could not be unpacked ({getattr(err, 'strerror', None) or err}); "
+                                  "the zip may be damaged.") from None
         _check_files(build)
         folder = root / digest.hexdigest()[:16]
         if not folder.exists():

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import contextmanager
 
 import streamlit as st
 
+from attnviz import limits
 from attnviz.errors import AttnvizError
 
 log = logging.getLogger("attnviz")
@@ -36,6 +38,16 @@ def url_choice(name: str, options: list[str], default: str) -> str:
     return value if value in options else default
 
 
+_SERVER_PATH = re.compile(r"(?<![\w:/.])/(?:[^\s/'\"():,;]+/)+[^\s/'\"():,;]*")  # /a/b..., not a URL's //
+
+
+def for_visitor(message: str) -> str:
+    """``message`` as a visitor may see it: on a hosted server (ATTNVIZ_HOSTED) any absolute
+    path in it, such as one a library put in its own error, becomes "…". The backend names
+    models by their labels already; this is the net under it."""
+    return _SERVER_PATH.sub("…", message) if limits.hosted() else message
+
+
 @contextmanager
 def friendly_errors():
     """Show bad input as a clear message and any other failure as a short note, never a
@@ -44,7 +56,7 @@ def friendly_errors():
     try:
         yield
     except AttnvizError as e:
-        st.error(str(e))
+        st.error(for_visitor(str(e)))
         st.stop()
     except MemoryError:
         st.error("That input needs more memory than this server has: try a shorter text or a smaller image.")

@@ -24,6 +24,7 @@ from attnviz.models import custom, upload
 from attnviz.models.custom import ATTENTIONS, CustomConfig, CustomNet
 from attnviz.models.toy_tasks import TASKS, VOCAB, example, target
 from attnviz.models.train import Trainer, evaluate
+from attnviz.ui.common import for_visitor
 from attnviz.ui.home import PAGES
 from attnviz.inputs import MAX_MODEL_UPLOAD_MB
 from attnviz.ui.models import add_own_model, forget_own_model, get_model, own_models
@@ -183,14 +184,14 @@ def _unpack_and_load(files) -> tuple[upload.Extracted | None, str | None]:
         with st.spinner("Checking and unpacking…"):
             extracted = upload.extract([(f.name, f.getvalue()) for f in files])
     except AttnvizError as e:
-        return None, str(e)
+        return None, for_visitor(str(e))
     label = add_own_model(extracted.folder)
     try:
         model = get_model(label)
     except AttnvizError as e:  # e.g. a config.json of absurd sizes, or weights of other shapes
         forget_own_model(label)
         upload.discard(extracted.folder)
-        return None, str(e)
+        return None, for_visitor(str(e))
     if model.family == "custom":
         st.session_state[PICK_KEY] = label
     return extracted, None
