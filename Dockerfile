@@ -14,6 +14,7 @@ ENV HOME=/home/user \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     ATTNVIZ_HOME=/home/user/attnviz \
     ATTNVIZ_MAX_TOKENS=1024 \
+    ATTNVIZ_HOSTED=1 \
     HF_HUB_OFFLINE=1
 WORKDIR /home/user/app
 

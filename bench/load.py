@@ -1,6 +1,6 @@
 """Many users at once: concurrent browser sessions against one attnviz server on 127.0.0.1.
 
-    .venv/bin/python bench/load.py [--sessions 8] [--requests 13] [--rss-bound-gb 3.0]
+    .venv/bin/python bench/load.py [--sessions 8] [--requests 13] [--hostile 0] [--rss-bound-gb 3.0]
 
 Starts `streamlit run app.py` with the demo's settings (.streamlit/config.toml and
 ATTNVIZ_MAX_TOKENS=1024, as in the Dockerfile), then drives ``--sessions`` browser contexts
@@ -13,11 +13,21 @@ the result line naming its input, downloads the result (.npz) and compares it wi
 of the same input made in this process: tokens equal and every attention weight within 1e-3.
 A result equal to another request's capture counts as cross-talk.
 
+With ``--hostile N`` the same run is made twice on fresh servers, first without and then with
+N hostile sessions beside the normal ones, each repeating (until the normal sessions are done,
+at most HOSTILE_ROUNDS times) what an attacker tried against the demo: a model upload whose
+config claims 100,000 positions, a pasted text of two million zero-width joiners, a zip that
+expands to gigabytes, and ``?model=`` probes of server paths. The hostile sessions must get a
+refusal or a warning each time, and the normal sessions' p95 latency with them is compared
+with the run without them.
+
 Prints sessions, requests, errors, the cross-talk check, latency percentiles (from sending the
 input to the new result on screen), and the server's resident memory (now and peak, from
-/proc) against the bound stated in docs/deploy.md. Exits 1 on any error, cross-talk, or a
-peak above the bound. Requests are bounded (sessions x requests) and the server stops at the
-end.
+/proc) against the bound stated in docs/deploy.md. Exits 1 on any error, cross-talk, a peak
+above the bound, or (with hostile sessions) a p95 more than twice the run without them.
+Requests are bounded (sessions x requests, hostile rounds) and the server stops at the end.
+The server runs the demo profile: ATTNVIZ_HOSTED=1 and ATTNVIZ_MAX_TOKENS=1024, as in the
+Dockerfile.
 """
 from __future__ import annotations
 
@@ -34,12 +44,14 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # attnviz, and the browser helpers of the tests
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "corpus")]  # attnviz, the tests' helpers
 
 import attnviz  # noqa: E402
 from browser import (CHROMIUM, CHROMIUM_ARGS, NO_STATUS_WIDGET, SCRIPT_DONE, free_port,  # noqa: E402
                      start_server, wait_healthy)
+from make_corpus import overlapping_zip_bomb, tiny_gpt_neo, with_config, zip_of  # noqa: E402
 from attnviz.inputs import open_image  # noqa: E402
+from attnviz.models import store  # noqa: E402
 from attnviz.result import AttentionResult  # noqa: E402
 from attnviz.samples import SAMPLES, sample_bytes  # noqa: E402
 
@@ -50,7 +62,9 @@ WORDS = ("cat dog river mountain quietly bright engine letter garden window trav
          "whisper market ancient follow because under between yesterday music kitchen ocean paper "
          "thunder gentle winter forest number castle honest rapid purple island bridge").split()
 TOKEN_CAP = "1024"
+DEMO_ENV = {"ATTNVIZ_MAX_TOKENS": TOKEN_CAP, "ATTNVIZ_HOSTED": "1"}  # the Dockerfile's demo profile
 TIMEOUT_MS = 300_000
+HOSTILE_ROUNDS = 6
 
 
 def sentence(session: int, request: int) -> str:
@@ -87,7 +101,7 @@ def rss_gb(pid: int) -> tuple[float, float]:
 
 def references(sessions: int, requests: int) -> dict[tuple[int, int], AttentionResult]:
     """What each request must give: the same capture, made here."""
-    os.environ["ATTNVIZ_MAX_TOKENS"] = TOKEN_CAP
+    os.environ.update(DEMO_ENV)  # the server's token caps and budgets
     models = {}
     refs = {}
     for i in range(sessions):
@@ -181,21 +195,135 @@ async def session(browser, base: str, i: int, requests: int, refs, out: dict) ->
         await context.close()
 
 
-async def drive(base: str, sessions: int, requests: int, refs) -> dict:
+def hostile_files(folder: Path) -> dict[str, bytes]:
+    """The attackers' uploads: a GPT-Neo zip whose config claims 100,000 positions (20 GB of
+    mask buffers), and a 60 kB zip of 70 entries sharing one 32 MB block (2.2 GB unpacked)."""
+    neo = {p.name: p.read_bytes() for p in tiny_gpt_neo(folder / "neo").iterdir()}
+    return {"positions.zip": zip_of(with_config(neo, max_position_embeddings=100_000)),
+            "bomb.zip": overlapping_zip_bomb(70, 32 << 20)}
+
+
+async def attack(page, base: str, what: str, files: dict[str, bytes]) -> str | None:
+    """One attack; None when the server refused or warned as it should, else what went wrong."""
+    alerts = '[data-testid="stAlertContentError"], [data-testid="stAlertContentWarning"]'
+    if what in files:
+        await page.goto(f"{base}/train", timeout=TIMEOUT_MS)
+        await page.wait_for_selector(SCRIPT_DONE, timeout=TIMEOUT_MS)
+        await page.get_by_text("Upload a model (zip or files)").click()
+        await page.locator('[data-testid="stFileUploaderDropzone"] input[type="file"]').set_input_files(
+            {"name": what, "mimeType": "application/zip", "buffer": files[what]})
+        expect = "parameters and buffers" if what == "positions.zip" else "Unpacked"
+    elif what == "joiners":
+        await page.goto(f"{base}/text?model=minilm-l6", timeout=TIMEOUT_MS)
+        await page.wait_for_selector(SCRIPT_DONE, timeout=TIMEOUT_MS)
+        box = page.locator('textarea[aria-label="Text"]')
+        await box.fill("\u200d" * 2_000_000)
+        await box.press("Control+Enter")
+        expect = "only the first"
+    else:  # a ?model= probe of server paths: the default model, and nothing that tells paths apart
+        for probe in ("/etc", "/no/such/folder", "../../root", str(store.home())):
+            await page.goto(f"{base}/text?model={probe}", timeout=TIMEOUT_MS)
+            await page.wait_for_selector(SCRIPT_DONE, timeout=TIMEOUT_MS)
+            if await page.locator(alerts).count() or not await page.get_by_text("minilm-l6 · ").count():
+                return f"?model={probe} was not answered with the default model alone"
+        return None
+    try:
+        await page.locator(alerts).filter(has_text=expect).first.wait_for(timeout=TIMEOUT_MS)
+    except Exception:  # noqa: BLE001 - reported as a failed defence
+        return f"{what}: no message containing {expect!r}"
+    return None
+
+
+async def hostile(browser, base: str, k: int, files: dict[str, bytes], normal_done: asyncio.Event, out: dict) -> None:
+    """A hostile visitor: the attacks in turn, until the normal sessions are done."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = await context.new_page()
+    kinds = ["positions.zip", "joiners", "bomb.zip", "probe"]
+    try:
+        for r in range(HOSTILE_ROUNDS * len(kinds)):
+            if normal_done.is_set():
+                break
+            what = kinds[(k + r) % len(kinds)]
+            try:
+                failed = await attack(page, base, what, files)
+            except Exception as e:  # noqa: BLE001 - a failed defence, reported
+                failed = f"{what}: {type(e).__name__}: {str(e).splitlines()[0]}"
+            out["attacks"] += 1
+            if failed:
+                out["breaches"].append(f"hostile {k}: {failed}")
+    finally:
+        await context.close()
+
+
+async def drive(base: str, sessions: int, requests: int, refs, n_hostile: int = 0,
+                files: dict[str, bytes] | None = None) -> dict:
     from playwright.async_api import async_playwright
 
-    out = {"requests": 0, "own": 0, "latency": [], "errors": [], "crosstalk": []}
+    out = {"requests": 0, "own": 0, "latency": [], "errors": [], "crosstalk": [], "attacks": 0, "breaches": []}
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        await asyncio.gather(*(session(browser, base, i, requests, refs, out) for i in range(sessions)))
+        done = asyncio.Event()
+
+        async def normal():
+            await asyncio.gather(*(session(browser, base, i, requests, refs, out) for i in range(sessions)))
+            done.set()
+        await asyncio.gather(normal(), *(hostile(browser, base, k, files, done, out) for k in range(n_hostile)))
         await browser.close()
     return out
+
+
+def serve_and_drive(args, refs, n_hostile: int, files) -> tuple[dict, float, float, float]:
+    """A fresh server with the demo profile, driven; (out, wall seconds, RSS, peak RSS in GB)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = start_server(port, DEMO_ENV)  # its log: test-artifacts/
+    try:
+        wait_healthy(base)
+        started = time.perf_counter()
+        out = asyncio.run(drive(base, args.sessions, args.requests, refs, n_hostile, files))
+        wall = time.perf_counter() - started
+        rss, peak = rss_gb(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return out, wall, rss, peak
+
+
+def p95(latencies: list[float]) -> float:
+    lat = sorted(latencies) or [float("nan")]
+    return lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
+
+
+def report(args, out: dict, wall: float, rss: float, peak: float, n_hostile: int) -> tuple[list, bool]:
+    """The table's rows for one run, and whether the run passed."""
+    lat = sorted(out["latency"]) or [float("nan")]
+    crosstalk_ok = not out["crosstalk"] and out["own"] == out["requests"]
+    rows = [
+        ("sessions (concurrent browser contexts)", f"{args.sessions} normal, {n_hostile} hostile"),
+        ("users", ", ".join(f"{kind} page on {name}" for kind, name in USERS[: min(args.sessions, len(USERS))])),
+        ("requests (new inputs captured)", f"{out['requests']} of {args.sessions * args.requests}"),
+        ("errors", f"{len(out['errors'])}"),
+        ("cross-talk check", f"{'pass' if crosstalk_ok else 'FAIL'}: {out['own']} of {out['requests']} "
+                             f"downloads equal their own input's capture, {len(out['crosstalk'])} another's"),
+        ("attacks (refused or warned as they should)", f"{out['attacks'] - len(out['breaches'])} of {out['attacks']}"),
+        ("latency p50 (s)", f"{statistics.median(lat):.2f}"),
+        ("latency p95 (s)", f"{p95(out['latency']):.2f}"),
+        ("latency max (s)", f"{lat[-1]:.2f}"),
+        ("wall time (s)", f"{wall:.0f}"),
+        ("server RSS after (GB)", f"{rss:.2f}"),
+        ("server peak RSS (GB)", f"{peak:.2f}  (bound {args.rss_bound_gb:.1f}: "
+                                 f"{'within' if peak <= args.rss_bound_gb else 'EXCEEDED'})"),
+    ]
+    ok = not out["errors"] and crosstalk_ok and peak <= args.rss_bound_gb and not out["breaches"]
+    return rows, ok
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sessions", type=int, default=8)
     ap.add_argument("--requests", type=int, default=13, help="inputs per session")
+    ap.add_argument("--hostile", type=int, default=0, help="hostile sessions beside the normal ones "
+                                                            "(then a run without them is made first)")
     ap.add_argument("--rss-bound-gb", type=float, default=3.0, help="the bound docs/deploy.md states")
     args = ap.parse_args()
 
@@ -203,44 +331,34 @@ def main() -> int:
     t0 = time.perf_counter()
     refs = references(args.sessions, args.requests)
     print(f"… {time.perf_counter() - t0:.0f} s", flush=True)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = start_server(port, {"ATTNVIZ_MAX_TOKENS": TOKEN_CAP})  # its log: test-artifacts/
-    try:
-        wait_healthy(base)
-        started = time.perf_counter()
-        out = asyncio.run(drive(base, args.sessions, args.requests, refs))
-        wall = time.perf_counter() - started
-        rss, peak = rss_gb(server.pid)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    import tempfile
 
-    lat = sorted(out["latency"]) or [float("nan")]
-    p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
-    crosstalk_ok = not out["crosstalk"] and out["own"] == out["requests"]
-    rows = [
-        ("sessions (concurrent browser contexts)", f"{args.sessions}"),
-        ("users", ", ".join(f"{kind} page on {name}" for kind, name in USERS[: min(args.sessions, len(USERS))])),
-        ("requests (new inputs captured)", f"{out['requests']} of {args.sessions * args.requests}"),
-        ("errors", f"{len(out['errors'])}"),
-        ("cross-talk check", f"{'pass' if crosstalk_ok else 'FAIL'}: {out['own']} of {out['requests']} "
-                             f"downloads equal their own input's capture, {len(out['crosstalk'])} another's"),
-        ("latency p50 (s)", f"{statistics.median(lat):.2f}"),
-        ("latency p95 (s)", f"{p95:.2f}"),
-        ("latency max (s)", f"{lat[-1]:.2f}"),
-        ("wall time (s)", f"{wall:.0f}"),
-        ("server RSS after (GB)", f"{rss:.2f}"),
-        ("server peak RSS (GB)", f"{peak:.2f}  (bound {args.rss_bound_gb:.1f}: "
-                                 f"{'within' if peak <= args.rss_bound_gb else 'EXCEEDED'})"),
-    ]
-    width = max(len(k) for k, _ in rows)
-    print(f"\n{'what':<{width}}  value\n{'-' * width}  {'-' * 40}")
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
-    for line in (out["errors"] + out["crosstalk"])[:20]:
-        print("  ", line)
-    return 0 if not out["errors"] and crosstalk_ok and peak <= args.rss_bound_gb else 1
+    with tempfile.TemporaryDirectory() as tmp:
+        files = hostile_files(Path(tmp)) if args.hostile else None
+        runs = [(0, serve_and_drive(args, refs, 0, None))]
+        if args.hostile:
+            runs.append((args.hostile, serve_and_drive(args, refs, args.hostile, files)))
+    ok = True
+    tables = []
+    for n_hostile, (out, wall, rss, peak) in runs:
+        rows, passed = report(args, out, wall, rss, peak, n_hostile)
+        ok &= passed
+        tables.append((rows, out))
+    width = max(len(k) for k, _ in tables[0][0])
+    header = ["without hostile sessions"] + ([f"with {args.hostile} hostile"] if args.hostile else [])
+    print(f"\n{'what':<{width}}  " + "  ".join(f"{h:<44}" for h in header))
+    print(f"{'-' * width}  " + "  ".join("-" * 44 for _ in header))
+    for r, (k, _) in enumerate(tables[0][0]):
+        print(f"{k:<{width}}  " + "  ".join(f"{rows[r][1]:<44}" for rows, _ in tables))
+    if args.hostile:
+        ratio = p95(tables[1][1]["latency"]) / p95(tables[0][1]["latency"])
+        print(f"{'p95 with / without hostile sessions':<{width}}  {ratio:.2f}x  (target <= 2x: "
+              f"{'met' if ratio <= 2 else 'MISSED'})")
+        ok &= ratio <= 2
+    for _, out in tables:
+        for line in (out["errors"] + out["crosstalk"] + out["breaches"])[:20]:
+            print("  ", line)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
