@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from streamlit.testing.v1 import AppTest
 
-from apptest_tools import array, charts, open_page
+from apptest_tools import array, assert_clean, charts, open_page
 
 import attnviz
 from attnviz.analysis import mechanics as mech
@@ -18,11 +18,6 @@ def open_lab() -> AppTest:
     at = open_page(PAGE)
     assert_clean(at)
     return at
-
-
-def assert_clean(at: AppTest) -> None:
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
 
 
 def z(fig: dict) -> np.ndarray:

@@ -46,7 +46,9 @@ def test_interrupted_fetch_leaves_nothing_loadable(home):
     deadline = time.monotonic() + 60
     while not any((home / "models").glob(".minilm-l6-*")) and time.monotonic() < deadline:
         time.sleep(0.05)
+    started = any((home / "models").glob(".minilm-l6-*"))
     proc.send_signal(signal.SIGKILL)
+    assert started, "the fetch never began writing its temporary folder: nothing was interrupted"
     proc.wait()
     assert store.status("minilm-l6") == "missing"
     assert not (home / "models" / "minilm-l6").exists()

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from apptest_tools import array, charts
+from apptest_tools import array, assert_clean, charts
 from apptest_tools import open_page as open_text_page
 
 import attnviz
@@ -39,11 +39,6 @@ def open_page(text: str | None = None, **params: str) -> AppTest:
 def show(at: AppTest, view: str) -> AppTest:
     at.session_state["view"] = view
     return at.run()
-
-
-def assert_clean(at: AppTest) -> None:
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
 
 
 

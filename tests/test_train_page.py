@@ -12,7 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import app_path
-from apptest_tools import array, charts
+from apptest_tools import array, assert_clean, charts
 
 import attnviz
 from attnviz.models import custom, upload
@@ -28,11 +28,6 @@ PAGE = "pages/train.py"
 def own_home(tmp_path, monkeypatch):
     """Saved models go to a temporary ATTNVIZ_HOME (no bundled model is needed here)."""
     monkeypatch.setenv("ATTNVIZ_HOME", str(tmp_path / "home"))
-
-
-def assert_clean(at: AppTest) -> None:
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
 
 
 def train(steps: int, **widgets: str) -> AppTest:
