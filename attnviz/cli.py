@@ -6,6 +6,7 @@ message on bad input.
     capture --model NAME (--text T | --text-file F | --image F) --out R.npz
     stats R.npz --json                  per-head entropy, mean distance (+ units), sink mass
     flow R.npz --from I --method rollout|flow --json     weights over the input tokens
+    app [--port P]                      start the dashboard (Streamlit) in the browser
 """
 from __future__ import annotations
 
@@ -69,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     flow.add_argument("--stack", help="self-attention stack (default: the first present)")
     flow.add_argument("--json", action="store_true", help="print JSON (default: a table)")
     flow.set_defaults(run=_flow)
+
+    app = sub.add_parser("app", help="start the dashboard (Streamlit) in the browser")
+    app.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    app.add_argument("--address", help="address to listen on (default: every interface)")
+    app.set_defaults(run=_app)
     return p
 
 
@@ -198,3 +204,26 @@ def _flow(args) -> int:
     for i in sorted(range(n), key=lambda i: -weights[i])[:20]:
         print(f"{i:>5} {tokens[i]!r:<20} {weights[i]:.4f}")
     return 0
+
+
+def app_script() -> Path:
+    """The dashboard's entry point: inside the package when installed from a wheel
+    (attnviz/_app/app.py, beside its pages/ and .streamlit/config.toml), the clone's app.py
+    when attnviz runs from a clone or an editable install."""
+    package = Path(__file__).resolve().parent
+    for script in (package / "_app" / "app.py", package.parent / "app.py"):
+        if script.is_file() and (script.parent / "pages" / "home.py").is_file():
+            return script
+    raise AttnvizError("the dashboard's files (app.py and pages/) are missing from this installation")
+
+
+def _app(args) -> int:
+    import subprocess
+
+    script = app_script()
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(args.port)]
+    if args.address:
+        cmd += ["--server.address", args.address]
+    print(f"attnviz: serving {script} on port {args.port} (Ctrl+C stops it)", file=sys.stderr)
+    # run from the app's folder: Streamlit reads its settings from ./.streamlit/config.toml
+    return subprocess.call(cmd, cwd=script.parent)

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # attnviz, and the browser helpers of the tests
+sys.path.insert(0, str(ROOT / "tests"))  # the browser helpers of the tests (attnviz itself is installed)
 
 import attnviz  # noqa: E402
 from browser import (CHROMIUM, CHROMIUM_ARGS, NO_STATUS_WIDGET, SCRIPT_DONE, free_port,  # noqa: E402
