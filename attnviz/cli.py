@@ -7,6 +7,8 @@ message on bad input.
     stats R.npz --json                  per-head entropy, mean distance (+ units), sink mass
     flow R.npz --from I --method rollout|flow --json     weights over the input tokens
     app [--port P]                      start the dashboard (Streamlit) in the browser
+    plot R.npz --view V [--layer L] [--head H] [--stack S] [--token I] --out FIG.png|svg|pdf
+    report R.npz --out report.html      one self-contained HTML file: views, statistics, provenance
 """
 from __future__ import annotations
 
@@ -75,6 +77,25 @@ def _parser() -> argparse.ArgumentParser:
     app.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
     app.add_argument("--address", help="address to listen on (default: every interface)")
     app.set_defaults(run=_app)
+
+    from attnviz.figures import VIEWS
+
+    plot = sub.add_parser("plot", help="render one view of a saved result as PNG, SVG or PDF")
+    plot.add_argument("result", type=Path)
+    plot.add_argument("--view", required=True, choices=VIEWS)
+    plot.add_argument("--layer", type=int, default=-1, help="layer index, negative from the top (default -1: the last)")
+    plot.add_argument("--head", default=None, help="head index, or mean, max or min of all heads (default mean; "
+                      "lines: every head)")
+    plot.add_argument("--stack", help="encoder, decoder or cross (default: the first present)")
+    plot.add_argument("--token", type=int, help="query token (focus, overlay, lines) or output token (rollout, "
+                      "flow, highlight)")
+    plot.add_argument("--out", required=True, type=Path, help="the figure to write: .png (3x), .svg or .pdf")
+    plot.set_defaults(run=_plot)
+
+    report = sub.add_parser("report", help="one self-contained HTML report of a saved result (works offline)")
+    report.add_argument("result", type=Path)
+    report.add_argument("--out", required=True, type=Path, help="the .html to write")
+    report.set_defaults(run=_report)
     return p
 
 
@@ -227,3 +248,47 @@ def _app(args) -> int:
     print(f"attnviz: serving {script} on port {args.port} (Ctrl+C stops it)", file=sys.stderr)
     # run from the app's folder: Streamlit reads its settings from ./.streamlit/config.toml
     return subprocess.call(cmd, cwd=script.parent)
+
+
+def _plot(args) -> int:
+    from attnviz import figures
+    from attnviz.export import FORMATS, write
+
+    fmt = args.out.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise AttnvizError(f"--out must end in .png, .svg or .pdf, not {args.out.name!r}")
+    result = figures.load(args.result)
+    head = "mean" if args.head is None else args.head
+    common = dict(stack=args.stack)
+    view = args.view
+    if view == "heatmap":
+        fig = figures.heatmap(result, args.layer, head, **common)
+    elif view == "overview":
+        fig = figures.overview(result, **common)
+    elif view == "lines":
+        heads = None if args.head is None else [args.head]
+        fig = figures.lines(result, args.layer, heads, token=args.token, **common)
+    elif view == "focus":
+        fig = figures.focus(result, args.token, head, **common)
+    elif view == "overlay":
+        fig = figures.overlay_figure(result, args.layer, head, query=args.token or 0)
+    elif view == "distance":
+        fig = figures.distance(result, **common)
+    else:  # rollout, flow, highlight: from one output token
+        fig = getattr(figures, view)(result, token=args.token, **common)
+    write(fig, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _report(args) -> int:
+    from attnviz.figures import load
+    from attnviz.report import report_html
+
+    html = report_html(load(args.result), source=args.result.name)
+    try:
+        args.out.write_text(html, encoding="utf-8")
+    except OSError as e:
+        raise AttnvizError(f"cannot write {args.out}: {e.strerror}") from None
+    print(f"wrote {args.out} ({len(html.encode()) / 1e6:.1f} MB)")
+    return 0

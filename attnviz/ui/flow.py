@@ -25,7 +25,7 @@ import streamlit as st
 import attnviz
 from attnviz.analysis import flow
 from attnviz.analysis.stats import GLOBAL_MIN, LOCAL_MIN, HeadStats, average_stats, head_stats
-from attnviz.analysis.tokens import display_label, reduce, token_axis
+from attnviz.analysis.tokens import display_label
 from attnviz.inputs import MAX_IMAGE_UPLOAD_MB, MAX_TEXT_UPLOAD_MB, open_image, read_text
 from attnviz.result import AttentionResult
 from attnviz.samples import SAMPLES, sample_bytes
@@ -309,16 +309,11 @@ def flow_view(captured: Captured) -> None:
     else:
         with shown:
             st.info(f"Exact flow over {n} tokens and {layers} layers is too big a graph; shown: raw attention and rollout.")
-    label = display_label(result.query_tokens(stack)[source])
     with shown:
         if kind == "text":
-            axis = token_axis(result.key_tokens(stack), result.key_special(stack), result.key_word_spans(stack),
-                              merge=merge, hide_special=hide)
-            one = token_axis(["output"], [False], None)
-            shares = {m: reduce(w[None, :], one, axis)[0] for m, w in weights.items()}
-            fig = viz.token_bars(axis.labels, shares, title=f"How “{label}” (token {source}) draws on the input")
+            fig = viz.method_figure(result, stack, source, weights, merge=merge, hide_special=hide)
         else:
-            fig = viz.method_overlays(captured.photo.display, result.grid, weights, style)
+            fig = viz.method_figure(result, stack, source, weights, photo=captured.photo.display, style=style)
         st.plotly_chart(fig, key="flow_methods", config=png_config(f"{result.model}_flow_from_{source}"))
         st.caption("Raw attention: the last layer only. Rollout: every layer's heads fused, the residual added "
                    "(0.5 A + 0.5 I), rows renormalised, layers multiplied. Flow: the same matrices as capacities "
