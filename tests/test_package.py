@@ -38,7 +38,7 @@ def test_wheel_ships_the_app_and_the_console_script(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         entry_points = next(z.read(n).decode() for n in names if n.endswith("entry_points.txt"))
-    assert {"attnviz/_app/app.py", "attnviz/_app/.streamlit/config.toml", "attnviz/cli.py"} <= names
+    assert {"attnviz/_app/app.py", "attnviz/_app/.streamlit/config.toml", "attnviz/figures.py"} <= names
     pages = {p.name for p in (ROOT / "pages").glob("*.py")}
     assert {f"attnviz/_app/pages/{p}" for p in pages} <= names
     assert not [n for n in names if n.startswith(("tests/", "bench/")) or "__pycache__" in n]
