@@ -31,6 +31,18 @@ def browser_path() -> str | None:
     return os.environ.get("BROWSER_PATH") or (CHROMIUM if Path(CHROMIUM).exists() else None)
 
 
+def can_render() -> bool:
+    """Whether there is a browser to render with (that one, or a Chrome kaleido finds)."""
+    if browser_path():
+        return True
+    try:
+        from choreographer.browsers.chromium import Chromium
+
+        return Chromium.find_browser(skip_local=False) is not None
+    except Exception:  # no kaleido, or its browser search failed
+        return False
+
+
 def figure_bytes(fig: go.Figure | Image.Image, fmt: str, *, width: int | None = None,
                  height: int | None = None) -> bytes:
     """``fig`` rendered as ``fmt`` ("png", "svg" or "pdf"), at the figure's own height and

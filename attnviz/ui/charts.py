@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from attnviz.export import MIME, PNG_SCALE, figure_bytes
+from attnviz.export import MIME, PNG_SCALE, can_render, figure_bytes
 from attnviz.result import AttentionResult
 from attnviz.viz.heatmap import png_config, safe_filename
 
@@ -22,11 +22,20 @@ def show_chart(fig, name: str, *, key: str | None = None, where=None, **kwargs):
     event = where.plotly_chart(fig, config=png_config(name), key=key, **kwargs)
     stem = safe_filename(name)
     with where.popover("Save figure", icon=":material/download:"):
+        if not _can_render():
+            st.caption("SVG, PDF and high-resolution PNG need Chrome or Chromium on the server; the "
+                       "camera button above the chart saves a PNG.")
+            return event
         for fmt, label in FORMAT_LABELS.items():
             st.download_button(label, lambda fmt=fmt: figure_bytes(fig, fmt), file_name=f"{stem}.{fmt}",
                                mime=MIME[fmt], on_click="ignore", key=f"fig_{fmt}_{key or stem}",
                                help="Rendered in a headless browser when clicked (a few seconds).")
     return event
+
+
+@st.cache_resource(show_spinner=False)
+def _can_render() -> bool:
+    return can_render()
 
 
 def report_button(result: AttentionResult, key: str = "report_html") -> None:
