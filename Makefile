@@ -26,9 +26,12 @@ $(PY):
 	python3 -m venv $(VENV)
 
 # torch first and pinned: its CPU build, and no CUDA packages pulled in by another package.
-$(VENV)/.installed: requirements.txt | $(PY)
+# Then attnviz itself, editable: the app, tests and bench import the installed package, and
+# the `attnviz` command is on .venv/bin.
+$(VENV)/.installed: requirements.txt pyproject.toml | $(PY)
 	$(PIP) torch==2.13.0
 	$(PIP) -r requirements.txt
+	$(PIP) -e . --no-deps
 	touch $@
 
 $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed

@@ -5,10 +5,18 @@
     result = attnviz.capture(model, "The cat sat on the mat.")   # or a PIL image, or a pair
     result.save("cat.npz")
 """
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
 from attnviz.capture import capture
 from attnviz.errors import AttnvizError
 from attnviz.models.loader import Model, load_model
 from attnviz.recorder import record_attention
 from attnviz.result import AttentionResult, PatchGrid
+
+try:
+    __version__ = _version("attnviz")
+except PackageNotFoundError:  # a clone that was never installed
+    __version__ = "unknown"
 
 __all__ = ["AttentionResult", "AttnvizError", "Model", "PatchGrid", "capture", "load_model", "record_attention"]

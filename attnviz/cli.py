@@ -6,6 +6,9 @@ message on bad input.
     capture --model NAME (--text T | --text-file F | --image F) --out R.npz
     stats R.npz --json                  per-head entropy, mean distance (+ units), sink mass
     flow R.npz --from I --method rollout|flow --json     weights over the input tokens
+    app [--port P]                      start the dashboard (Streamlit) in the browser
+    plot R.npz --view V [--layer L] [--head H] [--stack S] [--token I] --out FIG.png|svg|pdf
+    report R.npz --out report.html      one self-contained HTML file: views, statistics, provenance
 """
 from __future__ import annotations
 
@@ -69,6 +72,30 @@ def _parser() -> argparse.ArgumentParser:
     flow.add_argument("--stack", help="self-attention stack (default: the first present)")
     flow.add_argument("--json", action="store_true", help="print JSON (default: a table)")
     flow.set_defaults(run=_flow)
+
+    app = sub.add_parser("app", help="start the dashboard (Streamlit) in the browser")
+    app.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    app.add_argument("--address", help="address to listen on (default: every interface)")
+    app.set_defaults(run=_app)
+
+    from attnviz.figures import VIEWS
+
+    plot = sub.add_parser("plot", help="render one view of a saved result as PNG, SVG or PDF")
+    plot.add_argument("result", type=Path)
+    plot.add_argument("--view", required=True, choices=VIEWS)
+    plot.add_argument("--layer", type=int, default=-1, help="layer index, negative from the top (default -1: the last)")
+    plot.add_argument("--head", default=None, help="head index, or mean, max or min of all heads (default mean; "
+                      "lines: every head)")
+    plot.add_argument("--stack", help="encoder, decoder or cross (default: the first present)")
+    plot.add_argument("--token", type=int, help="query token (focus, overlay, lines) or output token (rollout, "
+                      "flow, highlight)")
+    plot.add_argument("--out", required=True, type=Path, help="the figure to write: .png (3x), .svg or .pdf")
+    plot.set_defaults(run=_plot)
+
+    report = sub.add_parser("report", help="one self-contained HTML report of a saved result (works offline)")
+    report.add_argument("result", type=Path)
+    report.add_argument("--out", required=True, type=Path, help="the .html to write")
+    report.set_defaults(run=_report)
     return p
 
 
@@ -197,4 +224,71 @@ def _flow(args) -> int:
     print(f"{args.method} from token {args.source} ({tokens[args.source]!r}), heads fused by {args.fusion}:")
     for i in sorted(range(n), key=lambda i: -weights[i])[:20]:
         print(f"{i:>5} {tokens[i]!r:<20} {weights[i]:.4f}")
+    return 0
+
+
+def app_script() -> Path:
+    """The dashboard's entry point: inside the package when installed from a wheel
+    (attnviz/_app/app.py, beside its pages/ and .streamlit/config.toml), the clone's app.py
+    when attnviz runs from a clone or an editable install."""
+    package = Path(__file__).resolve().parent
+    for script in (package / "_app" / "app.py", package.parent / "app.py"):
+        if script.is_file() and (script.parent / "pages" / "home.py").is_file():
+            return script
+    raise AttnvizError("the dashboard's files (app.py and pages/) are missing from this installation")
+
+
+def _app(args) -> int:
+    import subprocess
+
+    script = app_script()
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(args.port)]
+    if args.address:
+        cmd += ["--server.address", args.address]
+    print(f"attnviz: serving {script} on port {args.port} (Ctrl+C stops it)", file=sys.stderr)
+    # run from the app's folder: Streamlit reads its settings from ./.streamlit/config.toml
+    return subprocess.call(cmd, cwd=script.parent)
+
+
+def _plot(args) -> int:
+    from attnviz import figures
+    from attnviz.export import FORMATS, write
+
+    fmt = args.out.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise AttnvizError(f"--out must end in .png, .svg or .pdf, not {args.out.name!r}")
+    result = figures.load(args.result)
+    head = "mean" if args.head is None else args.head
+    common = dict(stack=args.stack)
+    view = args.view
+    if view == "heatmap":
+        fig = figures.heatmap(result, args.layer, head, **common)
+    elif view == "overview":
+        fig = figures.overview(result, **common)
+    elif view == "lines":
+        heads = None if args.head is None else [args.head]
+        fig = figures.lines(result, args.layer, heads, token=args.token, **common)
+    elif view == "focus":
+        fig = figures.focus(result, args.token, head, **common)
+    elif view == "overlay":
+        fig = figures.overlay_figure(result, args.layer, head, query=args.token or 0)
+    elif view == "distance":
+        fig = figures.distance(result, **common)
+    else:  # rollout, flow, highlight: from one output token
+        fig = getattr(figures, view)(result, token=args.token, **common)
+    write(fig, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _report(args) -> int:
+    from attnviz.figures import load
+    from attnviz.report import report_html
+
+    html = report_html(load(args.result), source=args.result.name)
+    try:
+        args.out.write_text(html, encoding="utf-8")
+    except OSError as e:
+        raise AttnvizError(f"cannot write {args.out}: {e.strerror}") from None
+    print(f"wrote {args.out} ({len(html.encode()) / 1e6:.1f} MB)")
     return 0

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnviz.analysis.mechanics import cost_formula  # noqa: E402
 from attnviz.models.cost import measure  # noqa: E402

@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "corpus")]  # attnviz, the tests' helpers
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "corpus")]  # the tests' helpers (attnviz itself is installed)
 
 import attnviz  # noqa: E402
 from browser import (CHROMIUM, CHROMIUM_ARGS, NO_STATUS_WIDGET, SCRIPT_DONE, free_port,  # noqa: E402

@@ -7,6 +7,7 @@ attention (click the photo), attention rollout, and the prefix tokens' share.
 import streamlit as st
 
 from attnviz.ui import image as ui
+from attnviz.ui.charts import report_button
 from attnviz.ui.common import friendly_errors, in_app_frame
 from attnviz.ui.selectors import layer_head
 
@@ -23,6 +24,7 @@ with friendly_errors():
                        mime="application/octet-stream", on_click="ignore", icon=":material/download:",
                        help="Every layer's and head's attention as float16 [layers, heads, queries, keys], "
                             "with the picture the model saw; load it with attnviz.AttentionResult.load.")
+    report_button(result, key="image_report")
 
 
 @st.fragment

@@ -25,18 +25,19 @@ import streamlit as st
 import attnviz
 from attnviz.analysis import flow
 from attnviz.analysis.stats import GLOBAL_MIN, LOCAL_MIN, HeadStats, average_stats, head_stats
-from attnviz.analysis.tokens import display_label, reduce, token_axis
+from attnviz.analysis.tokens import display_label
 from attnviz.inputs import MAX_IMAGE_UPLOAD_MB, MAX_TEXT_UPLOAD_MB, open_image, read_text
 from attnviz.result import AttentionResult
 from attnviz.samples import SAMPLES, sample_bytes
 from attnviz.ui import image as image_ui
+from attnviz.ui.charts import show_chart
 from attnviz.ui.common import remember, url_choice
 from attnviz.ui.image import Photo
 from attnviz.ui.models import get_model
 from attnviz.viz import flow as viz
 from attnviz.viz import image as image_viz
 from attnviz.viz import text as text_viz
-from attnviz.viz.heatmap import png_config, safe_filename
+from attnviz.viz.heatmap import safe_filename
 
 KINDS = {"text": "Text", "image": "Image"}
 VIEWS = {"depth": "Distance vs depth", "heatmaps": "Heatmaps", "many": "Over many inputs",
@@ -200,7 +201,7 @@ def show_head(captured: Captured, layer: int, head: int) -> None:
     result = captured.result
     if captured.kind == "text":
         fig, _ = text_viz.head_heatmap(result, captured.stack, layer, head, text_viz.TextOptions())
-        st.plotly_chart(fig, key="flow_head_pattern", config=png_config(f"{result.model}_L{layer}_H{head}"))
+        show_chart(fig, f"{result.model}_L{layer}_H{head}", key="flow_head_pattern")
     else:
         image_ui.show_overlay(captured.photo, image_viz.query_heat(result, layer, head, 0), image_ui.style_controls(),
                               key="flow_head_pattern",
@@ -222,8 +223,8 @@ def depth_view(captured: Captured) -> None:
     with shown:
         fig = viz.distance_depth(stats, local_min=local_min, global_min=global_min,
                                  title=f"{result.model} · {stack}: one dot per head")
-        event = st.plotly_chart(fig, key="flow_depth", on_select="rerun", selection_mode="points",
-                                config=png_config(f"{result.model}_distance_depth"))
+        event = show_chart(fig, f"{result.model}_distance_depth", key="flow_depth", on_select="rerun",
+                           selection_mode="points")
         st.caption("Colour: entropy over log(number of keys), 0 = one key, 1 = even. Special tokens are left out "
                    "and the rest renormalised; their share is the sink mass. Click a dot to open its head.")
         points = [p for p in (event.selection.points if event and event.selection else []) if p["curve_number"] == 0]
@@ -241,8 +242,7 @@ def heatmaps_view(captured: Captured) -> None:
                              key="flow_statistic")
     with shown:
         title = f"{result.model} · {stack} · {viz.stat_label(stats, statistic)}"
-        st.plotly_chart(viz.stat_heatmap(stats, statistic, title), key="flow_heatmap",
-                        config=png_config(f"{result.model}_{statistic}"))
+        show_chart(viz.stat_heatmap(stats, statistic, title), f"{result.model}_{statistic}", key="flow_heatmap")
         st.download_button("All statistics (.json)", lambda: json.dumps(stats.to_json()),
                            file_name=safe_filename(f"{result.model}-{stack}-stats") + ".json", mime="application/json",
                            on_click="ignore", icon=":material/download:", key="flow_stats_json")
@@ -272,15 +272,15 @@ def many_view(captured: Captured) -> None:
         local_min, global_min = thresholds(spread.mean)
     with shown:
         what = "sample photos" if kind == "image" and not st.session_state.get("flow_many_images") else "inputs"
-        st.plotly_chart(viz.distance_depth(spread.mean, spread=spread.std, local_min=local_min, global_min=global_min,
-                                           title=f"{result.model} · mean over {spread.n} {what}, bars: ± 1 std"),
-                        key="flow_many_depth", config=png_config(f"{result.model}_distance_depth_mean"))
+        show_chart(viz.distance_depth(spread.mean, spread=spread.std, local_min=local_min, global_min=global_min,
+                                      title=f"{result.model} · mean over {spread.n} {what}, bars: ± 1 std"),
+                   f"{result.model}_distance_depth_mean", key="flow_many_depth")
         st.caption("The ViT paper averaged 128 images; here every input gets the same model and input size, "
                    "and each head's statistics are averaged over the inputs.")
         statistic = st.selectbox("Heatmap of", list(viz.STATISTICS), format_func=lambda n: viz.stat_label(spread.mean, n),
                                  key="flow_many_statistic")
-        st.plotly_chart(viz.stat_heatmap(spread.mean, statistic, f"mean {viz.stat_label(spread.mean, statistic)}"),
-                        key="flow_many_heatmap", config=png_config(f"{result.model}_{statistic}_mean"))
+        show_chart(viz.stat_heatmap(spread.mean, statistic, f"mean {viz.stat_label(spread.mean, statistic)}"),
+                   f"{result.model}_{statistic}_mean", key="flow_many_heatmap")
 
 
 def flow_view(captured: Captured) -> None:
@@ -309,17 +309,12 @@ def flow_view(captured: Captured) -> None:
     else:
         with shown:
             st.info(f"Exact flow over {n} tokens and {layers} layers is too big a graph; shown: raw attention and rollout.")
-    label = display_label(result.query_tokens(stack)[source])
     with shown:
         if kind == "text":
-            axis = token_axis(result.key_tokens(stack), result.key_special(stack), result.key_word_spans(stack),
-                              merge=merge, hide_special=hide)
-            one = token_axis(["output"], [False], None)
-            shares = {m: reduce(w[None, :], one, axis)[0] for m, w in weights.items()}
-            fig = viz.token_bars(axis.labels, shares, title=f"How “{label}” (token {source}) draws on the input")
+            fig = viz.method_figure(result, stack, source, weights, merge=merge, hide_special=hide)
         else:
-            fig = viz.method_overlays(captured.photo.display, result.grid, weights, style)
-        st.plotly_chart(fig, key="flow_methods", config=png_config(f"{result.model}_flow_from_{source}"))
+            fig = viz.method_figure(result, stack, source, weights, photo=captured.photo.display, style=style)
+        show_chart(fig, f"{result.model}_flow_from_{source}", key="flow_methods")
         st.caption("Raw attention: the last layer only. Rollout: every layer's heads fused, the residual added "
                    "(0.5 A + 0.5 I), rows renormalised, layers multiplied. Flow: the same matrices as capacities "
                    "of a layered graph, max-flow from the output token to each input token, normalised to sum 1.")
@@ -341,9 +336,9 @@ def spread_view(captured: Captured) -> None:
     edges = flow.rollout_spread(attn, source, fusion, top_k)
     labels = [display_label(t) for t in result.key_tokens(stack)]
     with shown:
-        st.plotly_chart(viz.spread_sankey(edges, labels, attn.shape[0],
-                                          title=f"How “{labels[source]}” spreads, layer by layer (rollout shares)"),
-                        key="flow_sankey", config=png_config(f"{result.model}_spread_{source}"))
+        show_chart(viz.spread_sankey(edges, labels, attn.shape[0],
+                                     title=f"How “{labels[source]}” spreads, layer by layer (rollout shares)"),
+                   f"{result.model}_spread_{source}", key="flow_sankey")
         st.caption("Left: the output token; right: the input. An edge from token i to token j across a layer carries "
                    "the share of the output token's rollout that passes from i to j there; only the strongest "
                    "edges of each layer are drawn.")

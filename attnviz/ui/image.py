@@ -23,6 +23,7 @@ from attnviz.models.bundled import DEFAULT_IMAGE_MODEL
 from attnviz.models.loader import Model
 from attnviz.result import AttentionResult
 from attnviz.samples import DEFAULT_SAMPLE, SAMPLES, credits, sample_bytes
+from attnviz.ui.charts import show_chart
 from attnviz.ui.common import remember, url_choice
 from attnviz.ui.models import get_model, model_picker, run_capture
 from attnviz.ui.selectors import HEAD_FUSIONS
@@ -210,9 +211,6 @@ def head_name(head: int | str) -> str:
 
 
 # -- showing overlays ---------------------------------------------------------------------
-PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
-
-
 def show_overlay(photo: Photo, heat: np.ndarray, style: Style, *, key: str, file_name: str,
                  marker: tuple[int, int] | None = None, label: str = "weight", on_select=None,
                  width: int = 700) -> None:
@@ -222,10 +220,8 @@ def show_overlay(photo: Photo, heat: np.ndarray, style: Style, *, key: str, file
     picture = viz.heat_overlay(photo.display, heat, style, marker=marker)
     height = min(640, max(160, round(width * photo.image.height / photo.image.width)))
     fig = viz.overlay_figure(picture, heat, label=label, height=height)
-    if on_select is None:
-        st.plotly_chart(fig, key=key, config=PLOTLY_CONFIG)
-    else:
-        st.plotly_chart(fig, key=key, config=PLOTLY_CONFIG, on_select=on_select, selection_mode="points")
+    selecting = {} if on_select is None else dict(on_select=on_select, selection_mode="points")
+    show_chart(fig, file_name.removesuffix(".png"), key=key, **selecting)
 
     def full_png() -> bytes:
         return viz.png_bytes(viz.heat_overlay(photo.image, heat, style, marker=marker))
@@ -272,7 +268,7 @@ def _grid_view(photo: Photo, heats: list[np.ndarray], labels: list[str], highlig
     """Overlays of several [rows, cols] maps on the photo as one figure, ``highlight`` outlined."""
     fig = viz.overlay_grid_figure(photo.display, np.stack(heats), labels, style, columns=_columns(len(heats)),
                                   highlight=highlight)
-    st.plotly_chart(fig, key=key, config=PLOTLY_CONFIG)
+    show_chart(fig, f"{photo.name.rsplit('.', 1)[0]}_{key}", key=key)
     st.caption(f"CLS attention {what}, each map coloured from its own minimum to its {style.top * 100:g}th "
                "percentile. The camera button above the figure saves it as a PNG.")
 
@@ -369,8 +365,8 @@ def prefix_view(result: AttentionResult, photo: Photo, layer: int, style: Style)
         sink = _sink_mass(f"{result.model}|{photo.sha}|{g}", result)
     left, right = st.columns([2, 3])
     with left:
-        st.plotly_chart(viz.layer_head_heatmap(sink, title=f"Share of attention on {names}", label="share"),
-                        key="image_sink", config=PLOTLY_CONFIG)
+        show_chart(viz.layer_head_heatmap(sink, title=f"Share of attention on {names}", label="share"),
+                   _stem(result, "prefix-share").removesuffix(".png"), key="image_sink")
         st.caption(f"Per layer and head, the share of the patches' attention that goes to the prefix "
                    f"token{'s' * (g.prefix > 1)} ({names}), averaged over the patch queries. "
                    f"Overall: {np.nanmean(sink):.1%}.")

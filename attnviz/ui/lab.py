@@ -17,10 +17,10 @@ from attnviz.errors import AttnvizError
 from attnviz.models import cost
 from attnviz.limits import token_cap
 from attnviz.models.qkv import bert_layer_qkv
+from attnviz.ui.charts import show_chart
 from attnviz.ui.common import friendly_errors
 from attnviz.ui.models import get_model
 from attnviz.viz import mechanics as viz
-from attnviz.viz.heatmap import png_config
 
 SOURCES = ("Numbers (random, editable)", "A sentence (minilm-l6)")
 LAB_MODEL = "minilm-l6"
@@ -196,9 +196,9 @@ def show_steps(inp: LabInput, options: dict) -> mech.Steps:
         st.caption(f"The entropy of each row in nats: 0 when a query looks at one key, log(keys) = "
                    f"{np.log(max(len(k_lab), 1)):.2f} when it spreads evenly over all {len(k_lab)}. Mean "
                    f"{s.entropy.mean():.2f} nats, {s.entropy_norm.mean():.0%} of the widest possible.")
-    right.plotly_chart(viz.row_bars(s.entropy, q_lab, title="Entropy of each query's weights",
-                                    xmax=float(np.log(max(len(k_lab), 2))), axis_title="nats"),
-                       config=png_config("lab_entropy"), key="lab_entropy")
+    show_chart(viz.row_bars(s.entropy, q_lab, title="Entropy of each query's weights",
+                            xmax=float(np.log(max(len(k_lab), 2))), axis_title="nats"), "lab_entropy",
+               key="lab_entropy", where=right)
     return s
 
 
@@ -210,8 +210,8 @@ def _step(title: str, formula: str, text: str, values: np.ndarray, rows: list[st
         st.latex(formula)
         st.caption(text)
     name = title.split(". ", 1)[1].lower().replace(" ", "_")  # "4. Softmax" -> "softmax"
-    right.plotly_chart(viz.matrix(values, rows, cols, weights=weights, col_title=col_title),
-                       config=png_config(f"lab_{name}"), key=f"lab_step_{name}")
+    show_chart(viz.matrix(values, rows, cols, weights=weights, col_title=col_title), f"lab_{name}",
+               key=f"lab_step_{name}", where=right)
 
 
 def compare_table(inp: LabInput, options: dict) -> None:
@@ -250,18 +250,18 @@ def show_multi_head(inp: LabInput, options: dict) -> None:
     st.caption(f"Q, K and V ({d} columns) are cut into {inp.n_heads} heads of {d_head} columns; each head "
                "attends on its own, the outputs are put side by side and mixed by W_O "
                f"({'the model’s own' if inp.reference is not None else 'random from the seed'}).")
-    st.plotly_chart(viz.head_grid(mh.weights[None], inp.query_labels, inp.key_labels, title="Weights of each head"),
-                    config=png_config("lab_heads"), key="lab_heads_grid")
+    show_chart(viz.head_grid(mh.weights[None], inp.query_labels, inp.key_labels, title="Weights of each head"),
+               "lab_heads", key="lab_heads_grid")
     if inp.reference is not None and _is_bert_variant(options):
         gap = float(np.abs(mh.weights - inp.reference).max())
         st.success(f"These weights are minilm-l6's own: the largest difference from the model's attention in "
                    f"this layer is {gap:.1e}.")
     c1, c2 = st.columns(2)
     dims = [f"d{j}" for j in range(d)]
-    c1.plotly_chart(viz.matrix(mh.concat, inp.query_labels, dims, title="Heads side by side", col_title="dimension"),
-                    config=png_config("lab_concat"), key="lab_concat")
-    c2.plotly_chart(viz.matrix(mh.output, inp.query_labels, dims, title="Projected output O", col_title="dimension"),
-                    config=png_config("lab_mh_out"), key="lab_mh_out")
+    show_chart(viz.matrix(mh.concat, inp.query_labels, dims, title="Heads side by side", col_title="dimension"),
+               "lab_concat", key="lab_concat", where=c1)
+    show_chart(viz.matrix(mh.output, inp.query_labels, dims, title="Projected output O", col_title="dimension"),
+               "lab_mh_out", key="lab_mh_out", where=c2)
 
 
 def _is_bert_variant(options: dict) -> bool:
@@ -301,9 +301,8 @@ def cost_view() -> None:
     formula = {m: ([mech.cost_formula(n, m, d, window, top).flops for n in lengths],
                    [mech.cost_formula(n, m, d, window, top).bytes for n in lengths]) for m in mech.COST_METHODS}
     rate = _throughput(measured, d, window, top)
-    st.plotly_chart(viz.cost_chart(lengths, formula, [p for p in measured if p.n <= longest], throughput=rate,
-                                   title="One attention head, float32"),
-                    config=png_config("lab_cost"), key="lab_cost_chart")
+    show_chart(viz.cost_chart(lengths, formula, [p for p in measured if p.n <= longest], throughput=rate,
+                              title="One attention head, float32"), "lab_cost", key="lab_cost_chart")
     if measured:
         st.caption(f"Dashed: the formulas, flops turned into seconds at {rate / 1e9:.1f} GFLOP/s, the speed of "
                    "the largest measured global run. Solid: measured here, one CPU thread "

@@ -18,11 +18,12 @@ from attnviz.inputs import MAX_TEXT_UPLOAD_MB, read_text
 from attnviz.models.bundled import DEFAULT_TEXT_MODEL
 from attnviz.models.loader import Model
 from attnviz.result import AttentionResult
+from attnviz.ui.charts import report_button, show_chart
 from attnviz.ui.common import friendly_errors, remember, url_choice, url_int
 from attnviz.ui.models import get_model, model_picker, run_capture
 from attnviz.ui.selectors import HEAD_FUSIONS, head_select, layer_slider
 from attnviz.viz import text as viz
-from attnviz.viz.heatmap import png_config, safe_filename
+from attnviz.viz.heatmap import safe_filename
 
 TEXT_FAMILIES = ("encoder", "decoder", "encoder-decoder")
 DEFAULT_TEXT = "The animal didn't cross the street because it was too tired."
@@ -104,6 +105,8 @@ def result_header(result: AttentionResult, request: TextRequest) -> None:
                        file_name=safe_filename(f"{result.model}_attention") + ".npz", on_click="ignore",
                        icon=":material/download:",
                        help="Every attention map and the tokens; open it with attnviz.AttentionResult.load.")
+    with c2:
+        report_button(result, key="text_report")
 
 
 def stack_picker(result: AttentionResult) -> str:
@@ -144,10 +147,6 @@ def views(result: AttentionResult, stack: str, options: viz.TextOptions) -> None
 
 
 # -- the views -------------------------------------------------------------------------------
-def _show(fig, name: str, key: str | None = None, **kwargs):
-    return st.plotly_chart(fig, config=png_config(name), key=key, **kwargs)
-
-
 def _csv_button(csv: viz.Csv, name: str, label: str = "Matrix .csv", key: str | None = None) -> None:
     st.download_button(label, data=csv, file_name=safe_filename(name) + ".csv", mime="text/csv",
                        on_click="ignore", icon=":material/table:", key=key,
@@ -169,7 +168,7 @@ def heatmap_view(result: AttentionResult, stack: str, options: viz.TextOptions) 
             head = head_select(result, stack, LH_KEY)
         fig, csv = viz.head_heatmap(result, stack, layer, head, options)
         name = f"{_base(result, stack)}_L{layer}_H{head}"
-        _show(fig, name, key="text_heatmap")
+        show_chart(fig, name, key="text_heatmap")
         q, k = viz.axes(result, stack, options)
         if max(len(q), len(k)) > viz.HEATMAP_MAX:
             st.markdown(f"**Zoom** · any {viz.ZOOM} × {viz.ZOOM} window at full resolution")
@@ -178,7 +177,7 @@ def heatmap_view(result: AttentionResult, stack: str, options: viz.TextOptions) 
             k0 = z2.slider("First key", 0, max(0, len(k) - viz.ZOOM), q0 if stack != "cross" else 0,
                            key="text_zoom_k")
             zoom_fig, _ = viz.head_heatmap(result, stack, layer, head, options, zoom=(q0, k0))
-            _show(zoom_fig, f"{name}_zoom_q{q0}_k{k0}", key="text_zoom")
+            show_chart(zoom_fig, f"{name}_zoom_q{q0}_k{k0}", key="text_zoom")
         _csv_button(csv, name)
 
 
@@ -202,7 +201,7 @@ def overview_view(result: AttentionResult, stack: str, options: viz.TextOptions)
         with st.spinner("Going through every head…"):
             thumbs = thumbnails(result, stack, options)
         fig, csv = viz.overview(result, stack, thumbs, options, selected)
-        event = _show(fig, f"{_base(result, stack)}_overview", key="text_overview", on_select="rerun",
+        event = show_chart(fig, f"{_base(result, stack)}_overview", key="text_overview", on_select="rerun",
                       selection_mode="points")
         points = [p for p in (event.selection.points if event else []) if "point_index" in p]
         if points:  # the click targets are in row-major (layer, head) order
@@ -264,7 +263,7 @@ def lines_view(result: AttentionResult, stack: str, options: viz.TextOptions) ->
         fig, csv = viz.token_lines(result, stack, layer, heads, options, share=share, token=token,
                                    direction=direction, starts=tuple(starts))
         name = f"{_base(result, stack)}_L{layer}_lines"
-        _show(fig, name, key="text_lines")
+        show_chart(fig, name, key="text_lines")
         _csv_button(csv, name, "Lines .csv")
 
 
@@ -290,8 +289,8 @@ def focus_view(result: AttentionResult, stack: str, options: viz.TextOptions) ->
         with st.spinner("Going through every layer…"):
             fig_to, fig_by, csv_to, csv_by = viz.token_focus(result, stack, head, options, query=query, key=key)
         name = f"{_base(result, stack)}_H{head}_focus"
-        _show(fig_to, f"{name}_q{query}_to", key="text_focus_to")
-        _show(fig_by, f"{name}_k{key}_by", key="text_focus_by")
+        show_chart(fig_to, f"{name}_q{query}_to", key="text_focus_to")
+        show_chart(fig_by, f"{name}_k{key}_by", key="text_focus_by")
         b1, b2 = st.columns(2)
         with b1:
             _csv_button(csv_to, f"{name}_q{query}_to", "Attends to .csv", key="text_focus_csv_to")

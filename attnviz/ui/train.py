@@ -25,11 +25,11 @@ from attnviz.models.custom import ATTENTIONS, CustomConfig, CustomNet
 from attnviz.models.toy_tasks import TASKS, VOCAB, example, target
 from attnviz.models.train import Trainer, evaluate
 from attnviz.ui.common import for_visitor
+from attnviz.ui.charts import show_chart
 from attnviz.ui.home import PAGES
 from attnviz.inputs import MAX_MODEL_UPLOAD_MB
 from attnviz.ui.models import add_own_model, forget_own_model, get_model, own_models
 from attnviz.viz import mechanics as viz
-from attnviz.viz.heatmap import png_config
 
 RUN_KEY = "train_run"
 PICK_KEY = "train_inspect"  # widget key of the model being inspected
@@ -125,9 +125,9 @@ def _draw(run: TrainRun, status, chart) -> None:
     status.markdown(f"**{cfg.task}**, {cfg.attention} attention, {cfg.n_layers} × {cfg.n_heads} heads, "
                     f"d_model {cfg.d_model} · step {h[-1].step} of {run.target} · {h[-1].seconds:.1f} s · "
                     f"batch accuracy {h[-1].accuracy:.1%}{held}")
-    chart.plotly_chart(viz.training_chart([s.step for s in h], [s.loss for s in h], [s.accuracy for s in h],
-                                          title="Training: loss and token accuracy on fresh examples"),
-                       config=png_config("training"), key=f"train_chart_{len(h)}_{run.held_out is not None}")
+    show_chart(viz.training_chart([s.step for s in h], [s.loss for s in h], [s.accuracy for s in h],
+                                  title="Training: loss and token accuracy on fresh examples"), "training",
+               key=f"train_chart_{len(h)}_{run.held_out is not None}", where=chart.container())
 
 
 # -- saving and uploading --------------------------------------------------------------------
@@ -235,8 +235,8 @@ def inspect(net: CustomNet, name: str) -> str:
     st.dataframe(table, width="stretch")
     tokens = [f"{i}:{VOCAB[t]}" for i, t in enumerate(ids)]
     st.caption(f"Every head's attention, rows: queries, columns: keys (position:digit). {TASK_HINTS[cfg.task]}")
-    st.plotly_chart(viz.head_grid(attn, tokens, tokens, row_names=[f"layer {l}" for l in range(cfg.n_layers)]),
-                    config=png_config(f"{name}_attention"), key="train_grid")
+    show_chart(viz.head_grid(attn, tokens, tokens, row_names=[f"layer {l}" for l in range(cfg.n_layers)]),
+               f"{name}_attention", key="train_grid")
     return text
 
 

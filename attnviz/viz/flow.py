@@ -7,6 +7,8 @@
 - :func:`token_bars`: raw attention, rollout and flow from one output token, as bars over the
   input tokens (text).
 - :func:`method_overlays`: the same weights drawn on the photo side by side (images).
+- :func:`method_figure`: either of the two, for a result: bars over the (merged, filtered)
+  tokens of a text, overlays on the photo of an image.
 - :func:`spread_sankey`: how one output token's rollout spreads through the layers, the
   strongest edges of each layer as a Sankey diagram (text).
 """
@@ -18,7 +20,8 @@ from PIL import Image
 from plotly.subplots import make_subplots
 
 from attnviz.analysis.stats import HeadStats
-from attnviz.result import PatchGrid
+from attnviz.analysis.tokens import display_label, reduce, token_axis
+from attnviz.result import AttentionResult, PatchGrid
 from attnviz.viz.image import OverlayStyle, layer_head_heatmap, overlay_grid_figure, patch_heat
 
 STATISTICS = {  # HeadStats field -> what it is called on screen
@@ -114,6 +117,25 @@ def method_overlays(photo: Image.Image, grid: PatchGrid, weights: dict[str, np.n
     heats = np.stack([patch_heat(w, grid) for w in weights.values()])
     titles = [f"{name} (prefix {float(np.sum(w[:grid.prefix])):.0%})" for name, w in weights.items()]
     return overlay_grid_figure(photo, heats, titles, style, columns=len(weights))
+
+
+def method_figure(result: AttentionResult, stack: str, source: int, weights: dict[str, np.ndarray], *,
+                  merge: bool = False, hide_special: bool = False, photo: Image.Image | None = None,
+                  style: OverlayStyle = OverlayStyle()) -> go.Figure:
+    """How output token ``source`` draws on the input by each method (``weights``: name ->
+    ``[keys]``, in token order): for a text, :func:`token_bars` over the key tokens (sub-words
+    merged and special tokens hidden, rows renormalised, as asked); for an image,
+    :func:`method_overlays` on ``photo`` (by default the picture the model saw)."""
+    if result.kind != "text":
+        if photo is None:
+            photo = Image.fromarray(result.image)
+        return method_overlays(photo, result.grid, weights, style)
+    axis = token_axis(result.key_tokens(stack), result.key_special(stack), result.key_word_spans(stack),
+                      merge=merge, hide_special=hide_special)
+    one = token_axis(["output"], [False], None)
+    shares = {m: reduce(np.asarray(w)[None, :], one, axis)[0] for m, w in weights.items()}
+    label = display_label(result.query_tokens(stack)[source])
+    return token_bars(axis.labels, shares, title=f"How “{label}” (token {source}) draws on the input")
 
 
 def spread_sankey(edges: np.ndarray, labels: list[str], n_layers: int, *, title: str = "") -> go.Figure:
