@@ -5,6 +5,7 @@
     result = attnviz.capture(model, "The cat sat on the mat.")   # or a PIL image, or a pair
     result.save("cat.npz")
 """
+from attnviz import lab  # noqa: F401  (registers attnviz's own model format with the loader)
 from attnviz.capture import capture
 from attnviz.errors import AttnvizError
 from attnviz.models.loader import Model, load_model

@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from attnviz.models.custom import ATTENTIONS, CustomConfig, CustomNet  # noqa: E402
-from attnviz.models.toy_tasks import TASKS  # noqa: E402
-from attnviz.models.train import Trainer, evaluate  # noqa: E402
+from attnviz.lab.custom import ATTENTIONS, CustomConfig, CustomNet  # noqa: E402
+from attnviz.lab.toy_tasks import TASKS  # noqa: E402
+from attnviz.lab.train import Trainer, evaluate  # noqa: E402
 
 TARGET = 0.95
 CHECK_EVERY = 10

@@ -15,7 +15,8 @@ from conftest import app_path
 from apptest_tools import array, charts
 
 import attnviz
-from attnviz.models import custom, upload
+from attnviz.lab import custom
+from attnviz.models import upload
 from attnviz.ui.train import RUN_KEY
 
 sys.path.insert(0, str(Path(__file__).parent / "corpus"))

@@ -2,7 +2,7 @@
 
 An upload is one zip, or several files, holding ``config.json`` and ``*.safetensors`` (plus
 tokenizer or preprocessor files) of a transformers architecture, or attnviz's own custom
-format (:mod:`attnviz.models.custom`). :func:`extract` writes what it keeps into
+format (:mod:`attnviz.lab.custom`). :func:`extract` writes what it keeps into
 ``store.home()/uploads/<sha>/`` (sha: of the kept files' names and bytes, so the same upload
 lands in the same folder), which :func:`attnviz.load_model` then loads like any folder.
 At most MAX_UPLOADS such folders are kept: each upload marks its folder as used (its mtime)

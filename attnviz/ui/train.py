@@ -19,10 +19,11 @@ import pandas as pd
 import streamlit as st
 
 from attnviz.errors import AttnvizError
-from attnviz.models import custom, upload
-from attnviz.models.custom import ATTENTIONS, CustomConfig, CustomNet
-from attnviz.models.toy_tasks import TASKS, VOCAB, example, target
-from attnviz.models.train import Trainer, evaluate
+from attnviz.lab import custom
+from attnviz.models import upload
+from attnviz.lab.custom import ATTENTIONS, CustomConfig, CustomNet
+from attnviz.lab.toy_tasks import TASKS, VOCAB, example, target
+from attnviz.lab.train import Trainer, evaluate
 from attnviz.ui.home import PAGES
 from attnviz.ui.models import get_model
 from attnviz.viz import mechanics as viz

@@ -1,4 +1,5 @@
-"""attnviz's own small attention model, for the toy tasks of :mod:`attnviz.models.toy_tasks`.
+"""attnviz's own small attention model, for the toy tasks of :mod:`attnviz.lab.toy_tasks`, and
+the saving and loading of every lab model.
 
     digits [batch, n] -> token embedding + learned position embedding
       -> n_layers x ( x + Attention(LayerNorm(x)),  x + MLP(LayerNorm(x)) )
@@ -29,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -41,11 +41,10 @@ from torch import nn
 
 from attnviz.errors import AttnvizError
 from attnviz.models import store
-from attnviz.models.loader import Model
-from attnviz.models.toy_tasks import TASKS, VOCAB, encode
+from attnviz.lab.toy_tasks import TASKS, VOCAB, DigitTokenizer
+from attnviz.models.model import Model
 from attnviz.models.upload import uploads_dir
 from attnviz.recorder import record_attention
-from attnviz.result import AttentionResult
 
 ATTENTIONS = {
     "global": "every position sees every other",
@@ -169,26 +168,11 @@ class CustomNet(nn.Module):
     def run(self, text: str) -> tuple[list[int], list[int], np.ndarray, list[str]]:
         """Read a text of digits: (input ids, predicted ids, attention float32
         [layers, heads, queries, keys], warnings). Runs without gradients; call it in eval mode."""
-        ids, warnings = encode(text, self.config.length)
-        if len(ids) != self.config.length:
-            warnings.append(f"This model was trained on {self.config.length} digits; on {len(ids)} "
-                            "its answers and attention may not make sense.")
+        encoded = DigitTokenizer(self.config.length).encode(text)
         with torch.inference_mode(), record_attention() as rec:
-            logits = self(torch.tensor([ids], device=self.device))
+            logits = self(torch.tensor([encoded.ids], device=self.device))
         attn = np.stack([m[0].cpu().numpy() for m in rec.maps])  # one [heads, n, n] per layer
-        return ids, logits[0].argmax(-1).tolist(), attn, warnings
-
-    def capture(self, input, name: str) -> AttentionResult:
-        """The AttentionResult of one input, a text of digits (what attnviz.capture calls)."""
-        if not isinstance(input, str):
-            raise AttnvizError(f"{name} reads a text of digits, not {type(input).__name__}.")
-        started = time.perf_counter()
-        ids, _, attn, warnings = self.run(input)
-        tokens = [VOCAB[i] for i in ids]
-        return AttentionResult(
-            kind="text", model=name, attn={"encoder": attn}, tokens=tokens,
-            special=[False] * len(tokens), word_spans=[(i, i + 1) for i in range(len(tokens))],
-            timings={"forward_s": time.perf_counter() - started}, warnings=warnings)
+        return encoded.ids, logits[0].argmax(-1).tolist(), attn, encoded.warnings
 
 
 def saved_dir() -> Path:
@@ -246,5 +230,12 @@ def load(folder: str | Path, name: str, device: torch.device) -> Model:
     except RuntimeError as e:  # shapes or names that do not match the config
         raise AttnvizError(f"The weights in {folder} do not match its config.json: {str(e).splitlines()[0]}") from None
     net.trained = data.get("trained") or {}
+    return as_model(net, name, device)
+
+
+def as_model(net: CustomNet, name: str, device: torch.device | None = None) -> Model:
+    """``net`` (saved or not) as a Model for :func:`attnviz.capture`, in eval mode on ``device``."""
+    device = device or net.device
     net.eval().to(device)
-    return Model(name, "custom", net, device, max_tokens=net.config.length)
+    return Model(name, "custom", net, device, max_tokens=net.config.length,
+                 tokenizer=DigitTokenizer(net.config.length))

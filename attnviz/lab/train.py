@@ -1,4 +1,4 @@
-"""Training a :class:`~attnviz.models.custom.CustomNet` on its toy task, on the CPU.
+"""Training a :class:`~attnviz.lab.custom.CustomNet` on its toy task, on the CPU.
 
 Every step draws a fresh batch of random inputs (seeded), so the accuracy of a step, measured
 before its update, is on data the model has never seen. The training can be resumed: a
@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from attnviz.device import cpu_threads
-from attnviz.models.custom import CustomNet
-from attnviz.models.toy_tasks import batch
+from attnviz.lab.custom import CustomNet
+from attnviz.lab.toy_tasks import batch
 
 BATCH_SIZE = 64
 LEARNING_RATE = 3e-3
