@@ -6,18 +6,8 @@ the saving and loading of every lab model.
       -> LayerNorm -> linear -> logits [batch, n, 10], one digit per position
 
 Every position sees every other (no causal mask), so one forward pass answers the whole
-sequence. The attention of each layer is one of ATTENTIONS:
-
-- ``global``: softmax(q k^T / sqrt(d_head)) v over every key;
-- ``local``: the same with keys outside ``|i - j| <= window`` masked out;
-- ``additive`` (Bahdanau): score(i, j) = u^T tanh(q_i + k_j), one learned vector u per head,
-  the query and key projections playing the roles of W_q and W_k.
-
-One path for the attention maps: every kind calls ``F.scaled_dot_product_attention``, and
-:func:`attnviz.recorder.record_attention` records the probabilities of each call, as it does
-for any other model. Additive attention passes its scores as the float mask with all-zero
-queries and keys, so that the call computes softmax(0 + scores) v: exactly additive attention,
-trained and recorded like the others.
+sequence. Each layer is a :class:`attnviz.lab.blocks.Block` whose attention is one of
+ATTENTIONS (global, local, additive).
 
 On disk a model is a folder with ``model.safetensors`` and ``config.json``, which holds
 ``"attnviz_custom": true``, the architecture (:class:`CustomConfig`) and notes on its training;
@@ -28,29 +18,23 @@ folder), so a new save takes a new name.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from attnviz.errors import AttnvizError
+from attnviz.lab.blocks import ATTENTIONS, Block
 from attnviz.models import store
 from attnviz.lab.toy_tasks import TASKS, VOCAB, DigitTokenizer
 from attnviz.models.model import Model
 from attnviz.models.upload import uploads_dir
 from attnviz.recorder import record_attention
 
-ATTENTIONS = {
-    "global": "every position sees every other",
-    "local": "each position sees only its neighbours within the window",
-    "additive": "Bahdanau's v^T tanh(W_q q + W_k k) scores instead of dot products",
-}
 FORMAT_VERSION = 1
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 LIMITS = {"length": (1, 256), "d_model": (4, 1024), "n_heads": (1, 64), "n_layers": (1, 12), "window": (0, 256)}
@@ -92,51 +76,6 @@ class CustomConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention of one kind (see the module docstring): x [batch, n, d_model]."""
-
-    def __init__(self, cfg: CustomConfig) -> None:
-        super().__init__()
-        self.kind, self.heads, self.window = cfg.attention, cfg.n_heads, cfg.window
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.out = nn.Linear(cfg.d_model, cfg.d_model)
-        if self.kind == "additive":
-            d_head = cfg.d_model // cfg.n_heads
-            self.u = nn.Parameter(torch.randn(cfg.n_heads, d_head) / math.sqrt(d_head))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, n, d = x.shape
-        # [batch, n, 3 d] -> three [batch, heads, n, d_head]
-        q, k, v = self.qkv(x).view(batch, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        if self.kind == "global":
-            mixed = F.scaled_dot_product_attention(q, k, v)
-        elif self.kind == "local":
-            i = torch.arange(n, device=x.device)
-            near = (i[:, None] - i[None, :]).abs() <= self.window  # [query, key], True = seen
-            mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=near)
-        else:
-            # scores[b, h, i, j] = u_h . tanh(q_i + k_j), then softmax(0 . 0 + scores) v
-            scores = torch.einsum("bhijd,hd->bhij", torch.tanh(q[:, :, :, None] + k[:, :, None]), self.u)
-            zero = q.new_zeros(batch, self.heads, n, 1)
-            mixed = F.scaled_dot_product_attention(zero, zero, v, attn_mask=scores)
-        return self.out(mixed.transpose(1, 2).reshape(batch, n, d))
-
-
-class Block(nn.Module):
-    """One pre-norm layer: attention, then a two-layer MLP (4 x wider), each added to x."""
-
-    def __init__(self, cfg: CustomConfig) -> None:
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
-        self.attn = Attention(cfg)
-        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(),
-                                 nn.Linear(4 * cfg.d_model, cfg.d_model))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
 class CustomNet(nn.Module):
     """The whole model: token ids [batch, n] -> logits [batch, n, len(VOCAB)].
 
@@ -151,7 +90,8 @@ class CustomNet(nn.Module):
             torch.manual_seed(seed)
             self.tokens = nn.Embedding(len(VOCAB), config.d_model)
             self.positions = nn.Embedding(config.length, config.d_model)
-            self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+            self.blocks = nn.ModuleList(Block(config.d_model, config.n_heads, config.attention, config.window)
+                                        for _ in range(config.n_layers))
             self.norm = nn.LayerNorm(config.d_model)
             self.head = nn.Linear(config.d_model, len(VOCAB))
 
