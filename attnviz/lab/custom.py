@@ -29,9 +29,11 @@ from torch import nn
 
 from attnviz.errors import AttnvizError
 from attnviz.lab.blocks import ATTENTIONS, Block
+from attnviz.lab.classify import Classifier, ClassifierConfig, WordTokenizer
+from attnviz.lab.datasets import IMAGE_MEAN, IMAGE_STD
 from attnviz.models import store
 from attnviz.lab.toy_tasks import TASKS, VOCAB, DigitTokenizer
-from attnviz.models.model import Model
+from attnviz.models.model import ImageSpec, Model
 from attnviz.models.upload import uploads_dir
 from attnviz.recorder import record_attention
 
@@ -145,15 +147,18 @@ def _is_custom(config: Path) -> bool:
         return False
 
 
-def save(net: CustomNet, folder: str | Path) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` into ``folder``, which must not exist."""
+def save(net: CustomNet | Classifier, folder: str | Path) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` into ``folder``, which must not exist.
+    config.json: ``"attnviz_custom": true``, the format version, the architecture (for a
+    classifier also ``"model": "classifier"``, its vocabulary and labels) and ``trained``."""
     folder = Path(folder)
     if folder.exists():
         raise AttnvizError(f"{folder} exists already: save under another name.")
     folder.mkdir(parents=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     save_file(state, str(folder / WEIGHTS))
-    config = {"attnviz_custom": True, "format": FORMAT_VERSION, **asdict(net.config), "trained": net.trained}
+    body = net.to_json() if isinstance(net, Classifier) else asdict(net.config)
+    config = {"attnviz_custom": True, "format": FORMAT_VERSION, **body, "trained": net.trained}
     (folder / CONFIG).write_text(json.dumps(config, indent=1))
     return folder
 
@@ -163,7 +168,7 @@ def load(folder: str | Path, name: str, device: torch.device) -> Model:
     folder = Path(folder)
     try:
         data = json.loads((folder / CONFIG).read_text())
-        net = CustomNet(CustomConfig.from_json(data))
+        net = _classifier(data) if data.get("model") == "classifier" else CustomNet(CustomConfig.from_json(data))
         net.load_state_dict(load_file(str(folder / WEIGHTS)))
     except (OSError, ValueError) as e:
         raise AttnvizError(f"Cannot read the custom model in {folder}: {str(e).splitlines()[0]}") from None
@@ -173,9 +178,23 @@ def load(folder: str | Path, name: str, device: torch.device) -> Model:
     return as_model(net, name, device)
 
 
-def as_model(net: CustomNet, name: str, device: torch.device | None = None) -> Model:
-    """``net`` (saved or not) as a Model for :func:`attnviz.capture`, in eval mode on ``device``."""
+def _classifier(data: dict) -> Classifier:
+    vocab, labels = data.get("vocab"), data.get("labels")
+    if not all(isinstance(x, list) and all(isinstance(w, str) for w in x) for x in (vocab or [], labels)):
+        raise ValueError("its vocab and labels must be lists of strings")
+    return Classifier(ClassifierConfig.from_json(data), vocab, labels)
+
+
+def as_model(net: CustomNet | Classifier, name: str, device: torch.device | None = None) -> Model:
+    """``net`` (saved or not) as a Model for :func:`attnviz.capture`, in eval mode on ``device``:
+    text models read text with their tokenizer, the ViT reads images of its own side."""
     device = device or net.device
     net.eval().to(device)
-    return Model(name, "custom", net, device, max_tokens=net.config.length,
-                 tokenizer=DigitTokenizer(net.config.length))
+    cfg = net.config
+    if isinstance(net, CustomNet):
+        return Model(name, "custom", net, device, max_tokens=cfg.length, tokenizer=DigitTokenizer(cfg.length))
+    if cfg.arch == "vit":
+        spec = ImageSpec(size=cfg.length, patch=cfg.patch, mean=IMAGE_MEAN, std=IMAGE_STD)
+        return Model(name, "custom", net, device, max_tokens=(cfg.length // cfg.patch) ** 2 + 1, image=spec)
+    return Model(name, "custom", net, device, max_tokens=cfg.length,
+                 tokenizer=WordTokenizer(net.vocab, cfg.length, cls=cfg.arch == "transformer"))

@@ -113,7 +113,7 @@ def extract(uploads: list[tuple[str, bytes]], *, max_upload: int = MAX_UPLOAD_BY
     return Extracted(folder=_write(kept, max_extracted), files=sorted(names), skipped=skipped)
 
 
-def _entries(uploads: list[tuple[str, bytes]]) -> Iterator[_Entry]:
+def _entries(uploads: list[tuple[str, bytes]], max_files: int = MAX_FILES) -> Iterator[_Entry]:
     count = 0
     for upload_name, data in uploads:
         if upload_name.lower().endswith(".zip"):
@@ -133,8 +133,28 @@ def _entries(uploads: list[tuple[str, bytes]]) -> Iterator[_Entry]:
         else:
             count += 1
             yield _Entry(safe_name(upload_name, upload_name), len(data), lambda data=data: io.BytesIO(data))
-        if count > MAX_FILES:
-            raise AttnvizError(f"The upload holds more than {MAX_FILES} files; a model needs a handful.")
+        if count > max_files:
+            raise AttnvizError(f"The upload holds more than {max_files} files; a model needs a handful."
+                               if max_files == MAX_FILES else f"The upload holds more than {max_files} files.")
+
+
+def zip_entries(uploads: list[tuple[str, bytes]], max_files: int) -> list[_Entry]:
+    """The files of ``uploads`` (zips unpacked), checked as for a model (names inside the
+    folder, no links, at most ``max_files``), with a folder that holds them all dropped from
+    their names; nothing is read or written yet (see :func:`read_entry`). For uploads that are
+    not models, such as a zip of images in class folders (attnviz.lab.datasets)."""
+    return _strip_common_folder(list(_entries(uploads, max_files)))
+
+
+def read_entry(entry: _Entry, room: int) -> bytes:
+    """The bytes of one entry of :func:`zip_entries`, refused past its declared size or ``room``."""
+    out = io.BytesIO()
+    try:
+        with entry.open() as src:
+            _copy_capped(src, out, hashlib.sha256(), entry, room)
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise AttnvizError(f"{entry.name} could not be unpacked ({err}); the zip may be damaged.") from None
+    return out.getvalue()
 
 
 def safe_name(name: str, source: str) -> str:
