@@ -138,8 +138,7 @@ def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def review(rng: np.random.Generator) -> tuple[list[str], int, np.ndarray]:
     """One synthetic review: (words, label 0 = negative / 1 = positive, rationale bool [words])."""
     label = int(rng.integers(2))
-    words_ = [str(w) for w in rng.choice(NEUTRAL, int(rng.integers(8, 21)))]
-    why = [False] * len(words_)
+    units = [([str(w)], [False]) for w in rng.choice(NEUTRAL, int(rng.integers(8, 21)))]
     for _ in range(int(rng.integers(1, 3))):
         negated = rng.random() < 0.4
         positive = bool(label) != negated
@@ -148,10 +147,8 @@ def review(rng: np.random.Generator) -> tuple[list[str], int, np.ndarray]:
             phrase, decides = [str(rng.choice(INTENSIFIERS))] + phrase, [False] + decides
         if negated:
             phrase, decides = [str(rng.choice(NEGATIONS))] + phrase, [True] + decides
-        at = int(rng.integers(0, len(words_) + 1))
-        words_[at:at] = phrase
-        why[at:at] = decides
-    return words_, label, np.array(why)
+        units.insert(int(rng.integers(0, len(units) + 1)), (phrase, decides))  # never inside another phrase
+    return [w for u in units for w in u[0]], label, np.array([d for u in units for d in u[1]])
 
 
 def sentiment(seed: int = 0, n_train: int = 4000, n_test: int = 500) -> TextData:
@@ -254,8 +251,8 @@ def image_folders(files: list[tuple[str, bytes]], side: int, source: str, seed: 
     for path, data in files:
         parts = path.split("/")
         if len(parts) != 2:
-            raise AttnvizError(f"{source}: '{path}' is not in a class folder; put each image in a folder named "
-                               "after its class (cat/1.png, dog/2.png).")
+            raise AttnvizError(f"{source}: '{path}' is not in a class folder; put the images in at least two "
+                               "folders, each named after its class (cat/1.png, dog/2.png).")
         if not parts[1].lower().endswith(IMAGE_SUFFIXES):
             raise AttnvizError(f"{source}: '{path}' is not an image ({', '.join(IMAGE_SUFFIXES)}); "
                                "the folders may hold images only.")
@@ -279,7 +276,7 @@ def read_image_zip(data: bytes, name: str = "the zip", side: int = 32, seed: int
         raise AttnvizError(f"{name} is {len(data) / 1e6:.0f} MB; at most {MAX_ZIP_BYTES / 1e6:.0f} MB are accepted.")
     if not name.lower().endswith(".zip"):
         raise AttnvizError(f"{name} is not a .zip of class folders.")
-    entries = [e for e in upload.zip_entries([(name, data)], MAX_IMAGES) if not _junk(e.name)]
+    entries = upload.zip_entries([(name, data)], MAX_IMAGES, skip=_junk)
     if sum(e.size for e in entries) > 2 * MAX_ZIP_BYTES:
         raise AttnvizError(f"Unpacked, {name} would take more than {2 * MAX_ZIP_BYTES / 1e6:.0f} MB; refused.")
     room, files = 2 * MAX_ZIP_BYTES, []

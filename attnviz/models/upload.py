@@ -138,12 +138,14 @@ def _entries(uploads: list[tuple[str, bytes]], max_files: int = MAX_FILES) -> It
                                if max_files == MAX_FILES else f"The upload holds more than {max_files} files.")
 
 
-def zip_entries(uploads: list[tuple[str, bytes]], max_files: int) -> list[_Entry]:
+def zip_entries(uploads: list[tuple[str, bytes]], max_files: int,
+                skip: Callable[[str], bool] = lambda name: False) -> list[_Entry]:
     """The files of ``uploads`` (zips unpacked), checked as for a model (names inside the
-    folder, no links, at most ``max_files``), with a folder that holds them all dropped from
-    their names; nothing is read or written yet (see :func:`read_entry`). For uploads that are
-    not models, such as a zip of images in class folders (attnviz.lab.datasets)."""
-    return _strip_common_folder(list(_entries(uploads, max_files)))
+    folder, no links, at most ``max_files``), less those whose name ``skip`` picks, with a
+    folder that holds them all dropped from their names; nothing is read or written yet (see
+    :func:`read_entry`). For uploads that are not models, such as a zip of images in class
+    folders (attnviz.lab.datasets)."""
+    return _strip_common_folder([e for e in _entries(uploads, max_files) if not skip(e.name)])
 
 
 def read_entry(entry: _Entry, room: int) -> bytes:
