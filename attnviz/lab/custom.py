@@ -140,6 +140,14 @@ def saved_models() -> list[Path]:
     return sorted(custom, key=lambda f: f.stat().st_mtime, reverse=True)
 
 
+def is_classifier(folder: Path) -> bool:
+    """Whether the lab model saved in ``folder`` is a classifier (not a toy-task model)."""
+    try:
+        return json.loads((folder / CONFIG).read_text()).get("model") == "classifier"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _is_custom(config: Path) -> bool:
     try:
         return json.loads(config.read_text()).get("attnviz_custom") is True
