@@ -189,3 +189,18 @@ def test_a_bad_csv_is_refused_on_the_page():
     (error,) = [e.value for e in at.error]
     assert "not UTF-8" in error
     assert not any(b.key == "train_cls_start" for b in at.button)
+
+
+@pytest.mark.parametrize("task, arch, kind", [("sentiment", "lstm-attention", "text"), ("sentiment", "transformer", "text"),
+                                              ("digits", "vit", "image")])
+def test_saved_classifiers_open_on_the_local_vs_global_page(task, arch, kind, tmp_path):
+    from apptest_tools import open_page
+    from attnviz.lab import tasks
+
+    folder = tasks.train(task, arch, tmp_path / arch, steps=2).folder
+    at = open_page("pages/flow.py", model=str(folder), kind=kind)
+    assert_clean(at)
+    for view in ("heatmaps", "flow"):
+        at = open_page("pages/flow.py", model=str(folder), kind=kind, view=view)
+        assert_clean(at)
+        assert at.get("plotly_chart") or at.get("image")
