@@ -162,8 +162,10 @@ def _draw(run: TrainRun, status, chart) -> None:
     held = f" · held-out accuracy {run.held_out:.1%}" if run.held_out is not None else ""
     status.markdown(f"{run.title()} · step {h[-1].step} of {run.target} · {h[-1].seconds:.1f} s · "
                     f"batch accuracy {h[-1].accuracy:.1%}{held}")
+    title = ("Training: loss and token accuracy on fresh examples" if run.data is None else
+             "Training: loss and accuracy on each batch of training examples")
     chart.plotly_chart(viz.training_chart([s.step for s in h], [s.loss for s in h], [s.accuracy for s in h],
-                                          title="Training: loss and token accuracy on fresh examples"),
+                                          title=title, unit="token" if run.data is None else "example"),
                        config=png_config("training"), key=f"train_chart_{len(h)}_{run.held_out is not None}")
 
 
