@@ -21,6 +21,7 @@ from attnviz.lab.classify import Classifier, ClassifierConfig
 from attnviz.lab.train import Trainer, evaluate_classifier
 
 from conftest import ROOT
+from test_custom_model import zipped
 
 
 @pytest.fixture(autouse=True)
@@ -182,14 +183,6 @@ def test_oversized_csv_is_refused():
 def png(colour: tuple[int, int, int]) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (12, 9), colour).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def zipped(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for name, data in files.items():
-            z.writestr(name, data)
     return buf.getvalue()
 
 

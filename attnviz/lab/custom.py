@@ -10,7 +10,9 @@ sequence. Each layer is a :class:`attnviz.lab.blocks.Block` whose attention is o
 ATTENTIONS (global, local, additive).
 
 On disk a model is a folder with ``model.safetensors`` and ``config.json``, which holds
-``"attnviz_custom": true``, the architecture (:class:`CustomConfig`) and notes on its training;
+``"attnviz_custom": true``, the architecture (:class:`CustomConfig`, or for a classifier
+``"model": "classifier"``, its :class:`~attnviz.lab.classify.ClassifierConfig`, labels and
+vocabulary) and notes on its training;
 :func:`attnviz.load_model` on that folder calls :func:`load`. The app saves them under
 ``store.home()/custom/<name>`` and never overwrites one (a loaded model is cached by its
 folder), so a new save takes a new name.
