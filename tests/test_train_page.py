@@ -204,3 +204,21 @@ def test_saved_classifiers_open_on_the_local_vs_global_page(task, arch, kind, tm
         at = open_page("pages/flow.py", model=str(folder), kind=kind, view=view)
         assert_clean(at)
         assert at.get("plotly_chart") or at.get("image")
+
+
+def test_a_zip_of_class_folders_trains_on_the_page():
+    from test_classifiers import class_folders
+    from test_custom_model import zipped
+
+    at = AppTest.from_file(app_path(), default_timeout=300).run()
+    at.switch_page(PAGE).run()
+    at.radio(key="train_kind").set_value("image").run()
+    at.radio(key="train_image_data").set_value("images").run()
+    at.file_uploader(key="train_images_file").set_value(("shapes.zip", zipped(class_folders(5)), "application/zip")).run()
+    assert_clean(at)
+    assert any("8 training and 2 held-out examples, 2 classes: blue, red" in c.value for c in at.caption)
+    at.number_input(key="train_image_steps").set_value(3)
+    at.button(key="train_cls_start").click().run()
+    assert_clean(at)
+    run = at.session_state[CLASSIFIER_RUN_KEY]
+    assert run.data.labels == ["blue", "red"] and run.evaluation.confusion.shape == (2, 2)
