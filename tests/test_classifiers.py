@@ -145,6 +145,15 @@ def test_saved_vit_reloads_and_captures_an_image(digits, tmp_path):
         attnviz.capture(model, "a text")
 
 
+def test_configs_out_of_bounds_are_refused():
+    with pytest.raises(attnviz.AttnvizError, match="4,096 patches"):
+        ClassifierConfig(arch="vit", task="images", n_classes=2, length=256, patch=4)
+    with pytest.raises(attnviz.AttnvizError, match="d_model"):
+        ClassifierConfig(arch="lstm-attention", task="csv", n_classes=2, length=20, d_model=10**6)
+    with pytest.raises(attnviz.AttnvizError, match="Unknown architecture"):
+        ClassifierConfig(arch="rnn", task="csv", n_classes=2, length=20)
+
+
 # -- the user's CSV ----------------------------------------------------------------------------
 def csv_bytes(rows: list[str], header: str = "text,label") -> bytes:
     return ("\n".join([header] + rows) + "\n").encode()

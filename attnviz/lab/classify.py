@@ -46,6 +46,7 @@ ARCHS = {
 TEXT_ARCHS = ("lstm-attention", "attention-lstm", "transformer")
 PAD, UNK, CLS = 0, 1, 2
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]"]
+MAX_PATCHES = 1024  # a ViT's attention is [layers, heads, patches + 1, patches + 1]
 WORD = re.compile(r"[\w']+|[^\w\s]")
 LIMITS = {"length": (2, 512), "d_model": (8, 512), "n_heads": (1, 16), "n_layers": (1, 8),
           "n_classes": (2, 100), "vocab_size": (4, 50_000), "patch": (1, 64)}
@@ -88,6 +89,9 @@ class ClassifierConfig:
             raise AttnvizError(f"d_model ({self.d_model}) must be even and a multiple of the heads ({self.n_heads}).")
         if self.arch == "vit" and self.length % self.patch:
             raise AttnvizError(f"The image side ({self.length} px) must be a multiple of the patch ({self.patch} px).")
+        if self.arch == "vit" and (self.length // self.patch) ** 2 > MAX_PATCHES:
+            raise AttnvizError(f"{self.length} px images in {self.patch} px patches make "
+                               f"{(self.length // self.patch) ** 2:,} patches; at most {MAX_PATCHES:,} are allowed.")
 
     @property
     def num_hidden_layers(self) -> int:  # the name Model.n_layers reads
