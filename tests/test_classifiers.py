@@ -225,6 +225,19 @@ def test_too_many_files_and_one_class_are_refused(monkeypatch):
         datasets.read_image_zip(zipped({f"red/{i}.png": png((200, 0, 0)) for i in range(3)}), "red.zip")
 
 
+def test_a_folder_of_class_folders_reads_and_refuses_links(tmp_path):
+    for name, data in class_folders(3).items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    data = tasks.load_data(f"images:{tmp_path / 'shapes'}")
+    assert data.labels == ["blue", "red"] and data.side == tasks.IMAGE_SIDE and len(data.test) == 1
+    (tmp_path / "shapes" / "red" / "link.png").symlink_to(tmp_path / "shapes" / "red" / "0.png")
+    with pytest.raises(attnviz.AttnvizError, match="links"):
+        tasks.load_data(f"images:{tmp_path / 'shapes'}")
+    with pytest.raises(attnviz.AttnvizError, match="neither a folder"):
+        tasks.load_data(f"images:{tmp_path / 'nowhere'}")
+
+
 def test_a_zip_holding_a_link_is_refused():
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Encoded:
-    """One input, read: ``ids [n]`` for the model, ``tokens [n]`` to show, ``special [n]``
-    (True for tokens the model adds, such as [CLS]), and ``warnings``."""
+    """One input, read: ``ids [n]`` for the model; ``tokens`` to show, one per position the
+    model attends over (n, or n + 1 when the model puts a [CLS] of its own first);
+    ``special`` one flag per shown token (True for the ones the model adds); ``warnings``."""
 
     ids: list[int]
     tokens: list[str]
