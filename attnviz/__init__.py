@@ -8,6 +8,7 @@
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
+from attnviz import lab  # noqa: F401  (registers attnviz's own model format with the loader)
 from attnviz.capture import capture
 from attnviz.errors import AttnvizError
 from attnviz.models.loader import Model, load_model

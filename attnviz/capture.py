@@ -9,7 +9,10 @@ Inputs by family:
   a pair ``(source, target)`` works too;
 - image: a PIL image, resized so that its shorter side is ``size`` pixels (the model's own size
   by default) with its aspect ratio kept, each side a multiple of the patch size;
-- custom: whatever the custom model's own capture takes (see attnviz.models.custom).
+- custom (attnviz's own models, see attnviz.lab): a text their tokenizer reads, or for an image
+  classifier a PIL image, resized to the model's square input. The module runs under
+  :func:`attnviz.record_attention` and the result is built from the maps recorded (see
+  ``_capture_recorded``).
 
 Attention is always taken in eval mode and without gradients.
 """
@@ -26,7 +29,8 @@ from attnviz import limits
 from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text, to_rgb
 from attnviz.limits import token_cap
-from attnviz.models.loader import Model
+from attnviz.models.model import Model
+from attnviz.recorder import record_attention
 from attnviz.result import AttentionResult, PatchGrid
 
 TextInput = Union[str, tuple[str, str]]
@@ -50,7 +54,7 @@ def capture(model: Model, input, *, target: str | None = None, generate: int = 0
                 raise AttnvizError(f"{model.name} is an image model: give it an image, not {type(input).__name__}.")
             result = _capture_image(model, input, size)
         elif model.family == "custom":
-            result = model.net.capture(input, model.name)
+            result = _capture_recorded(model, input, size)
         else:
             if isinstance(input, Image.Image):
                 raise AttnvizError(f"{model.name} is a text model: give it text, not an image.")
@@ -268,9 +272,7 @@ def _capture_image(model: Model, image: Image.Image, size: int | None) -> Attent
     t0 = time.perf_counter()
     w, h = image_input_size(*image.size, size, spec.patch, model.max_tokens)
     seen = to_rgb(image).resize((w, h), Image.Resampling.BICUBIC)
-    pixels = np.asarray(seen, dtype=np.float32) / 255.0
-    pixels = (pixels - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
-    pixel_values = torch.from_numpy(pixels.transpose(2, 0, 1)[None].copy()).to(model.device)
+    pixel_values = _pixel_values(seen, model)
     t1 = time.perf_counter()
     kwargs = {"interpolate_pos_encoding": True} if _accepts(model.net, "interpolate_pos_encoding") else {}
     out = model.net(pixel_values=pixel_values, output_attentions=True, **kwargs)
@@ -288,7 +290,85 @@ def _capture_image(model: Model, image: Image.Image, size: int | None) -> Attent
         timings={"preprocess_s": t1 - t0, "forward_s": t2 - t1, "copy_s": time.perf_counter() - t2})
 
 
+def _pixel_values(seen: Image.Image, model: Model) -> torch.Tensor:
+    """An RGB image as the model reads it: float32 [1, 3, height, width], scaled to [0, 1] and
+    normalised by the model's mean and std."""
+    spec = model.image
+    pixels = np.asarray(seen, dtype=np.float32) / 255.0
+    pixels = (pixels - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
+    return torch.from_numpy(pixels.transpose(2, 0, 1)[None].copy()).to(model.device)
+
+
 def _accepts(net: torch.nn.Module, arg: str) -> bool:
     import inspect
 
     return arg in inspect.signature(net.forward).parameters
+
+
+# -- attnviz's own models -------------------------------------------------------------------
+POOL_TOKEN = "[POOL]"
+
+
+def _capture_recorded(model: Model, input, size: int | None) -> AttentionResult:
+    """A lab model (attnviz.lab) run under the attention recorder.
+
+    Its input is read by ``model.tokenizer.encode`` (text) or resized to its square input
+    (``model.image``: an image classifier, whose tokens are [CLS] and the patches). Every
+    attention call it makes is recorded, one ``[heads, queries, keys]`` map per layer. A
+    classifier that pools its tokens with one learned query (attention pooling, one weight per
+    token; its module says so with ``pools = True``) records one map with a single query: it becomes a leading ``[POOL]`` token whose row
+    holds those weights, while the other tokens' rows keep all their weight on themselves (no
+    attention mixes them; an LSTM does)."""
+    t0 = time.perf_counter()
+    warnings: list[str] = []
+    if model.image is not None:
+        if not isinstance(input, Image.Image):
+            raise AttnvizError(f"{model.name} is an image model: give it an image, not {type(input).__name__}.")
+        side = model.image.size
+        if size is not None and int(size) != side:
+            warnings.append(f"{model.name} reads {side} x {side} px images only; the image was resized to that.")
+        seen = to_rgb(input).resize((side, side), Image.Resampling.BICUBIC)
+        x = _pixel_values(seen, model)
+        rows = side // model.image.patch
+        tokens = ["[CLS]"] + [f"({r},{c})" for r in range(rows) for c in range(rows)]
+        special = [i == 0 for i in range(len(tokens))]
+    else:
+        if isinstance(input, Image.Image):
+            raise AttnvizError(f"{model.name} is a text model: give it text, not an image.")
+        encoded = model.tokenizer.encode(_one_text(input, model))
+        x = torch.tensor([encoded.ids], device=model.device)
+        tokens, special, warnings = list(encoded.tokens), list(encoded.special), list(encoded.warnings)
+    t1 = time.perf_counter()
+    with record_attention() as rec:
+        model.net(x)
+    t2 = time.perf_counter()
+    pooled = bool(getattr(model.net, "pools", False))
+    attn = _recorded_stack(rec.maps, len(tokens), pooled)
+    if pooled:
+        tokens, special = [POOL_TOKEN] + tokens, [True] + special
+    timings = {"tokenize_s": t1 - t0, "forward_s": t2 - t1, "copy_s": time.perf_counter() - t2}
+    if model.image is None:
+        return AttentionResult(kind="text", model=model.name, attn={"encoder": attn}, tokens=tokens,
+                               special=special, word_spans=[(i, i + 1) for i in range(len(tokens))],
+                               timings=timings, warnings=warnings)
+    return AttentionResult(
+        kind="image", model=model.name, attn={"encoder": attn}, tokens=tokens, special=special,
+        grid=PatchGrid(rows=rows, cols=rows, patch_px=model.image.patch, prefix=1),
+        image=np.asarray(seen, dtype=np.uint8), timings=timings, warnings=warnings)
+
+
+def _recorded_stack(maps: list[torch.Tensor], n: int, pooled: bool) -> np.ndarray:
+    """The recorder's maps (each [1, heads, queries, keys]) as one float16 array
+    [layers, heads, queries, keys]. ``pooled``: the one map has one query over the ``n``
+    tokens; it becomes [1, heads, n + 1, n + 1] with a pooling token first, its row first (the
+    pooling query gives itself no weight) and the identity below it."""
+    if not maps:
+        raise AttnvizError("The model made no attention call that attnviz could record.")
+    if pooled:
+        pool = maps[0][0, :, 0].float()  # [heads, n]
+        heads = pool.shape[0]
+        attn = torch.zeros(1, heads, n + 1, n + 1)
+        attn[0, :, 0, 1:] = pool
+        attn[0, :, 1:, 1:] = torch.eye(n)
+        return attn.to(torch.float16).numpy()
+    return torch.stack([m[0] for m in maps]).to(torch.float16).cpu().numpy()

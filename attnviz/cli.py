@@ -9,6 +9,7 @@ message on bad input.
     app [--port P]                      start the dashboard (Streamlit) in the browser
     plot R.npz --view V [--layer L] [--head H] [--stack S] [--token I] --out FIG.png|svg|pdf
     report R.npz --out report.html      one self-contained HTML file: views, statistics, provenance
+    train --task T --arch A [--steps N] [--seed S] --out DIR --json     train and save a lab model
 """
 from __future__ import annotations
 
@@ -96,6 +97,15 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("result", type=Path)
     report.add_argument("--out", required=True, type=Path, help="the .html to write")
     report.set_defaults(run=_report)
+    train = sub.add_parser("train", help="train one of attnviz's own models, measure it on held-out data, save it")
+    train.add_argument("--task", required=True,
+                       help="copy, reverse, sort, histogram, sentiment, digits, csv:FILE or images:DIR")
+    train.add_argument("--arch", required=True, choices=("transformer", "lstm-attention", "attention-lstm", "vit"))
+    train.add_argument("--steps", type=int, help="training steps (default: 300 for text, 1500 for images)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", required=True, type=Path, help="the folder to save the model into (new)")
+    train.add_argument("--json", action="store_true", help="print one JSON object")
+    train.set_defaults(run=_train)
     return p
 
 
@@ -291,4 +301,20 @@ def _report(args) -> int:
     except OSError as e:
         raise AttnvizError(f"cannot write {args.out}: {e.strerror}") from None
     print(f"wrote {args.out} ({len(html.encode()) / 1e6:.1f} MB)")
+    return 0
+
+
+def _train(args) -> int:
+    from attnviz.lab.tasks import check, train
+
+    check(args.task, args.arch)  # a misfit is refused before any data is read
+    report = train(args.task, args.arch, args.out, steps=args.steps, seed=args.seed)
+    if args.json:
+        print(json.dumps(report.to_json()))
+        return 0
+    extra = ""
+    if "rationale_mass" in report.to_json():
+        extra = f", attention on the rationale {report.evaluation.rationale_mass:.1%} (uniform: {report.evaluation.chance_mass:.1%})"
+    print(f"{args.arch} on {args.task}: held-out accuracy {report.accuracy:.1%} after {report.steps} steps "
+          f"({report.seconds:.1f} s){extra}; saved in {report.folder}")
     return 0

@@ -1,6 +1,6 @@
 """bench/cost: the mechanics lab's Cost view as a table: time and peak memory of one attention
 head (d = 64, float32) for global, local (w = 64), top-k (k = 32) and torch's fused global
-attention, n = 128 to 16,384, measured with attnviz.models.cost.measure (median of 3 runs,
+attention, n = 128 to 16,384, measured with attnviz.lab.cost.measure (median of 3 runs,
 one CPU thread), each against its formula (attnviz.analysis.mechanics.cost_formula; seconds
 from flops at the throughput of the largest global run).
 
@@ -13,7 +13,7 @@ import sys
 
 
 from attnviz.analysis.mechanics import cost_formula  # noqa: E402
-from attnviz.models.cost import measure  # noqa: E402
+from attnviz.lab.cost import measure  # noqa: E402
 
 D, WINDOW, TOP = 64, 64, 32
 

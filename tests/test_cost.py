@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import app_path
 
-from attnviz.models import cost
+from attnviz.lab import cost
 
 PAGE = "pages/lab.py"
 

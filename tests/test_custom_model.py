@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import attnviz
-from attnviz.models import custom, store, toy_tasks, upload
-from attnviz.models.custom import CustomConfig, CustomNet
-from attnviz.models.train import Trainer, evaluate
+from attnviz.lab import custom, toy_tasks
+from attnviz.models import store, upload
+from attnviz.lab.custom import CustomConfig, CustomNet
+from attnviz.lab.train import Trainer, evaluate
 
 REVERSE_INPUT = "3 1 4 1 5 9 2 6 5 3 5 8"
 

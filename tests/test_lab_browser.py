@@ -83,7 +83,7 @@ def test_train_stop_save_and_open_in_the_text_explorer(server, browser_page):
 
 @pytest.mark.browser
 def test_upload_a_model_zip(server, browser_page, tmp_path):
-    from attnviz.models.custom import CustomConfig, CustomNet, save
+    from attnviz.lab.custom import CustomConfig, CustomNet, save
 
     folder = save(CustomNet(CustomConfig(task="sort", length=6, d_model=16, n_heads=2, n_layers=1)), tmp_path / "tiny")
     good, bad = tmp_path / "tiny.zip", tmp_path / "pickled.zip"

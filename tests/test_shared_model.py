@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import attnviz
-from attnviz.models import custom
+from attnviz.lab import custom
 
 SENTENCES = [
     "The cat sat on the mat.",
@@ -76,8 +76,8 @@ def test_threads_sharing_a_transformers_model_get_their_own_numbers(minilm):
 @pytest.fixture(scope="module")
 def toy() -> attnviz.Model:
     net = custom.CustomNet(custom.CustomConfig(task="reverse", length=8, d_model=32, n_heads=4, n_layers=2,
-                                               attention="local", window=2), seed=3).eval()
-    return attnviz.Model("toy", "custom", net, torch.device("cpu"), max_tokens=8)
+                                               attention="local", window=2), seed=3)
+    return custom.as_model(net, "toy", torch.device("cpu"))
 
 
 def test_threads_sharing_a_recorded_model_get_their_own_maps(toy):

@@ -15,8 +15,9 @@ from conftest import app_path
 from apptest_tools import array, assert_clean, charts
 
 import attnviz
-from attnviz.models import custom, upload
-from attnviz.ui.train import RUN_KEY
+from attnviz.lab import custom
+from attnviz.models import upload
+from attnviz.ui.train import CLASSIFIER_RUN_KEY, RUN_KEY
 
 sys.path.insert(0, str(Path(__file__).parent / "corpus"))
 from make_corpus import files_of, tiny_bert, with_config  # noqa: E402
@@ -111,3 +112,108 @@ def test_upload_refused_at_loading_leaves_the_page_working(tmp_path):
     assert [e.value for e in at.error] == [error]  # still said, once, in the upload block
     assert len(at.session_state[RUN_KEY].trainer.history) == 5
     assert "train_grid" in charts(at)  # and the trained model is inspected below
+
+
+# -- classifiers ------------------------------------------------------------------------------
+def train_classifier(kind: str, steps: int, **widgets) -> AppTest:
+    at = AppTest.from_file(app_path(), default_timeout=300).run()
+    at.switch_page(PAGE).run()
+    at.radio(key="train_kind").set_value(kind).run()
+    assert_clean(at)
+    for key, value in widgets.items():
+        at.selectbox(key=key).set_value(value)
+    at.number_input(key=f"train_{kind}_steps").set_value(steps)
+    at.button(key="train_cls_start").click().run()
+    assert_clean(at)
+    return at
+
+
+def test_text_classifier_trains_shows_held_out_results_and_opens_in_the_text_explorer():
+    at = train_classifier("text", 40, train_arch="attention-lstm")
+    run = at.session_state[CLASSIFIER_RUN_KEY]
+    assert len(run.trainer.history) == 40 and run.net.config.arch == "attention-lstm"
+    ev = run.evaluation
+    assert run.held_out == ev.accuracy and ev.rationale_mass is not None
+    confusion = charts(at)["train_confusion"]
+    np.testing.assert_array_equal(array(confusion["data"][0]["z"]), ev.confusion)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Held-out accuracy"] == f"{ev.accuracy:.1%}"
+    assert metrics["Attention on the rationale"] == f"{ev.rationale_mass:.1%}"
+    shown = " ".join(h.proto.body for h in at.get("html"))
+    assert shown.count("<span") >= sum(len(w) for w in run.data.test_words[:12])  # every word, shaded
+    at.button(key="train_cls_save").click().run()
+    assert_clean(at)
+    (folder,) = custom.saved_models()
+    assert custom.is_classifier(folder)
+    at.button(key="train_open_classifier_pages/text.py").click().run()
+    assert_clean(at)
+    text = " ".join(run.data.test_words[0])
+    assert at.session_state["model"] == str(folder) and at.text_area(key="_text_box").value == text
+    result = attnviz.capture(attnviz.load_model(str(folder)), text)
+    assert result.tokens[0] == "[POOL]"
+    heat = charts(at)["text_heatmap"]
+    (trace,) = [t for t in heat["data"] if t["type"] == "heatmap"]
+    weights = array(trace["customdata"] if "customdata" in trace else trace["z"])
+    np.testing.assert_allclose(weights, result.attn["encoder"][0, 0].astype(np.float32), atol=2e-3)
+
+
+def test_image_classifier_trains_on_digits_and_opens_in_the_image_explorer():
+    at = train_classifier("image", 20)
+    run = at.session_state[CLASSIFIER_RUN_KEY]
+    assert run.net.config.arch == "vit" and len(run.trainer.history) == 20
+    assert run.evaluation.confusion.shape == (10, 10) and "train_confusion" in charts(at)
+    per_class, examples = at.get("image")  # per-class overlays, then held-out [CLS] and rollout pairs
+    assert len(per_class.proto.imgs) == 10 and len(examples.proto.imgs) == 12
+    at.button(key="train_cls_save").click().run()
+    (folder,) = custom.saved_models()
+    at.button(key="train_open_classifier_pages/image.py").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state["model"] == str(folder)
+    assert any("32 x 32 px images only" in i.value for i in at.info)  # the ViT reads its own size only
+    assert any("saw 32 x 32 px: 4 x 4 patches of 8 px" in c.value for c in at.caption)
+    assert not at.error and at.get("plotly_chart")
+
+
+def test_a_bad_csv_is_refused_on_the_page():
+    at = AppTest.from_file(app_path(), default_timeout=300).run()
+    at.switch_page(PAGE).run()
+    at.radio(key="train_kind").set_value("text").run()
+    at.radio(key="train_text_data").set_value("csv").run()
+    at.file_uploader(key="train_csv_file").set_value(("r.csv", "text,label\ncafé,1\n".encode("latin-1"), "text/csv")).run()
+    assert not at.exception, at.exception
+    (error,) = [e.value for e in at.error]
+    assert "not UTF-8" in error
+    assert not any(b.key == "train_cls_start" for b in at.button)
+
+
+@pytest.mark.parametrize("task, arch, kind", [("sentiment", "lstm-attention", "text"), ("sentiment", "transformer", "text"),
+                                              ("digits", "vit", "image")])
+def test_saved_classifiers_open_on_the_local_vs_global_page(task, arch, kind, tmp_path):
+    from apptest_tools import open_page
+    from attnviz.lab import tasks
+
+    folder = tasks.train(task, arch, tmp_path / arch, steps=2).folder
+    at = open_page("pages/flow.py", model=str(folder), kind=kind)
+    assert_clean(at)
+    for view in ("heatmaps", "flow"):
+        at = open_page("pages/flow.py", model=str(folder), kind=kind, view=view)
+        assert_clean(at)
+        assert at.get("plotly_chart") or at.get("image")
+
+
+def test_a_zip_of_class_folders_trains_on_the_page():
+    from test_classifiers import class_folders
+    from test_custom_model import zipped
+
+    at = AppTest.from_file(app_path(), default_timeout=300).run()
+    at.switch_page(PAGE).run()
+    at.radio(key="train_kind").set_value("image").run()
+    at.radio(key="train_image_data").set_value("images").run()
+    at.file_uploader(key="train_images_file").set_value(("shapes.zip", zipped(class_folders(5)), "application/zip")).run()
+    assert_clean(at)
+    assert any("8 training and 2 held-out examples, 2 classes: blue, red" in c.value for c in at.caption)
+    at.number_input(key="train_image_steps").set_value(3)
+    at.button(key="train_cls_start").click().run()
+    assert_clean(at)
+    run = at.session_state[CLASSIFIER_RUN_KEY]
+    assert run.data.labels == ["blue", "red"] and run.evaluation.confusion.shape == (2, 2)

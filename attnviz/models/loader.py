@@ -9,10 +9,8 @@ import json
 import logging
 import os
 import re
-import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
 import torch
 
@@ -22,6 +20,7 @@ from attnviz.errors import AttnvizError
 from attnviz.limits import token_cap
 from attnviz.models import TRANSFORMERS_LOCK, store
 from attnviz.models.bundled import BUNDLED
+from attnviz.models.model import ImageSpec, Model
 
 FAMILIES = ("encoder", "decoder", "encoder-decoder", "image", "custom")
 DECODER_TOKEN_CAP = 2048  # [30 layers, 9 heads, 2048, 2048] float16 is already 2.3 GB
@@ -32,44 +31,12 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MAX_LAYERS = 256  # deeper configs are refused before even an empty model is built to count them
 log = logging.getLogger("attnviz")
+# attnviz's own folder formats: the key in config.json that marks one -> the function that loads
+# such a folder (folder, name, device) -> Model. attnviz.lab registers "attnviz_custom" when
+# attnviz is imported, so that nothing in attnviz.models imports the lab.
+FOLDER_FORMATS: dict[str, Callable[[Path, str, torch.device], Model]] = {}
 IMAGE_MODEL_TYPES = {"vit", "dinov2", "dinov2_with_registers", "clip_vision_model", "clip", "deit",
                      "beit", "siglip_vision_model", "dinov3_vit", "vit_msn", "vit_mae"}
-
-
-@dataclass(frozen=True)
-class ImageSpec:
-    """How a model wants its pixels: side of the default square input, patch size in pixels,
-    and the per-channel mean/std applied after scaling to [0, 1]."""
-
-    size: int
-    patch: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-
-@dataclass
-class Model:
-    """A loaded model, ready for :func:`attnviz.capture`.
-
-    family: one of FAMILIES; max_tokens: the longest input it is run on, in tokens or, for image
-    models, patches (longer text is truncated with a warning, larger images are scaled down;
-    see :func:`token_limit`); lock: held while the model runs, so that sessions sharing it
-    never interleave.
-    """
-
-    name: str
-    family: str
-    net: torch.nn.Module
-    device: torch.device
-    max_tokens: int
-    tokenizer: Any = None
-    image: ImageSpec | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    @property
-    def n_layers(self) -> int:
-        cfg = self.net.config
-        return getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", 0)
 
 
 def load_model(name: str, progress: store.Progress = store.no_progress, device: torch.device | None = None,
@@ -144,10 +111,9 @@ def _load_folder(folder: Path, name: str, device: torch.device) -> Model:
         raise AttnvizError(f"The config.json of '{name}' is not valid JSON: {e}") from None
     if not isinstance(config, dict):
         raise AttnvizError(f"The config.json of '{name}' must hold a JSON object.")
-    if config.get("attnviz_custom"):
-        from attnviz.models import custom
-
-        return custom.load(folder, name, device)
+    for key, load in FOLDER_FORMATS.items():
+        if config.get(key):
+            return load(folder, name, device)
     return _load_transformers(str(folder), name, device, local_files_only=True)
 
 

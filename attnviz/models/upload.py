@@ -2,7 +2,7 @@
 
 An upload is one zip, or several files, holding ``config.json`` and ``*.safetensors`` (plus
 tokenizer or preprocessor files) of a transformers architecture, or attnviz's own custom
-format (:mod:`attnviz.models.custom`). :func:`extract` writes what it keeps into
+format (:mod:`attnviz.lab.custom`). :func:`extract` writes what it keeps into
 ``store.home()/uploads/<sha>/`` (sha: of the kept files' names and bytes, so the same upload
 lands in the same folder), which :func:`attnviz.load_model` then loads like any folder.
 At most MAX_UPLOADS such folders are kept, none unused for more than UPLOAD_TTL_S: each upload
@@ -121,7 +121,7 @@ def extract(uploads: list[tuple[str, bytes]], *, max_upload: int = MAX_UPLOAD_BY
     return Extracted(folder=_write(kept, max_extracted), files=sorted(names), skipped=skipped)
 
 
-def _entries(uploads: list[tuple[str, bytes]]) -> Iterator[_Entry]:
+def _entries(uploads: list[tuple[str, bytes]], max_files: int = MAX_FILES) -> Iterator[_Entry]:
     count = 0
     for upload_name, data in uploads:
         if upload_name.lower().endswith(".zip"):
@@ -141,8 +141,30 @@ def _entries(uploads: list[tuple[str, bytes]]) -> Iterator[_Entry]:
         else:
             count += 1
             yield _Entry(safe_name(upload_name, upload_name), len(data), lambda data=data: io.BytesIO(data))
-        if count > MAX_FILES:
-            raise AttnvizError(f"The upload holds more than {MAX_FILES} files; a model needs a handful.")
+        if count > max_files:
+            raise AttnvizError(f"The upload holds more than {max_files} files; a model needs a handful."
+                               if max_files == MAX_FILES else f"The upload holds more than {max_files} files.")
+
+
+def zip_entries(uploads: list[tuple[str, bytes]], max_files: int,
+                skip: Callable[[str], bool] = lambda name: False) -> list[_Entry]:
+    """The files of ``uploads`` (zips unpacked), checked as for a model (names inside the
+    folder, no links, at most ``max_files``), less those whose name ``skip`` picks, with a
+    folder that holds them all dropped from their names; nothing is read or written yet (see
+    :func:`read_entry`). For uploads that are not models, such as a zip of images in class
+    folders (attnviz.lab.datasets)."""
+    return _strip_common_folder([e for e in _entries(uploads, max_files) if not skip(e.name)])
+
+
+def read_entry(entry: _Entry, room: int) -> bytes:
+    """The bytes of one entry of :func:`zip_entries`, refused past its declared size or ``room``."""
+    out = io.BytesIO()
+    try:
+        with entry.open() as src:
+            _copy_capped(src, out, hashlib.sha256(), entry, room)
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise AttnvizError(f"{entry.name} could not be unpacked ({err}); the zip may be damaged.") from None
+    return out.getvalue()
 
 
 def safe_name(name: str, source: str) -> str:

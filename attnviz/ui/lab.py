@@ -2,7 +2,7 @@
 with their formulas, what each choice changes, multi-head attention, and the cost view.
 
 The numbers are computed by attnviz.analysis.mechanics (plain numpy); queries, keys and values
-of a real sentence come from attnviz.models.qkv; measured costs from attnviz.models.cost.
+of a real sentence come from attnviz.lab.qkv; measured costs from attnviz.lab.cost.
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import streamlit as st
 
 from attnviz.analysis import mechanics as mech
 from attnviz.errors import AttnvizError
-from attnviz.models import cost
+from attnviz.lab import cost
+from attnviz.lab.qkv import bert_layer_qkv
 from attnviz.limits import token_cap
-from attnviz.models.qkv import bert_layer_qkv
 from attnviz.ui.charts import show_chart
 from attnviz.ui.common import friendly_errors
 from attnviz.ui.models import get_model

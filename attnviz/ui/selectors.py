@@ -22,6 +22,10 @@ def layer_head(result: AttentionResult, stack: str, key: str = "lh") -> tuple[in
 def layer_slider(result: AttentionResult, stack: str, key: str = "lh") -> int:
     """The layer slider of :func:`layer_head` alone (widget key ``{key}_layer``, ``?layer=``)."""
     n_layers = result.attn[stack].shape[0]
+    if n_layers == 1:  # a slider needs two ends (e.g. a classifier's one pooling layer)
+        st.caption("Layer 0, the only one")
+        st.query_params["layer"] = "0"
+        return 0
     layer = st.slider("Layer", 0, n_layers - 1, url_int("layer", n_layers - 1, 0, n_layers - 1), key=f"{key}_layer")
     st.query_params["layer"] = str(layer)
     return layer

@@ -1,5 +1,7 @@
-"""Streamlit blocks of "Build your own": the design form, training with a live curve and a stop
-button, inspecting a model's answers and attention, saving, and uploading.
+"""Streamlit blocks of "Build your own": the design form of a toy model or a classifier,
+training with a live curve and a stop button, the held-out results of a classifier (accuracy,
+confusion, attention on held-out texts and images), inspecting a toy model's answers and
+attention, saving, and uploading.
 
 Training runs in the script itself, a few steps between chart updates; its state (model,
 optimizer, history: a :class:`TrainRun`) lives in the session. Any click reruns the script,
@@ -8,30 +10,42 @@ until the target step, so Stop only has to lower the target to the steps already
 """
 from __future__ import annotations
 
+import hashlib
+import html
 import io
 import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import streamlit as st
+from PIL import Image
 
+import attnviz
 from attnviz import limits
+from attnviz.analysis.flow import rollout
 from attnviz.errors import AttnvizError
-from attnviz.models import custom, upload
-from attnviz.models.custom import ATTENTIONS, CustomConfig, CustomNet
-from attnviz.models.toy_tasks import TASKS, VOCAB, example, target
-from attnviz.models.train import Trainer, evaluate
-from attnviz.ui.common import for_visitor
-from attnviz.ui.charts import show_chart
-from attnviz.ui.home import PAGES
 from attnviz.inputs import MAX_MODEL_UPLOAD_MB
+from attnviz.lab import custom, datasets, tasks
+from attnviz.lab.classify import ARCHS, TEXT_ARCHS, Classifier
+from attnviz.lab.custom import ATTENTIONS, CustomConfig, CustomNet
+from attnviz.lab.toy_tasks import TASKS, VOCAB, example, target
+from attnviz.lab.train import Data, Evaluation, Trainer, evaluate, evaluate_classifier
+from attnviz.models import upload
+from attnviz.ui.charts import show_chart
+from attnviz.ui.common import for_visitor
+from attnviz.ui.home import PAGES
 from attnviz.ui.models import add_own_model, forget_own_model, get_model, own_models
+from attnviz.viz import classify as cviz
 from attnviz.viz import mechanics as viz
 
 RUN_KEY = "train_run"
+CLASSIFIER_RUN_KEY = "train_cls_run"
+KINDS = {"toy": "a sequence-to-sequence toy model", "text": "a text classifier", "image": "an image classifier"}
+SHOWN_EXAMPLES = 12  # held-out texts or images shown with their attention
 PICK_KEY = "train_inspect"  # widget key of the model being inspected
 REDRAW_S = 0.5  # seconds between two updates of the live chart
 JUST_TRAINED = "the model trained above"
@@ -47,16 +61,34 @@ TASK_HINTS = {"reverse": "Reverse: position i reads position n − 1 − i, an a
 
 @dataclass
 class TrainRun:
-    """A training in this session: the trainer (model, optimizer, history), the step it runs
-    to, and its held-out accuracy once it stops."""
+    """A training in this session: the trainer (model, optimizer, history, and a classifier's
+    data), the step it runs to, and its held-out accuracy (and a classifier's evaluation) once
+    it stops."""
 
     trainer: Trainer
     target: int
     held_out: float | None = None
+    evaluation: Evaluation | None = None
 
     @property
-    def net(self) -> CustomNet:
+    def net(self) -> CustomNet | Classifier:
         return self.trainer.net
+
+    @property
+    def data(self) -> Data | None:
+        return self.trainer.data
+
+    def title(self) -> str:
+        cfg = self.net.config
+        if isinstance(self.net, CustomNet):
+            return (f"**{cfg.task}**, {cfg.attention} attention, {cfg.n_layers} × {cfg.n_heads} heads, "
+                    f"d_model {cfg.d_model}")
+        return f"**{cfg.arch}** on {cfg.task}, {cfg.n_classes} classes, d_model {cfg.d_model}"
+
+
+def kind_picker() -> str:
+    """What to build: a toy model, a text classifier or an image classifier."""
+    return st.radio("Build", list(KINDS), key="train_kind", horizontal=True, format_func=lambda k: KINDS[k])
 
 
 # -- design and training --------------------------------------------------------------------
@@ -87,13 +119,19 @@ def design_form() -> tuple[CustomConfig, int, int]:
 
 
 def training(config: CustomConfig, steps: int, seed: int) -> TrainRun | None:
-    """Train and Stop buttons, the live loss/accuracy chart, and the training itself."""
+    """Train and Stop buttons, the live loss/accuracy chart, and the training of a toy model."""
+    return _training(lambda: Trainer(CustomNet(config, seed=seed), seed=seed), steps, RUN_KEY, "train")
+
+
+def _training(make: Callable[[], Trainer], steps: int, key: str, prefix: str) -> TrainRun | None:
+    """Train (a new run from ``make``) and Stop buttons, the live chart, and the training
+    itself, for the run kept in the session under ``key``; widget keys start with ``prefix``."""
     c1, c2, c3 = st.columns([1, 1, 4], vertical_alignment="center")
-    run: TrainRun | None = st.session_state.get(RUN_KEY)
-    if c1.button("Train", type="primary", icon=":material/play_arrow:", key="train_start"):
-        run = TrainRun(Trainer(CustomNet(config, seed=seed), seed=seed), target=steps)
-        st.session_state[RUN_KEY] = run
-    if c2.button("Stop", icon=":material/stop:", key="train_stop") and run is not None:
+    run: TrainRun | None = st.session_state.get(key)
+    if c1.button("Train", type="primary", icon=":material/play_arrow:", key=f"{prefix}_start"):
+        run = TrainRun(make(), target=steps)
+        st.session_state[key] = run
+    if c2.button("Stop", icon=":material/stop:", key=f"{prefix}_stop") and run is not None:
         run.target = len(run.trainer.history)
     if run is None:
         c3.caption("Press Train: a few seconds on the CPU for the default design.")
@@ -110,23 +148,27 @@ def training(config: CustomConfig, steps: int, seed: int) -> TrainRun | None:
 
         run.trainer.run(run.target - len(run.trainer.history), on_step=on_step)
     if run.held_out is None:
-        run.held_out = evaluate(run.net)
+        if run.data is None:
+            run.held_out = evaluate(run.net)
+        else:
+            run.evaluation = evaluate_classifier(run.net, run.data)
+            run.held_out = run.evaluation.accuracy
     _draw(run, status, chart)
     return run
 
 
 def _draw(run: TrainRun, status, chart) -> None:
     h = run.trainer.history
-    cfg = run.net.config
     if not h:
         status.caption("No steps yet.")
         return
     held = f" · held-out accuracy {run.held_out:.1%}" if run.held_out is not None else ""
-    status.markdown(f"**{cfg.task}**, {cfg.attention} attention, {cfg.n_layers} × {cfg.n_heads} heads, "
-                    f"d_model {cfg.d_model} · step {h[-1].step} of {run.target} · {h[-1].seconds:.1f} s · "
+    status.markdown(f"{run.title()} · step {h[-1].step} of {run.target} · {h[-1].seconds:.1f} s · "
                     f"batch accuracy {h[-1].accuracy:.1%}{held}")
+    title = ("Training: loss and token accuracy on fresh examples" if run.data is None else
+             "Training: loss and accuracy on each batch of training examples")
     show_chart(viz.training_chart([s.step for s in h], [s.loss for s in h], [s.accuracy for s in h],
-                                  title="Training: loss and token accuracy on fresh examples"), "training",
+                                  title=title, unit="token" if run.data is None else "example"), "training",
                key=f"train_chart_{len(h)}_{run.held_out is not None}", where=chart.container())
 
 
@@ -172,8 +214,8 @@ def upload_block() -> None:
         st.caption(f"Left out: {line}")
     st.success(f"Unpacked a {model.family} model as '{label}' ({', '.join(extracted.files)}); "
                "only this session can see it.")
-    if model.family != "custom":
-        open_buttons(label, None, image=model.family == "image", key="upload")
+    if not isinstance(model.net, CustomNet):  # a toy model is inspected below; others open elsewhere
+        open_buttons(label, None, image=model.image is not None, key="upload")
 
 
 def _unpack_and_load(files) -> tuple[upload.Extracted | None, str | None]:
@@ -192,21 +234,21 @@ def _unpack_and_load(files) -> tuple[upload.Extracted | None, str | None]:
         forget_own_model(label)
         upload.discard(extracted.folder)
         return None, for_visitor(str(e))
-    if model.family == "custom":
+    if isinstance(model.net, CustomNet):
         st.session_state[PICK_KEY] = label
     return extracted, None
 
 
 # -- inspecting and opening elsewhere --------------------------------------------------------
 def pick_model(run: TrainRun | None) -> tuple[str | None, CustomNet] | None:
-    """The model to inspect: (None, the one just trained), or (its label, a custom model this
+    """The toy model to inspect: (None, the one just trained), or (its label, a toy model this
     session saved or uploaded, or, unless hosted, one saved here before); None when there is
     none yet."""
-    saved = [] if limits.hosted() else custom.saved_models()
-    for folder in saved:
+    for folder in [] if limits.hosted() else custom.saved_models():
         add_own_model(folder, "saved")
-    mine = [label for label, folder in own_models().items() if custom.is_custom(Path(folder))]
-    options = ([JUST_TRAINED] if run is not None and run.trainer.history else []) + mine
+    toys = [label for label, folder in own_models().items()
+            if custom.is_custom(Path(folder)) and not custom.is_classifier(Path(folder))]
+    options = ([JUST_TRAINED] if run is not None and run.trainer.history else []) + toys
     if not options:
         st.caption("Train a model, or upload one, to inspect it here.")
         return None
@@ -264,3 +306,148 @@ def _zip(folder: Path) -> bytes:
         for f in sorted(folder.iterdir()):
             z.write(f, f"{folder.name}/{f.name}")
     return buf.getvalue()
+
+
+# -- classifiers ------------------------------------------------------------------------------
+DATA_SOURCES = {"sentiment": "synthetic reviews (the deciding words are known)",
+                "csv": "your CSV or TSV file (text, label)",
+                "digits": "handwritten digits (scikit-learn, 1,797 scans)",
+                "images": "your zip of class folders"}
+
+
+@st.cache_resource(max_entries=4, show_spinner="Preparing the data…")
+def _builtin_data(task: str, seed: int) -> Data:
+    return tasks.load_data(task, seed)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Reading your file…")
+def _uploaded_data(task: str, name: str, sha: str, _data: bytes, seed: int) -> Data:  # one per file content
+    if task == "csv":
+        return datasets.read_csv(_data, name, seed)
+    return datasets.read_image_zip(_data, name, tasks.IMAGE_SIDE, seed)
+
+
+def classifier_form(kind: str) -> tuple[Data | None, str, int, int]:
+    """The data and architecture of a text or image classifier; returns (data, arch, steps,
+    seed). data is None while an upload is missing or refused (the refusal is said here)."""
+    c = st.columns([2, 2, 1])
+    sources = ["sentiment", "csv"] if kind == "text" else ["digits", "images"]
+    source = c[0].radio("Data", sources, key=f"train_{kind}_data", format_func=DATA_SOURCES.get)
+    if kind == "text":
+        arch = c[1].selectbox("Architecture", TEXT_ARCHS, key="train_arch", format_func=lambda a: f"{a}: {ARCHS[a]}")
+    else:
+        arch = "vit"
+        c[1].markdown(f"**vit**: {ARCHS['vit']}, {tasks.IMAGE_SIDE} px images in {tasks.PATCH} px patches.")
+    steps = int(c[2].number_input("Steps", 1, 20_000, tasks.DEFAULT_STEPS[kind], step=50, key=f"train_{kind}_steps",
+                                  help="Training stops after this many steps of 64 examples, or at Stop."))
+    seed = 0
+    if source in ("sentiment", "digits"):
+        return _builtin_data(source, seed), arch, steps, seed
+    file = st.file_uploader(DATA_SOURCES[source], type=["csv", "tsv", "txt"] if source == "csv" else ["zip"],
+                            key=f"train_{source}_file",
+                            help=(f"One row per example: the text, then its label; at most {datasets.MAX_CSV_BYTES >> 20} MB "
+                                  f"and {datasets.MAX_ROWS:,} rows, UTF-8." if source == "csv" else
+                                  f"A folder per class, images inside (PNG, JPEG...); at most "
+                                  f"{datasets.MAX_ZIP_BYTES >> 20} MB and {datasets.MAX_IMAGES:,} files."))
+    if file is None:
+        st.info("Upload a file to train on it.")
+        return None, arch, steps, seed
+    raw = file.getvalue()
+    try:
+        data = _uploaded_data(source, file.name, hashlib.sha256(raw).hexdigest(), raw, seed)
+    except AttnvizError as e:
+        st.error(str(e))
+        return None, arch, steps, seed
+    for note in data.notes:
+        st.caption(note)
+    st.caption(f"{len(data.train_y):,} training and {len(data.test_y):,} held-out examples, "
+               f"{len(data.labels)} classes: {', '.join(data.labels[:10])}{' …' if len(data.labels) > 10 else ''}.")
+    return data, arch, steps, seed
+
+
+def classifier_training(data: Data, arch: str, steps: int, seed: int) -> TrainRun | None:
+    """Train and Stop, the live chart, and the training of a classifier on ``data``."""
+    run = st.session_state.get(CLASSIFIER_RUN_KEY)
+    if run is not None and (run.data is not data or run.net.config.arch != arch):
+        st.caption("The data or architecture changed: press Train to start over with them.")
+    return _training(lambda: tasks.trainer(arch, tasks.build(arch, data, seed), data, seed), steps,
+                     CLASSIFIER_RUN_KEY, "train_cls")
+
+
+def classifier_results(run: TrainRun) -> None:
+    """Held-out accuracy, the confusion matrix, and the attention that decides on held-out
+    texts or images (with the rationale's share for synthetic reviews)."""
+    ev, data = run.evaluation, run.data
+    if ev is None:
+        return
+    c = st.columns(3)
+    c[0].metric("Held-out accuracy", f"{ev.accuracy:.1%}", help=f"On {len(data.test_y):,} examples never trained on.")
+    majority = np.bincount(data.test_y).max() / len(data.test_y)
+    c[1].metric("Always the commonest class", f"{majority:.1%}", help="The accuracy of a model that learned nothing.")
+    if ev.rationale_mass is not None:
+        c[2].metric("Attention on the rationale", f"{ev.rationale_mass:.1%}",
+                    delta=f"{ev.rationale_mass / ev.chance_mass:.1f} × uniform ({ev.chance_mass:.1%})",
+                    help="Mean share of the attention that decides on the words that decide the label (cue "
+                         "words and negations), against the share of those words, which uniform attention gives.")
+    show_chart(cviz.confusion_chart(ev.confusion, data.labels, title="Held-out examples: true × predicted"),
+               "confusion", key="train_confusion")
+    if data.kind == "text":
+        _text_examples(run)
+    else:
+        _image_examples(run)
+
+
+def _text_examples(run: TrainRun) -> None:
+    ev, data = run.evaluation, run.data
+    what = "the pooling attention" if run.net.pools else "the [CLS] row of the last layer, heads averaged"
+    st.caption(f"Held-out texts, each word shaded by {what}"
+               + (" (the words that decide the label are underlined)" if data.rationale is not None else "") + ".")
+    lines = []
+    for i in range(min(SHOWN_EXAMPLES, len(data.test_y))):
+        truth, guess = data.labels[data.test_y[i]], data.labels[ev.predicted[i]]
+        mark = "✓" if truth == guess else f"✗ {guess}"
+        why = data.rationale[i] if data.rationale is not None else None
+        lines.append(f"<div style='margin: 4px 0'><b>{html.escape(truth)}</b> {mark} · "
+                     f"{cviz.shaded_words(data.test_words[i], ev.weights[i], why)}</div>")
+    st.html("".join(lines))
+
+
+def _image_examples(run: TrainRun) -> None:
+    ev, data, net = run.evaluation, run.data, run.net
+    grid = net.config.length // net.config.patch
+    heats = cviz.class_heats(ev.weights, data.test_y, len(data.labels), grid)
+    st.caption("Per class: the [CLS] row of the last layer (heads averaged), averaged over the class's held-out "
+               "images, over the class's mean image.")
+    means = [data.test[data.test_y == c].mean(0).astype(np.uint8) if (data.test_y == c).any() else data.test[0]
+             for c in range(len(data.labels))]
+    st.image([cviz.image_overlay(m, h) for m, h in zip(means, heats)], caption=data.labels, width=cviz.SHOWN_PX)
+    st.caption("Held-out images: the last layer's [CLS] attention, then attention rollout through every layer "
+               "(heads averaged, the residual added).")
+    model = custom.as_model(net, "trained")
+    shown, captions = [], []
+    for i in range(min(SHOWN_EXAMPLES // 2, len(data.test_y))):
+        result = attnviz.capture(model, Image.fromarray(data.test[i]))
+        rolled = rollout(result.attn["encoder"].astype(np.float32))[0, 1:]
+        shown += [cviz.image_overlay(data.test[i], ev.weights[i].reshape(grid, grid)),
+                  cviz.image_overlay(data.test[i], rolled.reshape(grid, grid))]
+        truth, guess = data.labels[data.test_y[i]], data.labels[ev.predicted[i]]
+        captions += [f"{truth} → {guess}: [CLS]", "rollout"]
+    st.image(shown, caption=captions, width=cviz.SHOWN_PX)
+
+
+def classifier_save(run: TrainRun) -> None:
+    """Name and save the classifier; then buttons open it in the explorers."""
+    cfg = run.net.config
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    name = c1.text_input("Name", custom.free_name(f"{cfg.task}-{cfg.arch}"), key="train_cls_name",
+                         help="Letters, digits, '-' and '_'; saved models are never overwritten.")
+    saved = st.session_state.get("train_cls_saved")
+    if c2.button("Save", icon=":material/save:", key="train_cls_save"):
+        folder = custom.save(run.net, custom.saved_dir() / custom.free_name(name))
+        saved = (id(run), add_own_model(folder, "saved"))
+        st.session_state["train_cls_saved"] = saved
+    if saved is not None and saved[0] == id(run):
+        label = saved[1]
+        st.success(f"Saved as '{label.split(':', 1)[1]}': model.safetensors and config.json.")
+        text = None if run.data.kind == "image" else " ".join(run.data.test_words[0])
+        open_buttons(label, text, image=run.data.kind == "image", key="classifier")

@@ -128,12 +128,13 @@ def cost_chart(lengths: Sequence[int], formula: dict[str, tuple[Sequence[float],
 
 
 def training_chart(steps: Sequence[int], loss: Sequence[float], accuracy: Sequence[float], *,
-                   title: str = "") -> go.Figure:
-    """Loss (left axis, nats per token) and token accuracy (right axis, 0-1) per training step."""
+                   title: str = "", unit: str = "token") -> go.Figure:
+    """Loss (left axis, nats per ``unit``) and accuracy (right axis, 0-1) per training step;
+    ``unit``: what one prediction is (a token of a toy task, an example of a classifier)."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Scatter(x=list(steps), y=list(loss), name="loss (nats/token)", line=dict(color="#d62728")),
+    fig.add_trace(go.Scatter(x=list(steps), y=list(loss), name=f"loss (nats/{unit})", line=dict(color="#d62728")),
                   secondary_y=False)
-    fig.add_trace(go.Scatter(x=list(steps), y=list(accuracy), name="token accuracy", line=dict(color="#1f77b4")),
+    fig.add_trace(go.Scatter(x=list(steps), y=list(accuracy), name=f"{unit} accuracy", line=dict(color="#1f77b4")),
                   secondary_y=True)
     fig.update_yaxes(title="loss", rangemode="tozero", showgrid=False, secondary_y=False)
     fig.update_yaxes(title="accuracy", range=[0, 1.02], dtick=0.2, tickformat=".0%", secondary_y=True)

@@ -205,7 +205,7 @@ def tiny_gpt_neo(folder: Path) -> Path:
 
 def tiny_custom(folder: Path) -> Path:
     """attnviz's own toy model (2 layers, d_model 16), saved."""
-    from attnviz.models import custom
+    from attnviz.lab import custom
 
     return custom.save(custom.CustomNet(custom.CustomConfig(length=6, d_model=16, n_heads=2)), folder)
 

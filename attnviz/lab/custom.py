@@ -1,25 +1,18 @@
-"""attnviz's own small attention model, for the toy tasks of :mod:`attnviz.models.toy_tasks`.
+"""attnviz's own small attention model, for the toy tasks of :mod:`attnviz.lab.toy_tasks`, and
+the saving and loading of every lab model.
 
     digits [batch, n] -> token embedding + learned position embedding
       -> n_layers x ( x + Attention(LayerNorm(x)),  x + MLP(LayerNorm(x)) )
       -> LayerNorm -> linear -> logits [batch, n, 10], one digit per position
 
 Every position sees every other (no causal mask), so one forward pass answers the whole
-sequence. The attention of each layer is one of ATTENTIONS:
-
-- ``global``: softmax(q k^T / sqrt(d_head)) v over every key;
-- ``local``: the same with keys outside ``|i - j| <= window`` masked out;
-- ``additive`` (Bahdanau): score(i, j) = u^T tanh(q_i + k_j), one learned vector u per head,
-  the query and key projections playing the roles of W_q and W_k.
-
-One path for the attention maps: every kind calls ``F.scaled_dot_product_attention``, and
-:func:`attnviz.recorder.record_attention` records the probabilities of each call, as it does
-for any other model. Additive attention passes its scores as the float mask with all-zero
-queries and keys, so that the call computes softmax(0 + scores) v: exactly additive attention,
-trained and recorded like the others.
+sequence. Each layer is a :class:`attnviz.lab.blocks.Block` whose attention is one of
+ATTENTIONS (global, local, additive).
 
 On disk a model is a folder with ``model.safetensors`` and ``config.json``, which holds
-``"attnviz_custom": true``, the architecture (:class:`CustomConfig`) and notes on its training;
+``"attnviz_custom": true``, the architecture (:class:`CustomConfig`, or for a classifier
+``"model": "classifier"``, its :class:`~attnviz.lab.classify.ClassifierConfig`, labels and
+vocabulary) and notes on its training;
 :func:`attnviz.load_model` on that folder calls :func:`load`. The app saves them under
 ``store.home()/custom/<name>`` and never overwrites one (a loaded model is cached by its
 folder), so a new save takes a new name.
@@ -27,30 +20,24 @@ folder), so a new save takes a new name.
 from __future__ import annotations
 
 import json
-import math
 import re
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from attnviz.errors import AttnvizError
+from attnviz.lab.blocks import ATTENTIONS, Block
+from attnviz.lab.classify import Classifier, ClassifierConfig, WordTokenizer
+from attnviz.lab.datasets import IMAGE_MEAN, IMAGE_STD
 from attnviz.models import store
-from attnviz.models.loader import Model
-from attnviz.models.toy_tasks import TASKS, VOCAB, encode
+from attnviz.lab.toy_tasks import TASKS, VOCAB, DigitTokenizer
+from attnviz.models.model import ImageSpec, Model
 from attnviz.recorder import record_attention
-from attnviz.result import AttentionResult
 
-ATTENTIONS = {
-    "global": "every position sees every other",
-    "local": "each position sees only its neighbours within the window",
-    "additive": "Bahdanau's v^T tanh(W_q q + W_k k) scores instead of dot products",
-}
 FORMAT_VERSION = 1
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 LIMITS = {"length": (1, 256), "d_model": (4, 1024), "n_heads": (1, 64), "n_layers": (1, 12), "window": (0, 256)}
@@ -92,51 +79,6 @@ class CustomConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention of one kind (see the module docstring): x [batch, n, d_model]."""
-
-    def __init__(self, cfg: CustomConfig) -> None:
-        super().__init__()
-        self.kind, self.heads, self.window = cfg.attention, cfg.n_heads, cfg.window
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.out = nn.Linear(cfg.d_model, cfg.d_model)
-        if self.kind == "additive":
-            d_head = cfg.d_model // cfg.n_heads
-            self.u = nn.Parameter(torch.randn(cfg.n_heads, d_head) / math.sqrt(d_head))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, n, d = x.shape
-        # [batch, n, 3 d] -> three [batch, heads, n, d_head]
-        q, k, v = self.qkv(x).view(batch, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        if self.kind == "global":
-            mixed = F.scaled_dot_product_attention(q, k, v)
-        elif self.kind == "local":
-            i = torch.arange(n, device=x.device)
-            near = (i[:, None] - i[None, :]).abs() <= self.window  # [query, key], True = seen
-            mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=near)
-        else:
-            # scores[b, h, i, j] = u_h . tanh(q_i + k_j), then softmax(0 . 0 + scores) v
-            scores = torch.einsum("bhijd,hd->bhij", torch.tanh(q[:, :, :, None] + k[:, :, None]), self.u)
-            zero = q.new_zeros(batch, self.heads, n, 1)
-            mixed = F.scaled_dot_product_attention(zero, zero, v, attn_mask=scores)
-        return self.out(mixed.transpose(1, 2).reshape(batch, n, d))
-
-
-class Block(nn.Module):
-    """One pre-norm layer: attention, then a two-layer MLP (4 x wider), each added to x."""
-
-    def __init__(self, cfg: CustomConfig) -> None:
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
-        self.attn = Attention(cfg)
-        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(),
-                                 nn.Linear(4 * cfg.d_model, cfg.d_model))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
 class CustomNet(nn.Module):
     """The whole model: token ids [batch, n] -> logits [batch, n, len(VOCAB)].
 
@@ -151,7 +93,8 @@ class CustomNet(nn.Module):
             torch.manual_seed(seed)
             self.tokens = nn.Embedding(len(VOCAB), config.d_model)
             self.positions = nn.Embedding(config.length, config.d_model)
-            self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+            self.blocks = nn.ModuleList(Block(config.d_model, config.n_heads, config.attention, config.window)
+                                        for _ in range(config.n_layers))
             self.norm = nn.LayerNorm(config.d_model)
             self.head = nn.Linear(config.d_model, len(VOCAB))
 
@@ -168,26 +111,11 @@ class CustomNet(nn.Module):
     def run(self, text: str) -> tuple[list[int], list[int], np.ndarray, list[str]]:
         """Read a text of digits: (input ids, predicted ids, attention float32
         [layers, heads, queries, keys], warnings). Runs without gradients; call it in eval mode."""
-        ids, warnings = encode(text, self.config.length)
-        if len(ids) != self.config.length:
-            warnings.append(f"This model was trained on {self.config.length} digits; on {len(ids)} "
-                            "its answers and attention may not make sense.")
+        encoded = DigitTokenizer(self.config.length).encode(text)
         with torch.inference_mode(), record_attention() as rec:
-            logits = self(torch.tensor([ids], device=self.device))
+            logits = self(torch.tensor([encoded.ids], device=self.device))
         attn = np.stack([m[0].cpu().numpy() for m in rec.maps])  # one [heads, n, n] per layer
-        return ids, logits[0].argmax(-1).tolist(), attn, warnings
-
-    def capture(self, input, name: str) -> AttentionResult:
-        """The AttentionResult of one input, a text of digits (what attnviz.capture calls)."""
-        if not isinstance(input, str):
-            raise AttnvizError(f"{name} reads a text of digits, not {type(input).__name__}.")
-        started = time.perf_counter()
-        ids, _, attn, warnings = self.run(input)
-        tokens = [VOCAB[i] for i in ids]
-        return AttentionResult(
-            kind="text", model=name, attn={"encoder": attn}, tokens=tokens,
-            special=[False] * len(tokens), word_spans=[(i, i + 1) for i in range(len(tokens))],
-            timings={"forward_s": time.perf_counter() - started}, warnings=warnings)
+        return encoded.ids, logits[0].argmax(-1).tolist(), attn, encoded.warnings
 
 
 def saved_dir() -> Path:
@@ -213,6 +141,14 @@ def saved_models() -> list[Path]:
     return sorted(custom, key=lambda f: f.stat().st_mtime, reverse=True)
 
 
+def is_classifier(folder: Path) -> bool:
+    """Whether the lab model saved in ``folder`` is a classifier (not a toy-task model)."""
+    try:
+        return json.loads((folder / CONFIG).read_text()).get("model") == "classifier"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def is_custom(folder: Path) -> bool:
     """Whether ``folder`` holds one of attnviz's own (Build your own) models."""
     try:
@@ -221,15 +157,18 @@ def is_custom(folder: Path) -> bool:
         return False
 
 
-def save(net: CustomNet, folder: str | Path) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` into ``folder``, which must not exist."""
+def save(net: CustomNet | Classifier, folder: str | Path) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` into ``folder``, which must not exist.
+    config.json: ``"attnviz_custom": true``, the format version, the architecture (for a
+    classifier also ``"model": "classifier"``, its vocabulary and labels) and ``trained``."""
     folder = Path(folder)
     if folder.exists():
         raise AttnvizError(f"{folder} exists already: save under another name.")
     folder.mkdir(parents=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     save_file(state, str(folder / WEIGHTS))
-    config = {"attnviz_custom": True, "format": FORMAT_VERSION, **asdict(net.config), "trained": net.trained}
+    body = net.to_json() if isinstance(net, Classifier) else asdict(net.config)
+    config = {"attnviz_custom": True, "format": FORMAT_VERSION, **body, "trained": net.trained}
     (folder / CONFIG).write_text(json.dumps(config, indent=1))
     return folder
 
@@ -239,12 +178,33 @@ def load(folder: str | Path, name: str, device: torch.device) -> Model:
     folder = Path(folder)
     try:
         data = json.loads((folder / CONFIG).read_text())
-        net = CustomNet(CustomConfig.from_json(data))
+        net = _classifier(data) if data.get("model") == "classifier" else CustomNet(CustomConfig.from_json(data))
         net.load_state_dict(load_file(str(folder / WEIGHTS)))
     except (OSError, ValueError) as e:
         raise AttnvizError(f"Cannot read the custom model '{name}': {str(e).splitlines()[0]}") from None
     except RuntimeError as e:  # shapes or names that do not match the config
         raise AttnvizError(f"The weights of '{name}' do not match its config.json: {str(e).splitlines()[0]}") from None
     net.trained = data.get("trained") or {}
+    return as_model(net, name, device)
+
+
+def _classifier(data: dict) -> Classifier:
+    vocab, labels = data.get("vocab"), data.get("labels")
+    if not all(isinstance(x, list) and all(isinstance(w, str) for w in x) for x in (vocab or [], labels)):
+        raise ValueError("its vocab and labels must be lists of strings")
+    return Classifier(ClassifierConfig.from_json(data), vocab, labels)
+
+
+def as_model(net: CustomNet | Classifier, name: str, device: torch.device | None = None) -> Model:
+    """``net`` (saved or not) as a Model for :func:`attnviz.capture`, in eval mode on ``device``:
+    text models read text with their tokenizer, the ViT reads images of its own side."""
+    device = device or net.device
     net.eval().to(device)
-    return Model(name, "custom", net, device, max_tokens=net.config.length)
+    cfg = net.config
+    if isinstance(net, CustomNet):
+        return Model(name, "custom", net, device, max_tokens=cfg.length, tokenizer=DigitTokenizer(cfg.length))
+    if cfg.arch == "vit":
+        spec = ImageSpec(size=cfg.length, patch=cfg.patch, mean=IMAGE_MEAN, std=IMAGE_STD)
+        return Model(name, "custom", net, device, max_tokens=(cfg.length // cfg.patch) ** 2 + 1, image=spec)
+    return Model(name, "custom", net, device, max_tokens=cfg.length,
+                 tokenizer=WordTokenizer(net.vocab, cfg.length, cls=cfg.arch == "transformer"))

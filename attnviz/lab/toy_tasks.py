@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from attnviz.errors import AttnvizError
+from attnviz.lab.vocab import Encoded
 
 VOCAB = [str(d) for d in range(10)]  # token id = the digit
 TASKS = {
@@ -69,3 +70,18 @@ def example(task: str, length: int, seed: int = 0) -> str:
     """A random input for ``task`` as text, digits separated by spaces."""
     x, _ = batch(task, 1, length, np.random.default_rng(seed))
     return " ".join(VOCAB[i] for i in x[0])
+
+
+class DigitTokenizer:
+    """Reads a text of digits for a model trained on ``length`` of them (see :func:`encode`);
+    a shorter or longer input is read with a warning."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def encode(self, text: str) -> Encoded:
+        ids, warnings = encode(text, self.length)
+        if len(ids) != self.length:
+            warnings.append(f"This model was trained on {self.length} digits; on {len(ids)} "
+                            "its answers and attention may not make sense.")
+        return Encoded(ids, [VOCAB[i] for i in ids], [False] * len(ids), warnings)
