@@ -1,0 +1,126 @@
+"""The shape of the code, checked: no import cycle inside attnviz/, imports only go down the
+layers (docs/architecture.md), nothing below attnviz/ui imports Streamlit, and no file of the
+repository refers to a path outside it.
+
+Imports are read from the source (every ``import`` statement, those inside functions too),
+so a cycle hidden behind a function-level import counts as one."""
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "attnviz"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module ``path`` imports (absolute names; relative imports resolved)."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}  # "from attnviz.models import store"
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    """attnviz module -> the attnviz modules it imports (a package's import of itself excluded)."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    edges = {}
+    for name, path in modules.items():
+        edges[name] = {m for m in imports_of(path) if m in modules and m != name and not name.startswith(m + ".")}
+    return edges
+
+
+def test_no_import_cycle_inside_attnviz():
+    edges = graph()
+    cycles = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join(path[path.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+# the layers of docs/architecture.md, top to bottom; a listed module may import its own layer
+# and those below it. Modules not listed (the command line, the lab, notebooks' helpers) sit on
+# top of the backend: they may import any of it, but not the Streamlit blocks of attnviz.ui.
+LAYERS = {"attnviz.ui": 3, "attnviz.viz": 2, "attnviz.analysis": 1,
+          **{f"attnviz.{m}": 0 for m in ("result", "capture", "recorder", "models", "inputs", "limits", "cache",
+                                         "errors", "device", "samples")}}
+
+
+def layer(module: str) -> int | None:
+    for prefix, level in LAYERS.items():
+        if module == prefix or module.startswith(prefix + "."):
+            return level
+    return None
+
+
+def test_imports_go_down_the_layers():
+    """ui > viz > analysis > the core (result, capture, models ...): nothing imports a layer
+    above its own, and no module outside attnviz.ui imports it."""
+    wrong = []
+    for module, targets in graph().items():
+        here = layer(module)
+        for target in targets:
+            there = layer(target)
+            if there is not None and there > (here if here is not None else 2):
+                wrong.append(f"{module} imports {target}")
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_analysis_is_pure_numpy():
+    wrong = [f"{module_name(p)} imports {m}" for p in (PACKAGE / "analysis").rglob("*.py")
+             for m in imports_of(p) if m.split(".")[0] in ("torch", "streamlit", "transformers")]
+    assert not wrong, wrong
+
+
+def test_nothing_below_ui_imports_streamlit():
+    wrong = [module_name(p) for p in PACKAGE.rglob("*.py")
+             if not module_name(p).startswith("attnviz.ui") and any(
+                 m == "streamlit" or m.startswith("streamlit.") for m in imports_of(p))]
+    assert not wrong, wrong
+
+
+def test_no_file_refers_to_a_path_outside_the_repository():
+    """The repository stands alone: no tracked file names ../shared, shared/*.md guidance or an
+    absolute path of the machine it was written on."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    outside = re.compile(r"\.\./shared|shared/(design|methods|models)\.md|/work/main|/work/wt")
+    offenders = []
+    for name in tracked:
+        path = ROOT / name
+        if path.suffix in (".png", ".jpg", ".npz", ".safetensors", ".gguf", ".onnx", ".zip") or not path.is_file():
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        offenders += [f"{name}:{i + 1}: {line.strip()[:100]}" for i, line in enumerate(text.splitlines())
+                      if outside.search(line) and name != "tests/test_layers.py"]
+    assert not offenders, "\n".join(offenders)
