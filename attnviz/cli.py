@@ -6,6 +6,9 @@ message on bad input.
     capture --model NAME (--text T | --text-file F | --image F) --out R.npz
     stats R.npz --json                  per-head entropy, mean distance (+ units), sink mass
     flow R.npz --from I --method rollout|flow --json     weights over the input tokens
+    heads R.npz --json                  role scores of every head (previous_token, self, ...)
+    heads --model M --induction [--length N] --json     the same on a repeated random sequence,
+                                        with induction and duplicate_token
 """
 from __future__ import annotations
 
@@ -69,6 +72,18 @@ def _parser() -> argparse.ArgumentParser:
     flow.add_argument("--stack", help="self-attention stack (default: the first present)")
     flow.add_argument("--json", action="store_true", help="print JSON (default: a table)")
     flow.set_defaults(run=_flow)
+
+    heads = sub.add_parser("heads", help="role scores of every head (previous token, induction...)")
+    heads.add_argument("result", type=Path, nargs="?", help="a saved result (.npz)")
+    heads.add_argument("--model", help="with --induction: the model to probe (bundled name, folder or hub id)")
+    heads.add_argument("--induction", action="store_true",
+                       help="run --model on a random token sequence repeated twice; adds induction and duplicate_token")
+    heads.add_argument("--length", type=int, default=50, help="tokens in each copy of the repeated sequence")
+    heads.add_argument("--seed", type=int, default=0, help="seed of the random tokens")
+    heads.add_argument("--window", type=int, default=2, help="local window of the 'local' score, in tokens")
+    heads.add_argument("--threshold", type=float, default=0.3, help="labels: the lowest score that names a role")
+    heads.add_argument("--json", action="store_true", help="print JSON (default: a table)")
+    heads.set_defaults(run=_heads)
     return p
 
 
@@ -197,4 +212,39 @@ def _flow(args) -> int:
     print(f"{args.method} from token {args.source} ({tokens[args.source]!r}), heads fused by {args.fusion}:")
     for i in sorted(range(n), key=lambda i: -weights[i])[:20]:
         print(f"{i:>5} {tokens[i]!r:<20} {weights[i]:.4f}")
+    return 0
+
+
+def _heads(args) -> int:
+    from attnviz.analysis.roles import all_roles
+
+    if (args.result is None) == (args.model is None):
+        raise AttnvizError("give a result file (heads R.npz) or a model to probe (heads --model M --induction)")
+    if args.model is not None and not args.induction:
+        raise AttnvizError("--model needs --induction (the probe input is built from the model's vocabulary)")
+    if args.result is not None and args.induction:
+        raise AttnvizError("--induction builds its own input: give --model, not a result file")
+    if args.window < 0:
+        raise AttnvizError("--window must be >= 0")
+    if args.result is not None:
+        result = _load_result(args.result)
+        roles = all_roles(result, window=args.window)
+    else:
+        import attnviz
+        from attnviz.probes import induction_roles
+
+        model = attnviz.load_model(args.model, progress=_progress_bar(args.model))
+        result, roles = induction_roles(model, args.length, seed=args.seed, window=args.window)
+    if args.json:
+        print(json.dumps({stack: r.to_json() for stack, r in roles.items()}))
+        return 0
+    for stack, r in roles.items():
+        labels = r.labels(args.threshold)
+        names = list(r.scores)
+        print(f"{result.model}, {stack}: label = strongest role >= {args.threshold}")
+        print(f"{'layer':>5} {'head':>4} {'label':<16}" + "".join(f"{n[:9]:>10}" for n in names))
+        for layer in range(r.shape[0]):
+            for head in range(r.shape[1]):
+                values = "".join(f"{r.scores[n][layer, head]:>10.3f}" for n in names)
+                print(f"{layer:>5} {head:>4} {labels[layer, head]:<16}{values}")
     return 0
