@@ -9,6 +9,8 @@ message on bad input.
     heads R.npz --json                  role scores of every head (previous_token, self, ...)
     heads --model M --induction [--length N] --json     the same on a repeated random sequence,
                                         with induction and duplicate_token
+    batch --model M --inputs FILE.jsonl|FOLDER --out stats.parquet [--engine local|ray] [--resume]
+                                        per input and head: statistics and roles, to Parquet
 """
 from __future__ import annotations
 
@@ -84,6 +86,21 @@ def _parser() -> argparse.ArgumentParser:
     heads.add_argument("--threshold", type=float, default=0.3, help="labels: the lowest score that names a role")
     heads.add_argument("--json", action="store_true", help="print JSON (default: a table)")
     heads.set_defaults(run=_heads)
+
+    batch = sub.add_parser("batch", help="statistics and role scores of every head over many inputs, to Parquet")
+    batch.add_argument("--model", required=True, help="bundled name, local folder or hub id")
+    batch.add_argument("--inputs", required=True, type=Path,
+                       help="a .jsonl file (a string or {\"text\", \"id\", \"pair\", \"target\"} a line) or a folder")
+    batch.add_argument("--out", required=True, type=Path, help="the folder of Parquet parts to write (stats.parquet)")
+    batch.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: processes on this machine; ray: Ray actors on the cluster ray.init reaches")
+    batch.add_argument("--resume", action="store_true", help="continue an interrupted run: skip the inputs written")
+    batch.add_argument("--batch-size", type=int, default=32, help="inputs per Parquet part")
+    batch.add_argument("--workers", type=int, help="processes or actors (default: the cores, or the GPUs)")
+    batch.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    batch.add_argument("--window", type=int, default=2, help="local window, in tokens or patches")
+    batch.add_argument("--address", help="ray: the cluster address for ray.init (default: a local instance)")
+    batch.set_defaults(run=_batch)
     return p
 
 
@@ -247,4 +264,23 @@ def _heads(args) -> int:
             for head in range(r.shape[1]):
                 values = "".join(f"{r.scores[n][layer, head]:>10.3f}" for n in names)
                 print(f"{layer:>5} {head:>4} {labels[layer, head]:<16}{values}")
+    return 0
+
+
+def _batch(args) -> int:
+    from attnviz.batch import run_batch
+
+    def progress(done: int, total: int, rate: float) -> None:
+        sys.stderr.write(f"\r{done}/{total} inputs, {rate:.2f} inputs/s ")
+        sys.stderr.flush()
+
+    summary = run_batch(args.model, args.inputs, args.out, engine=args.engine, resume=args.resume,
+                        batch_size=args.batch_size, workers=args.workers, threads=args.threads,
+                        window=args.window, address=args.address, progress=progress)
+    print(file=sys.stderr)
+    for item_id, message in summary.failed:
+        print(f"warning: input {item_id}: {message}", file=sys.stderr)
+    print(f"wrote {args.out}: {summary.processed - len(summary.failed)} inputs in {summary.parts} parts "
+          f"({summary.skipped} done before, {len(summary.failed)} failed) in {summary.seconds:.1f} s, "
+          f"{summary.rate:.2f} inputs/s")
     return 0

@@ -172,11 +172,10 @@ class HeadRoles:
                 for role, values in self.scores.items()}
 
 
-def head_roles(result: AttentionResult, stack: str, *, repeat: Repeat | None = None,
-               window: int = 2, block: int = ROW_BLOCK) -> HeadRoles:
-    """Every role score of every head of ``result``'s stack ``stack`` (see the module
-    docstring); with ``repeat`` (the layout of a :func:`repeated_sequence` input) also
-    induction and duplicate_token. ``window``: the local window of the ``local`` score."""
+def share_roles(result: AttentionResult, stack: str, *, repeat: Repeat | None = None,
+                block: int = ROW_BLOCK) -> dict[str, np.ndarray]:
+    """The roles measured here (SHARE_ROLES, and REPEAT_ROLES with ``repeat``), each
+    ``[layers, heads]``, reading each head's map ``block`` query rows at a time."""
     if stack not in result.attn:
         raise ValueError(f"{result.model} has no {stack!r} stack; it has {result.stacks}")
     n_layers, n_heads, n_q, _ = result.shape(stack)
@@ -190,6 +189,15 @@ def head_roles(result: AttentionResult, stack: str, *, repeat: Repeat | None = N
             for name, value in _scores(blocks).items():
                 if name in scores:
                     scores[name][layer, head] = value
+    return scores
+
+
+def head_roles(result: AttentionResult, stack: str, *, repeat: Repeat | None = None,
+               window: int = 2, block: int = ROW_BLOCK) -> HeadRoles:
+    """Every role score of every head of ``result``'s stack ``stack`` (see the module
+    docstring); with ``repeat`` (the layout of a :func:`repeated_sequence` input) also
+    induction and duplicate_token. ``window``: the local window of the ``local`` score."""
+    scores = share_roles(result, stack, repeat=repeat, block=block)
     stats = head_stats(result, stack, window=window)
     ordered = {name: scores[name] for name in SHARE_ROLES}
     ordered.update({role: getattr(stats, field) for role, field in STAT_ROLES.items()})
