@@ -390,10 +390,10 @@ def _ray_outputs(name: str, batches: Iterator[list[Item]], workers: int | None, 
         import ray
     except ImportError:
         raise AttnvizError("--engine ray needs Ray: pip install 'ray[default]' (or use --engine local)") from None
-    runtime_env = {"py_modules": [str(Path(__file__).resolve().parent)]}  # attnviz itself, for remote workers
-    started_here = not ray.is_initialized()
+    started_here = not ray.is_initialized()  # else the caller's ray.init made attnviz importable there
     if started_here:
         kwargs = {"include_dashboard": False} if address is None else {}
+        runtime_env = {"py_modules": [str(Path(__file__).resolve().parent)]}  # attnviz itself, for remote workers
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, **kwargs)
     actors = []
     try:
@@ -401,7 +401,7 @@ def _ray_outputs(name: str, batches: Iterator[list[Item]], workers: int | None, 
         gpus = int(resources.get("GPU", 0))
         count = workers or (gpus if gpus else max(1, int(resources.get("CPU", 1)) // threads))
         actor = ray.remote(num_cpus=threads, num_gpus=1 if gpus else 0)(_RayWorker)
-        actors = [actor.options(runtime_env=runtime_env).remote(name, window, threads) for _ in range(count)]
+        actors = [actor.remote(name, window, threads) for _ in range(count)]
         free, pending = list(actors), {}
         while True:
             while free:
