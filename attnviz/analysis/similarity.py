@@ -70,6 +70,18 @@ def head_divergence(result: AttentionResult, stack: str, max_queries: int = MAX_
     return d
 
 
+def cross_divergence(maps_a: np.ndarray, maps_b: np.ndarray) -> np.ndarray:
+    """``D[a, b]`` between every head of one set and every head of another on the same
+    queries and keys: ``maps_a[heads_a, query, key]``, ``maps_b[heads_b, query, key]`` (two
+    models, checkpoints or inputs aligned on the same words) -> float64 ``[heads_a, heads_b]``,
+    the mean over queries of the JS divergence."""
+    a = np.asarray(maps_a, dtype=np.float32)
+    b = np.asarray(maps_b, dtype=np.float32)
+    if a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"the maps must share queries and keys: {a.shape[1:]} vs {b.shape[1:]}")
+    return np.stack([js_divergence(a[i][None], b).mean(-1) for i in range(len(a))]).astype(np.float64)
+
+
 def mean_divergence(results: Sequence[AttentionResult], stack: str, max_queries: int = MAX_QUERIES) -> np.ndarray:
     """:func:`head_divergence` averaged over several inputs to the same model."""
     if not results:
@@ -93,6 +105,14 @@ class HeadClusters:
     def name(self, index: int) -> str:
         layer, head = divmod(int(index), self.n_heads)
         return f"L{layer} H{head}"
+
+    def tree_lines(self) -> list[tuple[list[float], list[float]]]:
+        """The dendrogram as (x, y) polylines of 4 points each: x in leaf positions (leaf ``k``
+        of ``order`` at x = k), y the divergence at which two clusters join."""
+        if len(self.linkage) == 0:
+            return []
+        tree = hierarchy.dendrogram(self.linkage, no_plot=True)
+        return [([(x - 5) / 10 for x in xs], list(ys)) for xs, ys in zip(tree["icoord"], tree["dcoord"])]
 
     def groups(self, n_groups: int) -> np.ndarray:
         """A group number 1..n_groups per head (cutting the tree into that many clusters)."""
