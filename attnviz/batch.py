@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -45,20 +46,20 @@ DEFAULT_BATCH = 32
 TEXT_SUFFIXES = (".txt", ".md")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 ENGINES = ("local", "ray")
-ID_COLUMNS = ("input_index", "input_id", "model", "stack", "layer", "head", "n_queries", "n_keys")
+ID_COLUMNS = ("input_index", "input_id", "model", "kind", "window", "stack", "layer", "head", "n_queries", "n_keys")
 VALUE_COLUMNS = ARRAY_FIELDS + SHARE_ROLES
 Progress = Callable[[int, int, float], None]  # (inputs done, inputs in all, inputs per second)
 
 
 def schema():
     """The Parquet columns: ``input_index`` (position in the input list), ``input_id``,
-    ``model``, ``stack``, ``layer``, ``head``, ``n_queries`` and ``n_keys`` of the stack, then
+    ``model``, ``kind`` ("text" or "image"), ``window`` (of the local statistics), ``stack``, ``layer``, ``head``, ``n_queries`` and ``n_keys`` of the stack, then
     the statistics (entropy, entropy_norm, sink_mass, mean_distance, local_share,
     distance_ratio) and share roles (previous_token, self, first_token, special, delimiter) as
     float64, NaN where undefined."""
     import pyarrow as pa
 
-    ints = {"input_index": pa.int64(), "layer": pa.int32(), "head": pa.int32(), "n_queries": pa.int32(),
+    ints = {"input_index": pa.int64(), "window": pa.int32(), "layer": pa.int32(), "head": pa.int32(), "n_queries": pa.int32(),
             "n_keys": pa.int32()}
     return pa.schema([(c, ints.get(c, pa.string())) for c in ID_COLUMNS] + [(c, pa.float64()) for c in VALUE_COLUMNS])
 
@@ -146,6 +147,8 @@ def input_rows(model, item: Item, window: int) -> dict[str, list]:
         cols["input_index"] += [item.index] * n
         cols["input_id"] += [item.id] * n
         cols["model"] += [result.model] * n
+        cols["kind"] += [result.kind] * n
+        cols["window"] += [window] * n
         cols["stack"] += [stack] * n
         cols["layer"] += layer.tolist()
         cols["head"] += head.tolist()
@@ -222,6 +225,77 @@ def read_table(out: Path):
     if not parts:
         raise AttnvizError(f"{out} holds no batch results (part-*.parquet)")
     return pa.concat_tables([pq.read_table(p, schema=schema()) for p in parts])
+
+
+def _matrix(table, column: str, shape: tuple[int, int]) -> np.ndarray:
+    """``[inputs, layers, heads]`` of one column of a table sorted by input, layer and head."""
+    return np.asarray(table.column(column).to_numpy(zero_copy_only=False), dtype=np.float64).reshape(-1, *shape)
+
+
+def stack_rows(table, stack: str, model: str | None = None):
+    """The rows of one stack (and model, when a table holds several), sorted by input, layer,
+    head, with ``(layers, heads)``; raises when the inputs do not all have every head."""
+    import pyarrow.compute as pc
+
+    models = sorted(set(table.column("model").to_pylist()))
+    if model is None:
+        if len(models) != 1:
+            raise AttnvizError(f"the table holds several models ({', '.join(models)}); choose one")
+        model = models[0]
+    rows = table.filter(pc.and_(pc.equal(table["stack"], stack), pc.equal(table["model"], model)))
+    if rows.num_rows == 0:
+        raise AttnvizError(f"the table has no {stack!r} rows of {model}")
+    rows = rows.sort_by([("input_index", "ascending"), ("layer", "ascending"), ("head", "ascending")])
+    shape = (int(pc.max(rows["layer"]).as_py()) + 1, int(pc.max(rows["head"]).as_py()) + 1)
+    if rows.num_rows % (shape[0] * shape[1]):
+        raise AttnvizError("the table's inputs do not all have every layer and head")
+    return rows, shape
+
+
+def spread_from_table(table, stack: str, model: str | None = None):
+    """The statistics of every input in a batch table, averaged (attnviz.analysis.stats.StatsSpread)."""
+    from attnviz.analysis.stats import HeadStats, average_stats
+
+    rows, shape = stack_rows(table, stack, model)
+    values = {name: _matrix(rows, name, shape) for name in ARRAY_FIELDS}
+    kind = rows["kind"][0].as_py()
+    window = int(rows["window"][0].as_py())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        uniform = np.nanmean((values["mean_distance"] / values["distance_ratio"]).reshape(len(values["entropy"]), -1), 1)
+    per_input = [HeadStats(stack=stack, kind=kind, distance_unit="px" if kind == "image" else "tokens", window=window,
+                           window_unit="patches" if kind == "image" else "tokens", uniform_distance=float(uniform[i]),
+                           **{name: v[i] for name, v in values.items()}) for i in range(len(uniform))]
+    return average_stats(per_input)
+
+
+def roles_from_table(table, stack: str, model: str | None = None):
+    """Each head's role scores averaged over the inputs of a batch table (NaNs ignored), as
+    attnviz.analysis.roles.HeadRoles (without induction, which needs the probe input)."""
+    from attnviz.analysis.roles import STAT_ROLES, HeadRoles
+
+    rows, shape = stack_rows(table, stack, model)
+    columns = {name: name for name in SHARE_ROLES} | dict(STAT_ROLES)  # role -> column
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a head that is NaN for every input stays NaN
+        scores = {role: np.nanmean(_matrix(rows, column, shape), 0) for role, column in columns.items()}
+    return HeadRoles(stack=stack, scores=scores)
+
+
+def read_uploaded(files: list[tuple[str, bytes]]):
+    """Batch parts given as (name, bytes) (uploads) as one table; a file that is not one of
+    ours is refused with its name."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for name, data in files:
+        try:
+            tables.append(pq.read_table(pa.BufferReader(data), schema=schema()))
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise AttnvizError(f"{name} is not a part of an attnviz batch table: {str(e).splitlines()[0]}") from None
+    if not tables:
+        raise AttnvizError("no batch files given")
+    return pa.concat_tables(tables)
 
 
 def _prepare(out: Path, job: dict, resume: bool) -> None:

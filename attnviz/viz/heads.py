@@ -2,7 +2,7 @@
 
 - :func:`atlas_figure`: the layers x heads grid coloured by each head's role label; the hover
   gives every score; an invisible marker per head (point ``layer * n_heads + head`` of trace
-  0, customdata ``[layer, head]``) makes a click select it.
+  1, customdata ``[layer, head]``) makes a click select it.
 - :func:`clustered_figure`: the heads' divergence matrix in dendrogram order, the dendrogram
   above it (scipy's hierarchy); point ``k`` of the heatmap's marker trace is leaf ``k``.
 - :func:`side_by_side`, :func:`difference_figure`: two aligned maps, and A - B.
