@@ -54,7 +54,7 @@ def test_atlas_labels_follow_the_scores_and_the_threshold(page, result):
 
 def test_induction_probe_atlas_on_smollm():
     at = open_page(PAGE, model="smollm2-135m")
-    at.button_group(key="heads_source").set_value("probe").run()
+    at.radio(key="heads_source").set_value("probe").run()
     at.number_input(key="heads_period").set_value(30).run()
     assert_clean(at)
     labels = atlas_labels(charts(at)["heads_atlas"])
@@ -93,7 +93,7 @@ def test_compare_two_models_and_two_texts(page, result, minilm, smollm):
     np.testing.assert_allclose(array(got["compare_difference"]["data"][0]["z"]), aligned.a[0, 0] - aligned.b[3, 0],
                                atol=1e-6)
     assert "closest head" in got["compare_per_head"]["layout"]["title"]["text"]
-    page.button_group(key="compare_mode").set_value("inputs").run()
+    page.radio(key="compare_mode").set_value("inputs").run()
     assert_clean(page)
     b = "The animal didn't cross the river because it was too wide."
     same = align_inputs(minilm, result, DEFAULT_TEXT, attnviz.capture(minilm, b), b)
@@ -108,7 +108,7 @@ def test_atlas_and_many_inputs_read_a_batch_table(tmp_path, minilm):
     assert len(files) == 2
     table = read_table(out)
     at = open_page(PAGE, model="minilm-l6")
-    at.button_group(key="heads_source").set_value("table").run()
+    at.radio(key="heads_source").set_value("table").run()
     at.file_uploader(key="heads_table").set_value(files).run()
     assert_clean(at)
     fig = charts(at)["heads_atlas"]

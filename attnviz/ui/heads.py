@@ -87,8 +87,7 @@ def _roles_source(result: AttentionResult, stack: str) -> tuple[HeadRoles, Atten
     """The scores to show, the result whose heads a click opens (None: none), and a note."""
     model = get_model(result.model)
     options = [k for k in SOURCES if k != "probe" or model.family in ("encoder", "decoder")]
-    source = st.segmented_control("Scores from", options, format_func=SOURCES.get, default="text",
-                                  key="heads_source", required=True) or "text"
+    source = st.radio("Scores from", options, format_func=SOURCES.get, key="heads_source")
     if source == "probe":
         c1, c2 = st.columns(2)
         period = c1.number_input("Tokens in each copy", 4, min(256, model.max_tokens // 2 - 2), DEFAULT_PERIOD,
@@ -198,8 +197,7 @@ def _second_model(first: str) -> str:
 
 
 def _aligned(result: AttentionResult, request: TextRequest) -> Aligned:
-    mode = st.segmented_control("Compare", list(COMPARE_MODES), format_func=COMPARE_MODES.get, default="models",
-                                key="compare_mode", required=True) or "models"
+    mode = st.radio("Compare", list(COMPARE_MODES), format_func=COMPARE_MODES.get, key="compare_mode")
     model_a = get_model(result.model)
     if mode == "models":
         name_b = _second_model(result.model)

@@ -103,7 +103,7 @@ def side_by_side(a: np.ndarray, b: np.ndarray, labels_a: list[str], labels_b: li
                                  showscale=col == 2, colorbar=dict(title="weight", thickness=12),
                                  hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.4f}<extra></extra>"),
                       row=1, col=col)
-        fig.update_xaxes(type="category", tickangle=-60, side="top", row=1, col=col)
+        fig.update_xaxes(type="category", tickangle=-60, side="bottom", row=1, col=col)
         fig.update_yaxes(type="category", autorange="reversed", row=1, col=col)
     n = max(len(labels_a), len(labels_b))
     fig.update_layout(title=title_layout(title), height=int(min(760, max(360, 160 + 16 * n))),
