@@ -140,3 +140,23 @@ def head_grid(values: np.ndarray, *, title: str, label: str, row_name: str = "la
     fig.update_yaxes(title=row_name, dtick=1 if n_rows <= 40 else None, autorange="reversed")
     fig.update_layout(title=title_layout(title), height=160 + 24 * min(n_rows, 40), margin=dict(l=10, r=10, t=80, b=10))
     return fig
+
+
+def role_panels(scores: dict[str, np.ndarray], *, title: str = "", note: str = "") -> go.Figure:
+    """One layers x heads panel per role of ``scores`` (name -> ``[layers, heads]``, 0..1), side
+    by side on one colour scale."""
+    names = list(scores)
+    n_layers, n_heads = next(iter(scores.values())).shape
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.06)
+    for col, name in enumerate(names, start=1):
+        fig.add_trace(go.Heatmap(z=np.asarray(scores[name], np.float32), x=list(range(n_heads)), y=list(range(n_layers)),
+                                 zmin=0.0, zmax=1.0, colorscale=COLORSCALE, showscale=col == len(names),
+                                 colorbar=dict(title="score", thickness=12), xgap=1, ygap=1,
+                                 hovertemplate=f"layer %{{y}}, head %{{x}}<br>{name} %{{z:.3f}}<extra></extra>"),
+                      row=1, col=col)
+        fig.update_xaxes(title="head", dtick=1 if n_heads <= 16 else None, row=1, col=col)
+        fig.update_yaxes(autorange="reversed", dtick=1 if n_layers <= 12 else 2, row=1, col=col,
+                         title="layer" if col == 1 else None)
+    fig.update_layout(title=title_layout(title, note), height=180 + 18 * n_layers, margin=dict(l=10, r=10, t=100, b=10),
+                      plot_bgcolor="white")
+    return fig
