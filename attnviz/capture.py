@@ -255,7 +255,7 @@ def capture_ids(model: Model, ids: list[int]) -> AttentionResult:
     The way in for inputs that are not text, such as the repeated random sequence of
     attnviz.probes. Each token is a word of its own."""
     if model.family not in ("encoder", "decoder"):
-        raise AttnvizError(f"{model.name} is a {model.family} model; token ids go to text encoders and decoders.")
+        raise AttnvizError(f"token ids go to text encoders and decoders; {model.name} is of the {model.family!r} family.")
     ids = [int(i) for i in ids]
     if not ids or len(ids) > model.max_tokens:
         raise AttnvizError(f"{model.name} reads 1 to {model.max_tokens} tokens; got {len(ids)}.")

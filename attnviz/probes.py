@@ -33,7 +33,7 @@ def induction_input(model: Model, period: int = DEFAULT_PERIOD, seed: int = 0) -
     distinct ids from its vocabulary without the special tokens, twice, inside the tokenizer's
     own special tokens. Returns (ids, where the two copies lie)."""
     if model.family not in ("encoder", "decoder"):
-        raise AttnvizError(f"{model.name} is a {model.family} model; the induction probe needs a text encoder or decoder.")
+        raise AttnvizError(f"the induction probe needs a text encoder or decoder; {model.name} is of the {model.family!r} family.")
     tok = model.tokenizer
     prefix, suffix = special_frame(tok)
     most = (model.max_tokens - len(prefix) - len(suffix)) // 2

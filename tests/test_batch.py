@@ -112,3 +112,24 @@ def test_cli(tmp_path, capsys):
     assert main(["batch", "--model", "minilm-l6", "--inputs", str(inputs), "--out", str(out), "--resume",
                  "--workers", "1"]) == 0
     assert "0 inputs in 0 parts (3 done before" in capsys.readouterr().out
+
+
+def test_images_and_encoder_decoders(tmp_path, dinov2, t5):
+    from attnviz.samples import SAMPLES, sample_bytes
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in list(SAMPLES)[:2]:
+        (folder / f"{name}.png").write_bytes(sample_bytes(name))
+    run_batch(dinov2, folder, tmp_path / "img", workers=1)
+    table = read_table(tmp_path / "img")
+    assert table.num_rows == 2 * 12 * 6 and set(table.column("kind").to_pylist()) == {"image"}
+    assert all(d > 0 for d in table.column("mean_distance").to_pylist())  # pixels on the patch grid
+
+    inputs = tmp_path / "pairs.jsonl"
+    inputs.write_text(json.dumps({"text": "The cat sat on the mat.", "target": "A cat."}) + "\n", encoding="utf-8")
+    run_batch(t5, inputs, tmp_path / "t5", workers=1)
+    rows = read_table(tmp_path / "t5").to_pydict()
+    assert sorted(set(rows["stack"])) == ["cross", "decoder", "encoder"] and len(rows["stack"]) == 3 * 8 * 6
+    cross = [i for i, s in enumerate(rows["stack"]) if s == "cross"]
+    assert all(np.isnan(rows["previous_token"][i]) and not np.isnan(rows["first_token"][i]) for i in cross)
