@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 import attnviz
 from attnviz.analysis.roles import all_roles
-from attnviz.analysis.similarity import cluster_heads, head_divergence
+from attnviz.analysis.similarity import cluster_heads, head_divergence, mean_divergence
 from attnviz.batch import part_files, read_table, roles_from_table, run_batch, spread_from_table
 from attnviz.compare import align_inputs, align_models, same_head_divergence
 from attnviz.ui.text import DEFAULT_TEXT
@@ -61,7 +61,7 @@ def test_induction_probe_atlas_on_smollm():
     assert (labels == "induction").sum() >= 3 and (labels == "previous_token").sum() >= 3
 
 
-def test_similar_heads(page, result):
+def test_similar_heads(page, result, minilm):
     page.query_params["heads_view"] = "Similar heads"
     page.run()
     page.selectbox(key="heads_like").set_value(2 * 12 + 7).run()
@@ -74,6 +74,14 @@ def test_similar_heads(page, result):
     table = page.dataframe[0].value
     nearest = np.argsort(d[2 * 12 + 7])[1]
     assert table["head"][0] == clusters.name(nearest)
+    other = "Heads that look alike on one text may part on another."
+    page.text_area(key="heads_more_texts").set_value(other).run()
+    assert_clean(page)
+    mean = mean_divergence([result, attnviz.capture(minilm, other)], "encoder")
+    order = cluster_heads(mean, 12).order
+    heat = next(t for t in charts(page)["heads_clustered"]["data"] if t["type"] == "heatmap")
+    np.testing.assert_allclose(array(heat["z"]), mean[np.ix_(order, order)], atol=1e-6)
+    assert "over 2 texts" in charts(page)["heads_clustered"]["layout"]["title"]["subtitle"]["text"]
 
 
 def test_compare_two_models_and_two_texts(page, result, minilm, smollm):

@@ -7,7 +7,7 @@ from scipy.spatial.distance import jensenshannon
 
 import attnviz
 from attnviz.analysis.similarity import (
-    cluster_heads, head_divergence, js_divergence, mean_divergence, query_sample, similar_heads,
+    cluster_heads, head_divergence, js_divergence, mean_divergence, queries_within, query_sample, similar_heads,
 )
 from attnviz.result import AttentionResult
 
@@ -56,6 +56,13 @@ def test_head_divergence_is_the_mean_over_queries():
     assert len(sub) == 5 and sub[0] == 0 and sub[-1] == N - 1
     np.testing.assert_allclose(head_divergence(result, "encoder", max_queries=5)[0, 1],
                                np.mean(jensenshannon(maps[0][sub], maps[1][sub], base=2, axis=-1) ** 2), atol=2e-4)
+
+
+def test_query_budget():
+    assert queries_within(72, 128) == 256  # minilm-l6 at 128 tokens: every query up to the cap
+    q = queries_within(270, 2048)  # smollm2-135m at 2,048 tokens
+    assert 8 <= q < 256 and (270 * 271 // 2) * q * 2048 <= 4e9
+    assert queries_within(10_000, 100_000) == 8
 
 
 def test_clustering_and_nearest_heads_find_the_planted_pairs():

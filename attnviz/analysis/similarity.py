@@ -28,6 +28,7 @@ from attnviz.analysis.roles import _head_rows
 from attnviz.result import AttentionResult
 
 MAX_QUERIES = 256
+WORK_BUDGET = 4e9  # pairs of heads x queries x keys that an interactive view computes at most
 BLOCK_FLOATS = 8_000_000  # float32 values of all heads' rows held at once (32 MB)
 LN2 = np.log(2.0)
 
@@ -44,6 +45,13 @@ def query_sample(n_queries: int, max_queries: int = MAX_QUERIES) -> np.ndarray:
     if n_queries <= max_queries:
         return np.arange(n_queries)
     return np.unique(np.linspace(0, n_queries - 1, max_queries).round().astype(np.int64))
+
+
+def queries_within(n_heads: int, n_keys: int, budget: float = WORK_BUDGET, most: int = MAX_QUERIES) -> int:
+    """How many queries :func:`head_divergence` may measure for ``n_heads`` heads (all layers)
+    over ``n_keys`` keys so that pairs x queries x keys stays within ``budget`` (at least 8)."""
+    pairs = max(1, n_heads * (n_heads + 1) // 2)
+    return int(max(8, min(most, budget // (pairs * max(n_keys, 1)))))
 
 
 def head_divergence(result: AttentionResult, stack: str, max_queries: int = MAX_QUERIES) -> np.ndarray:

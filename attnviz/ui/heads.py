@@ -19,7 +19,7 @@ import streamlit as st
 
 from attnviz import batch
 from attnviz.analysis.roles import DEFAULT_THRESHOLD, HeadRoles, all_roles
-from attnviz.analysis.similarity import cluster_heads, head_divergence, similar_heads
+from attnviz.analysis.similarity import cluster_heads, head_divergence, queries_within, similar_heads
 from attnviz.compare import (
     Aligned, align_inputs, align_models, closest_head, same_head_divergence, source_stack,
 )
@@ -38,6 +38,7 @@ VIEWS = ("Atlas", "Similar heads", "Compare")
 SOURCES = {"text": "this text", "probe": "induction probe", "table": "batch table (.parquet)"}
 MAX_TABLE_UPLOAD_MB = 200
 MAX_TABLE_FILES = 64
+MAX_MORE_TEXTS = 16  # extra texts the similar-heads view averages over
 COMPARE_MODES = {"models": "Two models or checkpoints", "inputs": "Two texts, one model"}
 OWN = "a folder or hub id…"
 DEFAULT_SECOND_TEXT = "The animal didn't cross the river because it was too wide."
@@ -68,8 +69,8 @@ def _roles(key: str, stack: str, _result: AttentionResult):
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def _divergence(key: str, stack: str, _result: AttentionResult):
-    return weakref.ref(_result), head_divergence(_result, stack)
+def _divergence(key: str, stack: str, queries: int, _result: AttentionResult):
+    return weakref.ref(_result), head_divergence(_result, stack, queries)
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
@@ -161,10 +162,19 @@ def atlas_view(result: AttentionResult, stack: str, request: TextRequest) -> Non
 def similar_view(result: AttentionResult, stack: str, request: TextRequest) -> None:
     """The clustered divergence heatmap and the heads most like a chosen one."""
     with friendly_errors():
-        n_layers, n_heads = result.shape(stack)[:2]
+        n_layers, n_heads, n_q, n_k = result.shape(stack)
+        queries = queries_within(n_layers * n_heads, n_k)
+        more = [t.strip() for t in st.text_area(
+            "More texts to average over (one per line, optional)", key="heads_more_texts", height=80,
+            help="The divergence of two heads is then the mean over this text and these.").splitlines() if t.strip()]
         with st.spinner("Comparing every pair of heads…"):
-            d = _per_result(_divergence, result, stack)
+            d = _per_result(_divergence, result, stack, queries)
+            others = [run_capture(result.model, t) for t in more[:MAX_MORE_TEXTS]]
+            if others:
+                d = np.mean([d] + [_per_result(_divergence, r, stack, queries) for r in others], axis=0)
         clusters = cluster_heads(d, n_heads)
+        n_texts = 1 + len(others)
+        sampled = f", {queries} evenly spaced queries of each" if n_q > queries else ""
         c1, c2 = st.columns([1, 3], gap="medium")
         with c1:
             chosen = st.selectbox("Heads like", range(n_layers * n_heads), key="heads_like",
@@ -176,8 +186,9 @@ def similar_view(result: AttentionResult, stack: str, request: TextRequest) -> N
                          hide_index=True, key="heads_like_table")
         with c2:
             fig = viz.clustered_figure(clusters, title="Heads clustered by how alike they attend",
-                                       note=f"{result.model} · {stack} · mean JS divergence of their rows over the "
-                                            "queries of this text (bits)", selected=int(chosen))
+                                       note=f"{result.model} · {stack} · mean JS divergence of their rows (bits) over "
+                                            f"{n_texts} text{'s' if n_texts > 1 else ''}{sampled}",
+                                       selected=int(chosen))
             st.plotly_chart(fig, key="heads_clustered", config=png_config(f"{result.model}_head_similarity"))
 
 
