@@ -28,7 +28,7 @@ from attnviz.analysis.roles import _head_rows
 from attnviz.result import AttentionResult
 
 MAX_QUERIES = 256
-WORK_BUDGET = 4e9  # pairs of heads x queries x keys that an interactive view computes at most
+WORK_BUDGET = 1e9  # pairs of heads x queries x keys that an interactive view computes at most
 BLOCK_FLOATS = 8_000_000  # float32 values of all heads' rows held at once (32 MB)
 LN2 = np.log(2.0)
 
