@@ -61,9 +61,22 @@ def _on_words(result: AttentionResult, owner: np.ndarray, kept: list[int], label
     return reduce(result.attn[source_stack(result)], axis, axis)
 
 
+def align_tokens(result_a: AttentionResult, result_b: AttentionResult) -> Aligned:
+    """Two captures that read the same tokens (two checkpoints sharing a tokenizer, two
+    Build-your-own models on one digit sequence): their self-attention as it is, token by token."""
+    if result_a.tokens != result_b.tokens:
+        raise AttnvizError("the two captures read different tokens; align them on words instead")
+    a = result_a.attn[source_stack(result_a)].astype(np.float32)
+    b = result_b.attn[source_stack(result_b)].astype(np.float32)
+    return Aligned(a, b, list(result_a.tokens), (result_a.model, result_b.model))
+
+
 def align_models(model_a: Model, result_a: AttentionResult, model_b: Model, result_b: AttentionResult,
                  text: str) -> Aligned:
-    """Two models' captures of the same ``text`` on the words both read."""
+    """Two models' captures of the same ``text``: token by token when they read the same
+    tokens (:func:`align_tokens`), else on the words both read."""
+    if result_a.tokens == result_b.tokens:
+        return align_tokens(result_a, result_b)
     owner_a, words, clean = _owners(model_a, result_a, text)
     owner_b, _, _ = _owners(model_b, result_b, text)
     kept = [w for w in range(len(words)) if (owner_a == w).any() and (owner_b == w).any()]

@@ -46,7 +46,8 @@ def test_two_models_on_one_text(minilm, smollm):
     assert d[layer, head] == pytest.approx(js_divergence(aligned.a[layer, head], aligned.b[b // 9, b % 9]).mean())
     with pytest.raises(attnviz.AttnvizError, match="different layers or heads"):
         same_head_divergence(aligned)
-    itself = align_models(minilm, ra, minilm, ra, TEXT)
+    itself = align_models(minilm, ra, minilm, ra, TEXT)  # the same tokens: compared token by token
+    assert itself.labels == ra.tokens and itself.a.shape == (6, 12, len(ra.tokens), len(ra.tokens))
     assert np.all(same_head_divergence(itself) < 1e-6)
 
 
@@ -58,3 +59,33 @@ def test_two_inputs_on_one_model(minilm):
     assert d.shape == (6, 12) and np.all((d > 0) & (d < 1))
     with pytest.raises(attnviz.AttnvizError, match="same number of words"):
         align_inputs(minilm, attnviz.capture(minilm, a), a, attnviz.capture(minilm, "Two words"), "Two words")
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, minilm):
+    """Two tiny BERT checkpoints of one architecture (different seeds), with minilm's tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    folders = []
+    for seed in (0, 1):
+        folder = tmp_path_factory.mktemp(f"ckpt{seed}")
+        torch.manual_seed(seed)
+        config = BertConfig(vocab_size=minilm.tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                            num_attention_heads=2, intermediate_size=64)
+        BertModel(config).save_pretrained(folder)
+        minilm.tokenizer.save_pretrained(folder)
+        folders.append(str(folder))
+    return folders
+
+
+def test_two_checkpoints_token_by_token(checkpoints):
+    a, b = (attnviz.load_model(f) for f in checkpoints)
+    ra, rb = attnviz.capture(a, TEXT), attnviz.capture(b, TEXT)
+    aligned = align_models(a, ra, b, rb, TEXT)
+    assert aligned.labels == ra.tokens and aligned.a.shape == aligned.b.shape == (2, 2, len(ra.tokens), len(ra.tokens))
+    d = same_head_divergence(aligned)
+    expected = [[js_divergence(ra.attn["encoder"][l, h].astype(np.float32),
+                               rb.attn["encoder"][l, h].astype(np.float32)).mean() for h in range(2)] for l in range(2)]
+    np.testing.assert_allclose(d, expected, rtol=1e-6)
+    assert np.all(d > 0)

@@ -16,6 +16,7 @@ from attnviz.ui.text import DEFAULT_TEXT
 
 from apptest_tools import array, assert_clean, charts, open_page
 from batch_inputs import write_jsonl
+from test_compare import checkpoints  # noqa: F401  (a fixture)
 
 PAGE = "pages/heads.py"
 
@@ -129,3 +130,18 @@ def test_atlas_and_many_inputs_read_a_batch_table(tmp_path, minilm):
     spread = spread_from_table(table, "encoder")
     dots = charts(flow)["flow_many_depth"]["data"][0]
     np.testing.assert_allclose(array(dots["y"]), spread.mean.mean_distance.ravel(), rtol=1e-6)
+
+
+def test_compare_two_checkpoints(checkpoints):  # noqa: F811  (the fixture imported above)
+    at = open_page(PAGE, model=checkpoints[0])
+    assert_clean(at)
+    at.query_params["heads_view"] = "Compare"
+    at.run()
+    at.selectbox(key="compare_model").set_value("a folder or hub id…").run()
+    at.text_input(key="compare_own").set_value(checkpoints[1]).run()
+    assert_clean(at)
+    got = charts(at)
+    a, b = (attnviz.load_model(f) for f in checkpoints)
+    aligned = align_models(a, attnviz.capture(a, DEFAULT_TEXT), b, attnviz.capture(b, DEFAULT_TEXT), DEFAULT_TEXT)
+    np.testing.assert_allclose(array(got["compare_per_head"]["data"][0]["z"]), same_head_divergence(aligned), atol=1e-6)
+    assert "same head of B" in got["compare_per_head"]["layout"]["title"]["text"]
