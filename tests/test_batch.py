@@ -133,3 +133,13 @@ def test_images_and_encoder_decoders(tmp_path, dinov2, t5):
     assert sorted(set(rows["stack"])) == ["cross", "decoder", "encoder"] and len(rows["stack"]) == 3 * 8 * 6
     cross = [i for i, s in enumerate(rows["stack"]) if s == "cross"]
     assert all(np.isnan(rows["previous_token"][i]) and not np.isnan(rows["first_token"][i]) for i in cross)
+
+
+def test_ray_missing_gives_one_line(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    inputs = write_jsonl(tmp_path / "in.jsonl", 2)
+    code = main(["batch", "--model", "minilm-l6", "--inputs", str(inputs), "--out", str(tmp_path / "o"),
+                 "--engine", "ray"])
+    assert code == 1 and "--engine ray needs Ray" in capsys.readouterr().err
