@@ -97,7 +97,7 @@ def row_sums(rows: np.ndarray, start: int, keys: Keys) -> dict[str, tuple[float,
         diag = q < n_keys
         out["self"] = (float(rows[diag, q[diag]].sum(dtype=np.float64)), n_rows)
         prev = (q >= 1) & (q - 1 < n_keys)
-        out["previous_token"] = (float(rows[prev, q[prev] - 1].sum(dtype=np.float64)), int(((q >= 1)).sum()))
+        out["previous_token"] = (float(rows[prev, q[prev] - 1].sum(dtype=np.float64)), int((q >= 1).sum()))
         if keys.repeat is not None:
             r = keys.repeat
             second = (q >= r.first + r.period) & (q < r.first + 2 * r.period)
