@@ -143,3 +143,30 @@ def test_ray_missing_gives_one_line(tmp_path, monkeypatch, capsys):
     code = main(["batch", "--model", "minilm-l6", "--inputs", str(inputs), "--out", str(tmp_path / "o"),
                  "--engine", "ray"])
     assert code == 1 and "--engine ray needs Ray" in capsys.readouterr().err
+
+
+def test_a_killed_process_resumed_gives_the_same_table(tmp_path, minilm):
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    inputs = write_jsonl(tmp_path / "in.jsonl", 12)
+    out = tmp_path / "killed.parquet"
+    proc = subprocess.Popen([sys.executable, "-m", "attnviz", "batch", "--model", "minilm-l6", "--inputs", str(inputs),
+                             "--out", str(out), "--workers", "1", "--batch-size", "2"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(out.glob("part-*.parquet"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.kill()  # SIGKILL: no clean-up of any kind
+        proc.wait()
+    written = len(done_ids(out))
+    assert 4 <= written < 12, written
+    summary = run_batch(minilm, inputs, out, workers=1, batch_size=2, resume=True)
+    assert summary.skipped == written and summary.processed == 12 - written
+    run_batch(minilm, inputs, tmp_path / "whole.parquet", workers=1, batch_size=5)
+    assert sorted_table(read_table(out)).equals(sorted_table(read_table(tmp_path / "whole.parquet")))
