@@ -372,3 +372,28 @@ def _recorded_stack(maps: list[torch.Tensor], n: int, pooled: bool) -> np.ndarra
         attn[0, :, 1:, 1:] = torch.eye(n)
         return attn.to(torch.float16).numpy()
     return torch.stack([m[0] for m in maps]).to(torch.float16).cpu().numpy()
+
+
+# -- token ids ------------------------------------------------------------------------------
+def capture_ids(model: Model, ids: list[int]) -> AttentionResult:
+    """Run a text encoder or decoder on token ``ids`` exactly as given: no tokenisation and no
+    special tokens added (the caller puts BOS or [CLS] ... [SEP] where the model wants them).
+    The way in for inputs that are not text, such as the repeated random sequence of
+    attnviz.probes. Each token is a word of its own."""
+    if model.family not in ("encoder", "decoder"):
+        raise AttnvizError(f"token ids go to text encoders and decoders; {model.name} is of the {model.family!r} family.")
+    ids = [int(i) for i in ids]
+    if not ids or len(ids) > model.max_tokens:
+        raise AttnvizError(f"{model.name} reads 1 to {model.max_tokens} tokens; got {len(ids)}.")
+    started = time.perf_counter()
+    with model.lock, torch.inference_mode():
+        x = torch.tensor([ids], device=model.device)
+        kwargs = {"use_cache": False} if model.family == "decoder" else {}
+        out = model.net(input_ids=x, attention_mask=torch.ones_like(x), output_attentions=True, **kwargs)
+        attn = _stack(out.attentions)
+    stack = "decoder" if model.family == "decoder" else "encoder"
+    return AttentionResult(
+        kind="text", model=model.name, attn={stack: attn}, tokens=_tokens(model, ids),
+        special=_special(model, ids), word_spans=[(i, i + 1) for i in range(len(ids))],
+        causal=model.family == "decoder", prompt_len=len(ids) if model.family == "decoder" else None,
+        timings={"total_s": time.perf_counter() - started})

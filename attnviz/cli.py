@@ -10,6 +10,11 @@ message on bad input.
     plot R.npz --view V [--layer L] [--head H] [--stack S] [--token I] --out FIG.png|svg|pdf
     report R.npz --out report.html      one self-contained HTML file: views, statistics, provenance
     train --task T --arch A [--steps N] [--seed S] --out DIR --json     train and save a lab model
+    heads R.npz --json                  role scores of every head (previous_token, self, ...)
+    heads --model M --induction [--length N] --json     the same on a repeated random sequence,
+                                        with induction and duplicate_token
+    batch --model M --inputs FILE.jsonl|FOLDER --out stats.parquet [--engine local|ray] [--resume]
+                                        per input and head: statistics and roles, to Parquet
 """
 from __future__ import annotations
 
@@ -106,6 +111,32 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, type=Path, help="the folder to save the model into (new)")
     train.add_argument("--json", action="store_true", help="print one JSON object")
     train.set_defaults(run=_train)
+    heads = sub.add_parser("heads", help="role scores of every head (previous token, induction...)")
+    heads.add_argument("result", type=Path, nargs="?", help="a saved result (.npz)")
+    heads.add_argument("--model", help="with --induction: the model to probe (bundled name, folder or hub id)")
+    heads.add_argument("--induction", action="store_true",
+                       help="run --model on a random token sequence repeated twice; adds induction and duplicate_token")
+    heads.add_argument("--length", type=int, default=50, help="tokens in each copy of the repeated sequence")
+    heads.add_argument("--seed", type=int, default=0, help="seed of the random tokens")
+    heads.add_argument("--window", type=int, default=2, help="local window of the 'local' score, in tokens")
+    heads.add_argument("--threshold", type=float, default=0.3, help="labels: the lowest score that names a role")
+    heads.add_argument("--json", action="store_true", help="print JSON (default: a table)")
+    heads.set_defaults(run=_heads)
+
+    batch = sub.add_parser("batch", help="statistics and role scores of every head over many inputs, to Parquet")
+    batch.add_argument("--model", required=True, help="bundled name, local folder or hub id")
+    batch.add_argument("--inputs", required=True, type=Path,
+                       help="a .jsonl file (a string or {\"text\", \"id\", \"pair\", \"target\"} a line) or a folder")
+    batch.add_argument("--out", required=True, type=Path, help="the folder of Parquet parts to write (stats.parquet)")
+    batch.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: processes on this machine; ray: Ray actors on the cluster ray.init reaches")
+    batch.add_argument("--resume", action="store_true", help="continue an interrupted run: skip the inputs written")
+    batch.add_argument("--batch-size", type=int, default=32, help="inputs per Parquet part")
+    batch.add_argument("--workers", type=int, help="processes or actors (default: the cores, or the GPUs)")
+    batch.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    batch.add_argument("--window", type=int, default=2, help="local window, in tokens or patches")
+    batch.add_argument("--address", help="ray: the cluster address for ray.init (default: a local instance)")
+    batch.set_defaults(run=_batch)
     return p
 
 
@@ -317,4 +348,58 @@ def _train(args) -> int:
         extra = f", attention on the rationale {report.evaluation.rationale_mass:.1%} (uniform: {report.evaluation.chance_mass:.1%})"
     print(f"{args.arch} on {args.task}: held-out accuracy {report.accuracy:.1%} after {report.steps} steps "
           f"({report.seconds:.1f} s){extra}; saved in {report.folder}")
+    return 0
+
+
+def _heads(args) -> int:
+    from attnviz.analysis.roles import all_roles
+
+    if (args.result is None) == (args.model is None):
+        raise AttnvizError("give a result file (heads R.npz) or a model to probe (heads --model M --induction)")
+    if args.model is not None and not args.induction:
+        raise AttnvizError("--model needs --induction (the probe input is built from the model's vocabulary)")
+    if args.result is not None and args.induction:
+        raise AttnvizError("--induction builds its own input: give --model, not a result file")
+    if args.window < 0:
+        raise AttnvizError("--window must be >= 0")
+    if args.result is not None:
+        result = _load_result(args.result)
+        roles = all_roles(result, window=args.window)
+    else:
+        import attnviz
+        from attnviz.probes import induction_roles
+
+        model = attnviz.load_model(args.model, progress=_progress_bar(args.model))
+        result, roles = induction_roles(model, args.length, seed=args.seed, window=args.window)
+    if args.json:
+        print(json.dumps({stack: r.to_json() for stack, r in roles.items()}))
+        return 0
+    for stack, r in roles.items():
+        labels = r.labels(args.threshold)
+        names = list(r.scores)
+        print(f"{result.model}, {stack}: label = strongest role >= {args.threshold}")
+        print(f"{'layer':>5} {'head':>4} {'label':<16}" + "".join(f"{n[:9]:>10}" for n in names))
+        for layer in range(r.shape[0]):
+            for head in range(r.shape[1]):
+                values = "".join(f"{r.scores[n][layer, head]:>10.3f}" for n in names)
+                print(f"{layer:>5} {head:>4} {labels[layer, head]:<16}{values}")
+    return 0
+
+
+def _batch(args) -> int:
+    from attnviz.batch import run_batch
+
+    def progress(done: int, total: int, rate: float) -> None:
+        sys.stderr.write(f"\r{done}/{total} inputs, {rate:.2f} inputs/s ")
+        sys.stderr.flush()
+
+    summary = run_batch(args.model, args.inputs, args.out, engine=args.engine, resume=args.resume,
+                        batch_size=args.batch_size, workers=args.workers, threads=args.threads,
+                        window=args.window, address=args.address, progress=progress)
+    print(file=sys.stderr)
+    for item_id, message in summary.failed:
+        print(f"warning: input {item_id}: {message}", file=sys.stderr)
+    print(f"wrote {args.out}: {summary.processed - len(summary.failed)} inputs in {summary.parts} parts "
+          f"({summary.skipped} done before, {len(summary.failed)} failed) in {summary.seconds:.1f} s, "
+          f"{summary.rate:.2f} inputs/s")
     return 0

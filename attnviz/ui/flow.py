@@ -26,6 +26,7 @@ import attnviz
 from attnviz.analysis import flow
 from attnviz.analysis.stats import GLOBAL_MIN, LOCAL_MIN, HeadStats, average_stats, head_stats
 from attnviz.analysis.tokens import display_label
+from attnviz.batch import read_uploaded, spread_from_table
 from attnviz.inputs import MAX_IMAGE_UPLOAD_MB, MAX_TEXT_UPLOAD_MB, open_image, read_text
 from attnviz.result import AttentionResult
 from attnviz.samples import SAMPLES, sample_bytes
@@ -52,6 +53,7 @@ MANY_TEXTS = [  # the default texts of "over many inputs"
 ]
 FLOW_CACHE_ENTRIES = 16  # rollouts and exact flows kept per session
 MAX_MANY_INPUTS = 128  # files read by "over many inputs" (the ViT paper averaged 128 images)
+MAX_TABLE_UPLOAD_MB = 200  # a batch table's parts, uploaded to "over many inputs"
 
 
 def fingerprint(result: AttentionResult) -> str:
@@ -256,18 +258,23 @@ def many_view(captured: Captured) -> None:
     controls, shown = st.columns([1, 3], gap="medium")
     with controls:
         window = window_slider(kind)
-        inputs = many_inputs(kind)
-    if not inputs:
+        tables = st.file_uploader("…or a batch table (part-*.parquet of python -m attnviz batch)", type=["parquet"],
+                                  accept_multiple_files=True, key="flow_many_table", max_upload_size=MAX_TABLE_UPLOAD_MB)
+        inputs = [] if tables else many_inputs(kind)
+    if tables:
+        spread = table_spread(tables, captured)
+    elif not inputs:
         st.info("Add a few inputs to average over.")
         return
-    model = get_model(captured.model)
-    bar = st.progress(0.0, text=f"Statistics of {len(inputs)} inputs…")
-    per_input = []
-    for i, (_, digest, value) in enumerate(inputs):
-        per_input.append(input_stats(captured.model, model, digest, value, captured.size, captured.stack, window))
-        bar.progress((i + 1) / len(inputs), text=f"Statistics of {len(inputs)} inputs… {i + 1}/{len(inputs)}")
-    bar.empty()
-    spread = average_stats(per_input)
+    else:
+        model = get_model(captured.model)
+        bar = st.progress(0.0, text=f"Statistics of {len(inputs)} inputs…")
+        per_input = []
+        for i, (_, digest, value) in enumerate(inputs):
+            per_input.append(input_stats(captured.model, model, digest, value, captured.size, captured.stack, window))
+            bar.progress((i + 1) / len(inputs), text=f"Statistics of {len(inputs)} inputs… {i + 1}/{len(inputs)}")
+        bar.empty()
+        spread = average_stats(per_input)
     with controls:
         local_min, global_min = thresholds(spread.mean)
     with shown:
@@ -281,6 +288,20 @@ def many_view(captured: Captured) -> None:
                                  key="flow_many_statistic")
         show_chart(viz.stat_heatmap(spread.mean, statistic, f"mean {viz.stat_label(spread.mean, statistic)}"),
                    f"{result.model}_{statistic}_mean", key="flow_many_heatmap")
+
+
+def table_spread(files, captured: Captured):
+    """The statistics of a batch table (uploaded parts), averaged: the page's model and stack
+    when the table has them, else its own; its window is the one the batch used."""
+    table = read_uploaded([(f.name, f.getvalue()) for f in files[:MAX_MANY_INPUTS]])
+    models = set(table.column("model").to_pylist())
+    stacks = set(table.column("stack").to_pylist())
+    model = captured.model if captured.model in models else sorted(models)[0]
+    stack = captured.stack if captured.stack in stacks else sorted(stacks)[0]
+    spread = spread_from_table(table, stack, model)
+    st.caption(f"{model} · {stack} · {spread.n} inputs of the batch table, window {spread.mean.window} "
+               f"{spread.mean.window_unit} (as the batch ran)")
+    return spread
 
 
 def flow_view(captured: Captured) -> None:

@@ -14,6 +14,7 @@ PAGES = [
     ("pages/flow.py", "Local vs global, flow", ":material/hub:", "how far each head looks; rollout and exact flow"),
     ("pages/lab.py", "Mechanics lab", ":material/school:", "how attention is computed, and what it costs"),
     ("pages/train.py", "Build your own", ":material/model_training:", "train a small attention model and inspect it"),
+    ("pages/heads.py", "Head atlas", ":material/grid_view:", "head roles, similar heads, compare models"),
 ]
 STATUS_LABEL = {"ready": ":green[:material/check_circle: ready]", "missing": ":material/download: not fetched yet",
                 "damaged": ":orange[:material/warning: damaged, fetch again]"}
