@@ -27,12 +27,12 @@ from attnviz.models.bundled import BUNDLED
 from attnviz.probes import DEFAULT_PERIOD, induction_roles
 from attnviz.result import AttentionResult
 from attnviz.ui.common import friendly_errors
+from attnviz.ui.charts import show_chart
 from attnviz.ui.flow import fingerprint
 from attnviz.ui.models import get_model, run_capture
 from attnviz.ui.text import TEXT_FAMILIES, TextRequest
 from attnviz.viz import heads as viz
 from attnviz.viz import text as text_viz
-from attnviz.viz.heatmap import png_config
 
 VIEWS = ("Atlas", "Similar heads", "Compare")
 SOURCES = {"text": "this text", "probe": "induction probe", "table": "batch table (.parquet)"}
@@ -136,8 +136,8 @@ def atlas_view(result: AttentionResult, stack: str, request: TextRequest) -> Non
             selected = None
         with shown:
             fig = viz.atlas_figure(roles.scores, labels, title="Head roles", note=note, selected=selected)
-            event = st.plotly_chart(fig, key="heads_atlas", on_select="rerun", selection_mode="points",
-                                    config=png_config(f"{result.model}_head_roles"))
+            event = show_chart(fig, f"{result.model}_head_roles", key="heads_atlas", on_select="rerun",
+                               selection_mode="points")
             points = [p for p in (event.selection.points if event and event.selection else [])
                       if p.get("curve_number") == 1]
             if points:
@@ -154,7 +154,7 @@ def atlas_view(result: AttentionResult, stack: str, request: TextRequest) -> Non
                 return
             head_stack = source_stack(opened) if opened is not result else stack
             fig, _ = text_viz.head_heatmap(opened, head_stack, layer, head, text_viz.TextOptions())
-            st.plotly_chart(fig, key="heads_opened", config=png_config(f"{opened.model}_L{layer}_H{head}"))
+            show_chart(fig, f"{opened.model}_L{layer}_H{head}", key="heads_opened")
 
 
 # -- similar heads -------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def similar_view(result: AttentionResult, stack: str, request: TextRequest) -> N
                                        note=f"{result.model} · {stack} · mean JS divergence of their rows (bits) over "
                                             f"{n_texts} text{'s' if n_texts > 1 else ''}{sampled}",
                                        selected=int(chosen))
-            st.plotly_chart(fig, key="heads_clustered", config=png_config(f"{result.model}_head_similarity"))
+            show_chart(fig, f"{result.model}_head_similarity", key="heads_clustered")
 
 
 # -- compare -------------------------------------------------------------------------------------
@@ -239,20 +239,18 @@ def compare_view(result: AttentionResult, stack: str, request: TextRequest) -> N
         a, b = aligned.a[la, ha], aligned.b[lb, hb]
         name_a, name_b = aligned.names
         with shown:
-            st.plotly_chart(viz.side_by_side(a, b, aligned.labels, aligned.labels,
-                                             title_a=f"A {name_a}: L{la} H{ha}", title_b=f"B {name_b}: L{lb} H{hb}",
-                                             title="Side by side, on the words both read"),
-                            key="compare_maps", config=png_config("compare_maps"))
-            st.plotly_chart(viz.difference_figure(a - b, aligned.labels, title="A − B (red: A attends more)"),
-                            key="compare_difference", config=png_config("compare_difference"))
+            show_chart(viz.side_by_side(a, b, aligned.labels, aligned.labels,
+                                        title_a=f"A {name_a}: L{la} H{ha}", title_b=f"B {name_b}: L{lb} H{hb}",
+                                        title="Side by side, on the words both read"), "compare_maps", key="compare_maps")
+            show_chart(viz.difference_figure(a - b, aligned.labels, title="A − B (red: A attends more)"),
+                       "compare_difference", key="compare_difference")
             if aligned.a.shape[:2] == aligned.b.shape[:2]:
                 per_head = same_head_divergence(aligned)
                 title = "Each head of A against the same head of B (JS divergence, bits)"
             else:
                 per_head, _ = closest_head(aligned)
                 title = "Each head of A against its closest head of B (JS divergence, bits)"
-            st.plotly_chart(viz.head_grid(per_head, title=title, label="JS"), key="compare_per_head",
-                            config=png_config("compare_per_head"))
+            show_chart(viz.head_grid(per_head, title=title, label="JS"), "compare_per_head", key="compare_per_head")
             st.caption("Words are runs of non-space characters; a token belongs to the word holding its last "
                        "character. Keys are summed and queries averaged within a word; special tokens are left "
                        "out and rows renormalised.")
