@@ -34,13 +34,20 @@ GENERATE_CAP = 256
 
 def capture(model: Model, input, *, target: str | None = None, generate: int = 0,
             size: int | None = None) -> AttentionResult:
-    """Run ``model`` on ``input`` and return all its attention maps (see the module docstring)."""
+    """Run ``model`` on ``input`` and return all its attention maps (see the module docstring).
+
+    Options that do not apply to the model's family or to the input are refused with an
+    AttnvizError, never ignored."""
     started = time.perf_counter()
+    check_options(model, input, target=target, generate=generate, size=size)
     with model.lock, torch.inference_mode():
         if model.family == "image":
-            if not isinstance(input, Image.Image):
+            if isinstance(input, Image.Image):
+                result = _capture_image(model, input, size)
+            elif model.text_tower is not None:
+                result = _capture_text_tower(model, _one_text(input, model))
+            else:
                 raise AttnvizError(f"{model.name} is an image model: give it an image, not {type(input).__name__}.")
-            result = _capture_image(model, input, size)
         elif model.family == "custom":
             result = model.net.capture(input, model.name)
         else:
@@ -51,10 +58,41 @@ def capture(model: Model, input, *, target: str | None = None, generate: int = 0
             elif model.family == "decoder":
                 result = _capture_decoder(model, _one_text(input, model), generate)
             else:
-                source, target = (input if isinstance(input, tuple) else (input, target))
-                result = _capture_seq2seq(model, source, target)
+                result = _capture_seq2seq(model, _one_text(input, model), target)
     result.timings["total_s"] = time.perf_counter() - started
     return result
+
+
+def check_options(model: Model, input, *, target=None, generate: int = 0, size: int | None = None) -> None:
+    """Refuse, in one line each, options that do not apply to ``model``'s family or to ``input``:
+    ``generate`` beyond decoders with a language-model head, ``target`` beyond encoder-decoders,
+    ``size`` on text, and a tuple other than an encoder's pair of texts (for an encoder-decoder
+    the target goes in ``target=``, so that a tuple never means two things)."""
+    family, name = model.family, model.name
+    if family == "custom":
+        return
+    is_image = isinstance(input, Image.Image)
+    if int(generate) < 0:
+        raise AttnvizError(f"generate= is a number of tokens, 0 or more; got {generate}.")
+    if generate and family != "decoder":
+        raise AttnvizError(f"generate= applies to decoders; {name} is {_a(family)} model.")
+    if generate and not model.can_generate:
+        raise AttnvizError(f"{name} is a decoder without a language-model head, so it cannot generate; "
+                           "capture the prompt alone (generate=0).")
+    if target is not None and family != "encoder-decoder":
+        raise AttnvizError(f"target= applies to encoder-decoders; {name} is {_a(family)} model.")
+    if size is not None and not is_image:
+        raise AttnvizError(f"size= applies to images; {name} was given {type(input).__name__}.")
+    if isinstance(input, tuple):
+        if len(input) != 2:
+            raise AttnvizError(f"A tuple is a pair of texts (a, b); got {len(input)} items.")
+        if family == "encoder-decoder":
+            raise AttnvizError(f"{name} is an encoder-decoder: give the source as the input and the target as "
+                               "target=..., not a pair (a pair is two segments of an encoder's input).")
+
+
+def _a(family: str) -> str:
+    return f"{'an' if family[0] in 'aeiou' else 'a'} {family}"
 
 
 # -- text ---------------------------------------------------------------------------------
@@ -128,7 +166,7 @@ def _capture_encoder(model: Model, input: TextInput) -> AttentionResult:
     inputs = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     out = model.net(**inputs, output_attentions=True)
     t2 = time.perf_counter()
-    attn = _stack(out.attentions)
+    attn = _stack(_attentions(out, model))
     segments = enc["token_type_ids"][0].tolist() if b is not None else None
     return AttentionResult(
         kind="text", model=model.name, attn={"encoder": attn}, tokens=_tokens(model, ids),
@@ -151,7 +189,7 @@ def _capture_decoder(model: Model, prompt: str, generate: int) -> AttentionResul
     t2 = time.perf_counter()
     out = model.net(input_ids=ids, attention_mask=torch.ones_like(ids), output_attentions=True, use_cache=False)
     t3 = time.perf_counter()
-    attn = _stack(out.attentions)
+    attn = _stack(_attentions(out, model))
     all_ids = ids[0].tolist()
     spans = _word_spans(enc, prompt_len) + [(i, i + 1) for i in range(prompt_len, len(all_ids))]
     return AttentionResult(
@@ -167,7 +205,7 @@ def _capture_seq2seq(model: Model, source: str, target: str | None) -> Attention
     t0 = time.perf_counter()
     enc, warnings = _encode(model, source)
     src = enc["input_ids"].to(model.device)
-    start = model.net.config.decoder_start_token_id
+    start = _decoder_start(model.net)
     t1 = time.perf_counter()
     if target is not None and str(target).strip():
         tgt_enc, tgt_warn = _encode(model, clean_text(str(target)))
@@ -175,7 +213,8 @@ def _capture_seq2seq(model: Model, source: str, target: str | None) -> Attention
         tgt = torch.cat([torch.tensor([[start]]), tgt_enc["input_ids"]], dim=1).to(model.device)
     else:
         tgt_enc = None
-        tgt = model.net.generate(src, attention_mask=torch.ones_like(src), max_new_tokens=48, do_sample=False)
+        tgt = model.net.generate(src, attention_mask=torch.ones_like(src), max_new_tokens=48, do_sample=False,
+                                 decoder_start_token_id=start)
     t2 = time.perf_counter()
     out = model.net(input_ids=src, attention_mask=torch.ones_like(src), decoder_input_ids=tgt,
                     output_attentions=True, use_cache=False)
@@ -194,6 +233,48 @@ def _capture_seq2seq(model: Model, source: str, target: str | None) -> Attention
         timings={"tokenize_s": t1 - t0, "generate_s": t2 - t1, "forward_s": t3 - t2,
                  "copy_s": time.perf_counter() - t3},
         warnings=warnings)
+
+
+def _decoder_start(net) -> int:
+    """The token an encoder-decoder's decoder starts from: the config's or the generation
+    config's decoder_start_token_id; else, as mBART does when it has none, the end-of-sequence
+    token (its shift_tokens_right wraps the target's last token round), else BOS or padding."""
+    gen = getattr(net, "generation_config", None)
+    for cfg, key in ((net.config, "decoder_start_token_id"), (gen, "decoder_start_token_id"),
+                     (net.config, "eos_token_id"), (net.config, "bos_token_id"), (net.config, "pad_token_id")):
+        value = getattr(cfg, key, None)
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+        if value is not None:
+            return int(value)
+    raise AttnvizError("The decoder of this model has no start token (decoder_start_token_id, eos, bos and pad are all unset).")
+
+
+def _capture_text_tower(model: Model, text: str) -> AttentionResult:
+    """A text through the text tower of a two-tower model (CLIP, SigLIP). CLIP's text tower is
+    causal: the result says so when every map is zero above the diagonal."""
+    t0 = time.perf_counter()
+    enc, warnings = _encode(model, text)
+    ids = enc["input_ids"][0].tolist()
+    t1 = time.perf_counter()
+    out = model.text_tower(input_ids=enc["input_ids"].to(model.device), output_attentions=True)
+    t2 = time.perf_counter()
+    attn = _stack(_attentions(out, model))
+    causal = len(ids) > 1 and not np.triu(attn.astype(np.float32), k=1).any()
+    return AttentionResult(
+        kind="text", model=model.name, attn={"encoder": attn}, tokens=_tokens(model, ids),
+        special=_special(model, ids), word_spans=_word_spans(enc, len(ids)), causal=causal,
+        timings={"tokenize_s": t1 - t0, "forward_s": t2 - t1, "copy_s": time.perf_counter() - t2},
+        warnings=warnings)
+
+
+def _attentions(out, model: Model):
+    """The per-layer attention maps of a transformers output; a clear error when there are none."""
+    attentions = getattr(out, "attentions", None)
+    if not attentions or any(a is None for a in attentions):
+        raise AttnvizError(f"{model.name} returned no attention maps: its architecture "
+                           f"({type(model.net).__name__}) does not expose them.")
+    return attentions
 
 
 # -- images -------------------------------------------------------------------------------
@@ -226,20 +307,28 @@ def _capture_image(model: Model, image: Image.Image, size: int | None) -> Attent
     pixels = (pixels - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
     pixel_values = torch.from_numpy(pixels.transpose(2, 0, 1)[None].copy()).to(model.device)
     t1 = time.perf_counter()
-    kwargs = {"interpolate_pos_encoding": True} if _accepts(model.net, "interpolate_pos_encoding") else {}
-    out = model.net(pixel_values=pixel_values, output_attentions=True, **kwargs)
+    net = model.vision_tower
+    kwargs = {"interpolate_pos_encoding": True} if _accepts(net, "interpolate_pos_encoding") else {}
+    out = net(pixel_values=pixel_values, output_attentions=True, **kwargs)
     t2 = time.perf_counter()
-    attn = _stack(out.attentions)
+    attn = _stack(_attentions(out, model))
     rows, cols = h // spec.patch, w // spec.patch
     prefix = attn.shape[-1] - rows * cols
-    tokens = [f"[{'CLS' if i == 0 else f'REG{i}'}]" for i in range(prefix)]
-    tokens += [f"({r},{c})" for r in range(rows) for c in range(cols)]
+    tokens = prefix_names(net, prefix) + [f"({r},{c})" for r in range(rows) for c in range(cols)]
     return AttentionResult(
         kind="image", model=model.name, attn={"encoder": attn}, tokens=tokens,
         special=[i < prefix for i in range(len(tokens))],
         grid=PatchGrid(rows=rows, cols=cols, patch_px=spec.patch, prefix=prefix),
         image=np.asarray(seen, dtype=np.uint8),
         timings={"preprocess_s": t1 - t0, "forward_s": t2 - t1, "copy_s": time.perf_counter() - t2})
+
+
+def prefix_names(net: torch.nn.Module, prefix: int) -> list[str]:
+    """Names of the ``prefix`` tokens before the patches: [CLS], then [DIST] when the model has
+    a distillation token (DeiT), then registers [REG1], [REG2]..."""
+    names = ["[CLS]"] + (["[DIST]"] if any(n.endswith("distillation_token") for n, _ in net.named_parameters()) else [])
+    names = names[:prefix]
+    return names + [f"[REG{i + 1}]" for i in range(prefix - len(names))]
 
 
 def _accepts(net: torch.nn.Module, arg: str) -> bool:

@@ -20,7 +20,7 @@ from attnviz.errors import AttnvizError
 from attnviz.models import TRANSFORMERS_LOCK, store
 from attnviz.models.bundled import BUNDLED
 
-FAMILIES = ("encoder", "decoder", "encoder-decoder", "image", "custom")
+FAMILIES = ("encoder", "decoder", "encoder-decoder", "image", "vision-language", "custom")
 DECODER_TOKEN_CAP = 2048  # [30 layers, 9 heads, 2048, 2048] float16 is already 2.3 GB
 SEQ2SEQ_TOKEN_CAP = 512
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -28,8 +28,6 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 TOKEN_CAP_ENV = "ATTNVIZ_MAX_TOKENS"  # a hosted demo's cap on every input's length (see token_cap)
 MAX_PARAMS = 2_000_000_000  # 8 GB in float32; a config describing more is refused before loading
 MAX_LAYERS = 256  # deeper configs are refused before even an empty model is built to count them
-IMAGE_MODEL_TYPES = {"vit", "dinov2", "dinov2_with_registers", "clip_vision_model", "clip", "deit",
-                     "beit", "siglip_vision_model", "dinov3_vit", "vit_msn", "vit_mae"}
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,25 @@ class Model:
     @property
     def n_layers(self) -> int:
         cfg = self.net.config
+        if self.family == "image":
+            cfg = getattr(cfg, "vision_config", None) or cfg
         return getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", 0)
+
+    @property
+    def can_generate(self) -> bool:
+        """Whether the net has a language-model head to generate with (a bare GPT2Model has not)."""
+        can = getattr(self.net, "can_generate", None)
+        return bool(can and can())
+
+    @property
+    def text_tower(self) -> torch.nn.Module | None:
+        """The text tower of a two-tower image model (CLIP, SigLIP) that came with a tokenizer."""
+        return getattr(self.net, "text_model", None) if self.tokenizer is not None and self.family == "image" else None
+
+    @property
+    def vision_tower(self) -> torch.nn.Module:
+        """What pixels go through: the vision tower of a two-tower model, else the net itself."""
+        return getattr(self.net, "vision_model", None) if hasattr(self.net, "text_model") else self.net
 
 
 def token_cap(limit: int) -> int:
@@ -169,13 +185,51 @@ def _load_hub(repo_id: str, device: torch.device) -> Model:
     return _load_transformers(repo_id, repo_id, device, local_files_only=False)
 
 
+def _mapping(name: str) -> dict:
+    """One of transformers' model-class mappings, model_type -> class name."""
+    from transformers.models.auto import modeling_auto
+
+    return getattr(modeling_auto, name)
+
+
+def _what_it_is(config) -> str | None:
+    """A one-line reason why attnviz cannot show this kind of model, or None when it can."""
+    kind = config.model_type
+    for mapping, what in (("MODEL_FOR_CTC_MAPPING_NAMES", "a speech model"),
+                          ("MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES", "a speech model"),
+                          ("MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES", "an audio model"),
+                          ("MODEL_FOR_TEXT_TO_WAVEFORM_MAPPING_NAMES", "a speech model"),
+                          ("MODEL_FOR_VIDEO_CLASSIFICATION_MAPPING_NAMES", "a video model"),
+                          ("MODEL_FOR_TIME_SERIES_PREDICTION_MAPPING_NAMES", "a time-series model"),
+                          ("MODEL_FOR_TIME_SERIES_CLASSIFICATION_MAPPING_NAMES", "a time-series model")):
+        if kind in _mapping(mapping):
+            return what
+    if not any(str(k).endswith(("heads", "n_head")) for k, _ in _flat_items(config.to_dict())):
+        return "a network without attention layers (no attention heads in its config)"
+    return None
+
+
 def _family(config) -> str:
-    archs = " ".join(getattr(config, "architectures", None) or [])
-    if getattr(config, "is_encoder_decoder", False):
+    """encoder, decoder, encoder-decoder, image or vision-language, from what transformers says
+    the model is (its model-class mappings), not from its name.
+
+    Two-tower image-text models (CLIP, SigLIP) are "image": a picture goes to the vision tower
+    and a text to the text tower (see Model.towers). A model_type that transformers has as a
+    causal language model and not as a masked one is a decoder even without its LM head."""
+    kind = config.model_type
+    archs = getattr(config, "architectures", None) or []
+    if kind in _mapping("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES") and hasattr(config, "vision_config"):
+        return "vision-language"
+    if getattr(config, "is_encoder_decoder", False) or kind in _mapping("MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"):
         return "encoder-decoder"
-    if config.model_type in IMAGE_MODEL_TYPES:
+    if (kind in _mapping("MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES")
+            or kind in _mapping("MODEL_FOR_IMAGE_MAPPING_NAMES")
+            or kind in _mapping("MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES")
+            or (hasattr(config, "num_channels") and hasattr(config, "patch_size") and not hasattr(config, "vocab_size"))):
         return "image"
-    if "ForCausalLM" in archs or "LMHeadModel" in archs or getattr(config, "is_decoder", False):
+    causal = _mapping("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES")
+    if (any(a in causal.values() for a in archs) or getattr(config, "is_decoder", False)
+            or (kind in causal and kind not in _mapping("MODEL_FOR_MASKED_LM_MAPPING_NAMES"))):
         return "decoder"
     return "encoder"
 
@@ -192,16 +246,18 @@ def _backbone_class(config):
 
 
 def _net_class(config, family: str):
-    """The transformers class that loads a checkpoint of this config and family."""
+    """The transformers class that loads a checkpoint of this config and family: the language
+    model head when the checkpoint has one, else the bare backbone it names."""
     import transformers as tf
 
     if family == "encoder-decoder":
         return tf.AutoModelForSeq2SeqLM
+    if family == "vision-language":
+        return tf.AutoModelForImageTextToText
+    backbone = _backbone_class(config)
     if family == "decoder":
-        return tf.AutoModelForCausalLM
-    if config.model_type == "clip":  # a whole CLIP checkpoint: its image tower
-        return tf.CLIPVisionModel
-    return _backbone_class(config) or tf.AutoModel  # e.g. CLIPVisionModelWithProjection
+        return backbone or tf.AutoModelForCausalLM
+    return backbone or tf.AutoModel
 
 
 def _weights_params(source: str, local: bool) -> int | None:
@@ -239,8 +295,7 @@ def check_size(config, cls, source: str, name: str, local: bool) -> None:
                            f"{MAX_LAYERS}. Refused before loading anything.")
     try:
         with torch.device("meta"):  # shapes only: nothing is allocated
-            empty = cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(
-                config.vision_config if config.model_type == "clip" else config)
+            empty = cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)
     except (TypeError, ValueError, RuntimeError, AttributeError, KeyError) as e:
         raise AttnvizError(f"The config.json of '{name}' does not describe a model that can be built: "
                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
@@ -278,6 +333,10 @@ def _load_transformers_unlocked(source: str, name: str, device: torch.device, lo
         config = tf.AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise AttnvizError(f"Cannot read the configuration of '{name}': {str(e).splitlines()[0]}") from None
+    why_not = _what_it_is(config)
+    if why_not:
+        raise AttnvizError(f"'{name}' is {why_not} (model type '{config.model_type}'); attnviz shows the "
+                           "attention of text and image models only.")
     family = _family(config)
     cls = _net_class(config, family)
     check_size(config, cls, source, name, local_files_only)
@@ -291,22 +350,54 @@ def _load_transformers_unlocked(source: str, name: str, device: torch.device, lo
                                "like).") from None
         raise AttnvizError(f"Cannot load the weights of '{name}': {str(e).splitlines()[0]}") from None
     net.eval().to(device)
-    if family == "image":
-        return Model(name, family, net, device, max_tokens=0, image=_image_spec(source, net.config, kwargs))
-    tokenizer = tf.AutoTokenizer.from_pretrained(source, **kwargs)
-    # a model that does not say how long its inputs may be (relative positions) gets the decoders' cap
-    limit = getattr(net.config, "max_position_embeddings", None) or DECODER_TOKEN_CAP
-    if family == "decoder":
+    image = _image_spec(source, net.config, kwargs) if family in ("image", "vision-language") else None
+    return wrap(net, name, family, device, _tokenizer(source, name, family, kwargs), image)
+
+
+def _tokenizer(source: str, name: str, family: str, kwargs):
+    """The checkpoint's tokenizer; None for an image model without one (a two-tower model such
+    as CLIP with its tokenizer gets it, for its text tower)."""
+    import transformers as tf
+
+    try:
+        return tf.AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError) as e:
+        if family == "image":
+            return None
+        raise AttnvizError(f"Cannot read the tokenizer of '{name}' (a {family} model needs one: tokenizer.json, "
+                           f"or vocab files with tokenizer_config.json): {str(e).splitlines()[0]}") from None
+
+
+def text_limit(net: torch.nn.Module, family: str) -> int:
+    """The longest text ``net`` can read: its (text) config's max_position_embeddings, lowered
+    to what its learned position table can really embed (RoBERTa-style tables start counting
+    at padding_idx + 1), and capped for decoders (DECODER_TOKEN_CAP) and encoder-decoders
+    (SEQ2SEQ_TOKEN_CAP). A model without a limit (relative positions) gets the decoders' cap."""
+    config = net.config.get_text_config() if hasattr(net.config, "get_text_config") else net.config
+    limit = getattr(config, "max_position_embeddings", None) or DECODER_TOKEN_CAP
+    for path, module in net.named_modules():
+        if (isinstance(module, torch.nn.Embedding) and "position" in path.rsplit(".", 1)[-1]
+                and module.padding_idx is not None):
+            limit = min(limit, module.num_embeddings - module.padding_idx - 1)
+    if family in ("decoder", "vision-language"):
         limit = min(limit, DECODER_TOKEN_CAP)
     elif family == "encoder-decoder":
         limit = min(limit, SEQ2SEQ_TOKEN_CAP)
-    return Model(name, family, net, device, max_tokens=token_cap(int(limit)), tokenizer=tokenizer)
+    return int(limit)
+
+
+def wrap(net: torch.nn.Module, name: str, family: str, device: torch.device, tokenizer=None,
+         image: ImageSpec | None = None) -> Model:
+    """A Model around a loaded transformers ``net`` of ``family``, with its length cap."""
+    limit = text_limit(net, family) if tokenizer is not None else 0
+    return Model(name, family, net, device, max_tokens=token_cap(limit), tokenizer=tokenizer, image=image)
 
 
 def _image_spec(source: str, config, kwargs) -> ImageSpec:
     """Mean, std and size from preprocessor_config.json when present, else from the config."""
     import transformers as tf
 
+    config = getattr(config, "vision_config", None) or config  # two towers, vision-language: the vision side
     mean, std, size = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), getattr(config, "image_size", 224)
     try:
         proc = tf.AutoImageProcessor.from_pretrained(source, **kwargs)
