@@ -56,6 +56,13 @@ class PatchGrid:
         return (np.stack([r, c], axis=1) + 0.5) * self.patch_px
 
 
+def _as_array(m) -> np.ndarray:
+    """A torch tensor (any device, any float dtype) or array as a float32 numpy array."""
+    if hasattr(m, "detach"):
+        m = m.detach().float().cpu().numpy()
+    return np.asarray(m, dtype=np.float32)
+
+
 @dataclass
 class AttentionResult:
     """Every attention map of one run. See the module docstring for the axes."""
@@ -123,6 +130,42 @@ class AttentionResult:
 
     def shape(self, stack: str) -> tuple[int, int, int, int]:
         return tuple(self.attn[stack].shape)
+
+    @classmethod
+    def from_maps(cls, maps, tokens: list[str] | None = None, *, model: str = "custom",
+                  special: list[bool] | None = None, causal: bool | None = None,
+                  grid: PatchGrid | None = None, image: np.ndarray | None = None) -> "AttentionResult":
+        """A result from attention maps computed anywhere, e.g. ``record_attention().maps``.
+
+        ``maps``: one map per layer, each ``[batch, heads, queries, keys]`` (the first batch
+        item is kept) or ``[heads, queries, keys]``, torch tensors or numpy arrays; or one array
+        ``[layers, heads, queries, keys]``. All layers must have the same shape. ``tokens``:
+        one string per key (numbers when absent). ``causal``: whether the rows see only keys up
+        to the query; by default, whether every map is zero above the diagonal. A causal result
+        is a "decoder" stack, any other an "encoder" stack. ``grid`` and ``image`` make it an
+        image result (patch tokens after ``grid.prefix`` prefix tokens)."""
+        from attnviz.errors import AttnvizError
+
+        layers = [_as_array(m) for m in (maps if isinstance(maps, (list, tuple)) else list(_as_array(maps)))]
+        if not layers:
+            raise AttnvizError("No attention maps given: record_attention() saw no attention call.")
+        layers = [m[0] if m.ndim == 4 else m for m in layers]
+        shapes = sorted({m.shape for m in layers})
+        if len(shapes) > 1 or len(shapes[0]) != 3:
+            raise AttnvizError(f"The maps must all be [heads, queries, keys] of one shape (or with a batch axis "
+                               f"first); got {', '.join(str(s) for s in shapes)}. Pass the maps of one stack.")
+        attn = np.stack(layers)
+        n_query, n_key = attn.shape[-2:]
+        tokens = [str(i) for i in range(n_key)] if tokens is None else [str(t) for t in tokens]
+        if len(tokens) != n_key or n_query != n_key:
+            raise AttnvizError(f"The maps are [{n_query} queries, {n_key} keys]: self-attention over as many tokens as "
+                               f"given, and {len(tokens)} tokens were given.")
+        if causal is None:
+            causal = n_key > 1 and not np.triu(attn.astype(np.float32), k=1).any()
+        return cls(kind="image" if grid is not None else "text", model=model,
+                   attn={"decoder" if causal else "encoder": attn}, tokens=tokens,
+                   special=list(special) if special is not None else [False] * n_key,
+                   grid=grid, image=image, causal=bool(causal))
 
     # -- saving and loading ----------------------------------------------------------------
     def meta(self) -> dict:

@@ -183,3 +183,121 @@ def test_deit_distillation_token_is_labelled_as_such(zoo, picture):
     assert result.tokens[:2] == ["[CLS]", "[DIST]"] and result.grid.prefix == 2
     _, registers = zoo("dinov2-registers")
     assert attnviz.capture(registers, picture).tokens[:5] == ["[CLS]", "[REG1]", "[REG2]", "[REG3]", "[REG4]"]
+
+
+# -- options that do not apply, and checkpoints that cannot be shown -------------------------
+@pytest.mark.parametrize("name, input, options, match", [
+    ("bert", TEXT, {"generate": 3}, "generate= applies to decoders; .* is an encoder model"),
+    ("bert", TEXT, {"target": TARGET}, "target= applies to encoder-decoders"),
+    ("bert", TEXT, {"size": 224}, "size= applies to images"),
+    ("bert", ("a", "b", "c"), {}, "a pair of texts .* got 3 items"),
+    ("t5", (TEXT, TARGET), {}, "give the source as the input and the target as target="),
+    ("t5", TEXT, {"generate": 3}, "generate= applies to decoders"),
+    ("llama", TEXT, {"target": TARGET}, "target= applies to encoder-decoders"),
+    ("llama", (TEXT, TARGET), {}, "takes one text, not a pair"),
+    ("llama", TEXT, {"generate": -1}, "0 or more"),
+    ("vit", TEXT, {}, "image model: give it an image"),
+])
+def test_capture_refuses_options_that_do_not_apply(zoo, name, input, options, match):
+    _, model = zoo(name)
+    with pytest.raises(attnviz.AttnvizError, match=match):
+        attnviz.capture(model, input, **options)
+
+
+def test_size_on_text_and_generate_on_images_are_refused(zoo, picture):
+    _, model = zoo("vit")
+    with pytest.raises(attnviz.AttnvizError, match="generate= applies to decoders"):
+        attnviz.capture(model, picture, generate=2)
+
+
+UNSUPPORTED = {
+    "resnet": ("ResNetModel", lambda tf: tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1]),
+               "without attention layers"),
+    "whisper": ("WhisperModel", lambda tf: tf.WhisperConfig(d_model=32, encoder_layers=1, decoder_layers=1,
+                                                            encoder_attention_heads=2, decoder_attention_heads=2,
+                                                            encoder_ffn_dim=32, decoder_ffn_dim=32), "a speech model"),
+    "videomae": ("VideoMAEModel", lambda tf: tf.VideoMAEConfig(**arch_zoo.VISION, num_frames=2, tubelet_size=1),
+                 "a video model"),
+}
+
+
+@pytest.fixture(scope="module")
+def unsupported(tmp_path_factory):
+    import transformers
+
+    root = tmp_path_factory.mktemp("unsupported")
+    for name, (cls, config, _) in UNSUPPORTED.items():
+        getattr(transformers, cls)(config(transformers)).save_pretrained(root / name)
+    return root
+
+
+@pytest.mark.parametrize("name", list(UNSUPPORTED))
+def test_unsupported_checkpoint_gets_one_clear_line(unsupported, name, capsys, tmp_path):
+    from attnviz.cli import main
+
+    match = UNSUPPORTED[name][2]
+    with pytest.raises(attnviz.AttnvizError, match=match):
+        attnviz.load_model(str(unsupported / name))
+    code = main(["capture", "--model", str(unsupported / name), "--text", "hello", "--out", str(tmp_path / "r.npz")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and match in err and "Traceback" not in err
+    assert f"model type '{name}'" in err
+
+
+# -- API edges: a model already loaded, maps recorded from any code ----------------------------
+def test_load_model_accepts_a_loaded_transformers_model(zoo, picture):
+    import transformers
+
+    folder, from_folder = zoo("bert")
+    net = transformers.BertModel.from_pretrained(str(folder), attn_implementation="sdpa")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    model = attnviz.load_model(net, tokenizer=tokenizer)
+    assert model.family == "encoder" and model.max_tokens == from_folder.max_tokens
+    assert np.array_equal(attnviz.capture(model, TEXT).attn["encoder"], attnviz.capture(from_folder, TEXT).attn["encoder"])
+
+    folder, from_folder = zoo("vit")
+    processor = transformers.AutoImageProcessor.from_pretrained(str(folder))
+    model = attnviz.load_model(transformers.ViTModel.from_pretrained(str(folder)), processor=processor)
+    assert model.family == "image" and model.image == from_folder.image
+    assert np.array_equal(attnviz.capture(model, picture).attn["encoder"],
+                          attnviz.capture(from_folder, picture).attn["encoder"])
+
+
+def test_load_model_refuses_what_it_cannot_wrap(zoo):
+    import transformers
+
+    with pytest.raises(attnviz.AttnvizError, match="record_attention"):
+        attnviz.load_model(torch.nn.Linear(2, 2))
+    folder, _ = zoo("llama")
+    with pytest.raises(attnviz.AttnvizError, match="give its tokenizer too"):
+        attnviz.load_model(transformers.LlamaForCausalLM.from_pretrained(str(folder)))
+
+
+def test_recorded_maps_become_a_result_for_every_view_and_the_command_line(zoo, tmp_path, capsys):
+    """A model run through fused SDPA kernels, recorded, equals attnviz's own eager capture."""
+    import json
+
+    import transformers
+
+    from attnviz.cli import main
+
+    folder, model = zoo("llama")
+    net = transformers.LlamaForCausalLM.from_pretrained(str(folder), attn_implementation="sdpa").eval()
+    ids = text_ids(folder, TEXT)
+    with torch.no_grad(), attnviz.record_attention() as rec:
+        net(input_ids=ids)
+    result = attnviz.AttentionResult.from_maps(rec.maps, tokens=model.tokenizer.convert_ids_to_tokens(ids[0]))
+    own = attnviz.capture(model, TEXT)
+    assert result.stacks == ["decoder"] and result.causal
+    assert np.abs(result.attn["decoder"].astype(np.float32) - own.attn["decoder"].astype(np.float32)).max() < TOLERANCE
+    path = result.save(tmp_path / "recorded.npz")
+    assert main(["stats", str(path), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["stack"] == "decoder" and len(stats["entropy"]) == 2
+
+
+def test_from_maps_refuses_maps_of_different_shapes():
+    with pytest.raises(attnviz.AttnvizError, match="one shape"):
+        attnviz.AttentionResult.from_maps([torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 4, 4)])
+    with pytest.raises(attnviz.AttnvizError, match="3 tokens were given"):
+        attnviz.AttentionResult.from_maps([torch.full((1, 2, 4, 4), 0.25)], tokens=["a", "b", "c"])

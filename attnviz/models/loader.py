@@ -91,8 +91,13 @@ def token_cap(limit: int) -> int:
     return min(limit, int(cap)) if cap.isdigit() and int(cap) > 0 else limit
 
 
-def load_model(name: str, progress: store.Progress = store.no_progress, device: torch.device | None = None) -> Model:
-    """Load ``name``: a bundled name (fetched on first use), a local folder, or a hub id."""
+def load_model(name, progress: store.Progress = store.no_progress, device: torch.device | None = None, *,
+               tokenizer=None, processor=None) -> Model:
+    """Load ``name``: a bundled name (fetched on first use), a local folder, or a hub id; or
+    wrap a transformers model already loaded, given as ``name`` with its ``tokenizer`` or
+    ``processor`` (see :func:`from_net`)."""
+    if not isinstance(name, (str, os.PathLike)):
+        return from_net(name, tokenizer=tokenizer, processor=processor)
     name = str(name).strip()
     if not name:
         raise AttnvizError("No model name given.")
@@ -397,15 +402,52 @@ def _image_spec(source: str, config, kwargs) -> ImageSpec:
     """Mean, std and size from preprocessor_config.json when present, else from the config."""
     import transformers as tf
 
-    config = getattr(config, "vision_config", None) or config  # two towers, vision-language: the vision side
-    mean, std, size = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), getattr(config, "image_size", 224)
     try:
         proc = tf.AutoImageProcessor.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        proc = None  # no preprocessor config: the model's own defaults
+    return image_spec(config, proc)
+
+
+def image_spec(config, proc=None) -> ImageSpec:
+    """The ImageSpec of a model ``config``: mean, std and size from its image processor
+    ``proc`` when given (a processor holding one counts too), else the config's own defaults."""
+    config = getattr(config, "vision_config", None) or config  # two towers, vision-language: the vision side
+    mean, std, size = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), getattr(config, "image_size", 224)
+    proc = getattr(proc, "image_processor", None) or proc
+    if getattr(proc, "image_mean", None) is not None and getattr(proc, "image_std", None) is not None:
         mean, std = tuple(proc.image_mean), tuple(proc.image_std)
         crop = getattr(proc, "crop_size", None) or getattr(proc, "size", None) or {}
+        crop = crop if isinstance(crop, dict) else dict(crop)
         size = crop.get("height") or crop.get("shortest_edge") or size
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass  # no preprocessor config: the model's own defaults above
     patch = config.patch_size
     return ImageSpec(size=int(size), patch=int(patch if isinstance(patch, int) else patch[0]),
                      mean=mean, std=std)
+
+
+def from_net(net, *, tokenizer=None, processor=None, name: str | None = None) -> Model:
+    """A Model around a transformers model already loaded in this Python, with its
+    ``tokenizer`` (text) or ``processor`` (images; a processor holding a tokenizer gives it too).
+
+    The model's attention implementation is switched to eager (transformers returns attention
+    probabilities only there); it is put in eval mode and stays on its device."""
+    config = getattr(net, "config", None)
+    if not isinstance(net, torch.nn.Module) or not hasattr(config, "model_type"):
+        raise AttnvizError(f"load_model takes a name, a folder or a transformers model, not {type(net).__name__}; "
+                           "for your own torch module, record its attention with attnviz.record_attention() "
+                           "and make a result with AttentionResult.from_maps.")
+    name = name or getattr(config, "name_or_path", "") or type(net).__name__
+    why_not = _what_it_is(config)
+    if why_not:
+        raise AttnvizError(f"'{name}' is {why_not} (model type '{config.model_type}'); attnviz shows the "
+                           "attention of text and image models only.")
+    family = _family(config)
+    tokenizer = tokenizer or getattr(processor, "tokenizer", None)
+    if tokenizer is None and family != "image":
+        raise AttnvizError(f"'{name}' is a {family} model: give its tokenizer too, "
+                           "load_model(model, tokenizer=tokenizer).")
+    if getattr(config, "_attn_implementation", "eager") != "eager":
+        net.set_attn_implementation("eager")
+    image = image_spec(config, processor) if family in ("image", "vision-language") else None
+    device = next(net.parameters()).device
+    return wrap(net.eval(), name, family, device, tokenizer, image)
