@@ -25,7 +25,7 @@ from PIL import Image
 from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text, to_rgb
 from attnviz.models.loader import Model, token_cap
-from attnviz.result import AttentionResult, PatchGrid
+from attnviz.result import AttentionResult, PatchGrid, grid_tokens
 
 TextInput = Union[str, tuple[str, str]]
 MAX_IMAGE_TOKENS = 4096  # patches; bounds memory at [12, 12, 4096, 4096] float16 = 4.8 GB
@@ -278,11 +278,12 @@ def _attentions(out, model: Model):
 
 
 # -- images -------------------------------------------------------------------------------
-def image_input_size(width: int, height: int, short_side: int, patch: int) -> tuple[int, int]:
+def image_input_size(width: int, height: int, short_side: int, patch: int, per_cell: int = 1) -> tuple[int, int]:
     """(width, height) fed to the model: shorter side ``short_side``, aspect kept, each side a
     multiple of ``patch`` (at least one patch), at most MAX_IMAGE_TOKENS patches (or the
-    deployment's lower cap, see attnviz.models.loader.token_cap)."""
-    most = token_cap(MAX_IMAGE_TOKENS)
+    deployment's lower cap, see attnviz.models.loader.token_cap). ``per_cell``: tokens per
+    ``patch`` x ``patch`` cell, for a windowed model whose sides are multiples of several patches."""
+    most = max(1, token_cap(MAX_IMAGE_TOKENS) // per_cell)
     scale = short_side / min(width, height)
     w, h = width * scale, height * scale
     n = (w / patch) * (h / patch)
@@ -295,18 +296,31 @@ def image_input_size(width: int, height: int, short_side: int, patch: int) -> tu
     return cols * patch, rows * patch
 
 
-def _capture_image(model: Model, image: Image.Image, size: int | None) -> AttentionResult:
+def _pixels(model: Model, image: Image.Image, size: int | None):
+    """(the picture the model sees, its normalised [1, 3, h, w] pixel values): shorter side
+    ``size``, aspect kept, sides multiples of the model's step (the patch, or a windowed model's
+    alignment)."""
     spec = model.image
     size = int(size or spec.size)
-    if size < spec.patch or size % spec.patch:
-        raise AttnvizError(f"The input size must be a positive multiple of {model.name}'s patch size, {spec.patch} px; got {size}.")
-    t0 = time.perf_counter()
-    w, h = image_input_size(*image.size, size, spec.patch)
+    if size < spec.step or size % spec.step:
+        what = "patch size" if spec.step == spec.patch else "alignment (patch x window x 2^(stages-1))"
+        raise AttnvizError(f"The input size must be a positive multiple of {model.name}'s {what}, {spec.step} px; got {size}.")
+    per_cell = (spec.step // spec.patch) ** 2
+    w, h = image_input_size(*image.size, size, spec.step, per_cell=per_cell)
     seen = to_rgb(image).resize((w, h), Image.Resampling.BICUBIC)
     pixels = np.asarray(seen, dtype=np.float32) / 255.0
     pixels = (pixels - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
-    pixel_values = torch.from_numpy(pixels.transpose(2, 0, 1)[None].copy()).to(model.device)
+    return seen, torch.from_numpy(pixels.transpose(2, 0, 1)[None].copy()).to(model.device)
+
+
+def _capture_image(model: Model, image: Image.Image, size: int | None) -> AttentionResult:
+    spec = model.image
+    t0 = time.perf_counter()
+    seen, pixel_values = _pixels(model, image, size)
+    w, h = seen.size
     t1 = time.perf_counter()
+    if spec.align:
+        return _capture_windowed(model, seen, pixel_values, t1 - t0)
     net = model.vision_tower
     kwargs = {"interpolate_pos_encoding": True} if _accepts(net, "interpolate_pos_encoding") else {}
     out = net(pixel_values=pixel_values, output_attentions=True, **kwargs)
@@ -314,13 +328,62 @@ def _capture_image(model: Model, image: Image.Image, size: int | None) -> Attent
     attn = _stack(_attentions(out, model))
     rows, cols = h // spec.patch, w // spec.patch
     prefix = attn.shape[-1] - rows * cols
-    tokens = prefix_names(net, prefix) + [f"({r},{c})" for r in range(rows) for c in range(cols)]
+    grid = PatchGrid(rows=rows, cols=cols, patch_px=spec.patch, prefix=prefix)
+    tokens = prefix_names(net, prefix) + grid_tokens(grid)
     return AttentionResult(
         kind="image", model=model.name, attn={"encoder": attn}, tokens=tokens,
-        special=[i < prefix for i in range(len(tokens))],
-        grid=PatchGrid(rows=rows, cols=cols, patch_px=spec.patch, prefix=prefix),
+        special=[i < prefix for i in range(len(tokens))], grid=grid,
         image=np.asarray(seen, dtype=np.uint8),
         timings={"preprocess_s": t1 - t0, "forward_s": t2 - t1, "copy_s": time.perf_counter() - t2})
+
+
+def _capture_windowed(model: Model, seen: Image.Image, pixel_values: torch.Tensor, preprocess_s: float) -> AttentionResult:
+    """A Swin-style model, block by block: each block's window attention [windows, heads, T, T]
+    placed back on its stage's grid as [heads, patches, patches] (zero outside the window), one
+    "stage<N>" stack per stage. The blocks run as the model's own stage loop runs them (the
+    stage outputs carry only each stage's last block)."""
+    net, spec = model.net, model.image
+    t1 = time.perf_counter()
+    hidden, dims = net.embeddings(pixel_values)[:2]
+    stacks, grids = {}, {}
+    for s, stage in enumerate(net.encoder.layers, start=1):
+        maps = []
+        for block in stage.blocks:
+            hidden, weights = block(hidden, dims)[:2]
+            if weights is None:
+                raise AttnvizError(f"{model.name} returned no attention maps from its windowed blocks.")
+            maps.append(unwindow(weights, dims, int(block.window_size), int(block.shift_size)))
+        stacks[f"stage{s}"] = torch.stack(maps).to(torch.float16).numpy()
+        grids[f"stage{s}"] = PatchGrid(rows=dims[0], cols=dims[1], patch_px=spec.patch * 2 ** (s - 1), prefix=0)
+        if stage.downsample is not None:
+            hidden = stage.downsample(hidden, dims)
+            dims = ((dims[0] + 1) // 2, (dims[1] + 1) // 2)
+    t2 = time.perf_counter()
+    first = grids["stage1"]
+    return AttentionResult(
+        kind="image", model=model.name, attn=stacks, tokens=grid_tokens(first), special=[False] * first.n_patches,
+        grid=first, grids=grids, image=np.asarray(seen, dtype=np.uint8),
+        timings={"preprocess_s": preprocess_s, "forward_s": t2 - t1})
+
+
+def unwindow(weights: torch.Tensor, dims: tuple[int, int], window: int, shift: int) -> torch.Tensor:
+    """Window attention ``weights[window, head, i, j]`` (T = window^2 tokens per window, the
+    windows of a grid ``dims`` = (rows, cols) cyclically shifted up and left by ``shift``) as
+    dense ``[head, patch, patch]`` over the grid in row-major order, zero outside each window.
+
+    Slot i of window w holds, in the shifted grid, row wr * window + i // window and column
+    wc * window + i % window (wr, wc = divmod(w, cols // window)); shifting back adds ``shift``
+    to both, modulo the grid."""
+    rows, cols = dims
+    n_windows, heads, t, _ = weights.shape
+    w, i = torch.arange(n_windows)[:, None], torch.arange(t)[None, :]
+    wr, wc = w // (cols // window), w % (cols // window)
+    y = (wr * window + i // window + shift) % rows
+    x = (wc * window + i % window + shift) % cols
+    index = y * cols + x  # [windows, T]: the grid token in each window slot
+    dense = torch.zeros(heads, rows * cols, rows * cols, dtype=torch.float32)
+    dense[:, index[:, :, None], index[:, None, :]] = weights.float().permute(1, 0, 2, 3)
+    return dense
 
 
 def prefix_names(net: torch.nn.Module, prefix: int) -> list[str]:

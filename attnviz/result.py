@@ -14,6 +14,11 @@ A result holds every attention map of one model run on one input:
 - ``word_spans``: ``[start, end)`` token index ranges, one per word, for merging sub-words.
 - ``grid`` (images): the patch grid. Token ``grid.prefix + r * grid.cols + c`` is the patch at
   row ``r``, column ``c``; each patch covers ``grid.patch_px`` pixels of the model's input.
+- ``grids`` (windowed, hierarchical image models such as Swin): one stack per stage,
+  ``"stage1"``, ``"stage2"``..., each ``[blocks, heads, patches, patches]`` over its own grid
+  (stages merge 2 x 2 patches, so grids shrink); each token's attention over its window is
+  placed back at the keys' places on the grid, zero outside the window. ``grid`` is stage 1's.
+  :meth:`AttentionResult.for_stage` gives one stage as a plain image result.
 
 It saves to and loads from one ``.npz`` file: one float16 array per stack named
 ``attn_<stack>``, the optional ``image`` (uint8 [height, width, 3], the picture the model saw)
@@ -23,12 +28,14 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 STACKS = ("encoder", "decoder", "cross")
+STAGE = re.compile(r"^stage[1-9][0-9]*$")  # windowed, hierarchical image models: one stack per stage
 FORMAT_VERSION = 1
 
 
@@ -54,6 +61,11 @@ class PatchGrid:
         """Centre of every patch token, ``[n_patches, 2]`` as (row, col) in pixels."""
         r, c = np.divmod(np.arange(self.n_patches), self.cols)
         return (np.stack([r, c], axis=1) + 0.5) * self.patch_px
+
+
+def grid_tokens(grid: PatchGrid) -> list[str]:
+    """The names of a grid's patch tokens, "(row,col)" in row-major order."""
+    return [f"({r},{c})" for r in range(grid.rows) for c in range(grid.cols)]
 
 
 def _as_array(m) -> np.ndarray:
@@ -83,11 +95,12 @@ class AttentionResult:
     prompt_len: int | None = None  # decoder-only: tokens before the generated ones
     timings: dict[str, float] = field(default_factory=dict)  # seconds
     warnings: list[str] = field(default_factory=list)
+    grids: dict[str, PatchGrid] | None = None  # per-stage grids of "stage<N>" stacks (Swin)
 
     def __post_init__(self) -> None:
         if self.kind not in ("text", "image"):
             raise ValueError(f"kind must be 'text' or 'image', not {self.kind!r}")
-        unknown = set(self.attn) - set(STACKS)
+        unknown = {s for s in self.attn if s not in STACKS and not STAGE.match(s)}
         if unknown:
             raise ValueError(f"unknown attention stacks {sorted(unknown)}; known: {STACKS}")
         for stack, a in self.attn.items():
@@ -103,8 +116,17 @@ class AttentionResult:
     # -- what the axes of a stack are ------------------------------------------------------
     @property
     def stacks(self) -> list[str]:
-        """The stacks present, in the canonical order encoder, decoder, cross."""
-        return [s for s in STACKS if s in self.attn]
+        """The stacks present, in the canonical order encoder, decoder, cross (then stages)."""
+        stages = sorted((s for s in self.attn if STAGE.match(s)), key=lambda s: int(s[5:]))
+        return [s for s in STACKS if s in self.attn] + stages
+
+    def for_stage(self, stack: str) -> "AttentionResult":
+        """Stage ``stack`` of a windowed model as a plain image result: its maps as the
+        "encoder" stack over its own grid, so that every image view and statistic applies."""
+        grid = self.grids[stack]
+        return AttentionResult(kind="image", model=f"{self.model} {stack}", attn={"encoder": self.attn[stack]},
+                               tokens=grid_tokens(grid), special=[False] * grid.n_patches, grid=grid,
+                               image=self.image, timings=self.timings, warnings=self.warnings)
 
     def query_tokens(self, stack: str) -> list[str]:
         return self.target_tokens if stack in ("decoder", "cross") and self.target_tokens is not None else self.tokens
@@ -187,6 +209,7 @@ class AttentionResult:
             "prompt_len": self.prompt_len,
             "timings": self.timings,
             "warnings": self.warnings,
+            "grids": None if self.grids is None else {k: asdict(g) for k, g in self.grids.items()},
         }
 
     def _write(self, f) -> None:
@@ -234,4 +257,5 @@ class AttentionResult:
             prompt_len=meta.get("prompt_len"),
             timings=meta.get("timings") or {},
             warnings=meta.get("warnings") or [],
+            grids={k: PatchGrid(**g) for k, g in meta["grids"].items()} if meta.get("grids") else None,
         )

@@ -145,6 +145,10 @@ ARCHS: list[Arch] = [
          plain("Dinov2WithRegistersConfig", **VISION, num_register_tokens=4), image=True),
     Arch("siglip-vision", "image", "SiglipVisionModel", plain("SiglipVisionConfig", **VISION), image=True),
     Arch("clip-vision", "image", "CLIPVisionModel", plain("CLIPVisionConfig", **VISION), image=True),
+    # windowed attention: 2 stages, windows of 4 x 4 patches, shifted in every second block
+    Arch("swin", "image", "SwinModel",
+         plain("SwinConfig", image_size=IMAGE_SIDE, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+               window_size=4), image=True),
     # two towers: the image goes to the vision tower, a text to the text tower
     Arch("clip", "image", "CLIPModel", _clip_config, "bpe", image=True),
     Arch("siglip", "image", "SiglipModel", _siglip_config, "t5", image=True),

@@ -25,7 +25,7 @@ TEXT = "The cat sat on the mat, and it was good."
 TARGET = "A cat sat."
 TOLERANCE = 1e-3
 TEXT_ARCHS = [a.name for a in ARCHS if a.tokenizer]
-IMAGE_ARCHS = [a.name for a in ARCHS if a.image]
+IMAGE_ARCHS = [a.name for a in ARCHS if a.image and a.name != "swin"]  # swin: windowed, tested below
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +136,43 @@ def test_image_attention_is_the_models_own(zoo, picture, name):
         expected = stacked(tower(pixel_values=pixel_values, output_attentions=True, **kwargs).attentions)
     assert_same(result.attn["encoder"], expected)
     assert len(result.tokens) == g.prefix + g.n_patches
+
+
+def test_swin_windowed_attention_is_placed_back_on_each_stage_grid(zoo, picture, tmp_path):
+    """Each block's window attention sits at its keys' places on the stage's grid; the last
+    block of each stage (the one transformers returns) equals the reference's, slot by slot,
+    the shifted windows included; and a stage works as a plain image result."""
+    from attnviz.analysis.stats import head_stats
+    from attnviz.viz.image import patch_token, query_heat
+
+    folder, model = zoo("swin")
+    assert model.family == "image" and model.image.align == 4 * 4 * 2
+    result = attnviz.capture(model, picture)
+    assert result.stacks == ["stage1", "stage2"]
+    assert [(g.rows, g.cols, g.patch_px) for g in result.grids.values()] == [(8, 16, 4), (4, 8, 8)]
+    assert result.image.shape == (32, 64, 3), "sides are whole windows at every stage"
+    ref = reference_net(folder, "swin")
+    pixels = (result.image.astype(np.float32) / 255 - np.array(IMAGE_MEAN, np.float32)) / np.array(IMAGE_STD, np.float32)
+    with torch.no_grad():
+        last_blocks = ref(pixel_values=torch.from_numpy(pixels.transpose(2, 0, 1)[None].copy()),
+                          output_attentions=True).attentions
+    for stack, expected, shift in zip(result.stacks, last_blocks, (2, 0)):
+        grid, dense = result.grids[stack], result.attn[stack][-1].astype(np.float32)
+        assert np.abs(dense.sum(-1) - 1).max() < TOLERANCE
+        windows_across = grid.cols // 4
+        for w in range(expected.shape[0]):
+            cells = [((w // windows_across * 4 + i // 4 + shift) % grid.rows,
+                      (w % windows_across * 4 + i % 4 + shift) % grid.cols) for i in range(16)]
+            index = [r * grid.cols + c for r, c in cells]
+            assert np.abs(dense[:, index][:, :, index] - expected[w].numpy()).max() < TOLERANCE
+        assert ((dense > 0).sum(-1) <= 16).all(), "nothing outside the window"
+    stage = result.for_stage("stage1")
+    heat = query_heat(stage, 1, 0, patch_token(stage.grid, 3, 5))
+    assert heat.shape == (8, 16) and np.count_nonzero(heat) <= 16
+    stats = head_stats(stage, "encoder")
+    assert stats.mean_distance.shape == (2, 2) and np.all(stats.mean_distance > 0)
+    back = attnviz.AttentionResult.load(result.save(tmp_path / "swin.npz"))
+    assert back.grids == result.grids and back.stacks == result.stacks
 
 
 # -- regressions: what broke when users brought these ----------------------------------------

@@ -33,12 +33,21 @@ MAX_LAYERS = 256  # deeper configs are refused before even an empty model is bui
 @dataclass(frozen=True)
 class ImageSpec:
     """How a model wants its pixels: side of the default square input, patch size in pixels,
-    and the per-channel mean/std applied after scaling to [0, 1]."""
+    and the per-channel mean/std applied after scaling to [0, 1]. A windowed model (Swin)
+    attends within windows of ``window_size`` patches and halves its grid at each of its
+    stages, so its input sides are multiples of patch x window x 2^(stages - 1) (``align``): then
+    every stage's grid is whole windows, and no padding token enters any window."""
 
     size: int
     patch: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    align: int = 0  # windowed models (Swin): input sides are multiples of this many pixels (0: the patch)
+
+    @property
+    def step(self) -> int:
+        """Pixels each side of the input is a multiple of."""
+        return self.align or self.patch
 
 
 @dataclass
@@ -421,8 +430,10 @@ def image_spec(config, proc=None) -> ImageSpec:
         crop = crop if isinstance(crop, dict) else dict(crop)
         size = crop.get("height") or crop.get("shortest_edge") or size
     patch = config.patch_size
-    return ImageSpec(size=int(size), patch=int(patch if isinstance(patch, int) else patch[0]),
-                     mean=mean, std=std)
+    patch = int(patch if isinstance(patch, int) else patch[0])
+    window, depths = getattr(config, "window_size", None), getattr(config, "depths", None)
+    align = patch * window * 2 ** (len(depths) - 1) if isinstance(window, int) and depths else 0
+    return ImageSpec(size=int(size), patch=patch, mean=mean, std=std, align=align)
 
 
 def from_net(net, *, tokenizer=None, processor=None, name: str | None = None) -> Model:
