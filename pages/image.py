@@ -29,7 +29,7 @@ with friendly_errors():
 def explore() -> None:
     """The views: only this part reruns when a view, layer, head or style changes."""
     with friendly_errors():
-        view = ui.view_picker()
+        view = ui.view_picker(result)
         controls, shown = st.columns([1, 3], gap="medium")
         with controls:
             layer, head = layer_head(result, "encoder", key="image_lh")

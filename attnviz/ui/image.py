@@ -129,9 +129,10 @@ def photo_input() -> Photo:
 
 
 def size_options(model: Model) -> list[int]:
-    """Shorter sides (px) the model can take: SIZE_TARGETS rounded to whole patches."""
-    patch = model.image.patch
-    return sorted({max(1, round(t / patch)) * patch for t in SIZE_TARGETS})
+    """Shorter sides (px) the model can take: SIZE_TARGETS rounded to whole patches (to whole
+    aligned windows for a windowed model such as Swin)."""
+    step = model.image.step
+    return sorted({max(1, round(t / step)) * step for t in SIZE_TARGETS})
 
 
 def input_size_picker(model: Model) -> int:
@@ -140,7 +141,7 @@ def input_size_picker(model: Model) -> int:
         raise AttnvizError(f"{model.name} is not an image model (its family is {model.family}); this page "
                            "needs an image model such as ViT, DeiT, DINOv2 or a CLIP vision tower.")
     options = size_options(model)
-    own = max(1, round(model.image.size / model.image.patch)) * model.image.patch
+    own = max(1, round(model.image.size / model.image.step)) * model.image.step
     default = own if own in options else options[len(options) // 2]
     current = int(url_choice("size", [str(o) for o in options], str(default)))
     size = st.selectbox(
@@ -164,27 +165,47 @@ def photo_capture() -> tuple[Photo, int, AttentionResult]:
     with source:
         photo = photo_input()
     result = run_capture(name, image=photo.image, image_bytes=photo.data, size=size)
+    if result.grids:
+        result = stage_picker(result)
     capture_summary(photo, result)
     return photo, size, result
+
+
+def stage_picker(result: AttentionResult) -> AttentionResult:
+    """For a windowed model (Swin): which stage to show, as a plain image result. Each stage
+    has its own grid (2 x 2 patches merge between stages) and its own heads."""
+    stages = result.stacks
+    stage = st.segmented_control(
+        "Stage", stages, key="image_stage", default=stages[0], required=True,
+        format_func=lambda s: f"{s} · {result.grids[s].rows} x {result.grids[s].cols}",
+        help="Swin attends within windows of patches, shifted every second block, and merges 2 x 2 "
+             "patches between stages. Each token's attention over its window is shown in place on the "
+             "photo; outside its window it is zero.") or stages[0]
+    return result.for_stage(stage)
 
 
 def capture_summary(photo: Photo, result: AttentionResult) -> None:
     """One line on what the model saw, then any notes and warnings."""
     g = result.grid
     h, w = result.image.shape[:2]
-    prefix = ", ".join(result.tokens[:g.prefix])
+    prefix = (f" + {g.prefix} prefix token{'s' * (g.prefix > 1)} ({', '.join(result.tokens[:g.prefix])})"
+              if g.prefix else ", no prefix token")
     st.caption(f"**{photo.name}** ({photo.image.width} x {photo.image.height} px) → {result.model} saw "
-               f"{w} x {h} px: {g.rows} x {g.cols} patches of {g.patch_px} px + {g.prefix} prefix "
-               f"token{'s' * (g.prefix > 1)} ({prefix}) · forward pass {result.timings.get('forward_s', 0):.2f} s")
+               f"{w} x {h} px: {g.rows} x {g.cols} patches of {g.patch_px} px{prefix} · forward pass "
+               f"{result.timings.get('forward_s', 0):.2f} s")
     for note in photo.notes + result.warnings:
         st.info(note)
 
 
 # -- view controls ------------------------------------------------------------------------
-def view_picker() -> str:
-    """The view, from and to the URL (``?view=``)."""
-    remember("image_view", url_choice("view", list(VIEWS), "cls"))
-    view = st.segmented_control("View", list(VIEWS), format_func=VIEWS.get, key="image_view_box",
+def view_picker(result: AttentionResult | None = None) -> str:
+    """The view, from and to the URL (``?view=``). A model without a CLS token (SigLIP, Swin)
+    has only the patch query view: the others start from the CLS token."""
+    views = list(VIEWS) if result is None or result.grid.prefix else ["patch"]
+    remember("image_view", url_choice("view", views, views[0]))
+    if st.session_state["image_view"] not in views:
+        st.session_state["image_view"] = views[0]
+    view = st.segmented_control("View", views, format_func=VIEWS.get, key="image_view_box",
                                 default=st.session_state["image_view"], required=True)
     st.session_state["image_view"] = view
     st.query_params["view"] = view
@@ -313,8 +334,8 @@ def patch_view(result: AttentionResult, photo: Photo, layer: int, head: int | st
     show_overlay(photo, heat, style, key="image_patch", marker=patch, on_select=_on_patch_click,
                  file_name=_stem(result, f"patch-r{row}c{col}-layer{layer}-{head}"))
     st.caption(f"Click the photo to pick a patch. Patch (row {row}, col {col}), outlined in cyan, in layer "
-               f"{layer}, {head_name(head)}: {_range(heat, style)}; the prefix tokens take the other "
-               f"{1 - heat.sum():.1%}.")
+               f"{layer}, {head_name(head)}: {_range(heat, style)}"
+               + (f"; the prefix tokens take the other {1 - heat.sum():.1%}." if result.grid.prefix else "."))
 
 
 def rollout_controls() -> tuple[str, float]:
