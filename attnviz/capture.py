@@ -33,15 +33,19 @@ GENERATE_CAP = 256
 
 
 def capture(model: Model, input, *, target: str | None = None, generate: int = 0,
-            size: int | None = None) -> AttentionResult:
+            size: int | None = None, prompt: str | None = None) -> AttentionResult:
     """Run ``model`` on ``input`` and return all its attention maps (see the module docstring).
 
     Options that do not apply to the model's family or to the input are refused with an
     AttnvizError, never ignored."""
     started = time.perf_counter()
-    check_options(model, input, target=target, generate=generate, size=size)
+    check_options(model, input, target=target, generate=generate, size=size, prompt=prompt)
     with model.lock, torch.inference_mode():
-        if model.family == "image":
+        if model.family == "vision-language":
+            if not isinstance(input, Image.Image):
+                raise AttnvizError(f"{model.name} is a vision-language model: give it an image, and the text as prompt=.")
+            result = _capture_vision_language(model, input, prompt or "", generate)
+        elif model.family == "image":
             if isinstance(input, Image.Image):
                 result = _capture_image(model, input, size)
             elif model.text_tower is not None:
@@ -63,7 +67,8 @@ def capture(model: Model, input, *, target: str | None = None, generate: int = 0
     return result
 
 
-def check_options(model: Model, input, *, target=None, generate: int = 0, size: int | None = None) -> None:
+def check_options(model: Model, input, *, target=None, generate: int = 0, size: int | None = None,
+                  prompt: str | None = None) -> None:
     """Refuse, in one line each, options that do not apply to ``model``'s family or to ``input``:
     ``generate`` beyond decoders with a language-model head, ``target`` beyond encoder-decoders,
     ``size`` on text, and a tuple other than an encoder's pair of texts (for an encoder-decoder
@@ -74,8 +79,12 @@ def check_options(model: Model, input, *, target=None, generate: int = 0, size: 
     is_image = isinstance(input, Image.Image)
     if int(generate) < 0:
         raise AttnvizError(f"generate= is a number of tokens, 0 or more; got {generate}.")
-    if generate and family != "decoder":
+    if generate and family not in ("decoder", "vision-language"):
         raise AttnvizError(f"generate= applies to decoders; {name} is {_a(family)} model.")
+    if prompt is not None and family != "vision-language":
+        raise AttnvizError(f"prompt= applies to vision-language models; {name} is {_a(family)} model.")
+    if size is not None and family == "vision-language":
+        raise AttnvizError(f"size= does not apply to {name}: a vision-language model's processor sizes the image.")
     if generate and not model.can_generate:
         raise AttnvizError(f"{name} is a decoder without a language-model head, so it cannot generate; "
                            "capture the prompt alone (generate=0).")
@@ -384,6 +393,117 @@ def unwindow(weights: torch.Tensor, dims: tuple[int, int], window: int, shift: i
     dense = torch.zeros(heads, rows * cols, rows * cols, dtype=torch.float32)
     dense[:, index[:, :, None], index[:, None, :]] = weights.float().permute(1, 0, 2, 3)
     return dense
+
+
+def _capture_vision_language(model: Model, image: Image.Image, prompt: str, generate: int) -> AttentionResult:
+    """An image and a prompt through a vision-language model (LLaVA, PaliGemma, Idefics3...),
+    optionally continued by ``generate`` greedy tokens: one forward pass over the whole
+    sequence (image tokens, prompt, generated tokens) gives the language model's attention.
+    The image tokens are found by the model's image token id and placed back on their grids
+    (see AttentionResult.image_tokens); the picture the model saw is rebuilt from its pixels."""
+    proc, net = model.processor, model.net
+    token = getattr(proc, "image_token", None) or "<image>"
+    text = prompt if token in prompt else f"{token}{clean_text(prompt) if prompt.strip() else ''}"
+    t0 = time.perf_counter()
+    enc = proc(images=[to_rgb(image)], text=text, return_tensors="pt")
+    ids = enc["input_ids"]
+    prompt_len = ids.shape[1]
+    generate = max(0, min(int(generate), GENERATE_CAP))
+    if prompt_len + generate > model.max_tokens:
+        raise AttnvizError(f"The image and prompt take {prompt_len} tokens (+ {generate} to generate); "
+                           f"{model.name} is run on at most {model.max_tokens}. Shorten the prompt.")
+    inputs = {k: v.to(model.device) for k, v in enc.items() if k != "labels"}
+    t1 = time.perf_counter()
+    if generate:
+        pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.tokenizer.eos_token_id
+        ids = net.generate(**inputs, max_new_tokens=generate, do_sample=False, pad_token_id=pad)
+        new = ids.shape[1] - prompt_len
+        inputs.update(input_ids=ids, attention_mask=torch.ones_like(ids))
+        if "token_type_ids" in inputs:  # PaliGemma: 0 for the prefix (image and prompt), 1 for what follows
+            inputs["token_type_ids"] = torch.cat([inputs["token_type_ids"], torch.ones_like(ids[:, :new])], dim=1)
+    t2 = time.perf_counter()
+    out = net(**inputs, output_attentions=True, use_cache=False)
+    t3 = time.perf_counter()
+    attn = _stack(_attentions(out, model))
+    causal = not np.triu(attn.astype(np.float32), k=1).any()  # PaliGemma reads its prefix both ways
+    all_ids = ids[0].tolist()
+    picture, layout = _vision_layout(model, enc, all_ids, image)
+    tokens = _tokens(model, all_ids)
+    for name, cells in layout.items():
+        for r, row in enumerate(cells):
+            for c, i in enumerate(row):
+                tokens[i] = f"<{name} {r},{c}>"
+    return AttentionResult(
+        kind="text", model=model.name, attn={"decoder": attn}, tokens=tokens, special=_special(model, all_ids),
+        word_spans=[(i, i + 1) for i in range(len(all_ids))], causal=causal, prompt_len=prompt_len,
+        image=picture, image_tokens=layout,
+        timings={"preprocess_s": t1 - t0, "generate_s": t2 - t1, "forward_s": t3 - t2,
+                 "copy_s": time.perf_counter() - t3})
+
+
+def _vision_layout(model: Model, enc, ids: list[int], image: Image.Image) -> tuple[np.ndarray, dict[str, list[list[int]]]]:
+    """(the picture the model saw, uint8 [h, w, 3]; its image-token grids). The image tokens
+    come in runs, one per picture read: one run (LLaVA, PaliGemma: a square grid, after a CLS
+    token when the model keeps it), or one run per tile and a last one for the whole picture
+    downscaled (Idefics3, SmolVLM), the tiles laid out as the image processor cut them."""
+    image_id = model.net.config.image_token_id
+    positions = [i for i, t in enumerate(ids) if t == image_id]
+    runs: list[list[int]] = []
+    for i in positions:
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    pixels = enc["pixel_values"][0]
+    tiles = pixels if pixels.dim() == 4 else pixels[None]  # [pictures, 3, h, w]
+    if not runs or len(runs) != len(tiles):
+        raise AttnvizError(f"{model.name}: {len(runs)} runs of image tokens for {len(tiles)} pictures; attnviz cannot "
+                           "place its image tokens on the photo.")
+    pictures = _denormalise(model, tiles)
+    grids = [_square(model, run) for run in runs]
+    if len(runs) == 1:
+        return pictures[0], {"image": grids[0]}
+    n_rows, n_cols = _tile_layout(model, image, len(runs) - 1)
+    side = len(grids[0])
+    cells = [[grids[(R // side) * n_cols + C // side][R % side][C % side] for C in range(n_cols * side)]
+             for R in range(n_rows * side)]
+    rows = [np.concatenate(pictures[r * n_cols:(r + 1) * n_cols], axis=1) for r in range(n_rows)]
+    return np.concatenate(rows, axis=0), {"tiles": cells, "global": grids[-1]}
+
+
+def _square(model: Model, run: list[int]) -> list[list[int]]:
+    side = int(round(len(run) ** 0.5))
+    if side * side != len(run) and (side * side + 1) == len(run):
+        run = run[1:]  # the vision tower's CLS token first (LLaVA with vision_feature_select_strategy="full")
+    if side * side != len(run):
+        raise AttnvizError(f"{model.name} gives {len(run)} image tokens per picture, not a square grid.")
+    return [run[r * side:(r + 1) * side] for r in range(side)]
+
+
+def _tile_layout(model: Model, image: Image.Image, n_tiles: int) -> tuple[int, int]:
+    """Rows and columns of the tiles the image processor cut (Idefics3's reports them)."""
+    try:
+        info = model.processor.image_processor(images=[to_rgb(image)], return_row_col_info=True, return_tensors="pt")
+        rows, cols = int(np.ravel(info["rows"])[0]), int(np.ravel(info["cols"])[0])
+    except (TypeError, KeyError, ValueError):
+        rows, cols = 1, n_tiles
+    if rows * cols != n_tiles:
+        raise AttnvizError(f"{model.name} cut the picture into {n_tiles} tiles, not {rows} x {cols}.")
+    return rows, cols
+
+
+def _denormalise(model: Model, tiles: torch.Tensor) -> list[np.ndarray]:
+    """Pixel values [pictures, 3, h, w] back to uint8 [h, w, 3] pictures."""
+    ip = model.processor.image_processor
+    mean = np.array(getattr(ip, "image_mean", None) or (0.0, 0.0, 0.0), np.float32)
+    std = np.array(getattr(ip, "image_std", None) or (1.0, 1.0, 1.0), np.float32)
+    scale = 255.0 if getattr(ip, "do_rescale", True) else 1.0
+    out = []
+    for t in tiles.float().cpu().numpy():
+        x = t.transpose(1, 2, 0)
+        x = x * std + mean if getattr(ip, "do_normalize", True) else x
+        out.append(np.clip(x * scale + 0.5, 0, 255).astype(np.uint8))
+    return out
 
 
 def prefix_names(net: torch.nn.Module, prefix: int) -> list[str]:

@@ -19,6 +19,12 @@ A result holds every attention map of one model run on one input:
   (stages merge 2 x 2 patches, so grids shrink); each token's attention over its window is
   placed back at the keys' places on the grid, zero outside the window. ``grid`` is stage 1's.
   :meth:`AttentionResult.for_stage` gives one stage as a plain image result.
+- ``image_tokens`` (vision-language models): where the image's tokens sit in the sequence, as
+  ``{name: [[token index of cell (row, col)]]}``, each grid covering the whole of ``image``:
+  ``"image"`` for a model that reads the picture once (LLaVA, PaliGemma); ``"tiles"`` (the
+  tiles side by side) and ``"global"`` (the whole picture, downscaled) for one that reads it
+  in tiles (Idefics3, SmolVLM). ``attn["decoder"][l, h, q][image_tokens[name]]`` is then
+  query ``q``'s attention over that grid.
 
 It saves to and loads from one ``.npz`` file: one float16 array per stack named
 ``attn_<stack>``, the optional ``image`` (uint8 [height, width, 3], the picture the model saw)
@@ -96,6 +102,7 @@ class AttentionResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds
     warnings: list[str] = field(default_factory=list)
     grids: dict[str, PatchGrid] | None = None  # per-stage grids of "stage<N>" stacks (Swin)
+    image_tokens: dict[str, list[list[int]]] | None = None  # vision-language: token index per image cell
 
     def __post_init__(self) -> None:
         if self.kind not in ("text", "image"):
@@ -210,6 +217,7 @@ class AttentionResult:
             "timings": self.timings,
             "warnings": self.warnings,
             "grids": None if self.grids is None else {k: asdict(g) for k, g in self.grids.items()},
+            "image_tokens": self.image_tokens,
         }
 
     def _write(self, f) -> None:
@@ -258,4 +266,12 @@ class AttentionResult:
             timings=meta.get("timings") or {},
             warnings=meta.get("warnings") or [],
             grids={k: PatchGrid(**g) for k, g in meta["grids"].items()} if meta.get("grids") else None,
+            image_tokens=meta.get("image_tokens"),
         )
+
+    def image_heat(self, name: str, layer: int, head: int | str, query: int) -> np.ndarray:
+        """Vision-language: query ``query``'s attention in ``layer`` over the image grid ``name``
+        of ``image_tokens``, ``[rows, cols]`` (``head`` an index, or "mean"/"max" over heads)."""
+        rows = self.attn["decoder"][layer, :, query].astype(np.float32)  # [heads, keys]
+        rows = rows[head] if isinstance(head, int) else getattr(np, head)(rows, axis=0)
+        return rows[np.asarray(self.image_tokens[name])]

@@ -155,6 +155,53 @@ ARCHS: list[Arch] = [
 ]
 BY_NAME = {a.name: a for a in ARCHS}
 
+# vision-language: a tiny vision tower, a tiny language model, and the processor that expands the
+# image token of a prompt into the image's tokens (images of 32 px in 8 px patches: 16 tokens)
+VLM_TEXT = dict(DECODER, max_position_embeddings=256)
+VLM_VISION = dict(SMALL, image_size=IMAGE_SIDE, patch_size=PATCH)
+VLM_TOKENS = {"llava": ["<image>"], "paligemma": ["<image>"],
+              "idefics3": ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]}
+
+
+def save_vlm(kind: str, folder: Path, seed: int = 0) -> Path:
+    """A tiny LLaVA-, PaliGemma- or Idefics3-style checkpoint (Idefics3 cuts a picture into tiles
+    of 32 px, after resizing its longer side to 64 px, and reads the whole picture once more)."""
+    tf = _tf()
+    tf.utils.logging.disable_progress_bar()
+    tokenizer = bundled_tokenizer("bpe")
+    tokenizer.add_special_tokens({"additional_special_tokens": VLM_TOKENS[kind]})
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    vocab = len(tokenizer)
+    mean, std = list(IMAGE_MEAN), list(IMAGE_STD)
+    if kind == "llava":
+        config = tf.LlavaConfig(vision_config=tf.CLIPVisionConfig(**VLM_VISION),
+                                text_config=tf.LlamaConfig(vocab_size=vocab, **VLM_TEXT), image_token_index=image_id)
+        images = tf.CLIPImageProcessor(size={"shortest_edge": IMAGE_SIDE}, crop_size={"height": IMAGE_SIDE, "width": IMAGE_SIDE},
+                                       image_mean=mean, image_std=std)
+        processor = tf.LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=PATCH,
+                                      vision_feature_select_strategy="default", num_additional_image_tokens=1)
+        net = tf.LlavaForConditionalGeneration(config)
+    elif kind == "paligemma":
+        config = tf.PaliGemmaConfig(vision_config=tf.SiglipVisionConfig(**VLM_VISION),
+                                    text_config=tf.GemmaConfig(vocab_size=vocab, **VLM_TEXT), image_token_index=image_id,
+                                    projection_dim=32)
+        images = tf.SiglipImageProcessor(size={"height": IMAGE_SIDE, "width": IMAGE_SIDE}, image_mean=mean, image_std=std)
+        images.image_seq_length = (IMAGE_SIDE // PATCH) ** 2
+        processor = tf.PaliGemmaProcessor(image_processor=images, tokenizer=tokenizer)
+        net = tf.PaliGemmaForConditionalGeneration(config)
+    else:
+        config = tf.Idefics3Config(vision_config=dict(VLM_VISION), text_config=tf.LlamaConfig(vocab_size=vocab, **VLM_TEXT),
+                                   image_token_id=image_id, scale_factor=2)
+        images = tf.Idefics3ImageProcessor(size={"longest_edge": 2 * IMAGE_SIDE}, max_image_size={"longest_edge": IMAGE_SIDE},
+                                           do_image_splitting=True, image_mean=mean, image_std=std)
+        processor = tf.Idefics3Processor(image_processor=images, tokenizer=tokenizer, image_seq_len=4)
+        net = tf.Idefics3ForConditionalGeneration(config)
+    torch.manual_seed(seed)
+    spread_weights(net.eval(), seed)
+    net.save_pretrained(folder, safe_serialization=True)
+    processor.save_pretrained(folder)
+    return folder
+
 
 def spread_weights(net: torch.nn.Module, seed: int = 0) -> None:
     """Redraw every matrix (and embedding table) as N(0, SPREAD^2 / fan_in), fixed seed."""

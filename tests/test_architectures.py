@@ -338,3 +338,74 @@ def test_from_maps_refuses_maps_of_different_shapes():
         attnviz.AttentionResult.from_maps([torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 4, 4)])
     with pytest.raises(attnviz.AttnvizError, match="3 tokens were given"):
         attnviz.AttentionResult.from_maps([torch.full((1, 2, 4, 4), 0.25)], tokens=["a", "b", "c"])
+
+
+# -- vision-language models: LLaVA-, PaliGemma- and Idefics3-style ----------------------------
+VLMS = ["llava", "paligemma", "idefics3"]
+PROMPT = "What is in the picture?"
+
+
+@pytest.fixture(scope="module")
+def vlm(tmp_path_factory):
+    root, built = tmp_path_factory.mktemp("vlm"), {}
+
+    def get(kind: str):
+        if kind not in built:
+            folder = arch_zoo.save_vlm(kind, root / kind)
+            built[kind] = folder, attnviz.load_model(str(folder))
+        return built[kind]
+    return get
+
+
+@pytest.mark.parametrize("kind", VLMS)
+def test_vision_language_attention_is_the_models_own(vlm, picture, kind):
+    import transformers
+
+    folder, model = vlm(kind)
+    assert model.family == "vision-language"
+    result = attnviz.capture(model, picture, prompt=PROMPT, generate=2)
+    processor = transformers.AutoProcessor.from_pretrained(str(folder))
+    ref = transformers.AutoModelForImageTextToText.from_pretrained(str(folder), attn_implementation="eager").eval()
+    text = PROMPT if kind == "paligemma" else f"<image>{PROMPT}"
+    enc = {k: v for k, v in processor(images=[picture], text=text, return_tensors="pt").items() if k != "labels"}
+    with torch.no_grad():
+        ids = ref.generate(**enc, max_new_tokens=2, do_sample=False)
+        enc.update(input_ids=ids, attention_mask=torch.ones_like(ids))
+        if "token_type_ids" in enc:
+            enc["token_type_ids"] = torch.cat([enc["token_type_ids"], torch.ones(1, 2, dtype=torch.long)], dim=1)
+        expected = stacked(ref(**enc, output_attentions=True).attentions)
+    assert_same(result.attn["decoder"], expected)
+    assert len(result.tokens) == ids.shape[1] == result.prompt_len + 2
+    assert result.causal == (kind != "paligemma"), "PaliGemma reads its image and prompt both ways"
+
+
+@pytest.mark.parametrize("kind, grids", [("llava", {"image": (4, 4)}), ("paligemma", {"image": (4, 4)}),
+                                         ("idefics3", {"tiles": (4, 4), "global": (2, 2)})])
+def test_image_tokens_are_placed_back_on_the_picture(vlm, picture, kind, grids):
+    _, model = vlm(kind)
+    result = attnviz.capture(model, picture, prompt=PROMPT)
+    image_id = model.net.config.image_token_id
+    ids = model.processor(images=[picture], text=PROMPT if kind == "paligemma" else f"<image>{PROMPT}",
+                          return_tensors="pt")["input_ids"][0]
+    placed = {name: np.array(cells) for name, cells in result.image_tokens.items()}
+    assert {name: cells.shape for name, cells in placed.items()} == grids
+    everywhere = np.concatenate([cells.ravel() for cells in placed.values()])
+    assert sorted(everywhere.tolist()) == (ids == image_id).nonzero()[:, 0].tolist(), "every image token, once"
+    h, w = result.image.shape[:2]
+    seen = np.asarray(picture.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
+    assert np.abs(result.image.astype(np.float32) - seen).mean() < 12, "the picture the model saw is the photo"
+    last = len(result.tokens) - 1
+    heat = result.image_heat(list(grids)[0], 1, 0, last)
+    assert heat.shape == grids[list(grids)[0]] and 0 < heat.sum() <= 1 + TOLERANCE
+    assert np.allclose(heat, result.attn["decoder"][1, 0, last][placed[list(grids)[0]]].astype(np.float32))
+
+
+def test_vision_language_options(vlm, zoo, picture):
+    _, model = vlm("llava")
+    with pytest.raises(attnviz.AttnvizError, match="give it an image"):
+        attnviz.capture(model, PROMPT)
+    with pytest.raises(attnviz.AttnvizError, match="processor sizes the image"):
+        attnviz.capture(model, picture, prompt=PROMPT, size=64)
+    _, vit = zoo("vit")
+    with pytest.raises(attnviz.AttnvizError, match="prompt= applies to vision-language models"):
+        attnviz.capture(vit, picture, prompt=PROMPT)

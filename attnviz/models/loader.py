@@ -67,6 +67,7 @@ class Model:
     tokenizer: Any = None
     image: ImageSpec | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    processor: Any = None  # vision-language models: the processor that places image tokens in the prompt
 
     @property
     def n_layers(self) -> int:
@@ -364,8 +365,27 @@ def _load_transformers_unlocked(source: str, name: str, device: torch.device, lo
                                "like).") from None
         raise AttnvizError(f"Cannot load the weights of '{name}': {str(e).splitlines()[0]}") from None
     net.eval().to(device)
-    image = _image_spec(source, net.config, kwargs) if family in ("image", "vision-language") else None
+    if family == "vision-language":
+        processor = _processor(source, name, kwargs)
+        return wrap(net, name, family, device, processor.tokenizer, image_spec(net.config, processor), processor)
+    image = _image_spec(source, net.config, kwargs) if family == "image" else None
     return wrap(net, name, family, device, _tokenizer(source, name, family, kwargs), image)
+
+
+def _processor(source: str, name: str, kwargs):
+    """A vision-language checkpoint's processor (its tokenizer and image processor, which
+    together expand the image token of a prompt into the image's tokens)."""
+    import transformers as tf
+
+    try:
+        processor = tf.AutoProcessor.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError) as e:
+        raise AttnvizError(f"Cannot read the processor of '{name}' (a vision-language model needs its "
+                           f"processor_config.json, image processor and tokenizer): {str(e).splitlines()[0]}") from None
+    if getattr(processor, "tokenizer", None) is None or getattr(processor, "image_processor", None) is None:
+        raise AttnvizError(f"The processor of '{name}' has no tokenizer and image processor; a vision-language "
+                           "model needs both.")
+    return processor
 
 
 def _tokenizer(source: str, name: str, family: str, kwargs):
@@ -401,10 +421,11 @@ def text_limit(net: torch.nn.Module, family: str) -> int:
 
 
 def wrap(net: torch.nn.Module, name: str, family: str, device: torch.device, tokenizer=None,
-         image: ImageSpec | None = None) -> Model:
+         image: ImageSpec | None = None, processor=None) -> Model:
     """A Model around a loaded transformers ``net`` of ``family``, with its length cap."""
     limit = text_limit(net, family) if tokenizer is not None else 0
-    return Model(name, family, net, device, max_tokens=token_cap(limit), tokenizer=tokenizer, image=image)
+    return Model(name, family, net, device, max_tokens=token_cap(limit), tokenizer=tokenizer, image=image,
+                 processor=processor)
 
 
 def _image_spec(source: str, config, kwargs) -> ImageSpec:
@@ -459,6 +480,9 @@ def from_net(net, *, tokenizer=None, processor=None, name: str | None = None) ->
                            "load_model(model, tokenizer=tokenizer).")
     if getattr(config, "_attn_implementation", "eager") != "eager":
         net.set_attn_implementation("eager")
+    if family == "vision-language" and getattr(processor, "image_processor", None) is None:
+        raise AttnvizError(f"'{name}' is a vision-language model: give its processor too, "
+                           "load_model(model, processor=processor).")
     image = image_spec(config, processor) if family in ("image", "vision-language") else None
     device = next(net.parameters()).device
-    return wrap(net.eval(), name, family, device, tokenizer, image)
+    return wrap(net.eval(), name, family, device, tokenizer, image, processor if family == "vision-language" else None)
