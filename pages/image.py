@@ -53,4 +53,8 @@ def explore() -> None:
                 ui.prefix_view(result, photo, layer, style)
 
 
-explore()
+if result.image_tokens:  # a vision-language model: text tokens over the photo
+    with friendly_errors():
+        ui.vision_language_view(result)
+else:
+    explore()

@@ -76,8 +76,10 @@ def get_model(name: str) -> attnviz.Model:
 
 @st.cache_resource(max_entries=CAPTURE_CACHE_ENTRIES, ttl=CAPTURE_CACHE_TTL_S, show_spinner=False)
 def _capture(name: str, text: str | None, pair: str | None, image_sha: str | None, _image,
-             target: str | None, generate: int, size: int | None) -> AttentionResult:
+             target: str | None, generate: int, size: int | None, prompt: str | None = None) -> AttentionResult:
     model = _load(name)
+    if image_sha is not None and prompt is not None:  # a vision-language model: image and prompt
+        return attnviz.capture(model, _image, prompt=prompt, generate=generate)
     if image_sha is not None:
         return attnviz.capture(model, _image, size=size)
     input = (text, pair) if pair else text
@@ -86,13 +88,13 @@ def _capture(name: str, text: str | None, pair: str | None, image_sha: str | Non
 
 def run_capture(name: str, text: str | None = None, *, pair: str | None = None, image=None,
                 image_bytes: bytes | None = None, target: str | None = None, generate: int = 0,
-                size: int | None = None) -> AttentionResult:
+                size: int | None = None, prompt: str | None = None) -> AttentionResult:
     """Capture (cached) the attention of model ``name`` on a text (or pair) or an image.
 
     For images give the PIL ``image`` and the uploaded ``image_bytes`` it came from (their
-    hash is the cache key).
+    hash is the cache key); for a vision-language model also the ``prompt`` (and ``generate``).
     """
     get_model(name)
     sha = hashlib.sha256(image_bytes).hexdigest() if image_bytes is not None else None
     with st.spinner(f"Running {name}…"):
-        return _capture(name, text, pair or None, sha, image, target or None, int(generate), size)
+        return _capture(name, text, pair or None, sha, image, target or None, int(generate), size, prompt)
