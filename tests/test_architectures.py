@@ -409,3 +409,18 @@ def test_vision_language_options(vlm, zoo, picture):
     _, vit = zoo("vit")
     with pytest.raises(attnviz.AttnvizError, match="prompt= applies to vision-language models"):
         attnviz.capture(vit, picture, prompt=PROMPT)
+
+
+def test_command_line_reads_an_image_and_a_prompt(vlm, picture, tmp_path, capsys):
+    from attnviz.cli import main
+
+    folder, _ = vlm("llava")
+    photo = tmp_path / "photo.png"
+    picture.save(photo)
+    out = tmp_path / "vlm.npz"
+    assert main(["capture", "--model", str(folder), "--image", str(photo), "--prompt", PROMPT,
+                 "--generate", "2", "--out", str(out)]) == 0
+    back = attnviz.AttentionResult.load(out)
+    assert back.image_tokens and np.array(back.image_tokens["image"]).shape == (4, 4) and back.image is not None
+    assert main(["capture", "--model", str(folder), "--text", PROMPT, "--out", str(out)]) == 1
+    assert "give it an image" in capsys.readouterr().err
