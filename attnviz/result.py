@@ -131,7 +131,7 @@ class AttentionResult:
         """Stage ``stack`` of a windowed model as a plain image result: its maps as the
         "encoder" stack over its own grid, so that every image view and statistic applies."""
         grid = self.grids[stack]
-        return AttentionResult(kind="image", model=f"{self.model} {stack}", attn={"encoder": self.attn[stack]},
+        return AttentionResult(kind="image", model=self.model, attn={"encoder": self.attn[stack]},
                                tokens=grid_tokens(grid), special=[False] * grid.n_patches, grid=grid,
                                image=self.image, timings=self.timings, warnings=self.warnings)
 

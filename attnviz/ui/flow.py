@@ -109,10 +109,14 @@ def stats_of(key: str, _result: AttentionResult, stack: str, window: int) -> Hea
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
-def input_stats(model_name: str, _model, digest: str, _input, size: int | None, stack: str, window: int) -> HeadStats:
+def input_stats(model_name: str, _model, digest: str, _input, size: int | None, stack: str, window: int,
+                stage: str | None = None) -> HeadStats:
     """Per-head statistics of one of many inputs (a text or a PIL image, named by its
-    ``digest``) to ``_model``; ``stack`` when the model has it, else its first stack."""
+    ``digest``) to ``_model``; ``stack`` when the model has it, else its first stack; for a
+    windowed model (Swin), its ``stage`` (the one picked on the page)."""
     captured = attnviz.capture(_model, _input, size=size) if size else attnviz.capture(_model, _input)
+    if captured.grids:
+        captured = captured.for_stage(stage if stage in captured.grids else captured.stacks[0])
     return head_stats(captured, stack if stack in captured.attn else captured.stacks[0], window=window)
 
 
@@ -264,7 +268,8 @@ def many_view(captured: Captured) -> None:
     bar = st.progress(0.0, text=f"Statistics of {len(inputs)} inputs…")
     per_input = []
     for i, (_, digest, value) in enumerate(inputs):
-        per_input.append(input_stats(captured.model, model, digest, value, captured.size, captured.stack, window))
+        per_input.append(input_stats(captured.model, model, digest, value, captured.size, captured.stack, window,
+                                     st.session_state.get("image_stage")))
         bar.progress((i + 1) / len(inputs), text=f"Statistics of {len(inputs)} inputs… {i + 1}/{len(inputs)}")
     bar.empty()
     spread = average_stats(per_input)

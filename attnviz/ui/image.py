@@ -156,14 +156,19 @@ def input_size_picker(model: Model) -> int:
     return size
 
 
-def photo_capture() -> tuple[Photo, int, AttentionResult]:
+def photo_capture(families: tuple[str, ...] = ("image", "vision-language")) -> tuple[Photo, int, AttentionResult]:
     """The image pages' input: model and input size on the left, the photo on the right; then
     the (cached) capture and its one-line summary. Returns the photo, the size (shorter side,
-    px) and the result."""
+    px) and the result (for a windowed model, the stage picked; for a vision-language model,
+    its image and prompt). ``families``: the model families the page shows."""
     settings, source = st.columns([1, 2], gap="large")
     with settings:
-        name = model_picker(("image", "vision-language"), DEFAULT_IMAGE_MODEL)
+        name = model_picker(families, DEFAULT_IMAGE_MODEL)
         model = get_model(name)
+        if model.family not in families:
+            raise AttnvizError(f"{name} is not an image model (its family is {model.family}); this page shows "
+                               f"{' and '.join(families)} models such as ViT, DeiT, DINOv2, Swin or a CLIP vision tower"
+                               + (" (open it in the image explorer)." if model.family == "vision-language" else "."))
         if model.family == "vision-language":
             prompt, generate = prompt_box()
         else:
@@ -175,9 +180,9 @@ def photo_capture() -> tuple[Photo, int, AttentionResult]:
         vision_language_summary(photo, result)
         return photo, 0, result
     result = run_capture(name, image=photo.image, image_bytes=photo.data, size=size)
-    if result.grids:
-        result = stage_picker(result)
-    capture_summary(photo, result)
+    stage = stage_picker(result) if result.grids else None
+    result = result.for_stage(stage) if stage else result
+    capture_summary(photo, result, stage)
     return photo, size, result
 
 
@@ -251,9 +256,9 @@ def vision_language_view(result: AttentionResult) -> None:
                        "tokens' columns are left out, so rows sum to less than 1.")
 
 
-def stage_picker(result: AttentionResult) -> AttentionResult:
-    """For a windowed model (Swin): which stage to show, as a plain image result. Each stage
-    has its own grid (2 x 2 patches merge between stages) and its own heads."""
+def stage_picker(result: AttentionResult) -> str:
+    """For a windowed model (Swin): which stage to show (its stack name). Each stage has its
+    own grid (2 x 2 patches merge between stages) and its own heads."""
     stages = result.stacks
     stage = st.segmented_control(
         "Stage", stages, key="image_stage", default=stages[0], required=True,
@@ -261,16 +266,17 @@ def stage_picker(result: AttentionResult) -> AttentionResult:
         help="Swin attends within windows of patches, shifted every second block, and merges 2 x 2 "
              "patches between stages. Each token's attention over its window is shown in place on the "
              "photo; outside its window it is zero.") or stages[0]
-    return result.for_stage(stage)
+    return stage
 
 
-def capture_summary(photo: Photo, result: AttentionResult) -> None:
-    """One line on what the model saw, then any notes and warnings."""
+def capture_summary(photo: Photo, result: AttentionResult, stage: str | None = None) -> None:
+    """One line on what the model saw (at ``stage`` of a windowed model), then any notes and warnings."""
     g = result.grid
     h, w = result.image.shape[:2]
     prefix = (f" + {g.prefix} prefix token{'s' * (g.prefix > 1)} ({', '.join(result.tokens[:g.prefix])})"
               if g.prefix else ", no prefix token")
-    st.caption(f"**{photo.name}** ({photo.image.width} x {photo.image.height} px) → {result.model} saw "
+    st.caption(f"**{photo.name}** ({photo.image.width} x {photo.image.height} px) → {result.model}"
+               f"{f' {stage}' if stage else ''} saw "
                f"{w} x {h} px: {g.rows} x {g.cols} patches of {g.patch_px} px{prefix} · forward pass "
                f"{result.timings.get('forward_s', 0):.2f} s")
     for note in photo.notes + result.warnings:
