@@ -240,3 +240,9 @@ def save(arch: Arch, folder: Path, tokenizers: dict) -> Path:
         tf.ViTImageProcessor(size={"height": IMAGE_SIDE, "width": IMAGE_SIDE}, image_mean=list(IMAGE_MEAN),
                              image_std=list(IMAGE_STD)).save_pretrained(folder)
     return folder
+
+
+def page_folders(root: Path, vlm: str) -> dict[str, Path]:
+    """A tiny vision-language checkpoint of kind ``vlm`` and a tiny Swin, saved as the folders
+    "tiny-<vlm>" and "tiny-swin" that the page tests open; by kind."""
+    return {vlm: save_vlm(vlm, root / f"tiny-{vlm}"), "swin": save(BY_NAME["swin"], root / "tiny-swin", {})}

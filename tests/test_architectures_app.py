@@ -19,9 +19,7 @@ import attnviz  # noqa: E402
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("app-zoo")
-    return {"llava": arch_zoo.save_vlm("llava", root / "tiny-llava"),
-            "swin": arch_zoo.save(arch_zoo.BY_NAME["swin"], root / "tiny-swin", {})}
+    return arch_zoo.page_folders(tmp_path_factory.mktemp("app-zoo"), "llava")
 
 
 def test_swin_on_the_image_explorer_and_the_local_global_page(folders):

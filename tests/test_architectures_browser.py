@@ -13,12 +13,12 @@ import arch_zoo  # noqa: E402
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("browser-zoo")
-    return {"idefics3": arch_zoo.save_vlm("idefics3", root / "tiny-idefics3"),
-            "swin": arch_zoo.save(arch_zoo.BY_NAME["swin"], root / "tiny-swin", {})}
+    return arch_zoo.page_folders(tmp_path_factory.mktemp("browser-zoo"), "idefics3")
 
 
 def open_own_model(page, server: str, folder: Path) -> None:
+    """The image explorer, the model picker's "your own model…", the folder typed in."""
+    page.set_viewport_size({"width": 1400, "height": 1500})
     page.goto(f"{server}/image")
     wait_for_app(page)
     page.get_by_role("combobox", name="Model", exact=True).click()
@@ -29,10 +29,17 @@ def open_own_model(page, server: str, folder: Path) -> None:
     wait_for_app(page)
 
 
+def finish(page, shot: str) -> None:
+    """No exception and no error on the page, then the screenshot."""
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+    screenshot(page, shot)
+    assert not page.errors, page.errors
+
+
 @pytest.mark.browser
 def test_a_vision_language_folder_shows_text_tokens_over_the_photo(streamlit_server, browser_page, folders):
     page = browser_page
-    page.set_viewport_size({"width": 1400, "height": 1500})
     open_own_model(page, streamlit_server, folders["idefics3"])
     page.get_by_text("as 20 image tokens (tiles 4 x 4 + global 2 x 2)").wait_for(timeout=180_000)
     page.locator(".st-key-image_vlm_overlay .nsewdrag").wait_for(timeout=60_000)
@@ -43,16 +50,12 @@ def test_a_vision_language_folder_shows_text_tokens_over_the_photo(streamlit_ser
     wait_for_app(page)
     page.get_by_text("Attention of").first.wait_for(timeout=60_000)
     assert "tiny-idefics3" in page.url
-    assert page.locator('[data-testid="stException"]').count() == 0
-    assert page.locator('[data-testid="stAlertContentError"]').count() == 0
-    screenshot(page, "image-vision-language")
-    assert not page.errors, page.errors
+    finish(page, "image-vision-language")
 
 
 @pytest.mark.browser
 def test_a_swin_folder_shows_each_stage_on_the_photo(streamlit_server, browser_page, folders):
     page = browser_page
-    page.set_viewport_size({"width": 1400, "height": 1500})
     open_own_model(page, streamlit_server, folders["swin"])
     page.get_by_text("tiny-swin stage1 saw").wait_for(timeout=180_000)
     page.get_by_text("no prefix token").first.wait_for()
@@ -60,7 +63,4 @@ def test_a_swin_folder_shows_each_stage_on_the_photo(streamlit_server, browser_p
     page.get_by_text("stage2 · 28 x 36").click()  # 4 px patches of 224 x 288 px, merged 2 x 2
     page.get_by_text("tiny-swin stage2 saw").wait_for(timeout=60_000)
     wait_for_app(page)
-    assert page.locator('[data-testid="stException"]').count() == 0
-    assert page.locator('[data-testid="stAlertContentError"]').count() == 0
-    screenshot(page, "image-swin-stage2")
-    assert not page.errors, page.errors
+    finish(page, "image-swin-stage2")
