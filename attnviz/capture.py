@@ -8,7 +8,11 @@ Inputs by family:
 - encoder-decoder: a source text and an optional ``target`` (generated greedily when absent);
   a pair ``(source, target)`` works too;
 - image: a PIL image, resized so that its shorter side is ``size`` pixels (the model's own size
-  by default) with its aspect ratio kept, each side a multiple of the patch size;
+  by default) with its aspect ratio kept, each side a multiple of the patch size (of whole
+  windows at every stage for a windowed model such as Swin, which gives one stack per stage);
+  a two-tower model (CLIP, SigLIP) also takes a text, read by its text tower;
+- vision-language: a PIL image and a ``prompt``, optionally continued by ``generate`` greedy
+  tokens; the image tokens are placed back on the picture (AttentionResult.image_tokens);
 - custom: whatever the custom model's own capture takes (see attnviz.models.custom).
 
 Attention is always taken in eval mode and without gradients.
