@@ -59,3 +59,14 @@ def test_vision_language_on_the_image_explorer(folders):
     at = open_page("pages/flow.py", kind="image", model=str(folders["llava"]), sample="cat")
     assert not at.exception and len(at.error) == 1
     assert "family is vision-language" in at.error[0].value and "image explorer" in at.error[0].value
+
+
+def test_an_unsupported_checkpoint_gets_one_message_on_the_page(tmp_path):
+    import transformers
+
+    folder = tmp_path / "tiny-resnet"
+    config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])
+    transformers.ResNetModel(config).save_pretrained(folder)
+    at = open_page("pages/image.py", model=str(folder), sample="cat")
+    assert not at.exception and len(at.error) == 1
+    assert "without attention layers" in at.error[0].value and "resnet" in at.error[0].value
