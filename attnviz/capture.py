@@ -409,7 +409,11 @@ def _capture_vision_language(model: Model, image: Image.Image, prompt: str, gene
     token = getattr(proc, "image_token", None) or "<image>"
     text = prompt if token in prompt else f"{token}{clean_text(prompt) if prompt.strip() else ''}"
     t0 = time.perf_counter()
-    enc = proc(images=[to_rgb(image)], text=text, return_tensors="pt")
+    try:
+        enc = proc(images=[to_rgb(image)], text=text, return_tensors="pt")
+    except (ValueError, TypeError, KeyError) as e:
+        raise AttnvizError(f"The processor of {model.name} could not read the image and prompt: "
+                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     ids = enc["input_ids"]
     prompt_len = ids.shape[1]
     generate = max(0, min(int(generate), GENERATE_CAP))

@@ -281,6 +281,19 @@ def test_unsupported_checkpoint_gets_one_clear_line(unsupported, name, capsys, t
     assert f"model type '{name}'" in err
 
 
+@pytest.mark.parametrize("config, match", [("Blip2Config", "image tokens attnviz cannot place"),
+                                           ("Florence2Config", "image tokens attnviz cannot place"),
+                                           ("Wav2Vec2Config", "a speech model")])
+def test_unsupported_kinds_are_refused_before_any_weight_is_read(tmp_path, config, match):
+    """The refusal comes from the config alone (the weights here are not even valid)."""
+    import transformers
+
+    getattr(transformers, config)().save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not read")
+    with pytest.raises(attnviz.AttnvizError, match=match):
+        attnviz.load_model(str(tmp_path))
+
+
 # -- API edges: a model already loaded, maps recorded from any code ----------------------------
 def test_load_model_accepts_a_loaded_transformers_model(zoo, picture):
     import transformers

@@ -219,6 +219,10 @@ def _what_it_is(config) -> str | None:
                           ("MODEL_FOR_TIME_SERIES_CLASSIFICATION_MAPPING_NAMES", "a time-series model")):
         if kind in _mapping(mapping):
             return what
+    if kind in _mapping("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES") and (
+            getattr(config, "is_encoder_decoder", False) or getattr(config, "image_token_id", None) is None):
+        return ("a vision-language model whose image tokens attnviz cannot place (it reads LLaVA-, PaliGemma- "
+                "and Idefics3-style models: a decoder reading image tokens in its prompt)")
     if not any(str(k).endswith(("heads", "n_head")) for k, _ in _flat_items(config.to_dict())):
         return "a network without attention layers (no attention heads in its config)"
     return None
