@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import arch_zoo  # noqa: E402
-from apptest_tools import assert_clean, charts, open_page  # noqa: E402
+from apptest_tools import array, assert_clean, charts, open_page  # noqa: E402
 
 import attnviz  # noqa: E402
 
@@ -34,7 +34,10 @@ def test_swin_on_the_image_explorer_and_the_local_global_page(folders):
 
     at = open_page("pages/flow.py", kind="image", model=str(folders["swin"]), sample="cat")
     assert_clean(at)
-    assert "flow_depth" in charts(at)
+    figs = charts(at)
+    assert {"flow_depth", "flow_beside_depth"} <= set(figs), "Swin's stage beside DINOv2"
+    assert "dinov2-small" in figs["flow_beside_depth"]["layout"]["title"]["text"]
+    assert array(figs["flow_beside_depth"]["data"][0]["y"]).size == 12 * 6, "one dot per head of DINOv2-small"
 
 
 def test_vision_language_on_the_image_explorer(folders):

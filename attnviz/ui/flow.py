@@ -233,6 +233,31 @@ def depth_view(captured: Captured) -> None:
         points = [p for p in (event.selection.points if event and event.selection else []) if p["curve_number"] == 0]
         if points:  # the dots are in row-major (layer, head) order
             show_head(captured, *divmod(points[0]["point_index"], stats.n_heads))
+        if captured.kind == "image":
+            beside_view(captured, stats.window, local_min, global_min)
+
+
+def beside_view(captured: Captured, window: int, local_min: float, global_min: float) -> None:
+    """The same photo through another bundled image model, its distance against depth below
+    (e.g. a windowed Swin beside DINOv2, whose heads reach across the photo from the first
+    layers). Both in pixels of the model's input, so the two can be read on one scale."""
+    from attnviz.models.bundled import BUNDLED, DEFAULT_IMAGE_MODEL
+
+    others = [n for n, m in BUNDLED.items() if m.family == "image" and n != captured.model]
+    if not others or captured.photo is None:
+        return
+    own = captured.model not in BUNDLED  # e.g. a Swin folder: shown beside DINOv2 at first
+    other = st.selectbox("Beside it, the same photo through", ["nothing"] + others, key="flow_beside",
+                         index=1 + others.index(DEFAULT_IMAGE_MODEL) if own and DEFAULT_IMAGE_MODEL in others else 0,
+                         help="Another image model at its own input size; mean distances are in pixels of "
+                              "each model's input.")
+    if other == "nothing":
+        return
+    model = get_model(other)
+    stats = input_stats(other, model, captured.photo.sha, captured.photo.image, None, "encoder", window)
+    st.plotly_chart(viz.distance_depth(stats, local_min=local_min, global_min=global_min,
+                                       title=f"{other} · the same photo: one dot per head"),
+                    key="flow_beside_depth", config=png_config(f"{other}_distance_depth"))
 
 
 def heatmaps_view(captured: Captured) -> None:
