@@ -8,7 +8,11 @@ Inputs by family:
 - encoder-decoder: a source text and an optional ``target`` (generated greedily when absent);
   a pair ``(source, target)`` works too;
 - image: a PIL image, resized so that its shorter side is ``size`` pixels (the model's own size
-  by default) with its aspect ratio kept, each side a multiple of the patch size;
+  by default) with its aspect ratio kept, each side a multiple of the patch size (of whole
+  windows at every stage for a windowed model such as Swin, which gives one stack per stage);
+  a two-tower model (CLIP, SigLIP) also takes a text, read by its text tower;
+- vision-language: a PIL image and a ``prompt``, optionally continued by ``generate`` greedy
+  tokens; the image tokens are placed back on the picture (AttentionResult.image_tokens);
 - custom (attnviz's own models, see attnviz.lab): a text their tokenizer reads, or for an image
   classifier a PIL image, resized to the model's square input. The module runs under
   :func:`attnviz.record_attention` and the result is built from the maps recorded (see
@@ -31,7 +35,7 @@ from attnviz.inputs import clean_text, to_rgb
 from attnviz.limits import token_cap
 from attnviz.models.model import Model
 from attnviz.recorder import record_attention
-from attnviz.result import AttentionResult, PatchGrid
+from attnviz.result import AttentionResult, PatchGrid, grid_tokens
 
 TextInput = Union[str, tuple[str, str]]
 MAX_IMAGE_TOKENS = 4096  # patches; bounds memory at [12, 12, 4096, 4096] float16 = 4.8 GB
@@ -40,19 +44,30 @@ GENERATE_CAP = 256
 
 
 def capture(model: Model, input, *, target: str | None = None, generate: int = 0,
-            size: int | None = None) -> AttentionResult:
-    """Run ``model`` on ``input`` and return all its attention maps (see the module docstring)."""
+            size: int | None = None, prompt: str | None = None) -> AttentionResult:
+    """Run ``model`` on ``input`` and return all its attention maps (see the module docstring).
+
+    Options that do not apply to the model's family or to the input are refused with an
+    AttnvizError, never ignored."""
     started = time.perf_counter()
+    check_options(model, input, target=target, generate=generate, size=size, prompt=prompt)
     cut: list[str] = []  # before any lock: a huge text is cut here, so tokenising it blocks nobody
-    if model.family not in ("image", "custom") and not isinstance(input, Image.Image):
+    if not isinstance(input, Image.Image):
         input = (tuple(_bound_text(t, model, cut) for t in input) if isinstance(input, tuple)
                  else _bound_text(input, model, cut))
         target = _bound_text(target, model, cut) if target is not None else None
     with model.lock, limits.SLOTS, torch.inference_mode():
-        if model.family == "image":
+        if model.family == "vision-language":
             if not isinstance(input, Image.Image):
+                raise AttnvizError(f"{model.name} is a vision-language model: give it an image, and the text as prompt=.")
+            result = _capture_vision_language(model, input, prompt or "", generate)
+        elif model.family == "image":
+            if isinstance(input, Image.Image):
+                result = _capture_image(model, input, size)
+            elif model.text_tower is not None:
+                result = _capture_text_tower(model, _one_text(input, model))
+            else:
                 raise AttnvizError(f"{model.name} is an image model: give it an image, not {type(input).__name__}.")
-            result = _capture_image(model, input, size)
         elif model.family == "custom":
             result = _capture_recorded(model, input, size)
         else:
@@ -63,8 +78,7 @@ def capture(model: Model, input, *, target: str | None = None, generate: int = 0
             elif model.family == "decoder":
                 result = _capture_decoder(model, _one_text(input, model), generate)
             else:
-                source, target = (input if isinstance(input, tuple) else (input, target))
-                result = _capture_seq2seq(model, source, target)
+                result = _capture_seq2seq(model, _one_text(input, model), target)
     result.timings["total_s"] = time.perf_counter() - started
     result.warnings[:0] = cut
     return result
@@ -83,6 +97,43 @@ def _bound_text(text, model: Model, warnings: list[str]):
     warnings.append(f"The text has {len(text):,} characters; only the first {limit:,} were read "
                     f"({model.name} reads at most {model.max_tokens:,} tokens).")
     return text[:limit]
+
+
+def check_options(model: Model, input, *, target=None, generate: int = 0, size: int | None = None,
+                  prompt: str | None = None) -> None:
+    """Refuse, in one line each, options that do not apply to ``model``'s family or to ``input``:
+    ``generate`` beyond decoders with a language-model head, ``target`` beyond encoder-decoders,
+    ``size`` on text, and a tuple other than an encoder's pair of texts (for an encoder-decoder
+    the target goes in ``target=``, so that a tuple never means two things)."""
+    family, name = model.family, model.name
+    if family == "custom":
+        return
+    is_image = isinstance(input, Image.Image)
+    if int(generate) < 0:
+        raise AttnvizError(f"generate= is a number of tokens, 0 or more; got {generate}.")
+    if generate and family not in ("decoder", "vision-language"):
+        raise AttnvizError(f"generate= applies to decoders; {name} is {_a(family)} model.")
+    if prompt is not None and family != "vision-language":
+        raise AttnvizError(f"prompt= applies to vision-language models; {name} is {_a(family)} model.")
+    if size is not None and family == "vision-language":
+        raise AttnvizError(f"size= does not apply to {name}: a vision-language model's processor sizes the image.")
+    if generate and not model.can_generate:
+        raise AttnvizError(f"{name} is a decoder without a language-model head, so it cannot generate; "
+                           "capture the prompt alone (generate=0).")
+    if target is not None and family != "encoder-decoder":
+        raise AttnvizError(f"target= applies to encoder-decoders; {name} is {_a(family)} model.")
+    if size is not None and not is_image:
+        raise AttnvizError(f"size= applies to images; {name} was given {type(input).__name__}.")
+    if isinstance(input, tuple):
+        if len(input) != 2:
+            raise AttnvizError(f"A tuple is a pair of texts (a, b); got {len(input)} items.")
+        if family == "encoder-decoder":
+            raise AttnvizError(f"{name} is an encoder-decoder: give the source as the input and the target as "
+                               "target=..., not a pair (a pair is two segments of an encoder's input).")
+
+
+def _a(family: str) -> str:
+    return f"{'an' if family[0] in 'aeiou' else 'a'} {family}"
 
 
 # -- text ---------------------------------------------------------------------------------
@@ -176,7 +227,7 @@ def _capture_encoder(model: Model, input: TextInput) -> AttentionResult:
     inputs = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     out = model.net(**inputs, output_attentions=True)
     t2 = time.perf_counter()
-    attn = _stack(out.attentions)
+    attn = _stack(_attentions(out, model))
     segments = enc["token_type_ids"][0].tolist() if b is not None else None
     return AttentionResult(
         kind="text", model=model.name, attn={"encoder": attn}, tokens=_tokens(model, ids),
@@ -199,7 +250,7 @@ def _capture_decoder(model: Model, prompt: str, generate: int) -> AttentionResul
     t2 = time.perf_counter()
     out = model.net(input_ids=ids, attention_mask=torch.ones_like(ids), output_attentions=True, use_cache=False)
     t3 = time.perf_counter()
-    attn = _stack(out.attentions)
+    attn = _stack(_attentions(out, model))
     all_ids = ids[0].tolist()
     spans = _word_spans(enc, prompt_len) + [(i, i + 1) for i in range(prompt_len, len(all_ids))]
     return AttentionResult(
@@ -215,7 +266,7 @@ def _capture_seq2seq(model: Model, source: str, target: str | None) -> Attention
     t0 = time.perf_counter()
     enc, warnings = _encode(model, source)
     src = enc["input_ids"].to(model.device)
-    start = model.net.config.decoder_start_token_id
+    start = _decoder_start(model.net)
     t1 = time.perf_counter()
     if target is not None and str(target).strip():
         tgt_enc, tgt_warn = _encode(model, clean_text(str(target)))
@@ -223,7 +274,8 @@ def _capture_seq2seq(model: Model, source: str, target: str | None) -> Attention
         tgt = torch.cat([torch.tensor([[start]]), tgt_enc["input_ids"]], dim=1).to(model.device)
     else:
         tgt_enc = None
-        tgt = model.net.generate(src, attention_mask=torch.ones_like(src), max_new_tokens=48, do_sample=False)
+        tgt = model.net.generate(src, attention_mask=torch.ones_like(src), max_new_tokens=48, do_sample=False,
+                                 decoder_start_token_id=start)
     t2 = time.perf_counter()
     out = model.net(input_ids=src, attention_mask=torch.ones_like(src), decoder_input_ids=tgt,
                     output_attentions=True, use_cache=False)
@@ -244,14 +296,57 @@ def _capture_seq2seq(model: Model, source: str, target: str | None) -> Attention
         warnings=warnings)
 
 
+def _decoder_start(net) -> int:
+    """The token an encoder-decoder's decoder starts from: the config's or the generation
+    config's decoder_start_token_id; else, as mBART does when it has none, the end-of-sequence
+    token (its shift_tokens_right wraps the target's last token round), else BOS or padding."""
+    gen = getattr(net, "generation_config", None)
+    for cfg, key in ((net.config, "decoder_start_token_id"), (gen, "decoder_start_token_id"),
+                     (net.config, "eos_token_id"), (net.config, "bos_token_id"), (net.config, "pad_token_id")):
+        value = getattr(cfg, key, None)
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+        if value is not None:
+            return int(value)
+    raise AttnvizError("The decoder of this model has no start token (decoder_start_token_id, eos, bos and pad are all unset).")
+
+
+def _capture_text_tower(model: Model, text: str) -> AttentionResult:
+    """A text through the text tower of a two-tower model (CLIP, SigLIP). CLIP's text tower is
+    causal: the result says so when every map is zero above the diagonal."""
+    t0 = time.perf_counter()
+    enc, warnings = _encode(model, text)
+    ids = enc["input_ids"][0].tolist()
+    t1 = time.perf_counter()
+    out = model.text_tower(input_ids=enc["input_ids"].to(model.device), output_attentions=True)
+    t2 = time.perf_counter()
+    attn = _stack(_attentions(out, model))
+    causal = len(ids) > 1 and not np.triu(attn.astype(np.float32), k=1).any()
+    return AttentionResult(
+        kind="text", model=model.name, attn={"encoder": attn}, tokens=_tokens(model, ids),
+        special=_special(model, ids), word_spans=_word_spans(enc, len(ids)), causal=causal,
+        timings={"tokenize_s": t1 - t0, "forward_s": t2 - t1, "copy_s": time.perf_counter() - t2},
+        warnings=warnings)
+
+
+def _attentions(out, model: Model):
+    """The per-layer attention maps of a transformers output; a clear error when there are none."""
+    attentions = getattr(out, "attentions", None)
+    if not attentions or any(a is None for a in attentions):
+        raise AttnvizError(f"{model.name} returned no attention maps: its architecture "
+                           f"({type(model.net).__name__}) does not expose them.")
+    return attentions
+
+
 # -- images -------------------------------------------------------------------------------
-def image_input_size(width: int, height: int, short_side: int, patch: int,
-                     most: int | None = None) -> tuple[int, int]:
+def image_input_size(width: int, height: int, short_side: int, patch: int, most: int | None = None,
+                     per_cell: int = 1) -> tuple[int, int]:
     """(width, height) fed to the model: shorter side ``short_side``, aspect kept, each side a
-    multiple of ``patch`` (at least one patch), at most ``most`` patches (default
+    multiple of ``patch`` (at least one patch), at most ``most`` tokens (default
     MAX_IMAGE_TOKENS or the deployment's lower cap, see attnviz.limits.token_cap; a loaded
-    model's own cap is its ``max_tokens``)."""
-    most = most or token_cap(MAX_IMAGE_TOKENS)
+    model's own cap is its ``max_tokens``). ``per_cell``: tokens per ``patch`` x ``patch``
+    cell, for a windowed model whose sides are multiples of several patches."""
+    most = max(1, (most or token_cap(MAX_IMAGE_TOKENS)) // per_cell)
     scale = short_side / min(width, height)
     w, h = width * scale, height * scale
     n = (w / patch) * (h / patch)
@@ -264,28 +359,41 @@ def image_input_size(width: int, height: int, short_side: int, patch: int,
     return cols * patch, rows * patch
 
 
-def _capture_image(model: Model, image: Image.Image, size: int | None) -> AttentionResult:
+def _pixels(model: Model, image: Image.Image, size: int | None):
+    """(the picture the model sees, its normalised [1, 3, h, w] pixel values): shorter side
+    ``size``, aspect kept, sides multiples of the model's step (the patch, or a windowed model's
+    alignment)."""
     spec = model.image
     size = int(size or spec.size)
-    if size < spec.patch or size % spec.patch:
-        raise AttnvizError(f"The input size must be a positive multiple of {model.name}'s patch size, {spec.patch} px; got {size}.")
-    t0 = time.perf_counter()
-    w, h = image_input_size(*image.size, size, spec.patch, model.max_tokens)
+    if size < spec.step or size % spec.step:
+        what = "patch size" if spec.step == spec.patch else "alignment (patch x window x 2^(stages-1))"
+        raise AttnvizError(f"The input size must be a positive multiple of {model.name}'s {what}, {spec.step} px; got {size}.")
+    per_cell = (spec.step // spec.patch) ** 2
+    w, h = image_input_size(*image.size, size, spec.step, model.max_patches or None, per_cell=per_cell)
     seen = to_rgb(image).resize((w, h), Image.Resampling.BICUBIC)
-    pixel_values = _pixel_values(seen, model)
+    return seen, _pixel_values(seen, model)
+
+
+def _capture_image(model: Model, image: Image.Image, size: int | None) -> AttentionResult:
+    spec = model.image
+    t0 = time.perf_counter()
+    seen, pixel_values = _pixels(model, image, size)
+    w, h = seen.size
     t1 = time.perf_counter()
-    kwargs = {"interpolate_pos_encoding": True} if _accepts(model.net, "interpolate_pos_encoding") else {}
-    out = model.net(pixel_values=pixel_values, output_attentions=True, **kwargs)
+    if spec.align:
+        return _capture_windowed(model, seen, pixel_values, t1 - t0)
+    net = model.vision_tower
+    kwargs = {"interpolate_pos_encoding": True} if _accepts(net, "interpolate_pos_encoding") else {}
+    out = net(pixel_values=pixel_values, output_attentions=True, **kwargs)
     t2 = time.perf_counter()
-    attn = _stack(out.attentions)
+    attn = _stack(_attentions(out, model))
     rows, cols = h // spec.patch, w // spec.patch
     prefix = attn.shape[-1] - rows * cols
-    tokens = [f"[{'CLS' if i == 0 else f'REG{i}'}]" for i in range(prefix)]
-    tokens += [f"({r},{c})" for r in range(rows) for c in range(cols)]
+    grid = PatchGrid(rows=rows, cols=cols, patch_px=spec.patch, prefix=prefix)
+    tokens = prefix_names(net, prefix) + grid_tokens(grid)
     return AttentionResult(
         kind="image", model=model.name, attn={"encoder": attn}, tokens=tokens,
-        special=[i < prefix for i in range(len(tokens))],
-        grid=PatchGrid(rows=rows, cols=cols, patch_px=spec.patch, prefix=prefix),
+        special=[i < prefix for i in range(len(tokens))], grid=grid,
         image=np.asarray(seen, dtype=np.uint8),
         timings={"preprocess_s": t1 - t0, "forward_s": t2 - t1, "copy_s": time.perf_counter() - t2})
 
@@ -297,6 +405,178 @@ def _pixel_values(seen: Image.Image, model: Model) -> torch.Tensor:
     pixels = np.asarray(seen, dtype=np.float32) / 255.0
     pixels = (pixels - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
     return torch.from_numpy(pixels.transpose(2, 0, 1)[None].copy()).to(model.device)
+
+
+def _capture_windowed(model: Model, seen: Image.Image, pixel_values: torch.Tensor, preprocess_s: float) -> AttentionResult:
+    """A Swin-style model, block by block: each block's window attention [windows, heads, T, T]
+    placed back on its stage's grid as [heads, patches, patches] (zero outside the window), one
+    "stage<N>" stack per stage. The blocks run as the model's own stage loop runs them (the
+    stage outputs carry only each stage's last block)."""
+    net, spec = model.net, model.image
+    t1 = time.perf_counter()
+    hidden, dims = net.embeddings(pixel_values)[:2]
+    stacks, grids = {}, {}
+    for s, stage in enumerate(net.encoder.layers, start=1):
+        maps = []
+        for block in stage.blocks:
+            hidden, weights = block(hidden, dims)[:2]
+            if weights is None:
+                raise AttnvizError(f"{model.name} returned no attention maps from its windowed blocks.")
+            maps.append(unwindow(weights, dims, int(block.window_size), int(block.shift_size)))
+        stacks[f"stage{s}"] = torch.stack(maps).to(torch.float16).numpy()
+        grids[f"stage{s}"] = PatchGrid(rows=dims[0], cols=dims[1], patch_px=spec.patch * 2 ** (s - 1), prefix=0)
+        if stage.downsample is not None:
+            hidden = stage.downsample(hidden, dims)
+            dims = ((dims[0] + 1) // 2, (dims[1] + 1) // 2)
+    t2 = time.perf_counter()
+    first = grids["stage1"]
+    return AttentionResult(
+        kind="image", model=model.name, attn=stacks, tokens=grid_tokens(first), special=[False] * first.n_patches,
+        grid=first, grids=grids, image=np.asarray(seen, dtype=np.uint8),
+        timings={"preprocess_s": preprocess_s, "forward_s": t2 - t1})
+
+
+def unwindow(weights: torch.Tensor, dims: tuple[int, int], window: int, shift: int) -> torch.Tensor:
+    """Window attention ``weights[window, head, i, j]`` (T = window^2 tokens per window, the
+    windows of a grid ``dims`` = (rows, cols) cyclically shifted up and left by ``shift``) as
+    dense ``[head, patch, patch]`` over the grid in row-major order, zero outside each window.
+
+    Slot i of window w holds, in the shifted grid, row wr * window + i // window and column
+    wc * window + i % window (wr, wc = divmod(w, cols // window)); shifting back adds ``shift``
+    to both, modulo the grid."""
+    rows, cols = dims
+    n_windows, heads, t, _ = weights.shape
+    w, i = torch.arange(n_windows)[:, None], torch.arange(t)[None, :]
+    wr, wc = w // (cols // window), w % (cols // window)
+    y = (wr * window + i // window + shift) % rows
+    x = (wc * window + i % window + shift) % cols
+    index = y * cols + x  # [windows, T]: the grid token in each window slot
+    dense = torch.zeros(heads, rows * cols, rows * cols, dtype=torch.float32)
+    dense[:, index[:, :, None], index[:, None, :]] = weights.float().permute(1, 0, 2, 3)
+    return dense
+
+
+def _capture_vision_language(model: Model, image: Image.Image, prompt: str, generate: int) -> AttentionResult:
+    """An image and a prompt through a vision-language model (LLaVA, PaliGemma, Idefics3...),
+    optionally continued by ``generate`` greedy tokens: one forward pass over the whole
+    sequence (image tokens, prompt, generated tokens) gives the language model's attention.
+    The image tokens are found by the model's image token id and placed back on their grids
+    (see AttentionResult.image_tokens); the picture the model saw is rebuilt from its pixels."""
+    proc, net = model.processor, model.net
+    token = getattr(proc, "image_token", None) or "<image>"
+    text = prompt if token in prompt else f"{token}{clean_text(prompt) if prompt.strip() else ''}"
+    t0 = time.perf_counter()
+    try:
+        enc = proc(images=[to_rgb(image)], text=text, return_tensors="pt")
+    except (ValueError, TypeError, KeyError) as e:
+        raise AttnvizError(f"The processor of {model.name} could not read the image and prompt: "
+                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    ids = enc["input_ids"]
+    prompt_len = ids.shape[1]
+    generate = max(0, min(int(generate), GENERATE_CAP))
+    if prompt_len + generate > model.max_tokens:
+        raise AttnvizError(f"The image and prompt take {prompt_len} tokens (+ {generate} to generate); "
+                           f"{model.name} is run on at most {model.max_tokens}. Shorten the prompt.")
+    inputs = {k: v.to(model.device) for k, v in enc.items() if k != "labels"}
+    t1 = time.perf_counter()
+    if generate:
+        pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.tokenizer.eos_token_id
+        ids = net.generate(**inputs, max_new_tokens=generate, do_sample=False, pad_token_id=pad)
+        new = ids.shape[1] - prompt_len
+        inputs.update(input_ids=ids, attention_mask=torch.ones_like(ids))
+        if "token_type_ids" in inputs:  # PaliGemma: 0 for the prefix (image and prompt), 1 for what follows
+            inputs["token_type_ids"] = torch.cat([inputs["token_type_ids"], torch.ones_like(ids[:, :new])], dim=1)
+    t2 = time.perf_counter()
+    out = net(**inputs, output_attentions=True, use_cache=False)
+    t3 = time.perf_counter()
+    attn = _stack(_attentions(out, model))
+    causal = not np.triu(attn.astype(np.float32), k=1).any()  # PaliGemma reads its prefix both ways
+    all_ids = ids[0].tolist()
+    picture, layout = _vision_layout(model, enc, all_ids, image)
+    tokens = _tokens(model, all_ids)
+    for name, cells in layout.items():
+        for r, row in enumerate(cells):
+            for c, i in enumerate(row):
+                tokens[i] = f"<{name} {r},{c}>"
+    return AttentionResult(
+        kind="text", model=model.name, attn={"decoder": attn}, tokens=tokens, special=_special(model, all_ids),
+        word_spans=[(i, i + 1) for i in range(len(all_ids))], causal=causal, prompt_len=prompt_len,
+        image=picture, image_tokens=layout,
+        timings={"preprocess_s": t1 - t0, "generate_s": t2 - t1, "forward_s": t3 - t2,
+                 "copy_s": time.perf_counter() - t3})
+
+
+def _vision_layout(model: Model, enc, ids: list[int], image: Image.Image) -> tuple[np.ndarray, dict[str, list[list[int]]]]:
+    """(the picture the model saw, uint8 [h, w, 3]; its image-token grids). The image tokens
+    come in runs, one per picture read: one run (LLaVA, PaliGemma: a square grid, after a CLS
+    token when the model keeps it), or one run per tile and a last one for the whole picture
+    downscaled (Idefics3, SmolVLM), the tiles laid out as the image processor cut them."""
+    image_id = model.net.config.image_token_id
+    positions = [i for i, t in enumerate(ids) if t == image_id]
+    runs: list[list[int]] = []
+    for i in positions:
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    pixels = enc["pixel_values"][0]
+    tiles = pixels if pixels.dim() == 4 else pixels[None]  # [pictures, 3, h, w]
+    if not runs or len(runs) != len(tiles):
+        raise AttnvizError(f"{model.name}: {len(runs)} runs of image tokens for {len(tiles)} pictures; attnviz cannot "
+                           "place its image tokens on the photo.")
+    pictures = _denormalise(model, tiles)
+    grids = [_square(model, run) for run in runs]
+    if len(runs) == 1:
+        return pictures[0], {"image": grids[0]}
+    n_rows, n_cols = _tile_layout(model, image, len(runs) - 1)
+    side = len(grids[0])
+    cells = [[grids[(R // side) * n_cols + C // side][R % side][C % side] for C in range(n_cols * side)]
+             for R in range(n_rows * side)]
+    rows = [np.concatenate(pictures[r * n_cols:(r + 1) * n_cols], axis=1) for r in range(n_rows)]
+    return np.concatenate(rows, axis=0), {"tiles": cells, "global": grids[-1]}
+
+
+def _square(model: Model, run: list[int]) -> list[list[int]]:
+    side = int(round(len(run) ** 0.5))
+    if side * side != len(run) and (side * side + 1) == len(run):
+        run = run[1:]  # the vision tower's CLS token first (LLaVA with vision_feature_select_strategy="full")
+    if side * side != len(run):
+        raise AttnvizError(f"{model.name} gives {len(run)} image tokens per picture, not a square grid.")
+    return [run[r * side:(r + 1) * side] for r in range(side)]
+
+
+def _tile_layout(model: Model, image: Image.Image, n_tiles: int) -> tuple[int, int]:
+    """Rows and columns of the tiles the image processor cut (Idefics3's reports them)."""
+    try:
+        info = model.processor.image_processor(images=[to_rgb(image)], return_row_col_info=True, return_tensors="pt")
+        rows, cols = int(np.ravel(info["rows"])[0]), int(np.ravel(info["cols"])[0])
+    except (TypeError, KeyError, ValueError):
+        rows, cols = 1, n_tiles
+    if rows * cols != n_tiles:
+        raise AttnvizError(f"{model.name} cut the picture into {n_tiles} tiles, not {rows} x {cols}.")
+    return rows, cols
+
+
+def _denormalise(model: Model, tiles: torch.Tensor) -> list[np.ndarray]:
+    """Pixel values [pictures, 3, h, w] back to uint8 [h, w, 3] pictures."""
+    ip = model.processor.image_processor
+    mean = np.array(getattr(ip, "image_mean", None) or (0.0, 0.0, 0.0), np.float32)
+    std = np.array(getattr(ip, "image_std", None) or (1.0, 1.0, 1.0), np.float32)
+    scale = 255.0 if getattr(ip, "do_rescale", True) else 1.0
+    out = []
+    for t in tiles.float().cpu().numpy():
+        x = t.transpose(1, 2, 0)
+        x = x * std + mean if getattr(ip, "do_normalize", True) else x
+        out.append(np.clip(x * scale + 0.5, 0, 255).astype(np.uint8))
+    return out
+
+
+def prefix_names(net: torch.nn.Module, prefix: int) -> list[str]:
+    """Names of the ``prefix`` tokens before the patches: [CLS], then [DIST] when the model has
+    a distillation token (DeiT), then registers [REG1], [REG2]..."""
+    names = ["[CLS]"] + (["[DIST]"] if any(n.endswith("distillation_token") for n, _ in net.named_parameters()) else [])
+    names = names[:prefix]
+    return names + [f"[REG{i + 1}]" for i in range(prefix - len(names))]
 
 
 def _accepts(net: torch.nn.Module, arg: str) -> bool:

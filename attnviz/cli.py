@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     cap.add_argument("--target", help="target text, for encoder-decoders (generated when absent)")
     cap.add_argument("--generate", type=int, default=0, help="tokens to generate, for decoders")
     cap.add_argument("--size", type=int, help="image: shorter side in pixels, a multiple of the patch size")
+    cap.add_argument("--prompt", help="vision-language models: the text read with --image")
     cap.add_argument("--out", required=True, type=Path, help="the .npz to write")
     cap.set_defaults(run=_capture)
 
@@ -191,7 +192,8 @@ def _capture(args) -> int:
     if args.pair:
         input = (input, args.pair)
     model = attnviz.load_model(args.model, progress=_progress_bar(args.model))
-    result = attnviz.capture(model, input, target=args.target, generate=args.generate, size=args.size)
+    result = attnviz.capture(model, input, target=args.target, generate=args.generate, size=args.size,
+                             **({"prompt": args.prompt} if args.prompt is not None else {}))
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     result.save(args.out)

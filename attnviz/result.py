@@ -14,6 +14,17 @@ A result holds every attention map of one model run on one input:
 - ``word_spans``: ``[start, end)`` token index ranges, one per word, for merging sub-words.
 - ``grid`` (images): the patch grid. Token ``grid.prefix + r * grid.cols + c`` is the patch at
   row ``r``, column ``c``; each patch covers ``grid.patch_px`` pixels of the model's input.
+- ``grids`` (windowed, hierarchical image models such as Swin): one stack per stage,
+  ``"stage1"``, ``"stage2"``..., each ``[blocks, heads, patches, patches]`` over its own grid
+  (stages merge 2 x 2 patches, so grids shrink); each token's attention over its window is
+  placed back at the keys' places on the grid, zero outside the window. ``grid`` is stage 1's.
+  :meth:`AttentionResult.for_stage` gives one stage as a plain image result.
+- ``image_tokens`` (vision-language models): where the image's tokens sit in the sequence, as
+  ``{name: [[token index of cell (row, col)]]}``, each grid covering the whole of ``image``:
+  ``"image"`` for a model that reads the picture once (LLaVA, PaliGemma); ``"tiles"`` (the
+  tiles side by side) and ``"global"`` (the whole picture, downscaled) for one that reads it
+  in tiles (Idefics3, SmolVLM). ``attn["decoder"][l, h, q][image_tokens[name]]`` is then
+  query ``q``'s attention over that grid.
 
 It saves to and loads from one ``.npz`` file: one float16 array per stack named
 ``attn_<stack>``, the optional ``image`` (uint8 [height, width, 3], the picture the model saw)
@@ -23,12 +34,14 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 STACKS = ("encoder", "decoder", "cross")
+STAGE = re.compile(r"^stage[1-9][0-9]*$")  # windowed, hierarchical image models: one stack per stage
 FORMAT_VERSION = 1
 
 
@@ -56,6 +69,18 @@ class PatchGrid:
         return (np.stack([r, c], axis=1) + 0.5) * self.patch_px
 
 
+def grid_tokens(grid: PatchGrid) -> list[str]:
+    """The names of a grid's patch tokens, "(row,col)" in row-major order."""
+    return [f"({r},{c})" for r in range(grid.rows) for c in range(grid.cols)]
+
+
+def _as_array(m) -> np.ndarray:
+    """A torch tensor (any device, any float dtype) or array as a float32 numpy array."""
+    if hasattr(m, "detach"):
+        m = m.detach().float().cpu().numpy()
+    return np.asarray(m, dtype=np.float32)
+
+
 @dataclass
 class AttentionResult:
     """Every attention map of one run. See the module docstring for the axes."""
@@ -76,11 +101,13 @@ class AttentionResult:
     prompt_len: int | None = None  # decoder-only: tokens before the generated ones
     timings: dict[str, float] = field(default_factory=dict)  # seconds
     warnings: list[str] = field(default_factory=list)
+    grids: dict[str, PatchGrid] | None = None  # per-stage grids of "stage<N>" stacks (Swin)
+    image_tokens: dict[str, list[list[int]]] | None = None  # vision-language: token index per image cell
 
     def __post_init__(self) -> None:
         if self.kind not in ("text", "image"):
             raise ValueError(f"kind must be 'text' or 'image', not {self.kind!r}")
-        unknown = set(self.attn) - set(STACKS)
+        unknown = {s for s in self.attn if s not in STACKS and not STAGE.match(s)}
         if unknown:
             raise ValueError(f"unknown attention stacks {sorted(unknown)}; known: {STACKS}")
         for stack, a in self.attn.items():
@@ -96,8 +123,17 @@ class AttentionResult:
     # -- what the axes of a stack are ------------------------------------------------------
     @property
     def stacks(self) -> list[str]:
-        """The stacks present, in the canonical order encoder, decoder, cross."""
-        return [s for s in STACKS if s in self.attn]
+        """The stacks present, in the canonical order encoder, decoder, cross (then stages)."""
+        stages = sorted((s for s in self.attn if STAGE.match(s)), key=lambda s: int(s[5:]))
+        return [s for s in STACKS if s in self.attn] + stages
+
+    def for_stage(self, stack: str) -> "AttentionResult":
+        """Stage ``stack`` of a windowed model as a plain image result: its maps as the
+        "encoder" stack over its own grid, so that every image view and statistic applies."""
+        grid = self.grids[stack]
+        return AttentionResult(kind="image", model=self.model, attn={"encoder": self.attn[stack]},
+                               tokens=grid_tokens(grid), special=[False] * grid.n_patches, grid=grid,
+                               image=self.image, timings=self.timings, warnings=self.warnings)
 
     @property
     def nbytes(self) -> int:
@@ -129,6 +165,42 @@ class AttentionResult:
     def shape(self, stack: str) -> tuple[int, int, int, int]:
         return tuple(self.attn[stack].shape)
 
+    @classmethod
+    def from_maps(cls, maps, tokens: list[str] | None = None, *, model: str = "custom",
+                  special: list[bool] | None = None, causal: bool | None = None,
+                  grid: PatchGrid | None = None, image: np.ndarray | None = None) -> "AttentionResult":
+        """A result from attention maps computed anywhere, e.g. ``record_attention().maps``.
+
+        ``maps``: one map per layer, each ``[batch, heads, queries, keys]`` (the first batch
+        item is kept) or ``[heads, queries, keys]``, torch tensors or numpy arrays; or one array
+        ``[layers, heads, queries, keys]``. All layers must have the same shape. ``tokens``:
+        one string per key (numbers when absent). ``causal``: whether the rows see only keys up
+        to the query; by default, whether every map is zero above the diagonal. A causal result
+        is a "decoder" stack, any other an "encoder" stack. ``grid`` and ``image`` make it an
+        image result (patch tokens after ``grid.prefix`` prefix tokens)."""
+        from attnviz.errors import AttnvizError
+
+        layers = [_as_array(m) for m in (maps if isinstance(maps, (list, tuple)) else list(_as_array(maps)))]
+        if not layers:
+            raise AttnvizError("No attention maps given: record_attention() saw no attention call.")
+        layers = [m[0] if m.ndim == 4 else m for m in layers]
+        shapes = sorted({m.shape for m in layers})
+        if len(shapes) > 1 or len(shapes[0]) != 3:
+            raise AttnvizError(f"The maps must all be [heads, queries, keys] of one shape (or with a batch axis "
+                               f"first); got {', '.join(str(s) for s in shapes)}. Pass the maps of one stack.")
+        attn = np.stack(layers)
+        n_query, n_key = attn.shape[-2:]
+        tokens = [str(i) for i in range(n_key)] if tokens is None else [str(t) for t in tokens]
+        if len(tokens) != n_key or n_query != n_key:
+            raise AttnvizError(f"The maps are [{n_query} queries, {n_key} keys]: self-attention over as many tokens as "
+                               f"given, and {len(tokens)} tokens were given.")
+        if causal is None:
+            causal = n_key > 1 and not np.triu(attn.astype(np.float32), k=1).any()
+        return cls(kind="image" if grid is not None else "text", model=model,
+                   attn={"decoder" if causal else "encoder": attn}, tokens=tokens,
+                   special=list(special) if special is not None else [False] * n_key,
+                   grid=grid, image=image, causal=bool(causal))
+
     # -- saving and loading ----------------------------------------------------------------
     def meta(self) -> dict:
         """Everything but the arrays, as plain JSON-able values."""
@@ -149,6 +221,8 @@ class AttentionResult:
             "prompt_len": self.prompt_len,
             "timings": self.timings,
             "warnings": self.warnings,
+            "grids": None if self.grids is None else {k: asdict(g) for k, g in self.grids.items()},
+            "image_tokens": self.image_tokens,
         }
 
     def _write(self, f) -> None:
@@ -196,4 +270,13 @@ class AttentionResult:
             prompt_len=meta.get("prompt_len"),
             timings=meta.get("timings") or {},
             warnings=meta.get("warnings") or [],
+            grids={k: PatchGrid(**g) for k, g in meta["grids"].items()} if meta.get("grids") else None,
+            image_tokens=meta.get("image_tokens"),
         )
+
+    def image_heat(self, name: str, layer: int, head: int | str, query: int) -> np.ndarray:
+        """Vision-language: query ``query``'s attention in ``layer`` over the image grid ``name``
+        of ``image_tokens``, ``[rows, cols]`` (``head`` an index, or "mean"/"max" over heads)."""
+        rows = self.attn["decoder"][layer, :, query].astype(np.float32)  # [heads, keys]
+        rows = rows[head] if isinstance(head, int) else getattr(np, head)(rows, axis=0)
+        return rows[np.asarray(self.image_tokens[name])]

@@ -27,7 +27,7 @@ with friendly_errors():
             st.info(note)
         captured = ui.Captured(kind, result.model, result, text_ui.stack_picker(result))
     else:
-        photo, size, result = image_ui.photo_capture()
+        photo, size, result = image_ui.photo_capture(families=("image",))
         captured = ui.Captured(kind, result.model, result, "encoder", photo, size)
 
 

@@ -31,7 +31,7 @@ with friendly_errors():
 def explore() -> None:
     """The views: only this part reruns when a view, layer, head or style changes."""
     with friendly_errors():
-        view = ui.view_picker()
+        view = ui.view_picker(result)
         controls, shown = st.columns([1, 3], gap="medium")
         with controls:
             layer, head = layer_head(result, "encoder", key="image_lh")
@@ -55,4 +55,8 @@ def explore() -> None:
                 ui.prefix_view(result, photo, layer, style)
 
 
-explore()
+if result.image_tokens:  # a vision-language model: text tokens over the photo
+    with friendly_errors():
+        ui.vision_language_view(result)
+else:
+    explore()

@@ -92,7 +92,7 @@ def test_encoder_decoder_generates_target(t5, tmp_path):
 
 
 def test_encoder_decoder_given_target(t5):
-    r = attnviz.capture(t5, ("Attention heads look at nearby words.", "Nearby words"))
+    r = attnviz.capture(t5, "Attention heads look at nearby words.", target="Nearby words")
     assert r.target_tokens[0] == "<pad>"
     assert "".join(r.target_tokens[1:]).replace(" ", "").startswith("Nearbywords")
     assert r.attn["cross"].shape[2:] == (len(r.target_tokens), len(r.tokens))

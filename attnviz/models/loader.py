@@ -22,7 +22,7 @@ from attnviz.models import TRANSFORMERS_LOCK, store
 from attnviz.models.bundled import BUNDLED
 from attnviz.models.model import ImageSpec, Model
 
-FAMILIES = ("encoder", "decoder", "encoder-decoder", "image", "custom")
+FAMILIES = ("encoder", "decoder", "encoder-decoder", "image", "vision-language", "custom")
 DECODER_TOKEN_CAP = 2048  # [30 layers, 9 heads, 2048, 2048] float16 is already 2.3 GB
 SEQ2SEQ_TOKEN_CAP = 512
 IMAGE_TOKEN_CAP = 4096  # patches
@@ -35,19 +35,21 @@ log = logging.getLogger("attnviz")
 # such a folder (folder, name, device) -> Model. attnviz.lab registers "attnviz_custom" when
 # attnviz is imported, so that nothing in attnviz.models imports the lab.
 FOLDER_FORMATS: dict[str, Callable[[Path, str, torch.device], Model]] = {}
-IMAGE_MODEL_TYPES = {"vit", "dinov2", "dinov2_with_registers", "clip_vision_model", "clip", "deit",
-                     "beit", "siglip_vision_model", "dinov3_vit", "vit_msn", "vit_mae"}
 
 
-def load_model(name: str, progress: store.Progress = store.no_progress, device: torch.device | None = None,
-               *, label: str | None = None) -> Model:
-    """Load ``name``: a bundled name (fetched on first use), a local folder, or a hub id.
+def load_model(name, progress: store.Progress = store.no_progress, device: torch.device | None = None, *,
+               label: str | None = None, tokenizer=None, processor=None) -> Model:
+    """Load ``name``: a bundled name (fetched on first use), a local folder, or a hub id; or
+    wrap a transformers model already loaded, given as ``name`` with its ``tokenizer`` or
+    ``processor`` (see :func:`from_net`).
 
     ``label`` is what messages and the result call the model (default: ``name``); a hosted
     demo passes one for uploads, so that no server path reaches a visitor. Whatever goes wrong
     while reading the files (malformed JSON nested thousands deep, a tokenizer.json of the wrong
     shape, a config with zero heads) becomes one AttnvizError naming the model.
     """
+    if not isinstance(name, (str, os.PathLike)):
+        return from_net(name, tokenizer=tokenizer, processor=processor)
     name = str(name).strip()
     if not name:
         raise AttnvizError("No model name given.")
@@ -154,13 +156,55 @@ def _load_hub(repo_id: str, device: torch.device) -> Model:
     return _load_transformers(repo_id, repo_id, device, local_files_only=False)
 
 
+def _mapping(name: str) -> dict:
+    """One of transformers' model-class mappings, model_type -> class name."""
+    from transformers.models.auto import modeling_auto
+
+    return getattr(modeling_auto, name)
+
+
+def _what_it_is(config) -> str | None:
+    """A one-line reason why attnviz cannot show this kind of model, or None when it can."""
+    kind = config.model_type
+    for mapping, what in (("MODEL_FOR_CTC_MAPPING_NAMES", "a speech model"),
+                          ("MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES", "a speech model"),
+                          ("MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES", "an audio model"),
+                          ("MODEL_FOR_TEXT_TO_WAVEFORM_MAPPING_NAMES", "a speech model"),
+                          ("MODEL_FOR_VIDEO_CLASSIFICATION_MAPPING_NAMES", "a video model"),
+                          ("MODEL_FOR_TIME_SERIES_PREDICTION_MAPPING_NAMES", "a time-series model"),
+                          ("MODEL_FOR_TIME_SERIES_CLASSIFICATION_MAPPING_NAMES", "a time-series model")):
+        if kind in _mapping(mapping):
+            return what
+    if kind in _mapping("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES") and (
+            getattr(config, "is_encoder_decoder", False) or getattr(config, "image_token_id", None) is None):
+        return ("a vision-language model whose image tokens attnviz cannot place (it reads LLaVA-, PaliGemma- "
+                "and Idefics3-style models: a decoder reading image tokens in its prompt)")
+    if not any(str(k).endswith(("heads", "n_head")) for k, _ in _flat_items(config.to_dict())):
+        return "a network without attention layers (no attention heads in its config)"
+    return None
+
+
 def _family(config) -> str:
-    archs = " ".join(getattr(config, "architectures", None) or [])
-    if getattr(config, "is_encoder_decoder", False):
+    """encoder, decoder, encoder-decoder, image or vision-language, from what transformers says
+    the model is (its model-class mappings), not from its name.
+
+    Two-tower image-text models (CLIP, SigLIP) are "image": a picture goes to the vision tower
+    and a text to the text tower (see Model.towers). A model_type that transformers has as a
+    causal language model and not as a masked one is a decoder even without its LM head."""
+    kind = config.model_type
+    archs = getattr(config, "architectures", None) or []
+    if kind in _mapping("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES") and hasattr(config, "vision_config"):
+        return "vision-language"
+    if getattr(config, "is_encoder_decoder", False) or kind in _mapping("MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"):
         return "encoder-decoder"
-    if config.model_type in IMAGE_MODEL_TYPES:
+    if (kind in _mapping("MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES")
+            or kind in _mapping("MODEL_FOR_IMAGE_MAPPING_NAMES")
+            or kind in _mapping("MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES")
+            or (hasattr(config, "num_channels") and hasattr(config, "patch_size") and not hasattr(config, "vocab_size"))):
         return "image"
-    if "ForCausalLM" in archs or "LMHeadModel" in archs or getattr(config, "is_decoder", False):
+    causal = _mapping("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES")
+    if (any(a in causal.values() for a in archs) or getattr(config, "is_decoder", False)
+            or (kind in causal and kind not in _mapping("MODEL_FOR_MASKED_LM_MAPPING_NAMES"))):
         return "decoder"
     return "encoder"
 
@@ -177,16 +221,18 @@ def _backbone_class(config):
 
 
 def _net_class(config, family: str):
-    """The transformers class that loads a checkpoint of this config and family."""
+    """The transformers class that loads a checkpoint of this config and family: the language
+    model head when the checkpoint has one, else the bare backbone it names."""
     import transformers as tf
 
     if family == "encoder-decoder":
         return tf.AutoModelForSeq2SeqLM
+    if family == "vision-language":
+        return tf.AutoModelForImageTextToText
+    backbone = _backbone_class(config)
     if family == "decoder":
-        return tf.AutoModelForCausalLM
-    if config.model_type == "clip":  # a whole CLIP checkpoint: its image tower
-        return tf.CLIPVisionModel
-    return _backbone_class(config) or tf.AutoModel  # e.g. CLIPVisionModelWithProjection
+        return backbone or tf.AutoModelForCausalLM
+    return backbone or tf.AutoModel
 
 
 def _weights_params(source: str, local: bool) -> int | None:
@@ -229,8 +275,7 @@ def check_size(config, cls, source: str, name: str, local: bool) -> torch.nn.Mod
                            f"{MAX_LAYERS}. Refused before loading anything.")
     try:
         with torch.device("meta"):  # shapes only: nothing is allocated
-            empty = cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(
-                config.vision_config if config.model_type == "clip" else config)
+            empty = cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)
     except (TypeError, ValueError, RuntimeError, AttributeError, KeyError, ZeroDivisionError) as e:
         raise AttnvizError(f"The config.json of '{name}' does not describe a model that can be built: "
                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
@@ -306,10 +351,14 @@ def _load_transformers_unlocked(source: str, name: str, device: torch.device, lo
         config = tf.AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise AttnvizError(f"Cannot read the configuration of '{name}': {_first_line(e, source, name)}") from None
+    why_not = _what_it_is(config)
+    if why_not:
+        raise AttnvizError(f"'{name}' is {why_not} (model type '{config.model_type}'); attnviz shows the "
+                           "attention of text and image models only.")
     family = _family(config)
     cls = _net_class(config, family)
     check_size(config, cls, source, name, local_files_only)
-    max_tokens = token_limit(config, family, name)
+    cap = token_limit(config, family, name)
     model_kwargs = dict(kwargs, attn_implementation="eager", use_safetensors=True, dtype=torch.float32)
     try:
         net = cls.from_pretrained(source, **model_kwargs)
@@ -320,10 +369,73 @@ def _load_transformers_unlocked(source: str, name: str, device: torch.device, lo
                                "like).") from None
         raise AttnvizError(f"Cannot load the weights of '{name}': {_first_line(e, source, name)}") from None
     net.eval().to(device)
-    if family == "image":
-        return Model(name, family, net, device, max_tokens=max_tokens, image=_image_spec(source, net.config, kwargs))
-    tokenizer = tf.AutoTokenizer.from_pretrained(source, **kwargs)
-    return Model(name, family, net, device, max_tokens=max_tokens, tokenizer=tokenizer)
+    if family == "vision-language":
+        processor = _processor(source, name, kwargs)
+        return wrap(net, name, family, device, processor.tokenizer, image_spec(net.config, processor), processor,
+                    cap=cap)
+    image = _image_spec(source, net.config, kwargs) if family == "image" else None
+    return wrap(net, name, family, device, _tokenizer(source, name, family, kwargs), image, cap=cap)
+
+
+def _processor(source: str, name: str, kwargs):
+    """A vision-language checkpoint's processor (its tokenizer and image processor, which
+    together expand the image token of a prompt into the image's tokens)."""
+    import transformers as tf
+
+    try:
+        processor = tf.AutoProcessor.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError) as e:
+        raise AttnvizError(f"Cannot read the processor of '{name}' (a vision-language model needs its "
+                           f"processor_config.json, image processor and tokenizer): {str(e).splitlines()[0]}") from None
+    if getattr(processor, "tokenizer", None) is None or getattr(processor, "image_processor", None) is None:
+        raise AttnvizError(f"The processor of '{name}' has no tokenizer and image processor; a vision-language "
+                           "model needs both.")
+    return processor
+
+
+def _tokenizer(source: str, name: str, family: str, kwargs):
+    """The checkpoint's tokenizer; None for an image model without one (a two-tower model such
+    as CLIP with its tokenizer gets it, for its text tower)."""
+    import transformers as tf
+
+    try:
+        return tf.AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError) as e:
+        if family == "image":
+            return None
+        raise AttnvizError(f"Cannot read the tokenizer of '{name}' (a {family} model needs one: tokenizer.json, "
+                           f"or vocab files with tokenizer_config.json): {str(e).splitlines()[0]}") from None
+
+
+def text_limit(net: torch.nn.Module, family: str) -> int:
+    """The longest text ``net`` can read: its (text) config's max_position_embeddings, lowered
+    to what its learned position table can really embed (RoBERTa-style tables start counting
+    at padding_idx + 1), and capped for decoders (DECODER_TOKEN_CAP) and encoder-decoders
+    (SEQ2SEQ_TOKEN_CAP). A model without a limit (relative positions) gets the decoders' cap."""
+    config = net.config.get_text_config() if hasattr(net.config, "get_text_config") else net.config
+    limit = getattr(config, "max_position_embeddings", None) or DECODER_TOKEN_CAP
+    for path, module in net.named_modules():
+        if (isinstance(module, torch.nn.Embedding) and "position" in path.rsplit(".", 1)[-1]
+                and module.padding_idx is not None):
+            limit = min(limit, module.num_embeddings - module.padding_idx - 1)
+    if family in ("decoder", "vision-language"):
+        limit = min(limit, DECODER_TOKEN_CAP)
+    elif family == "encoder-decoder":
+        limit = min(limit, SEQ2SEQ_TOKEN_CAP)
+    return int(limit)
+
+
+def wrap(net: torch.nn.Module, name: str, family: str, device: torch.device, tokenizer=None,
+         image: ImageSpec | None = None, processor=None, cap: int | None = None) -> Model:
+    """A Model around a loaded transformers ``net`` of ``family``, with its length caps: text as
+    long as it can embed (:func:`text_limit`) and, with ``cap`` (the capture budget's, see
+    :func:`token_limit`), at most that many tokens and image patches."""
+    limit = text_limit(net, family) if tokenizer is not None else 0
+    if cap is not None:
+        limit = min(limit, cap)
+    patches = (cap or token_cap(IMAGE_TOKEN_CAP)) if image is not None else 0
+    return Model(name, family, net, device, max_tokens=token_cap(limit), tokenizer=tokenizer, image=image,
+                 processor=processor, max_patches=patches)
 
 
 def _first_line(error: Exception, source: str, name: str) -> str:
@@ -335,14 +447,57 @@ def _image_spec(source: str, config, kwargs) -> ImageSpec:
     """Mean, std and size from preprocessor_config.json when present, else from the config."""
     import transformers as tf
 
-    mean, std, size = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), getattr(config, "image_size", 224)
     try:
         proc = tf.AutoImageProcessor.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        proc = None  # no preprocessor config: the model's own defaults
+    return image_spec(config, proc)
+
+
+def image_spec(config, proc=None) -> ImageSpec:
+    """The ImageSpec of a model ``config``: mean, std and size from its image processor
+    ``proc`` when given (a processor holding one counts too), else the config's own defaults."""
+    config = getattr(config, "vision_config", None) or config  # two towers, vision-language: the vision side
+    mean, std, size = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), getattr(config, "image_size", 224)
+    proc = getattr(proc, "image_processor", None) or proc
+    if getattr(proc, "image_mean", None) is not None and getattr(proc, "image_std", None) is not None:
         mean, std = tuple(proc.image_mean), tuple(proc.image_std)
         crop = getattr(proc, "crop_size", None) or getattr(proc, "size", None) or {}
+        crop = crop if isinstance(crop, dict) else dict(crop)
         size = crop.get("height") or crop.get("shortest_edge") or size
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass  # no preprocessor config: the model's own defaults above
     patch = config.patch_size
-    return ImageSpec(size=int(size), patch=int(patch if isinstance(patch, int) else patch[0]),
-                     mean=mean, std=std)
+    patch = int(patch if isinstance(patch, int) else patch[0])
+    window, depths = getattr(config, "window_size", None), getattr(config, "depths", None)
+    align = patch * window * 2 ** (len(depths) - 1) if isinstance(window, int) and depths else 0
+    return ImageSpec(size=int(size), patch=patch, mean=mean, std=std, align=align)
+
+
+def from_net(net, *, tokenizer=None, processor=None, name: str | None = None) -> Model:
+    """A Model around a transformers model already loaded in this Python, with its
+    ``tokenizer`` (text) or ``processor`` (images; a processor holding a tokenizer gives it too).
+
+    The model's attention implementation is switched to eager (transformers returns attention
+    probabilities only there); it is put in eval mode and stays on its device."""
+    config = getattr(net, "config", None)
+    if not isinstance(net, torch.nn.Module) or not hasattr(config, "model_type"):
+        raise AttnvizError(f"load_model takes a name, a folder or a transformers model, not {type(net).__name__}; "
+                           "for your own torch module, record its attention with attnviz.record_attention() "
+                           "and make a result with AttentionResult.from_maps.")
+    name = name or getattr(config, "name_or_path", "") or type(net).__name__
+    why_not = _what_it_is(config)
+    if why_not:
+        raise AttnvizError(f"'{name}' is {why_not} (model type '{config.model_type}'); attnviz shows the "
+                           "attention of text and image models only.")
+    family = _family(config)
+    tokenizer = tokenizer or getattr(processor, "tokenizer", None)
+    if tokenizer is None and family != "image":
+        raise AttnvizError(f"'{name}' is a {family} model: give its tokenizer too, "
+                           "load_model(model, tokenizer=tokenizer).")
+    if getattr(config, "_attn_implementation", "eager") != "eager":
+        net.set_attn_implementation("eager")
+    if family == "vision-language" and getattr(processor, "image_processor", None) is None:
+        raise AttnvizError(f"'{name}' is a vision-language model: give its processor too, "
+                           "load_model(model, processor=processor).")
+    image = image_spec(config, processor) if family in ("image", "vision-language") else None
+    device = next(net.parameters()).device
+    return wrap(net.eval(), name, family, device, tokenizer, image, processor if family == "vision-language" else None)

@@ -16,12 +16,21 @@ import torch
 @dataclass(frozen=True)
 class ImageSpec:
     """How a model wants its pixels: side of the default square input, patch size in pixels,
-    and the per-channel mean/std applied after scaling to [0, 1]."""
+    and the per-channel mean/std applied after scaling to [0, 1]. A windowed model (Swin)
+    attends within windows of ``window_size`` patches and halves its grid at each of its
+    stages, so its input sides are multiples of patch x window x 2^(stages - 1) (``align``): then
+    every stage's grid is whole windows, and no padding token enters any window."""
 
     size: int
     patch: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    align: int = 0  # windowed models (Swin): input sides are multiples of this many pixels (0: the patch)
+
+    @property
+    def step(self) -> int:
+        """Pixels each side of the input is a multiple of."""
+        return self.align or self.patch
 
 
 @dataclass
@@ -43,8 +52,28 @@ class Model:
     tokenizer: Any = None
     image: ImageSpec | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    processor: Any = None  # vision-language models: the processor that places image tokens in the prompt
+    max_patches: int = 0
 
     @property
     def n_layers(self) -> int:
         cfg = self.net.config
+        if self.family == "image":
+            cfg = getattr(cfg, "vision_config", None) or cfg
         return getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", 0)
+
+    @property
+    def can_generate(self) -> bool:
+        """Whether the net has a language-model head to generate with (a bare GPT2Model has not)."""
+        can = getattr(self.net, "can_generate", None)
+        return bool(can and can())
+
+    @property
+    def text_tower(self) -> torch.nn.Module | None:
+        """The text tower of a two-tower image model (CLIP, SigLIP) that came with a tokenizer."""
+        return getattr(self.net, "text_model", None) if self.tokenizer is not None and self.family == "image" else None
+
+    @property
+    def vision_tower(self) -> torch.nn.Module:
+        """What pixels go through: the vision tower of a two-tower model, else the net itself."""
+        return getattr(self.net, "vision_model", None) if hasattr(self.net, "text_model") else self.net

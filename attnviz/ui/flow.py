@@ -112,10 +112,14 @@ def stats_of(key: str, _result: AttentionResult, stack: str, window: int) -> Hea
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
-def input_stats(model_name: str, _model, digest: str, _input, size: int | None, stack: str, window: int) -> HeadStats:
+def input_stats(model_name: str, _model, digest: str, _input, size: int | None, stack: str, window: int,
+                stage: str | None = None) -> HeadStats:
     """Per-head statistics of one of many inputs (a text or a PIL image, named by its
-    ``digest``) to ``_model``; ``stack`` when the model has it, else its first stack."""
+    ``digest``) to ``_model``; ``stack`` when the model has it, else its first stack; for a
+    windowed model (Swin), its ``stage`` (the one picked on the page)."""
     captured = attnviz.capture(_model, _input, size=size) if size else attnviz.capture(_model, _input)
+    if captured.grids:
+        captured = captured.for_stage(stage if stage in captured.grids else captured.stacks[0])
     return head_stats(captured, stack if stack in captured.attn else captured.stacks[0], window=window)
 
 
@@ -232,6 +236,31 @@ def depth_view(captured: Captured) -> None:
         points = [p for p in (event.selection.points if event and event.selection else []) if p["curve_number"] == 0]
         if points:  # the dots are in row-major (layer, head) order
             show_head(captured, *divmod(points[0]["point_index"], stats.n_heads))
+        if captured.kind == "image":
+            beside_view(captured, stats.window, local_min, global_min)
+
+
+def beside_view(captured: Captured, window: int, local_min: float, global_min: float) -> None:
+    """The same photo through another bundled image model, its distance against depth below
+    (e.g. a windowed Swin beside DINOv2, whose heads reach across the photo from the first
+    layers). Both in pixels of the model's input, so the two can be read on one scale."""
+    from attnviz.models.bundled import BUNDLED, DEFAULT_IMAGE_MODEL
+
+    others = [n for n, m in BUNDLED.items() if m.family == "image" and n != captured.model]
+    if not others or captured.photo is None:
+        return
+    own = captured.model not in BUNDLED  # e.g. a Swin folder: shown beside DINOv2 at first
+    other = st.selectbox("Beside it, the same photo through", ["nothing"] + others, key="flow_beside",
+                         index=1 + others.index(DEFAULT_IMAGE_MODEL) if own and DEFAULT_IMAGE_MODEL in others else 0,
+                         help="Another image model at its own input size; mean distances are in pixels of "
+                              "each model's input.")
+    if other == "nothing":
+        return
+    model = get_model(other)
+    stats = input_stats(other, model, captured.photo.sha, captured.photo.image, None, "encoder", window)
+    show_chart(viz.distance_depth(stats, local_min=local_min, global_min=global_min,
+                                  title=f"{other} · the same photo: one dot per head"),
+               f"{other}_distance_depth", key="flow_beside_depth")
 
 
 def heatmaps_view(captured: Captured) -> None:
@@ -271,7 +300,8 @@ def many_view(captured: Captured) -> None:
         bar = st.progress(0.0, text=f"Statistics of {len(inputs)} inputs…")
         per_input = []
         for i, (_, digest, value) in enumerate(inputs):
-            per_input.append(input_stats(captured.model, model, digest, value, captured.size, captured.stack, window))
+            per_input.append(input_stats(captured.model, model, digest, value, captured.size, captured.stack, window,
+                                         st.session_state.get("image_stage")))
             bar.progress((i + 1) / len(inputs), text=f"Statistics of {len(inputs)} inputs… {i + 1}/{len(inputs)}")
         bar.empty()
         spread = average_stats(per_input)

@@ -152,19 +152,21 @@ def get_model(name: str) -> attnviz.Model:
 
 def run_capture(name: str, text: str | None = None, *, pair: str | None = None, image=None,
                 image_bytes: bytes | None = None, target: str | None = None, generate: int = 0,
-                size: int | None = None) -> AttentionResult:
+                size: int | None = None, prompt: str | None = None) -> AttentionResult:
     """Capture (cached) the attention of model ``name`` on a text (or pair) or an image.
 
     For images give the PIL ``image`` and the uploaded ``image_bytes`` it came from (their
-    hash is the cache key).
+    hash is the cache key); for a vision-language model also the ``prompt`` (and ``generate``).
     """
     model = get_model(name)
     source, _ = resolve(name)
     image_sha = hashlib.sha256(image_bytes).hexdigest() if image_bytes is not None else None
-    key = hashlib.sha256(repr((source, text, pair or None, image_sha, target or None, int(generate), size))
+    key = hashlib.sha256(repr((source, text, pair or None, image_sha, target or None, int(generate), size, prompt))
                          .encode("utf-8", "surrogatepass")).hexdigest()
 
     def compute() -> AttentionResult:
+        if image_sha is not None and prompt is not None:  # a vision-language model: image and prompt
+            return attnviz.capture(model, image, prompt=prompt, generate=int(generate))
         if image_sha is not None:
             return attnviz.capture(model, image, size=size)
         return attnviz.capture(model, (text, pair) if pair else text, target=target or None, generate=int(generate))
