@@ -148,7 +148,7 @@ def test_text_classifier_trains_shows_held_out_results_and_opens_in_the_text_exp
     at.button(key="train_open_classifier_pages/text.py").click().run()
     assert_clean(at)
     text = " ".join(run.data.test_words[0])
-    assert at.session_state["model"] == str(folder) and at.text_area(key="_text_box").value == text
+    assert at.session_state["model"] == f"saved:{folder.name}" and at.text_area(key="_text_box").value == text
     result = attnviz.capture(attnviz.load_model(str(folder)), text)
     assert result.tokens[0] == "[POOL]"
     heat = charts(at)["text_heatmap"]
@@ -168,7 +168,7 @@ def test_image_classifier_trains_on_digits_and_opens_in_the_image_explorer():
     (folder,) = custom.saved_models()
     at.button(key="train_open_classifier_pages/image.py").click().run()
     assert not at.exception, at.exception
-    assert at.session_state["model"] == str(folder)
+    assert at.session_state["model"] == f"saved:{folder.name}"
     assert any("32 x 32 px images only" in i.value for i in at.info)  # the ViT reads its own size only
     assert any("saw 32 x 32 px: 4 x 4 patches of 8 px" in c.value for c in at.caption)
     assert not at.error and at.get("plotly_chart")

@@ -315,17 +315,31 @@ def token_limit(config, family: str, name: str) -> int:
         limit = min(limit, DECODER_TOKEN_CAP if family != "encoder-decoder" else SEQ2SEQ_TOKEN_CAP)
     vision = getattr(config, "vision_config", None) if family == "image" else None
     sizes = vision or cfg
-    layers = max([v for k, v in _flat_items(sizes.to_dict()) if k in ("num_hidden_layers", "num_layers",
-                                                                       "n_layer", "encoder_layers")] or [1])
-    heads = max([v for k, v in _flat_items(sizes.to_dict()) if k in ("num_attention_heads", "num_heads", "n_head",
-                                                                      "encoder_attention_heads")] or [1])
-    hidden = max([v for k, v in _flat_items(sizes.to_dict()) if k in ("hidden_size", "d_model", "n_embd")] or [1])
+    found = list(_flat_items(sizes.to_dict()))
+    layers = _largest(found, ("num_hidden_layers", "num_layers", "n_layer", "encoder_layers"), ("depths",))
+    heads = _largest(found, ("num_attention_heads", "num_heads", "n_head", "encoder_attention_heads"))
+    hidden = _largest(found, ("hidden_size", "d_model", "n_embd", "embed_dim"))
     stacks = 3 if family == "encoder-decoder" else 1
     fits = limits.tokens_within(int(limit), int(layers), int(heads), int(hidden), stacks)
     if fits < MIN_TOKENS:
         raise AttnvizError(f"A capture of '{name}' would need more memory than this server allows even for "
                            f"{MIN_TOKENS} tokens; it was not loaded.")
     return token_cap(fits)
+
+
+def _largest(found: list[tuple[str, object]], keys: tuple[str, ...], summed: tuple[str, ...] = ()) -> int:
+    """The largest positive integer among the (key, value) pairs ``found`` for ``keys`` (a list counts by its
+    largest item: Swin's per-stage heads), or by its sum for ``summed`` (Swin's per-stage
+    depths); 1 when none is there."""
+    values = [1]
+    for key, v in found:
+        items = v if isinstance(v, (list, tuple)) else [v]
+        ints = [int(i) for i in items if isinstance(i, int) and not isinstance(i, bool) and i > 0]
+        if key in keys and ints:
+            values.append(max(ints))
+        elif key in summed and ints:
+            values.append(sum(ints))
+    return max(values)
 
 
 def _flat_items(d: dict):
@@ -386,7 +400,7 @@ def _processor(source: str, name: str, kwargs):
         processor = tf.AutoProcessor.from_pretrained(source, **kwargs)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError) as e:
         raise AttnvizError(f"Cannot read the processor of '{name}' (a vision-language model needs its "
-                           f"processor_config.json, image processor and tokenizer): {str(e).splitlines()[0]}") from None
+                           f"processor_config.json, image processor and tokenizer): {_first_line(e, source, name)}") from None
     if getattr(processor, "tokenizer", None) is None or getattr(processor, "image_processor", None) is None:
         raise AttnvizError(f"The processor of '{name}' has no tokenizer and image processor; a vision-language "
                            "model needs both.")
@@ -404,7 +418,8 @@ def _tokenizer(source: str, name: str, family: str, kwargs):
         if family == "image":
             return None
         raise AttnvizError(f"Cannot read the tokenizer of '{name}' (a {family} model needs one: tokenizer.json, "
-                           f"or vocab files with tokenizer_config.json): {str(e).splitlines()[0]}") from None
+                           f"or vocab files with tokenizer_config.json), or its files are malformed: "
+                           f"{_first_line(e, source, name)}") from None
 
 
 def text_limit(net: torch.nn.Module, family: str) -> int:

@@ -166,7 +166,7 @@ def photo_capture(families: tuple[str, ...] = ("image", "vision-language")) -> t
     with settings:
         name = model_picker(families, DEFAULT_IMAGE_MODEL)
         model = get_model(name)
-        if model.family not in families:
+        if model.family not in families and not (model.family == "custom" and model.image is not None):
             raise AttnvizError(f"{name} is not an image model (its family is {model.family}); this page shows "
                                f"{' and '.join(families)} models such as ViT, DeiT, DINOv2, Swin or a CLIP vision tower"
                                + (" (open it in the image explorer)." if model.family == "vision-language" else "."))
