@@ -214,17 +214,26 @@ def image_input_size(width: int, height: int, short_side: int, patch: int) -> tu
     return cols * patch, rows * patch
 
 
-def _capture_image(model: Model, image: Image.Image, size: int | None) -> AttentionResult:
+def image_pixels(model: Model, image: Image.Image, size: int | None) -> tuple[torch.Tensor, Image.Image]:
+    """(pixel_values [1, 3, height, width] normalised as the model wants, on its device; the
+    resized picture the model sees) for an image model, shorter side ``size`` (see
+    :func:`image_input_size`)."""
     spec = model.image
     size = int(size or spec.size)
     if size < spec.patch or size % spec.patch:
         raise AttnvizError(f"The input size must be a positive multiple of {model.name}'s patch size, {spec.patch} px; got {size}.")
-    t0 = time.perf_counter()
     w, h = image_input_size(*image.size, size, spec.patch)
     seen = to_rgb(image).resize((w, h), Image.Resampling.BICUBIC)
     pixels = np.asarray(seen, dtype=np.float32) / 255.0
     pixels = (pixels - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
-    pixel_values = torch.from_numpy(pixels.transpose(2, 0, 1)[None].copy()).to(model.device)
+    return torch.from_numpy(pixels.transpose(2, 0, 1)[None].copy()).to(model.device), seen
+
+
+def _capture_image(model: Model, image: Image.Image, size: int | None) -> AttentionResult:
+    spec = model.image
+    t0 = time.perf_counter()
+    pixel_values, seen = image_pixels(model, image, size)
+    w, h = seen.size
     t1 = time.perf_counter()
     kwargs = {"interpolate_pos_encoding": True} if _accepts(model.net, "interpolate_pos_encoding") else {}
     out = model.net(pixel_values=pixel_values, output_attentions=True, **kwargs)
