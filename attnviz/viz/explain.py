@@ -51,7 +51,8 @@ def scoreboard(rho: dict[str, float], spread: dict[str, Agreement] | None = None
     this = [rho.get(m, math.nan) for m in methods]
     fig.add_trace(go.Bar(y=labels, x=[v if math.isfinite(v) else None for v in this], orientation="h",
                          name="this input", marker_color="#1f77b4", text=[rho_text(v) for v in this],
-                         textposition="outside", hovertemplate="%{y}: %{x:.3f}<extra>this input</extra>"))
+                         textposition="outside", cliponaxis=False,
+                         hovertemplate="%{y}: %{x:.3f}<extra>this input</extra>"))
     if spread:
         agree = [spread.get(m) for m in methods]
         mean = [a.mean if a is not None and math.isfinite(a.mean) else None for a in agree]
@@ -65,7 +66,7 @@ def scoreboard(rho: dict[str, float], spread: dict[str, Agreement] | None = None
     fig.update_xaxes(range=[-1.15, 1.15], title="Spearman correlation with blank-out", zeroline=False)
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(title=title, barmode="group", height=120 + 34 * len(methods) * (2 if spread else 1),
-                      margin=dict(l=0, r=10, t=40 if title else 10, b=0),
+                      margin=dict(l=0, r=45, t=40 if title else 10, b=0),
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1.0, xanchor="right"))
     return fig
 
