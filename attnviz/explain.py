@@ -15,7 +15,9 @@ The explained output, per family:
 - text encoder without a task head: the sentence embedding, the mean of the last hidden state
   over every token; with a classification head: the log-probability of the class (``target``,
   a label or an index; the top class by default);
-- image model: the CLS embedding (the pooled output), or the class log-probability with a head.
+- image model: the CLS embedding (the pooled output), or the class log-probability with a head;
+- a Build-your-own model of the agreement task: the log-probability of the verb it puts in the
+  masked position (its top answer, or ``target``: "is", "are" or a digit).
 
 Methods (``METHODS``): ``attention``, ``rollout``, ``flow`` and ``attn_x_grad`` read the
 attention probabilities (attnviz.analysis.faithfulness); ``grad_x_input``,
@@ -34,17 +36,22 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch.overrides import TorchFunctionMode
 
 from attnviz.analysis import faithfulness as faith
 from attnviz.capture import _accepts, _encode, _special, _tokens, _word_spans, image_pixels
 from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text
 from attnviz.models.loader import Model
+from attnviz.models.toy_tasks import AGREEMENT_WORDS, MASK, STOP, encode
+from attnviz.recorder import sdpa_probabilities
 from attnviz.result import PatchGrid
 
 METHODS = ("attention", "rollout", "flow", "attn_x_grad", "grad_x_input", "integrated_gradients", "blankout")
@@ -346,10 +353,75 @@ def _image_problem(model: Model, image: Image.Image, size: int | None, target: s
                     **problem)
 
 
+class _ExplicitAttention(TorchFunctionMode):
+    """Inside it, ``F.scaled_dot_product_attention`` runs as softmax(Q K^T * scale + mask) V
+    (attnviz.recorder.sdpa_probabilities), so that the probabilities are in the autograd graph;
+    ``maps`` holds them, one [batch, heads, queries, keys] tensor per call."""
+
+    _ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maps: list[torch.Tensor] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        bound = dict(zip(self._ARGS, args), **kwargs)
+        value = bound.pop("value")
+        probs = sdpa_probabilities(**bound)
+        if value.shape[-3] != probs.shape[-3]:  # grouped key/value heads
+            value = value.repeat_interleave(probs.shape[-3] // value.shape[-3], dim=-3)
+        self.maps.append(probs)
+        return (probs @ value.float()).to(value.dtype)
+
+
+def _custom_problem(model: Model, text, target: str | None) -> _Problem:
+    """A Build-your-own model of the agreement task: the verb it writes in the masked position."""
+    net = model.net
+    if net.config.task != "agreement":
+        raise AttnvizError(f"{model.name} learnt the {net.config.task} task, which has no masked output to explain: "
+                           "train one on the agreement task.")
+    if not isinstance(text, str):
+        raise AttnvizError(f"{model.name} reads a text of digits, not {type(text).__name__}.")
+    ids, warnings = encode(text, net.config.length)
+    if MASK not in ids:
+        raise AttnvizError(f"Mask the verb with {MASK}: explain reads {model.name}'s answer there.")
+    position, n = ids.index(MASK), len(ids)
+    special = [i in (MASK, STOP) for i in ids]  # the masked verb itself and the full stops
+    ids_t = torch.tensor([ids], device=model.device)
+    blank_t = torch.where(torch.tensor(special, device=model.device)[None], ids_t, torch.full_like(ids_t, MASK))
+    with torch.no_grad():
+        inputs, baseline = net.tokens(ids_t), net.tokens(blank_t)
+        logp = net(ids_t)[0, position].log_softmax(-1)
+    if target is None:
+        chosen = int(logp.argmax())
+    elif str(target).strip() in AGREEMENT_WORDS or str(target).strip().isdigit():
+        word = str(target).strip()
+        chosen = AGREEMENT_WORDS.index(word) if word in AGREEMENT_WORDS else int(word) % len(AGREEMENT_WORDS)
+    else:
+        raise AttnvizError(f"Unknown target {target!r}: give a word of {', '.join(AGREEMENT_WORDS)} or a digit.")
+
+    def run(x, attentions=False):
+        with _ExplicitAttention() as rec:
+            logits = net.forward_embeddings(x)
+        return logits[:, position].log_softmax(-1)[:, chosen], SimpleNamespace(attentions=tuple(rec.maps))
+
+    output = {"what": "log-probability of the masked verb", "token": AGREEMENT_WORDS[chosen], "token_id": chosen,
+              "position": position, "chosen": "top prediction" if target is None else "given",
+              "log_prob": float(logp[chosen]),
+              "blankout": {"replacement": AGREEMENT_WORDS[MASK], "measure": "log-probability lost"}}
+    return _Problem(kind="text", tokens=[AGREEMENT_WORDS[i] for i in ids], special=special, inputs=inputs,
+                    baseline=baseline, groups=torch.arange(n, device=model.device).view(1, n, 1), run=run,
+                    output=output, mix=lambda out, grad: (faith.one_hot(n, position), None),
+                    word_spans=[(i, i + 1) for i in range(n)], warnings=warnings)
+
+
 def problem_for(model: Model, input, *, target: str | None = None, size: int | None = None) -> _Problem:
     """The :class:`_Problem` of ``input`` (a text, or a PIL image for image models)."""
     if model.family == "custom":
-        raise AttnvizError(f"{model.name} is a Build-your-own model; explain runs on transformers models.")
+        return _custom_problem(model, input, target)
     if model.family == "image":
         if not isinstance(input, Image.Image):
             raise AttnvizError(f"{model.name} is an image model: give it an image, not {type(input).__name__}.")

@@ -337,3 +337,68 @@ def test_cli_bad_input_one_line_exit_1(args, words):
     assert done.returncode == 1, done.stderr
     lines = [l for l in done.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and all(w in lines[0] for w in words), done.stderr
+
+
+# -- the agreement task and Build-your-own models ------------------------------------------------
+def test_agreement_sentences_and_their_verbs():
+    from attnviz.models.toy_tasks import ARE, IS, MASK, NOUN_PL, NOUN_SG, STOP, agreement_sentence, batch
+
+    x, y = batch("agreement", 300, 16, np.random.default_rng(0))
+    assert ((x == MASK).sum(-1) == 1).all() and x.shape == (300, 16)
+    attracted = 0
+    for row, answer in zip(x, y):
+        nouns = row[(row == NOUN_SG) | (row == NOUN_PL)]
+        verb = answer[row == MASK][0]
+        assert verb == (ARE if nouns[0] == NOUN_PL else IS)
+        assert (answer[row != MASK] == row[row != MASK]).all() and row[-1] == STOP
+        attracted += bool((nouns[1:] != nouns[0]).any())
+    assert 100 < attracted < 300  # many sentences hold a noun of the other number, not all
+    assert len(agreement_sentence(5, np.random.default_rng(1))) == 5
+    with pytest.raises(AttnvizError, match="at least 5"):
+        agreement_sentence(4, np.random.default_rng(1))
+
+
+@pytest.fixture(scope="module")
+def agreement_model():
+    from attnviz.models.custom import CustomConfig, CustomNet
+
+    net = CustomNet(CustomConfig(task="agreement", length=10, d_model=16, n_heads=2, n_layers=2), seed=3).eval()
+    return Model("agree-tiny", "custom", net, torch.device("cpu"), 10)
+
+
+def test_custom_agreement_model_blankout_attention_and_gradient_by_hand(agreement_model):
+    from attnviz.models.toy_tasks import MASK
+    from attnviz.recorder import record_attention
+
+    net = agreement_model.net
+    text = "1 3 4 1 2 0 7 9 9 9"  # the keys of the key [MASK] old . . .
+    e = explain(agreement_model, text, methods=METHODS, ig_steps=8)
+    assert set(e.scores) == set(METHODS) and e.tokens[:6] == ["the", "keys", "of", "the", "key", "[MASK]"]
+    assert e.special == [False] * 5 + [True, False, True, True, True]
+    ids = torch.tensor([[int(c) for c in text.split()]])
+    with torch.no_grad(), record_attention() as rec:
+        logp = net(ids)[0, 5].log_softmax(-1)
+    chosen = int(logp.argmax())
+    assert e.output["token_id"] == chosen and e.output["position"] == 5
+    expected = np.zeros(10)
+    with torch.no_grad():
+        for i in (0, 1, 2, 3, 4, 6):
+            blanked = ids.clone()
+            blanked[0, i] = MASK
+            expected[i] = float(logp[chosen] - net(blanked)[0, 5].log_softmax(-1)[chosen])
+    np.testing.assert_allclose(e.scores["blankout"], expected, atol=1e-5)
+    # the probabilities explain differentiates are those the fused kernel uses
+    np.testing.assert_allclose(e.scores["attention"], rec.maps[-1][0, :, 5].mean(0).double().numpy(), atol=1e-6)
+    emb = net.tokens(ids).detach().requires_grad_()
+    net.forward_embeddings(emb)[0, 5].log_softmax(-1)[chosen].backward()
+    np.testing.assert_allclose(e.scores["grad_x_input"], (emb.grad * emb).sum(-1)[0].detach().numpy(), atol=1e-5)
+
+
+def test_custom_model_needs_the_agreement_task_and_a_mask(agreement_model):
+    from attnviz.models.custom import CustomConfig, CustomNet
+
+    reverse = Model("rev", "custom", CustomNet(CustomConfig(task="reverse", length=6)).eval(), torch.device("cpu"), 6)
+    with pytest.raises(AttnvizError, match="agreement task"):
+        explain(reverse, "1 2 3 4 5 6")
+    with pytest.raises(AttnvizError, match="Mask the verb"):
+        explain(agreement_model, "1 2 7 9 9 9 9 9 9 9")

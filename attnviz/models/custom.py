@@ -157,7 +157,12 @@ class CustomNet(nn.Module):
             self.head = nn.Linear(config.d_model, len(VOCAB))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.tokens(ids) + self.positions(torch.arange(ids.shape[1], device=ids.device))
+        return self.forward_embeddings(self.tokens(ids))
+
+    def forward_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """The model from token embeddings ``x [batch, n, d_model]`` (what gradient methods
+        differentiate): positions added, the layers, the head -> logits [batch, n, 10]."""
+        x = x + self.positions(torch.arange(x.shape[1], device=x.device))
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))
