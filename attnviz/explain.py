@@ -226,11 +226,9 @@ def _text_problem(model: Model, text: str, target: str | None) -> _Problem:
 
     with torch.no_grad():
         first = forward(inputs)
-    logits = getattr(first, "logits", None)
-    if logits is not None and logits.dim() == 2:
-        return _class_problem(net, forward, logits[0], target, problem, blank, n)
-    if target is not None:
-        raise AttnvizError(f"{model.name} has no task head: it explains its sentence embedding, so --target does not apply.")
+    headed = _class_head(model, forward, first, target, problem, blank, "sentence embedding")
+    if headed is not None:
+        return headed
 
     def run(x, attentions=False):
         out = forward(x, attentions)
@@ -242,6 +240,18 @@ def _text_problem(model: Model, text: str, target: str | None) -> _Problem:
               "blankout": {**blank, "measure": "1 - cos(embedding, embedding with the token blanked)"}}
     return _Problem(run=run, output=output, mix=lambda out, grad: (np.full(n, 1.0 / n), None), embedding=embedding,
                     **problem)
+
+
+def _class_head(model: Model, forward, first, target: str | None, problem: dict, blank: dict,
+                embedding: str) -> _Problem | None:
+    """The class problem when the model's output ``first`` has class logits [1, classes];
+    otherwise None (the ``embedding`` is explained, and a target is refused)."""
+    logits = getattr(first, "logits", None)
+    if logits is not None and logits.dim() == 2:
+        return _class_problem(model.net, forward, logits[0], target, problem, blank, len(problem["tokens"]))
+    if target is not None:
+        raise AttnvizError(f"{model.name} has no task head: it explains its {embedding}, so --target does not apply.")
+    return None
 
 
 def _class_problem(net, forward, logits: torch.Tensor, target: str | None, problem: dict, blank: dict,
@@ -333,11 +343,9 @@ def _image_problem(model: Model, image: Image.Image, size: int | None, target: s
                    grid=PatchGrid(rows=rows, cols=cols, patch_px=patch, prefix=prefix),
                    image=np.asarray(seen, dtype=np.uint8))
     blank = {"replacement": "mean colour of the image"}
-    logits = getattr(first, "logits", None)
-    if logits is not None and logits.dim() == 2:
-        return _class_problem(net, forward, logits[0], target, problem, blank, n)
-    if target is not None:
-        raise AttnvizError(f"{model.name} has no task head: it explains its CLS embedding, so --target does not apply.")
+    headed = _class_head(model, forward, first, target, problem, blank, "CLS embedding")
+    if headed is not None:
+        return headed
 
     def run(x, attentions=False):
         out = forward(x, attentions)

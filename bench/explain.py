@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -28,21 +27,10 @@ import attnviz  # noqa: E402
 from attnviz.capture import image_pixels  # noqa: E402
 from attnviz.explain import BATCH, IG_STEPS, METHODS, explain  # noqa: E402
 from attnviz.samples import sample_bytes  # noqa: E402
+from flow import median_s  # noqa: E402
 
 TEXT = ("Attention lets every token look at every other token, and the model learns where to look; "
         "whether the pictures it draws follow what the model uses is another question. ") * 6
-
-
-def median_s(fn, runs: int) -> tuple[float, float]:
-    """Median wall-clock and CPU seconds of ``fn()`` (CPU time is what a busy shared machine
-    does not inflate)."""
-    wall, cpu = [], []
-    for _ in range(runs):
-        t, c = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    return statistics.median(wall), statistics.median(cpu)
 
 
 def text_128(model) -> str:
