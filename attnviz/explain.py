@@ -58,6 +58,7 @@ METHODS = ("attention", "rollout", "flow", "attn_x_grad", "grad_x_input", "integ
 IG_STEPS = 32  # integrated gradients: points on the path from the baseline to the input
 BATCH = 16  # inputs per forward pass for blank-out and integrated gradients
 SEQ2SEQ_GENERATE = 48  # tokens of an encoder-decoder's own target when none is given
+MAX_TOKENS = 512  # input tokens or patches explained at most: blank-out runs the model once per token
 Progress = Callable[[float, str], None]
 
 
@@ -171,6 +172,10 @@ def _text_problem(model: Model, text: str, target: str | None) -> _Problem:
         raise AttnvizError("explain takes one text, not a pair.")
     text = clean_text(str(text))
     enc, warnings = _encode(model, text)
+    if enc["input_ids"].shape[1] > MAX_TOKENS:
+        warnings = [f"The input has {enc['input_ids'].shape[1]} tokens; explain reads at most {MAX_TOKENS} (blank-out "
+                    f"runs the model once per token), so it was cut to the first {MAX_TOKENS}."]
+        enc, _ = _encode(model, text, limit=MAX_TOKENS)
     ids = enc["input_ids"].to(model.device)
     id_list = ids[0].tolist()
     special = _special(model, id_list)
@@ -324,6 +329,9 @@ def _image_problem(model: Model, image: Image.Image, size: int | None, target: s
     patch = model.image.patch
     h, w = pixels.shape[-2:]
     rows, cols = h // patch, w // patch
+    if rows * cols > MAX_TOKENS:
+        raise AttnvizError(f"At this size {model.name} sees {rows * cols} patches; explain reads at most {MAX_TOKENS} "
+                           "(blank-out runs the model once per patch): choose a smaller input size.")
     kwargs = {"interpolate_pos_encoding": True} if _accepts(net, "interpolate_pos_encoding") else {}
 
     def forward(x, attentions=False):

@@ -402,3 +402,12 @@ def test_custom_model_needs_the_agreement_task_and_a_mask(agreement_model):
         explain(reverse, "1 2 3 4 5 6")
     with pytest.raises(AttnvizError, match="Mask the verb"):
         explain(agreement_model, "1 2 7 9 9 9 9 9 9 9")
+
+
+def test_long_inputs_are_bounded(minilm, dinov2, photo):
+    from attnviz import explain as explain_module
+
+    e = explain(minilm, "word " * 600, methods=("attention",))
+    assert len(e.tokens) == explain_module.MAX_TOKENS and "cut to the first 512" in e.warnings[0]
+    with pytest.raises(AttnvizError, match="smaller input size"):
+        explain(dinov2, photo, size=448, methods=("attention",))
