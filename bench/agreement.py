@@ -29,10 +29,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from attnviz.analysis import faithfulness as faith  # noqa: E402
+from attnviz.analysis.flow import FLOW_SCALE, flow_capacities, max_flow_values  # noqa: E402
 from attnviz.explain import explain  # noqa: E402
 from attnviz.models.custom import CustomConfig, CustomNet  # noqa: E402
 from attnviz.models.loader import Model  # noqa: E402
-from attnviz.models.toy_tasks import MASK, NOUN_PL, NOUN_SG, batch  # noqa: E402
+from attnviz.models.toy_tasks import MASK, NOUN_PL, NOUN_SG, STOP, batch  # noqa: E402
 from attnviz.models.train import Trainer  # noqa: E402
 
 PAPER = {"attention L1": 0.69, "attention L3": -0.11, "attention L6": 0.29, "rollout": 0.71, "flow": 0.70}
@@ -78,13 +79,25 @@ def correlations(net: CustomNet, x: np.ndarray) -> dict[str, list[float]]:
     return out
 
 
+def saturated(net: CustomNet, x: np.ndarray, layers: int) -> int:
+    """How many sentences give every compared word the full unit of flow (up to ``layers``):
+    max-flow is bounded by the one unit the output sends, so those words tie."""
+    count = 0
+    for ids in x:
+        _, _, attn, _ = net.run(" ".join(str(i) for i in ids))
+        values = max_flow_values(flow_capacities(attn[:layers]), int(np.flatnonzero(ids == MASK)[0])) / FLOW_SCALE
+        words = (ids != MASK) & (ids != STOP)
+        count += bool(np.all(values[words] > 1 - 1e-6))
+    return count
+
+
 def figure(summary: dict[str, faith.Agreement], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=120)
+    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=120)
     layers = np.arange(1, LAYERS + 1)
     for method, colour in (("attention", "#8c8c8c"), ("rollout", "#1f77b4"), ("flow", "#d62728")):
         mean = [summary[f"{method} L{l}"].mean for l in layers]
@@ -98,7 +111,7 @@ def figure(summary: dict[str, faith.Agreement], path: Path) -> None:
     ax.set_xlabel("layer (attention of that layer; rollout and flow up to it)")
     ax.set_ylabel("Spearman with blank-out")
     ax.set_xticks(layers)
-    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4)
     ax.set_title("Subject-verb agreement, 6 layers: which picture follows blank-out", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
@@ -131,9 +144,10 @@ def main() -> None:
     if args.figure:
         figure(summary, args.figure)
         print(f"wrote {args.figure}")
-    nan = sum(math.isnan(v) for v in per_method["attention L1"])
-    if nan:
-        print(f"{nan} sentences gave no ranking (too few words) and are left out")
+    for layer in range(1, LAYERS + 1):
+        ties = sum(math.isnan(v) for v in per_method[f"flow L{layer}"])
+        print(f"flow up to layer {layer}: {ties} sentences without a ranking, "
+              f"{saturated(net, held_out, layer)} with every word at the full unit of flow")
 
 
 if __name__ == "__main__":

@@ -358,6 +358,16 @@ def test_agreement_sentences_and_their_verbs():
         agreement_sentence(4, np.random.default_rng(1))
 
 
+def test_agreement_trains_in_build_your_own():
+    from attnviz.models.custom import CustomConfig, CustomNet
+    from attnviz.models.train import Trainer
+
+    with pytest.raises(AttnvizError, match="at least 5"):
+        CustomConfig(task="agreement", length=4)
+    steps = Trainer(CustomNet(CustomConfig(task="agreement", length=8, n_layers=1)), seed=0).run(3)
+    assert len(steps) == 3 and all(np.isfinite(s.loss) for s in steps)
+
+
 @pytest.fixture(scope="module")
 def agreement_model():
     from attnviz.models.custom import CustomConfig, CustomNet

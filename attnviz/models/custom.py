@@ -42,7 +42,7 @@ from torch import nn
 from attnviz.errors import AttnvizError
 from attnviz.models import store
 from attnviz.models.loader import Model
-from attnviz.models.toy_tasks import TASKS, VOCAB, encode
+from attnviz.models.toy_tasks import AGREEMENT_MIN_LENGTH, TASKS, VOCAB, encode
 from attnviz.models.upload import uploads_dir
 from attnviz.recorder import record_attention
 from attnviz.result import AttentionResult
@@ -80,6 +80,8 @@ class CustomConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or not low <= value <= high:
                 raise AttnvizError(f"{name} must be a whole number from {low} to {high}, not {value!r}.")
+        if self.task == "agreement" and self.length < AGREEMENT_MIN_LENGTH:
+            raise AttnvizError(f"The agreement task needs at least {AGREEMENT_MIN_LENGTH} positions, not {self.length}.")
         if self.d_model % self.n_heads:
             raise AttnvizError(f"d_model ({self.d_model}) must be a multiple of the number of heads ({self.n_heads}).")
 
