@@ -27,7 +27,8 @@ from attnviz.viz import explain as viz
 from attnviz.viz.heatmap import png_config, safe_filename
 
 KINDS = {"text": "Text", "image": "Image"}
-DEFAULT_TEXTS = {"decoder": "The keys to the old cabinet are on the", "encoder-decoder": MANY_TEXTS[0]}
+DEFAULT_TEXTS = {"decoder": "The keys to the old cabinet are on the", "encoder-decoder": MANY_TEXTS[0],
+                 "custom": "1 2 4 1 3 0 7 9"}  # a Build-your-own agreement model: the key of the keys [MASK] old .
 DEFAULT_TEXT = "The keys to the old cabinet are on the table."
 FAST_METHODS = tuple(m for m in METHODS if m != "integrated_gradients")  # the many-inputs default
 MAX_MANY = 64  # inputs averaged over at most
