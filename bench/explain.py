@@ -77,9 +77,10 @@ def main() -> None:
     photo = Image.open(io.BytesIO(sample_bytes("astronaut"))).convert("RGB")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.runs} runs")
     print("| model, input | method | time (median) | notes |")
-    print("|---|---|---|---|")
-    for row in rows_for("minilm-l6", text, args.runs) + rows_for("dinov2-small", photo, args.runs, size=224):
-        print(row)
+    print("|---|---|---|---|", flush=True)
+    for rows in (rows_for("minilm-l6", text, args.runs), rows_for("dinov2-small", photo, args.runs, size=224)):
+        for row in rows:
+            print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -90,3 +90,23 @@ def test_image_overlays_one_panel_per_method(dinov2):
     assert titles[-1] == "blankout" and titles[0].startswith("attention (ρ ")
     assert "CLS embedding" in at.markdown[1].value
     assert set(bars(charts(at)["explain_board"])) == {METHOD_LABELS[m] for m in METHODS if m != "blankout"}
+
+
+def test_running_text_spaces_merging_and_escaping():
+    from attnviz.analysis.tokens import token_axis
+    from attnviz.viz.explain import highlight_html, running_text, unit_scores
+
+    tokens = ["[CLS]", "the", "cab", "##inet", "<b>", "[SEP]"]  # WordPiece: spaces between words, ## joins
+    special = [True, False, False, False, False, True]
+    spans = [(0, 1), (1, 2), (2, 4), (4, 5), (5, 6)]
+    merged = token_axis(tokens, special, spans, merge=True)
+    assert running_text(tokens, special, merged) == ["[CLS]", " the", " cabinet", " <b>", " [SEP]"]
+    assert running_text(tokens, special, token_axis(tokens, special, spans)) == \
+        ["[CLS]", " the", " cab", "inet", " <b>", " [SEP]"]
+    np.testing.assert_allclose(unit_scores(np.array([0, 1, 2, 3, -8, 0.0]), merged), [0, 1, 5, -8, 0])
+    byte_level = ["The", " cab", "inet", " is"]  # tokens that carry their own spaces stay as they are
+    axis = token_axis(byte_level, [False] * 4, None)
+    assert "".join(running_text(byte_level, [False] * 4, axis)) == "The cabinet is"
+    page = highlight_html([" <b>", " x"], np.array([-8.0, 4.0]), [False, False])
+    assert "<b>" not in page.replace("&lt;b&gt;", "") and "rgba(31,119,180,1.00)" in page  # blue: negative, the largest
+    assert "rgba(214,39,40,0.50)" in page
