@@ -100,6 +100,8 @@ def image_choice() -> tuple[str, Model, image_ui.Photo, int]:
     with settings:
         name = model_picker(("image",), DEFAULT_IMAGE_MODEL)
         model = get_model(name)
+        if model.image is not None and "size" not in st.query_params:  # blank-out costs a pass per patch:
+            st.query_params["size"] = str(image_ui.size_options(model)[0])  # start at the smallest grid
         size = image_ui.input_size_picker(model)
     with source:
         photo = image_ui.photo_input()
