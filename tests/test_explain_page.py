@@ -82,8 +82,9 @@ def test_text_many_inputs_scoreboard(text_page, minilm):
 
 
 def test_image_overlays_one_panel_per_method(dinov2):
-    at = open_page(PAGE, kind="image", model="dinov2-small", size="112", sample="coffee")
+    at = open_page(PAGE, kind="image", model="dinov2-small", sample="coffee")  # no size: the smallest
     assert_clean(at)
+    assert at.selectbox(key="image_size").value == 112
     fig = charts(at)["explain_overlays"]
     assert len(pictures(fig)) == len(METHODS)
     titles = [a["text"] for a in fig["layout"]["annotations"]]
