@@ -37,3 +37,18 @@ def test_scoreboard_and_highlighting_render(streamlit_server, browser_page):
     screenshot(page, "explain-typed")
     assert page.locator('[data-testid="stException"]').count() == 0
     assert not page.errors, page.errors
+
+
+@pytest.mark.browser
+def test_image_overlays_render(streamlit_server, browser_page):
+    page = browser_page
+    page.goto(streamlit_server)
+    wait_for_app(page)
+    page.goto(f"{streamlit_server}/explain?kind=image&model=dinov2-small&sample=coffee")
+    wait_for_app(page, timeout_ms=300_000)
+    overlays = page.locator(".st-key-explain_overlays")
+    overlays.locator(".imagelayer image").first.wait_for(timeout=120_000)
+    assert overlays.locator(".imagelayer image").count() == 7  # one panel per method
+    page.locator(f"{BOARD} .barlayer .point").first.wait_for(timeout=60_000)
+    screenshot(page, "explain-image")
+    assert page.locator('[data-testid="stException"]').count() == 0

@@ -157,7 +157,8 @@ def highlight_block(e: Explanation) -> None:
 
 def overlays_block(e: Explanation, photo: image_ui.Photo) -> None:
     """One overlay per method on the photo, side by side."""
-    style = image_ui.style_controls()
+    with st.expander("Overlay style"):
+        style = image_ui.style_controls()
     fig = viz.method_overlays(photo.display, e.grid, e.scores, e.spearman(), style)
     st.plotly_chart(fig, key="explain_overlays", config=png_config(safe_filename(f"{e.model}_methods")))
     st.caption("Each map is scaled on its own (its minimum to its top percentile); CLS and registers have no place "
