@@ -16,13 +16,18 @@ def highlighted(page, word: str) -> None:
                   .some(s => s.textContent.trim() === '{word}')""", timeout=120_000)
 
 
+def open_explain(page, server: str, query: str) -> None:
+    """The app's own navigation first, then the page with these query parameters."""
+    page.goto(server)
+    wait_for_app(page)
+    page.goto(f"{server}/explain?{query}")
+    wait_for_app(page, timeout_ms=300_000)
+
+
 @pytest.mark.browser
 def test_scoreboard_and_highlighting_render(streamlit_server, browser_page):
     page = browser_page
-    page.goto(streamlit_server)
-    wait_for_app(page)
-    page.goto(f"{streamlit_server}/explain?model=minilm-l6")
-    wait_for_app(page, timeout_ms=240_000)
+    open_explain(page, streamlit_server, "model=minilm-l6")
     page.locator(f"{BOARD} .barlayer .point").first.wait_for(timeout=120_000)  # plotly drew the bars
     assert page.locator(f"{BOARD} .barlayer .point").count() >= 5
     highlighted(page, "cabinet")
@@ -35,20 +40,16 @@ def test_scoreboard_and_highlighting_render(streamlit_server, browser_page):
     wait_for_app(page, timeout_ms=240_000)
     page.locator(f"{BOARD} .barlayer .point").first.wait_for(timeout=60_000)
     screenshot(page, "explain-typed")
-    assert page.locator('[data-testid="stException"]').count() == 0
-    assert not page.errors, page.errors
+    assert page.locator('[data-testid="stException"]').count() == 0 and not page.errors, page.errors
 
 
 @pytest.mark.browser
 def test_image_overlays_render(streamlit_server, browser_page):
     page = browser_page
-    page.goto(streamlit_server)
-    wait_for_app(page)
-    page.goto(f"{streamlit_server}/explain?kind=image&model=dinov2-small&sample=coffee")
-    wait_for_app(page, timeout_ms=300_000)
+    open_explain(page, streamlit_server, "kind=image&model=dinov2-small&sample=coffee")
     overlays = page.locator(".st-key-explain_overlays")
     overlays.locator(".imagelayer image").first.wait_for(timeout=120_000)
     assert overlays.locator(".imagelayer image").count() == 7  # one panel per method
     page.locator(f"{BOARD} .barlayer .point").first.wait_for(timeout=60_000)
     screenshot(page, "explain-image")
-    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.locator('[data-testid="stException"]').count() == 0 and not page.errors, page.errors
