@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,3 +112,18 @@ def test_running_text_spaces_merging_and_escaping():
     page = highlight_html([" <b>", " x"], np.array([-8.0, 4.0]), [False, False])
     assert "<b>" not in page.replace("&lt;b&gt;", "") and "rgba(31,119,180,1.00)" in page  # blue: negative, the largest
     assert "rgba(214,39,40,0.50)" in page
+
+
+def test_build_your_own_trains_the_agreement_task(tmp_path, monkeypatch):
+    from attnviz.ui.train import RUN_KEY
+
+    monkeypatch.setenv("ATTNVIZ_HOME", str(tmp_path / "home"))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=300).run()
+    at.switch_page("pages/train.py").run()
+    at.selectbox(key="train_task").set_value("agreement")
+    at.number_input(key="train_steps").set_value(5)
+    at.button(key="train_start").click().run()
+    assert_clean(at)
+    run = at.session_state[RUN_KEY]
+    assert run.trainer.net.config.task == "agreement" and len(run.trainer.history) == 5
+    assert any("Agreement: the masked verb" in c.value for c in at.caption)
