@@ -359,10 +359,11 @@ def image_input_size(width: int, height: int, short_side: int, patch: int, most:
     return cols * patch, rows * patch
 
 
-def _pixels(model: Model, image: Image.Image, size: int | None):
-    """(the picture the model sees, its normalised [1, 3, h, w] pixel values): shorter side
-    ``size``, aspect kept, sides multiples of the model's step (the patch, or a windowed model's
-    alignment)."""
+def image_pixels(model: Model, image: Image.Image, size: int | None) -> tuple[torch.Tensor, Image.Image]:
+    """(pixel_values [1, 3, height, width] normalised as the model wants, on its device; the
+    resized picture the model sees) for an image model: shorter side ``size``, aspect kept,
+    sides multiples of the model's step (the patch, or a windowed model's alignment; see
+    :func:`image_input_size`)."""
     spec = model.image
     size = int(size or spec.size)
     if size < spec.step or size % spec.step:
@@ -371,13 +372,13 @@ def _pixels(model: Model, image: Image.Image, size: int | None):
     per_cell = (spec.step // spec.patch) ** 2
     w, h = image_input_size(*image.size, size, spec.step, model.max_patches or None, per_cell=per_cell)
     seen = to_rgb(image).resize((w, h), Image.Resampling.BICUBIC)
-    return seen, _pixel_values(seen, model)
+    return _pixel_values(seen, model), seen
 
 
 def _capture_image(model: Model, image: Image.Image, size: int | None) -> AttentionResult:
     spec = model.image
     t0 = time.perf_counter()
-    seen, pixel_values = _pixels(model, image, size)
+    pixel_values, seen = image_pixels(model, image, size)
     w, h = seen.size
     t1 = time.perf_counter()
     if spec.align:

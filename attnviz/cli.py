@@ -15,6 +15,7 @@ message on bad input.
                                         with induction and duplicate_token
     batch --model M --inputs FILE.jsonl|FOLDER --out stats.parquet [--engine local|ray] [--resume]
                                         per input and head: statistics and roles, to Parquet
+    explain --model M (--text T | --image F) [--target T] [--json]   per-token importance by method
 """
 from __future__ import annotations
 
@@ -138,6 +139,17 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--window", type=int, default=2, help="local window, in tokens or patches")
     batch.add_argument("--address", help="ray: the cluster address for ray.init (default: a local instance)")
     batch.set_defaults(run=_batch)
+    exp = sub.add_parser("explain", help="importance of each input token for one output, by seven methods, "
+                                         "and each method's agreement with blank-out")
+    exp.add_argument("--model", required=True, help="bundled name, local folder or hub id")
+    src = exp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="the text (the prompt, for decoders; the source, for encoder-decoders)")
+    src.add_argument("--image", type=Path, help="an image file (PNG, JPEG, WebP, BMP, GIF, TIFF)")
+    exp.add_argument("--target", help="decoders: the next token (default: the top prediction); encoder-decoders: "
+                                      "the target text (default: generated); classifiers: the class")
+    exp.add_argument("--size", type=int, help="image: shorter side in pixels, a multiple of the patch size")
+    exp.add_argument("--json", action="store_true", help="print JSON (default: a table)")
+    exp.set_defaults(run=_explain)
     return p
 
 
@@ -404,4 +416,33 @@ def _batch(args) -> int:
     print(f"wrote {args.out}: {summary.processed - len(summary.failed)} inputs in {summary.parts} parts "
           f"({summary.skipped} done before, {len(summary.failed)} failed) in {summary.seconds:.1f} s, "
           f"{summary.rate:.2f} inputs/s")
+    return 0
+
+
+def _explain(args) -> int:
+    import attnviz
+    from attnviz.explain import explain
+    from attnviz.inputs import clean_text, open_image
+
+    input = open_image(_read(args.image), args.image.name) if args.image is not None else clean_text(args.text)
+    model = attnviz.load_model(args.model, progress=_progress_bar(args.model))
+    result = explain(model, input, target=args.target, size=args.size)
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_json()))
+        return 0
+    out = result.output
+    print(f"{result.model}: {out['what']}" + "".join(f", {k} {out[k]!r}" for k in ("token", "class", "target")
+                                                    if k in out))
+    methods = list(result.scores)
+    print(f"{'#':>4} {'token':<16}" + "".join(f"{m[:12]:>13}" for m in methods))
+    for i, token in enumerate(result.tokens):
+        mark = "*" if result.special[i] else " "
+        print(f"{i:>4} {mark}{token[:15]!r:<15}" + "".join(f"{result.scores[m][i]:>13.4g}" for m in methods))
+    rho = result.spearman()
+    print(f"{'Spearman with blank-out':<21}" + "".join(f"{rho[m]:>13.3f}" if m in rho else f"{'':>13}"
+                                                      for m in methods))
+    for m, why in result.skipped.items():
+        print(f"{m}: skipped, {why}")
     return 0

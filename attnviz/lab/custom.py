@@ -34,7 +34,7 @@ from attnviz.lab.blocks import ATTENTIONS, Block
 from attnviz.lab.classify import Classifier, ClassifierConfig, WordTokenizer
 from attnviz.lab.datasets import IMAGE_MEAN, IMAGE_STD
 from attnviz.models import store
-from attnviz.lab.toy_tasks import TASKS, VOCAB, DigitTokenizer
+from attnviz.lab.toy_tasks import AGREEMENT_MIN_LENGTH, TASKS, VOCAB, DigitTokenizer
 from attnviz.models.model import ImageSpec, Model
 from attnviz.recorder import record_attention
 
@@ -66,6 +66,8 @@ class CustomConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or not low <= value <= high:
                 raise AttnvizError(f"{name} must be a whole number from {low} to {high}, not {value!r}.")
+        if self.task == "agreement" and self.length < AGREEMENT_MIN_LENGTH:
+            raise AttnvizError(f"The agreement task needs at least {AGREEMENT_MIN_LENGTH} positions, not {self.length}.")
         if self.d_model % self.n_heads:
             raise AttnvizError(f"d_model ({self.d_model}) must be a multiple of the number of heads ({self.n_heads}).")
 
@@ -99,7 +101,12 @@ class CustomNet(nn.Module):
             self.head = nn.Linear(config.d_model, len(VOCAB))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.tokens(ids) + self.positions(torch.arange(ids.shape[1], device=ids.device))
+        return self.forward_embeddings(self.tokens(ids))
+
+    def forward_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """The model from token embeddings ``x [batch, n, d_model]`` (what gradient methods
+        differentiate): positions added, the layers, the head -> logits [batch, n, 10]."""
+        x = x + self.positions(torch.arange(x.shape[1], device=x.device))
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))

@@ -12,6 +12,8 @@ PAGES = [
     ("pages/text.py", "Text explorer", ":material/article:", "heatmaps, every head, token lines, long texts"),
     ("pages/image.py", "Image explorer", ":material/image:", "where the model looks in your photo"),
     ("pages/flow.py", "Local vs global, flow", ":material/hub:", "how far each head looks; rollout and exact flow"),
+    ("pages/explain.py", "Which picture to trust", ":material/fact_check:",
+     "each method against blank-out, on your input"),
     ("pages/lab.py", "Mechanics lab", ":material/school:", "how attention is computed, and what it costs"),
     ("pages/train.py", "Build your own", ":material/model_training:", "train a small attention model and inspect it"),
     ("pages/heads.py", "Head atlas", ":material/grid_view:", "head roles, similar heads, compare models"),

@@ -56,7 +56,9 @@ OPEN_IMAGE = (("pages/image.py", "Open in the image explorer", ":material/image:
 TASK_HINTS = {"reverse": "Reverse: position i reads position n − 1 − i, an anti-diagonal.",
               "copy": "Copy: each position reads itself, the diagonal.",
               "sort": "Sort: each position looks for the digits that belong there.",
-              "histogram": "Histogram: each position gathers the positions that hold its digit."}
+              "histogram": "Histogram: each position gathers the positions that hold its digit.",
+              "agreement": "Agreement: the masked verb (0) must find its subject (2 = key, 3 = keys) past the "
+                           "attractors; 1 the, 4 of, 5 is, 6 are, 7 old, 8 that, 9 '.'."}
 
 
 @dataclass

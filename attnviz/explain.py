@@ -1,0 +1,539 @@
+"""Which input tokens matter for one output of the model, by seven methods, and how far each
+agrees with blank-out (the definitions are in docs/explain.md).
+
+    import attnviz
+    from attnviz.explain import explain
+    e = explain(attnviz.load_model("minilm-l6"), "The cat sat on the mat.")
+    e.scores["rollout"], e.spearman()["rollout"]
+
+The explained output, per family:
+
+- decoder: the log-probability of the next token after the prompt (the model's top prediction,
+  or ``target``, which must be one token);
+- encoder-decoder: the log-probability of the target sequence (``target``, or the model's own
+  greedy output), the sum over its tokens;
+- text encoder without a task head: the sentence embedding, the mean of the last hidden state
+  over every token; with a classification head: the log-probability of the class (``target``,
+  a label or an index; the top class by default);
+- image model: the CLS embedding (the pooled output), or the class log-probability with a head;
+- a Build-your-own model of the agreement task: the log-probability of the verb it puts in the
+  masked position (its top answer, or ``target``: "is", "are" or a digit).
+
+Methods (``METHODS``): ``attention``, ``rollout``, ``flow`` and ``attn_x_grad`` read the
+attention probabilities (attnviz.analysis.faithfulness); ``grad_x_input``,
+``integrated_gradients`` and ``blankout`` are Captum's InputXGradient, IntegratedGradients and
+FeatureAblation on the input embeddings (text) or the pixels (images). Blank-out replaces one
+token by the tokenizer's mask token (else unk, else pad, else eos), or one patch by the mean
+colour of the image, and measures the drop of the output: the log-probability lost, or
+1 - cos(embedding, embedding blanked) for an embedding. Special tokens are never blanked: their
+blank-out importance is 0, and every correlation is over the other tokens.
+
+Unlike attnviz.capture, this runs the model with gradients (eager attention, the probabilities
+kept in the graph), never under inference_mode.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.overrides import TorchFunctionMode
+
+from attnviz.analysis import faithfulness as faith
+from attnviz.capture import _accepts, _encode, _special, _tokens, _word_spans, image_pixels
+from attnviz.errors import AttnvizError
+from attnviz.inputs import clean_text
+from attnviz.models.loader import Model
+from attnviz.lab.toy_tasks import AGREEMENT_WORDS, MASK, STOP, encode
+from attnviz.recorder import sdpa_probabilities
+from attnviz.result import PatchGrid
+
+METHODS = ("attention", "rollout", "flow", "attn_x_grad", "grad_x_input", "integrated_gradients", "blankout")
+IG_STEPS = 32  # integrated gradients: points on the path from the baseline to the input
+BATCH = 16  # inputs per forward pass for blank-out and integrated gradients
+SEQ2SEQ_GENERATE = 48  # tokens of an encoder-decoder's own target when none is given
+MAX_TOKENS = 512  # input tokens or patches explained at most: blank-out runs the model once per token
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class Explanation:
+    """Importance of every input token for one output, by method.
+
+    tokens, special: the input tokens (for images: the prefix tokens, then the patches in
+    row-major order) and which are special. output: what was explained (JSON-able).
+    scores[method]: float64 ``[tokens]``. skipped[method]: why a method could not run.
+    grid, image (images): the patch grid and the picture the model saw (uint8 [h, w, 3]).
+    timings: seconds per method.
+    """
+
+    model: str
+    kind: str
+    tokens: list[str]
+    special: list[bool]
+    output: dict
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    word_spans: list[tuple[int, int]] = field(default_factory=list)
+    grid: PatchGrid | None = None
+    image: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def spearman(self) -> dict[str, float]:
+        """Each method's Spearman correlation with blank-out over the non-special tokens (NaN
+        where undefined); empty when blank-out did not run."""
+        if "blankout" not in self.scores:
+            return {}
+        return {m: faith.spearman(s, self.scores["blankout"], self.special)
+                for m, s in self.scores.items() if m != "blankout"}
+
+    def to_json(self) -> dict:
+        """``{"tokens", "special", "output", "scores", "spearman", "skipped"}``; an undefined
+        correlation is null."""
+        return {
+            "tokens": self.tokens,
+            "special": [bool(s) for s in self.special],
+            "output": self.output,
+            "scores": {m: [float(v) for v in s] for m, s in self.scores.items()},
+            "spearman": {m: (None if math.isnan(r) else r) for m, r in self.spearman().items()},
+            "skipped": self.skipped,
+        }
+
+
+@dataclass
+class _Problem:
+    """One input of one model, ready to be explained.
+
+    inputs, baseline: ``[1, tokens, dim]`` embeddings (text) or ``[1, 3, h, w]`` pixels, the
+    baseline being the blanked input (replacement tokens, or the mean colour).
+    run(x, with_attention): the model on a batch x -> (value [B] (a log-probability) or
+    [B, dim] (an embedding), the model's output object).
+    groups: the token (text) or patch index of every element of the input, for blank-out.
+    """
+
+    kind: str
+    tokens: list[str]
+    special: list[bool]
+    inputs: torch.Tensor
+    baseline: torch.Tensor
+    groups: torch.Tensor
+    run: Callable[[torch.Tensor, bool], tuple[torch.Tensor, object]]
+    output: dict
+    mix: Callable[[object, torch.Tensor | None], tuple[np.ndarray, np.ndarray | None]]
+    word_spans: list[tuple[int, int]] = field(default_factory=list)
+    grid: PatchGrid | None = None
+    image: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
+    embedding: torch.Tensor | None = None  # e(x), detached, when the output is an embedding
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        """The scalar per input that gradients explain: the log-probability, or for an
+        embedding its length along the direction of the input's own embedding."""
+        v, _ = self.run(x, False)
+        return v if self.embedding is None else v @ (self.embedding / self.embedding.norm())
+
+    def kept(self, x: torch.Tensor) -> torch.Tensor:
+        """What blank-out measures the drop of: the log-probability, or cos(e(x'), e(x))."""
+        v, _ = self.run(x, False)
+        if self.embedding is None:
+            return v
+        return torch.nn.functional.cosine_similarity(v, self.embedding[None], dim=-1)
+
+    def per_token(self, attribution: torch.Tensor) -> np.ndarray:
+        """An input-shaped attribution summed per token (text: over the embedding; images:
+        over the channels and pixels of each patch, the prefix tokens 0)."""
+        a = attribution.detach().double().cpu()[0]
+        if self.kind == "text":
+            return a.sum(-1).numpy()
+        g = self.grid
+        return np.concatenate([np.zeros(g.prefix), faith.patch_sums(a.sum(0).numpy(), g.rows, g.cols)])
+
+
+# -- building the problem -------------------------------------------------------------------
+def replacement_token(tokenizer) -> tuple[int, str]:
+    """The blank-out token: the tokenizer's mask token, else unk, else pad, else eos."""
+    for name in ("mask", "unk", "pad", "eos"):
+        token_id = getattr(tokenizer, f"{name}_token_id", None)
+        if token_id is not None:
+            return int(token_id), tokenizer.convert_ids_to_tokens(int(token_id))
+    raise AttnvizError("This tokenizer has no mask, unk, pad or eos token to blank tokens out with.")
+
+
+def _text_problem(model: Model, text: str, target: str | None) -> _Problem:
+    net, tok = model.net, model.tokenizer
+    if isinstance(text, tuple):
+        raise AttnvizError("explain takes one text, not a pair.")
+    text = clean_text(str(text))
+    enc, warnings = _encode(model, text)
+    if enc["input_ids"].shape[1] > MAX_TOKENS:
+        warnings = [f"The input has {enc['input_ids'].shape[1]} tokens; explain reads at most {MAX_TOKENS} (blank-out "
+                    f"runs the model once per token), so it was cut to the first {MAX_TOKENS}."]
+        enc, _ = _encode(model, text, limit=MAX_TOKENS)
+    ids = enc["input_ids"].to(model.device)
+    id_list = ids[0].tolist()
+    special = _special(model, id_list)
+    replace_id, replace_token = replacement_token(tok)
+    embed = net.get_input_embeddings()
+    blank_ids = torch.where(torch.tensor(special, device=ids.device)[None], ids, torch.full_like(ids, replace_id))
+    with torch.no_grad():
+        inputs, baseline = embed(ids), embed(blank_ids)
+    n = ids.shape[1]
+    problem = dict(kind="text", tokens=_tokens(model, id_list), special=special, inputs=inputs,
+                   baseline=baseline, groups=torch.arange(n, device=ids.device).view(1, n, 1),
+                   word_spans=_word_spans(enc, n), warnings=warnings)
+    ones = torch.ones_like(ids)
+    blank = {"replacement": replace_token}
+
+    if model.family == "decoder":
+        def run(x, attentions=False):
+            out = net(inputs_embeds=x, attention_mask=ones.expand(len(x), -1), use_cache=False,
+                      output_attentions=attentions)
+            return out.logits[:, -1].log_softmax(-1)[:, chosen], out
+
+        with torch.no_grad():
+            logits = net(input_ids=ids, attention_mask=ones, use_cache=False).logits[0, -1]
+        chosen = _next_token(tok, target, logits)
+        output = {"what": "log-probability of the next token", "token": tok.decode([chosen]), "token_id": chosen,
+                  "chosen": "top prediction" if target is None else "given",
+                  "log_prob": float(logits.log_softmax(-1)[chosen]),
+                  "blankout": {**blank, "measure": "log-probability lost"}}
+        return _Problem(run=run, output=output, mix=lambda out, grad: (faith.one_hot(n, n - 1), None), **problem)
+
+    if model.family == "encoder-decoder":
+        target_ids = _seq2seq_target(model, ids, target)
+
+        def run(x, attentions=False):
+            tgt = target_ids.expand(len(x), -1)
+            out = net(inputs_embeds=x, attention_mask=ones.expand(len(x), -1), decoder_input_ids=tgt,
+                      use_cache=False, output_attentions=attentions)
+            logp = out.logits[:, :-1].log_softmax(-1).gather(-1, tgt[:, 1:, None])[..., 0]
+            return logp.sum(-1), out
+
+        with torch.no_grad():
+            total = float(run(inputs)[0][0])
+        output = {"what": "log-probability of the target sequence",
+                  "target": tok.decode(target_ids[0, 1:], skip_special_tokens=True),
+                  "target_tokens": _tokens(model, target_ids[0, 1:].tolist()),
+                  "chosen": "generated" if target is None or not str(target).strip() else "given",
+                  "log_prob": total, "blankout": {**blank, "measure": "log-probability lost"}}
+        return _Problem(run=run, output=output, mix=_cross_mix, **problem)
+
+    # a text encoder: its class head's log-probability, or the mean-pooled sentence embedding
+    def forward(x, attentions=False):
+        return net(inputs_embeds=x, attention_mask=ones.expand(len(x), -1), output_attentions=attentions)
+
+    with torch.no_grad():
+        first = forward(inputs)
+    headed = _class_head(model, forward, first, target, problem, blank, "sentence embedding")
+    if headed is not None:
+        return headed
+
+    def run(x, attentions=False):
+        out = forward(x, attentions)
+        return out.last_hidden_state.mean(dim=1), out
+
+    embedding = first.last_hidden_state.mean(dim=1)[0]
+    output = {"what": "sentence embedding (mean of the last hidden state over all tokens)",
+              "dim": int(embedding.shape[0]), "norm": float(embedding.norm()),
+              "blankout": {**blank, "measure": "1 - cos(embedding, embedding with the token blanked)"}}
+    return _Problem(run=run, output=output, mix=lambda out, grad: (np.full(n, 1.0 / n), None), embedding=embedding,
+                    **problem)
+
+
+def _class_head(model: Model, forward, first, target: str | None, problem: dict, blank: dict,
+                embedding: str) -> _Problem | None:
+    """The class problem when the model's output ``first`` has class logits [1, classes];
+    otherwise None (the ``embedding`` is explained, and a target is refused)."""
+    logits = getattr(first, "logits", None)
+    if logits is not None and logits.dim() == 2:
+        return _class_problem(model.net, forward, logits[0], target, problem, blank, len(problem["tokens"]))
+    if target is not None:
+        raise AttnvizError(f"{model.name} has no task head: it explains its {embedding}, so --target does not apply.")
+    return None
+
+
+def _class_problem(net, forward, logits: torch.Tensor, target: str | None, problem: dict, blank: dict,
+                   n: int, position: int = 0) -> _Problem:
+    """A model with a classification head: the class's log-probability, read at ``position``."""
+    labels = getattr(net.config, "id2label", None) or {}
+    chosen = _class_index(labels, target, logits)
+
+    def run(x, attentions=False):
+        out = forward(x, attentions)
+        return out.logits.log_softmax(-1)[:, chosen], out
+
+    output = {"what": "log-probability of the class", "class": str(labels.get(chosen, chosen)), "index": chosen,
+              "chosen": "top class" if target is None else "given",
+              "log_prob": float(logits.log_softmax(-1)[chosen]), "blankout": {**blank, "measure": "log-probability lost"}}
+    return _Problem(run=run, output=output, mix=lambda out, grad: (faith.one_hot(n, position), None), **problem)
+
+
+def _next_token(tok, target: str | None, logits: torch.Tensor) -> int:
+    if target is None:
+        return int(logits.argmax())
+    ids = tok(str(target), add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        pieces = " + ".join(repr(tok.decode([i])) for i in ids) or "nothing"
+        raise AttnvizError(f"The target must be one token of the vocabulary; {target!r} is {pieces}.")
+    return int(ids[0])
+
+
+def _class_index(labels: dict, target: str | None, logits: torch.Tensor) -> int:
+    if target is None:
+        return int(logits.argmax())
+    by_name = {str(v).lower(): int(k) for k, v in labels.items()}
+    text = str(target).strip()
+    if text.lower() in by_name:
+        return by_name[text.lower()]
+    if text.isdigit() and int(text) < logits.shape[-1]:
+        return int(text)
+    names = ", ".join(str(labels[k]) for k in sorted(labels)) if labels else f"0..{logits.shape[-1] - 1}"
+    raise AttnvizError(f"Unknown class {target!r}; the classes are {names}.")
+
+
+def _seq2seq_target(model: Model, ids: torch.Tensor, target: str | None) -> torch.Tensor:
+    """Decoder input ids ``[1, 1 + T]``: the start token, then the target's tokens (eos
+    included), the given target or the model's greedy output."""
+    start = model.net.config.decoder_start_token_id
+    if target is not None and str(target).strip():
+        enc, _ = _encode(model, clean_text(str(target)))
+        return torch.cat([torch.tensor([[start]]), enc["input_ids"]], dim=1).to(model.device)
+    with torch.no_grad():
+        return model.net.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=SEQ2SEQ_GENERATE,
+                                  do_sample=False)
+
+
+def _cross_mix(out, grad: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """An encoder-decoder reads the source through cross-attention: the last cross layer's
+    weights (heads averaged, averaged over the target positions that predict a token) mix the
+    encoder's output rows; the second mix, for attn_x_grad, is the same mean of
+    relu(gradient * attention) (``grad``: the gradient of the last cross layer)."""
+    cross = out.cross_attentions[-1][0].detach().double()  # [heads, target, source]
+    weights = cross[:, :-1].mean(dim=(0, 1)).cpu().numpy()
+    if grad is None:
+        return weights / weights.sum(), None
+    relevance = (grad[0].detach().double() * cross).clamp(min=0)[:, :-1].mean(dim=(0, 1)).cpu().numpy()
+    return weights / weights.sum(), relevance
+
+
+def _image_problem(model: Model, image: Image.Image, size: int | None, target: str | None) -> _Problem:
+    net = model.net
+    pixels, seen = image_pixels(model, image, size)
+    patch = model.image.patch
+    h, w = pixels.shape[-2:]
+    rows, cols = h // patch, w // patch
+    if rows * cols > MAX_TOKENS:
+        raise AttnvizError(f"At this size {model.name} sees {rows * cols} patches; explain reads at most {MAX_TOKENS} "
+                           "(blank-out runs the model once per patch): choose a smaller input size.")
+    kwargs = {"interpolate_pos_encoding": True} if _accepts(net, "interpolate_pos_encoding") else {}
+
+    def forward(x, attentions=False):
+        return net(pixel_values=x, output_attentions=attentions, **kwargs)
+
+    with torch.no_grad():
+        first = forward(pixels, True)
+    n = first.attentions[-1].shape[-1]
+    prefix = n - rows * cols
+    tokens = [f"[{'CLS' if i == 0 else f'REG{i}'}]" for i in range(prefix)]
+    tokens += [f"({r},{c})" for r in range(rows) for c in range(cols)]
+    mean = pixels.mean(dim=(2, 3), keepdim=True)  # the mean colour, in the model's normalised units
+    groups = torch.arange(rows * cols, device=pixels.device).view(1, 1, rows, 1, cols, 1)
+    groups = groups.expand(1, 1, rows, patch, cols, patch).reshape(1, 1, h, w)
+    problem = dict(kind="image", tokens=tokens, special=[i < prefix for i in range(n)], inputs=pixels,
+                   baseline=mean.expand_as(pixels).contiguous(), groups=groups,
+                   grid=PatchGrid(rows=rows, cols=cols, patch_px=patch, prefix=prefix),
+                   image=np.asarray(seen, dtype=np.uint8))
+    blank = {"replacement": "mean colour of the image"}
+    headed = _class_head(model, forward, first, target, problem, blank, "CLS embedding")
+    if headed is not None:
+        return headed
+
+    def run(x, attentions=False):
+        out = forward(x, attentions)
+        pooled = getattr(out, "pooler_output", None)
+        return (pooled if pooled is not None else out.last_hidden_state[:, 0]), out
+
+    with torch.no_grad():
+        embedding = run(pixels)[0][0]
+    output = {"what": "CLS embedding (the pooled output)", "dim": int(embedding.shape[0]),
+              "norm": float(embedding.norm()), "size": [int(w), int(h)],
+              "blankout": {**blank, "measure": "1 - cos(embedding, embedding with the patch blanked)"}}
+    return _Problem(run=run, output=output, mix=lambda out, grad: (faith.one_hot(n, 0), None), embedding=embedding,
+                    **problem)
+
+
+class _ExplicitAttention(TorchFunctionMode):
+    """Inside it, ``F.scaled_dot_product_attention`` runs as softmax(Q K^T * scale + mask) V
+    (attnviz.recorder.sdpa_probabilities), so that the probabilities are in the autograd graph;
+    ``maps`` holds them, one [batch, heads, queries, keys] tensor per call."""
+
+    _ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maps: list[torch.Tensor] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        bound = dict(zip(self._ARGS, args), **kwargs)
+        value = bound.pop("value")
+        probs = sdpa_probabilities(**bound)
+        if value.shape[-3] != probs.shape[-3]:  # grouped key/value heads
+            value = value.repeat_interleave(probs.shape[-3] // value.shape[-3], dim=-3)
+        self.maps.append(probs)
+        return (probs @ value.float()).to(value.dtype)
+
+
+def _custom_problem(model: Model, text, target: str | None) -> _Problem:
+    """A Build-your-own model of the agreement task: the verb it writes in the masked position."""
+    net = model.net
+    if net.config.task != "agreement":
+        raise AttnvizError(f"{model.name} learnt the {net.config.task} task, which has no masked output to explain: "
+                           "train one on the agreement task.")
+    if not isinstance(text, str):
+        raise AttnvizError(f"{model.name} reads a text of digits, not {type(text).__name__}.")
+    ids, warnings = encode(text, net.config.length)
+    if MASK not in ids:
+        raise AttnvizError(f"Mask the verb with {MASK}: explain reads {model.name}'s answer there.")
+    position, n = ids.index(MASK), len(ids)
+    special = [i in (MASK, STOP) for i in ids]  # the masked verb itself and the full stops
+    ids_t = torch.tensor([ids], device=model.device)
+    blank_t = torch.where(torch.tensor(special, device=model.device)[None], ids_t, torch.full_like(ids_t, MASK))
+    with torch.no_grad():
+        inputs, baseline = net.tokens(ids_t), net.tokens(blank_t)
+        logp = net(ids_t)[0, position].log_softmax(-1)
+    if target is None:
+        chosen = int(logp.argmax())
+    elif str(target).strip() in AGREEMENT_WORDS or str(target).strip().isdigit():
+        word = str(target).strip()
+        chosen = AGREEMENT_WORDS.index(word) if word in AGREEMENT_WORDS else int(word) % len(AGREEMENT_WORDS)
+    else:
+        raise AttnvizError(f"Unknown target {target!r}: give a word of {', '.join(AGREEMENT_WORDS)} or a digit.")
+
+    def run(x, attentions=False):
+        with _ExplicitAttention() as rec:
+            logits = net.forward_embeddings(x)
+        return logits[:, position].log_softmax(-1)[:, chosen], SimpleNamespace(attentions=tuple(rec.maps))
+
+    output = {"what": "log-probability of the masked verb", "token": AGREEMENT_WORDS[chosen], "token_id": chosen,
+              "position": position, "chosen": "top prediction" if target is None else "given",
+              "log_prob": float(logp[chosen]),
+              "blankout": {"replacement": AGREEMENT_WORDS[MASK], "measure": "log-probability lost"}}
+    return _Problem(kind="text", tokens=[AGREEMENT_WORDS[i] for i in ids], special=special, inputs=inputs,
+                    baseline=baseline, groups=torch.arange(n, device=model.device).view(1, n, 1), run=run,
+                    output=output, mix=lambda out, grad: (faith.one_hot(n, position), None),
+                    word_spans=[(i, i + 1) for i in range(n)], warnings=warnings)
+
+
+def problem_for(model: Model, input, *, target: str | None = None, size: int | None = None) -> _Problem:
+    """The :class:`_Problem` of ``input`` (a text, or a PIL image for image models)."""
+    if model.family == "custom":
+        return _custom_problem(model, input, target)
+    if model.family == "image":
+        if not isinstance(input, Image.Image):
+            raise AttnvizError(f"{model.name} is an image model: give it an image, not {type(input).__name__}.")
+        return _image_problem(model, input, size, target)
+    if isinstance(input, Image.Image):
+        raise AttnvizError(f"{model.name} is a text model: give it text, not an image.")
+    return _text_problem(model, input, target)
+
+
+# -- the methods ----------------------------------------------------------------------------
+def _attention_methods(p: _Problem, methods: tuple[str, ...], out: Explanation) -> None:
+    """attention, rollout, flow and attn_x_grad from one forward and backward pass."""
+    if not set(methods) & {"attention", "rollout", "flow", "attn_x_grad"}:
+        return
+    started = time.perf_counter()
+    value, out_obj = p.run(p.inputs, True)
+    if p.embedding is not None:
+        value = value @ (p.embedding / p.embedding.norm())
+    seq2seq = hasattr(out_obj, "encoder_attentions") and out_obj.encoder_attentions is not None
+    stack = list(out_obj.encoder_attentions if seq2seq else out_obj.attentions)
+    tensors = stack + ([out_obj.cross_attentions[-1]] if seq2seq else [])
+    grads = torch.autograd.grad(value.sum(), tensors, allow_unused=True) if "attn_x_grad" in methods else None
+    attn = np.stack([a[0].detach().double().cpu().numpy() for a in stack])  # [layers, heads, n, n]
+    mix, grad_mix = p.mix(out_obj, grads[-1] if seq2seq and grads is not None else None)
+    shared = time.perf_counter() - started
+    for method in ("attention", "rollout", "flow", "attn_x_grad"):
+        if method not in methods:
+            continue
+        t0 = time.perf_counter()
+        if method == "attention":
+            out.scores[method] = mix.copy() if seq2seq else faith.attention_scores(attn, mix)
+        elif method == "rollout":
+            out.scores[method] = faith.rollout_scores(attn, mix)
+        elif method == "flow":
+            if not faith.flow_fits(attn):
+                n = attn.shape[-1]
+                out.skipped[method] = (f"exact flow over {n} tokens and {attn.shape[0]} layers is too big a graph "
+                                       f"(more than {faith.MAX_FLOW_EDGES:,} edges)")
+                continue
+            out.scores[method] = faith.flow_scores(attn, mix)
+        else:
+            g = np.stack([x[0].detach().double().cpu().numpy() for x in grads[:len(stack)]])
+            out.scores[method] = faith.grad_rollout_scores(attn, g, grad_mix if seq2seq else mix)
+        out.timings[method] = time.perf_counter() - t0 + shared
+
+
+def _captum_methods(p: _Problem, methods: tuple[str, ...], out: Explanation, ig_steps: int) -> None:
+    from captum.attr import FeatureAblation, InputXGradient, IntegratedGradients
+
+    if "grad_x_input" in methods:
+        t0 = time.perf_counter()
+        out.scores["grad_x_input"] = p.per_token(InputXGradient(p.value).attribute(p.inputs.clone().requires_grad_()))
+        out.timings["grad_x_input"] = time.perf_counter() - t0
+    if "integrated_gradients" in methods:
+        t0 = time.perf_counter()
+        attribution = IntegratedGradients(p.value).attribute(p.inputs.clone().requires_grad_(), baselines=p.baseline, n_steps=ig_steps,
+                                                             internal_batch_size=BATCH)
+        out.scores["integrated_gradients"] = p.per_token(attribution)
+        out.timings["integrated_gradients"] = time.perf_counter() - t0
+    if "blankout" in methods:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            attribution = FeatureAblation(p.kept).attribute(p.inputs, baselines=p.baseline, feature_mask=p.groups,
+                                                            perturbations_per_eval=BATCH)
+        scores = _group_values(attribution, p)
+        scores[np.asarray(p.special, dtype=bool)] = 0.0
+        out.scores["blankout"] = scores
+        out.timings["blankout"] = time.perf_counter() - t0
+
+
+def _group_values(attribution: torch.Tensor, p: _Problem) -> np.ndarray:
+    """FeatureAblation gives every element of a group its group's value: one per token."""
+    a = attribution.detach().double().cpu()[0]
+    if p.kind == "text":
+        return a[:, 0].numpy()
+    g = p.grid
+    patches = a[0, ::g.patch_px, ::g.patch_px].reshape(-1).numpy()
+    return np.concatenate([np.zeros(g.prefix), patches])
+
+
+def explain(model: Model, input, *, target: str | None = None, size: int | None = None,
+            methods: tuple[str, ...] = METHODS, ig_steps: int = IG_STEPS) -> Explanation:
+    """Importance of every input token for the model's output on ``input`` by each of
+    ``methods`` (see the module docstring); a method that cannot run on this input is in
+    ``skipped`` with the reason."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise AttnvizError(f"Unknown method {unknown[0]!r}; the methods are {', '.join(METHODS)}.")
+    with model.lock, torch.inference_mode(False), torch.enable_grad():
+        started = time.perf_counter()
+        p = problem_for(model, input, target=target, size=size)
+        out = Explanation(model=model.name, kind=p.kind, tokens=p.tokens, special=p.special,
+                          output={"model": model.name, **p.output}, word_spans=p.word_spans, grid=p.grid,
+                          image=p.image, warnings=p.warnings)
+        out.timings["prepare"] = time.perf_counter() - started
+        _attention_methods(p, methods, out)
+        _captum_methods(p, methods, out, ig_steps)
+    out.scores = {m: out.scores[m] for m in METHODS if m in out.scores}  # the order of METHODS
+    return out

@@ -1,0 +1,201 @@
+"""Streamlit blocks of "Which picture to trust": the input, the explanation of one output by
+seven methods, the faithfulness scoreboard beside the maps (text highlighting, or one overlay
+per method on the photo), and the scoreboard averaged over many inputs.
+
+Explanations are cached across sessions per (model, input, output, size, methods)
+(``st.cache_data``, bounded): moving a display control never reruns the model.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import streamlit as st
+
+from attnviz.analysis import faithfulness as faith
+from attnviz.analysis.tokens import token_axis
+from attnviz.explain import METHODS, Explanation, explain
+from attnviz.inputs import clean_text, open_image
+from attnviz.models.bundled import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
+from attnviz.models.loader import Model
+from attnviz.samples import SAMPLES, sample_bytes
+from attnviz.ui import image as image_ui
+from attnviz.ui.common import remember, url_choice
+from attnviz.ui.flow import MANY_TEXTS
+from attnviz.ui.models import get_model, model_picker
+from attnviz.ui.text import TEXT_FAMILIES
+from attnviz.viz import explain as viz
+from attnviz.viz.heatmap import png_config, safe_filename
+
+KINDS = {"text": "Text", "image": "Image"}
+DEFAULT_TEXTS = {"decoder": "The keys to the old cabinet are on the", "encoder-decoder": MANY_TEXTS[0],
+                 "custom": "1 2 4 1 3 0 7 9"}  # a Build-your-own agreement model: the key of the keys [MASK] old .
+DEFAULT_TEXT = "The keys to the old cabinet are on the table."
+FAST_METHODS = tuple(m for m in METHODS if m != "integrated_gradients")  # the many-inputs default
+MAX_MANY = 64  # inputs averaged over at most
+EXPLAIN_CACHE_ENTRIES = 256
+
+
+def kind_picker() -> str:
+    """Text or image input (``?kind=``)."""
+    remember("explain_kind", url_choice("kind", list(KINDS), "text"))
+    kind = st.segmented_control("Input", list(KINDS), format_func=KINDS.get, key="explain_kind", required=True)
+    st.query_params["kind"] = kind
+    return kind
+
+
+def has_class_head(model: Model) -> bool:
+    """Whether the model ends in a classification head (its class is ``...For...Classification``)."""
+    name = type(model.net).__name__
+    return "For" in name and name.endswith("Classification")
+
+
+def target_input(model: Model) -> str | None:
+    """The output to explain, where the family lets the user choose it (None: the default)."""
+    if model.family == "decoder":
+        label, hint = "Next token to explain", "empty: the model's top prediction; one token, e.g. ' table'"
+    elif model.family == "encoder-decoder":
+        label, hint = "Target to explain", "empty: the model writes its own"
+    elif has_class_head(model):
+        label, hint = "Class to explain", "empty: the top class; a label or an index"
+    else:
+        return None
+    return st.text_input(label, key=f"explain_target_{model.family}", placeholder=hint) or None
+
+
+@st.cache_data(max_entries=EXPLAIN_CACHE_ENTRIES, show_spinner=False)
+def _explain(name: str, digest: str, _model: Model, _input, target: str | None, size: int | None,
+             methods: tuple[str, ...]) -> Explanation:
+    return explain(_model, _input, target=target, size=size, methods=methods)
+
+
+def run_explain(name: str, model: Model, input, digest: str, *, target: str | None = None, size: int | None = None,
+                methods: tuple[str, ...] = METHODS) -> Explanation:
+    """The (cached) explanation of ``input`` (named by ``digest``) by model ``name``."""
+    with st.spinner(f"Explaining with {name}: attention, gradients and one forward pass per token…"):
+        return _explain(name, digest, model, input, target, size, tuple(methods))
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def text_choice() -> tuple[str, Model, str, str | None]:
+    """Model on the left, the text and the output to explain on the right:
+    (model name, model, text, target)."""
+    left, right = st.columns([1, 2], gap="large")
+    with left:
+        name = model_picker(TEXT_FAMILIES, DEFAULT_TEXT_MODEL)
+        model = get_model(name)
+    with right:
+        default = DEFAULT_TEXTS.get(model.family, DEFAULT_TEXT)
+        text = st.text_area("Text", value=default, height=90, key=f"explain_text_{model.family}",
+                            help="Press Ctrl+Enter (or click outside) to explain it.")
+        target = target_input(model)
+    return name, model, clean_text(text), target
+
+
+def image_choice() -> tuple[str, Model, image_ui.Photo, int]:
+    """Model and input size on the left, the photo on the right: (name, model, photo, size)."""
+    settings, source = st.columns([1, 2], gap="large")
+    with settings:
+        name = model_picker(("image",), DEFAULT_IMAGE_MODEL)
+        model = get_model(name)
+        if model.image is not None and "size" not in st.query_params:  # blank-out costs a pass per patch:
+            st.query_params["size"] = str(image_ui.size_options(model)[0])  # start at the smallest grid
+        size = image_ui.input_size_picker(model)
+    with source:
+        photo = image_ui.photo_input()
+    return name, model, photo, size
+
+
+def output_line(e: Explanation) -> None:
+    """What was explained, in one line, and the blank-out replacement."""
+    out = e.output
+    what = out["what"]
+    if "token" in out:
+        what += f": “{out['token']}” (log p = {out['log_prob']:.3f}, {out['chosen']})"
+    elif "class" in out:
+        what += f": {out['class']} (log p = {out['log_prob']:.3f}, {out['chosen']})"
+    elif "target" in out:
+        what += f": “{out['target']}” (log p = {out['log_prob']:.2f}, {out['chosen']})"
+    blank = out["blankout"]
+    st.markdown(f"**Explained:** {what}. **Blank-out:** {blank['measure']}, replaced by `{blank['replacement']}`.")
+    for w in e.warnings:
+        st.warning(w)
+    for method, why in e.skipped.items():
+        st.info(f"{method} is left out on this input: {why}.")
+
+
+def scoreboard_block(e: Explanation, spread: dict[str, faith.Agreement] | None = None, key: str = "explain_board") -> None:
+    """The Spearman correlation of every method with blank-out on this input (and over many)."""
+    fig = viz.scoreboard(e.spearman(), spread, title="Which picture follows blank-out?")
+    st.plotly_chart(fig, key=key, config=png_config(f"{e.model}_faithfulness"))
+    st.caption(f"Spearman's rank correlation with blank-out over the {sum(not s for s in e.special)} non-special "
+               f"{'patches' if e.kind == 'image' else 'tokens'}; 1 = the same ranking, 0 = unrelated, "
+               "− = reversed. “—”: undefined (a constant ranking).")
+
+
+def highlight_block(e: Explanation) -> None:
+    """The input as running text, each token's (or word's) background by the chosen methods'
+    scores, one paragraph per method."""
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    methods = c1.multiselect("Highlight by", list(e.scores), default=list(e.scores), key="explain_highlight",
+                             format_func=lambda m: viz.METHOD_LABELS.get(m, m))
+    merge = c2.toggle("Merge sub-words into words", key="explain_merge",
+                      help="A word's score is the sum of its tokens' scores.")
+    axis = token_axis(e.tokens, e.special, e.word_spans, merge=merge)
+    special = [e.special[s] for s, _ in axis.spans]
+    pieces = viz.running_text(e.tokens, e.special, axis)
+    rho = e.spearman()
+    for m in methods:
+        caption = viz.METHOD_LABELS.get(m, m) + ("" if m == "blankout" else f" · ρ {viz.rho_text(rho.get(m))}")
+        st.markdown(viz.highlight_html(pieces, viz.unit_scores(e.scores[m], axis), special, caption=caption),
+                    unsafe_allow_html=True)
+    st.caption("Red: the score is positive, blue: negative; the stronger the colour, the larger |score| against the "
+               "largest of this text. Hover a word for its exact value. Grey: special tokens (never blanked).")
+
+
+def overlays_block(e: Explanation, photo: image_ui.Photo) -> None:
+    """One overlay per method on the photo, side by side."""
+    with st.expander("Overlay style"):
+        style = image_ui.style_controls()
+    fig = viz.method_overlays(photo.display, e.grid, e.scores, e.spearman(), style)
+    st.plotly_chart(fig, key="explain_overlays", config=png_config(safe_filename(f"{e.model}_methods")))
+    st.caption("Each map is scaled on its own (its minimum to its top percentile); CLS and registers have no place "
+               "on the photo. Gradient methods are signed: dark is negative or small.")
+
+
+def many_inputs(kind: str) -> list[tuple[str, object]]:
+    """(digest, input) for the many-inputs scoreboard: the example texts (editable, one per
+    line) or the sample photos."""
+    if kind == "image":
+        return [(hashlib.sha1(sample_bytes(n)).hexdigest(), open_image(sample_bytes(n), f"{n}.png")) for n in SAMPLES]
+    typed = st.text_area("Texts, one per line", "\n".join(MANY_TEXTS), height=150, key="explain_many_texts")
+    texts = [clean_text(t) for t in typed.splitlines() if t.strip()][:MAX_MANY]
+    return [(text_digest(t), t) for t in texts]
+
+
+def many_block(kind: str, name: str, model: Model, e: Explanation, *, size: int | None = None) -> None:
+    """Each method's correlation with blank-out averaged over many inputs (mean ± std)."""
+    if not st.toggle("Average over many inputs", key="explain_many",
+                     help="Every input is explained by the same model and methods, and each method's correlation "
+                          "with blank-out is averaged."):
+        return
+    slow = st.checkbox("Include integrated gradients (slower)", key="explain_many_ig")
+    inputs = many_inputs(kind)
+    if not inputs:
+        st.info("Add a few texts to average over.")
+        return
+    methods = METHODS if slow else FAST_METHODS
+    bar = st.progress(0.0, text=f"Explaining {len(inputs)} inputs…")
+    per_input = []
+    for i, (digest, value) in enumerate(inputs):
+        one = run_explain(name, model, value, digest, size=size, methods=methods)
+        per_input.append(one.spearman())
+        bar.progress((i + 1) / len(inputs), text=f"Explaining {len(inputs)} inputs… {i + 1}/{len(inputs)}")
+    bar.empty()
+    what = "sample photos" if kind == "image" else "texts"
+    spread = faith.summarise(per_input)
+    scoreboard_block(e, spread, key="explain_board_many")
+    st.caption(f"Orange: the mean over {len(inputs)} {what}, bars ± 1 standard deviation; each input's own output "
+               "is explained (its top prediction, class or own embedding).")
