@@ -11,12 +11,20 @@ Inputs by family:
   by default) with its aspect ratio kept, each side a multiple of the patch size;
 - custom: whatever the custom model's own capture takes (see attnviz.models.custom).
 
-Attention is always taken in eval mode and without gradients.
+Attention is always taken in eval mode and without gradients, with the model's default
+attention implementation: SDPA where transformers supports it for the model (the loader loads
+eager attention; :func:`_default_attention` switches it for the capture, under the model's
+lock). SDPA runs are recorded by :class:`attnviz.recorder.record_attention` with
+``lazy=True``: the queries, keys, scale and masks of every call, from which the maps are
+computed on demand (attnviz.lazy). A model whose attention does not go through SDPA
+(BLOOM's ALiBi, Gemma2's soft-capping, DeBERTa's disentangled terms) is run eagerly with
+``output_attentions=True`` and its maps materialised, which the result's warnings say.
 """
 from __future__ import annotations
 
 import time
-from typing import Union
+from contextlib import contextmanager
+from typing import Callable, Union
 
 import numpy as np
 import torch
@@ -24,37 +32,115 @@ from PIL import Image
 
 from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text, to_rgb
+from attnviz.lazy import LazyStack
 from attnviz.models.loader import Model, token_cap
+from attnviz.recorder import record_attention
 from attnviz.result import AttentionResult, PatchGrid
 
 TextInput = Union[str, tuple[str, str]]
 MAX_IMAGE_TOKENS = 4096  # patches; bounds memory at [12, 12, 4096, 4096] float16 = 4.8 GB
 GENERATE_CAP = 256
+Progress = Callable[[float, str], None]  # (fraction done, message), as attnviz.models.store's
 
 
 def capture(model: Model, input, *, target: str | None = None, generate: int = 0,
-            size: int | None = None) -> AttentionResult:
-    """Run ``model`` on ``input`` and return all its attention maps (see the module docstring)."""
+            size: int | None = None, progress: Progress | None = None) -> AttentionResult:
+    """Run ``model`` on ``input`` and return all its attention maps (see the module docstring).
+
+    progress: called after each attention call of the recorded forward pass (one per layer
+    and stack) with the fraction done and a message."""
     started = time.perf_counter()
     with model.lock, torch.inference_mode():
         if model.family == "image":
             if not isinstance(input, Image.Image):
                 raise AttnvizError(f"{model.name} is an image model: give it an image, not {type(input).__name__}.")
-            result = _capture_image(model, input, size)
+            result = _capture_image(model, input, size, progress)
         elif model.family == "custom":
             result = model.net.capture(input, model.name)
         else:
             if isinstance(input, Image.Image):
                 raise AttnvizError(f"{model.name} is a text model: give it text, not an image.")
             if model.family == "encoder":
-                result = _capture_encoder(model, input)
+                result = _capture_encoder(model, input, progress)
             elif model.family == "decoder":
-                result = _capture_decoder(model, _one_text(input, model), generate)
+                result = _capture_decoder(model, _one_text(input, model), generate, progress)
             else:
                 source, target = (input if isinstance(input, tuple) else (input, target))
-                result = _capture_seq2seq(model, source, target)
+                result = _capture_seq2seq(model, source, target, progress)
     result.timings["total_s"] = time.perf_counter() - started
     return result
+
+
+# -- recording ------------------------------------------------------------------------------
+@contextmanager
+def _default_attention(net: torch.nn.Module):
+    """Within: the model runs SDPA when transformers supports it for the model (yields
+    whether it does); its implementation is set back afterwards."""
+    config = getattr(net, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    switched = False
+    if before == "eager" and getattr(type(net), "_supports_sdpa", False):
+        try:
+            net.set_attn_implementation("sdpa")
+            switched = True
+        except (ValueError, ImportError, KeyError):
+            pass
+    try:
+        yield getattr(config, "_attn_implementation", None) == "sdpa"
+    finally:
+        if switched:
+            net.set_attn_implementation(before)
+
+
+def _layer_counts(net: torch.nn.Module, stacks: tuple[str, ...]) -> dict[str, int] | None:
+    """Layers per stack from the model's config, or None when the config does not say."""
+    config = getattr(net, "config", None)
+    if stacks == ("encoder", "decoder", "cross"):
+        enc = getattr(config, "encoder_layers", None) or getattr(config, "num_layers", None)
+        dec = getattr(config, "decoder_layers", None) or getattr(config, "num_decoder_layers", None) or enc
+        return None if not enc else {"encoder": enc, "decoder": dec, "cross": dec}
+    layers = getattr(config, "num_hidden_layers", None)
+    return None if not layers else {stacks[0]: layers}
+
+
+def _split_calls(calls: list, counts: dict[str, int]) -> dict[str, list] | None:
+    """Recorded calls in call order -> calls per stack (an encoder-decoder runs the encoder's
+    layers, then decoder self- and cross-attention alternately); None when they do not fit."""
+    if len(calls) != sum(counts.values()):
+        return None
+    if len(counts) == 1:
+        return {next(iter(counts)): calls}
+    enc = counts["encoder"]
+    return {"encoder": calls[:enc], "decoder": calls[enc::2], "cross": calls[enc + 1::2]}
+
+
+def _forward(model: Model, stacks: tuple[str, ...], progress: Progress | None, **inputs):
+    """Run the model once and return ``({stack: maps}, warnings)``: recorded lazy stacks when
+    it runs SDPA (see the module docstring), else materialised float16 eager maps."""
+    net = model.net
+    counts = _layer_counts(net, stacks)
+    total = sum(counts.values()) if counts else 0
+
+    def on_call(n: int) -> None:
+        if progress is not None and total:
+            progress(min(n / total, 1.0), f"Running {model.name}: attention call {n} of {total}")
+
+    with _default_attention(net) as sdpa:
+        if sdpa and counts:
+            with record_attention(lazy=True, on_call=on_call) as rec:
+                net(**inputs)
+            split = _split_calls(rec.calls, counts) if not rec.maps else None
+            try:
+                if split is not None:
+                    return {s: LazyStack(split[s], rec.masks) for s in stacks}, []
+            except ValueError:
+                pass
+    out = net(**inputs, output_attentions=True)
+    names = {"encoder": "encoder_attentions" if len(stacks) > 1 else "attentions",
+             "decoder": "decoder_attentions" if len(stacks) > 1 else "attentions", "cross": "cross_attentions"}
+    warning = (f"{model.name} computes attention in a way attnviz does not recompute from its inputs, so its "
+               "maps were materialised in full (memory grows with the square of the length).")
+    return {s: _stack(getattr(out, names[s])) for s in stacks}, [warning]
 
 
 # -- text ---------------------------------------------------------------------------------
@@ -117,7 +203,7 @@ def _stack(attentions) -> np.ndarray:
     return out.numpy()
 
 
-def _capture_encoder(model: Model, input: TextInput) -> AttentionResult:
+def _capture_encoder(model: Model, input: TextInput, progress: Progress | None = None) -> AttentionResult:
     a, b = (input if isinstance(input, tuple) else (input, None))
     a = clean_text(str(a))
     b = clean_text(str(b)) if b is not None and str(b).strip() else None
@@ -126,18 +212,18 @@ def _capture_encoder(model: Model, input: TextInput) -> AttentionResult:
     ids = enc["input_ids"][0].tolist()
     t1 = time.perf_counter()
     inputs = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-    out = model.net(**inputs, output_attentions=True)
+    attn, notes = _forward(model, ("encoder",), progress, **inputs)
+    warnings += notes
     t2 = time.perf_counter()
-    attn = _stack(out.attentions)
     segments = enc["token_type_ids"][0].tolist() if b is not None else None
     return AttentionResult(
-        kind="text", model=model.name, attn={"encoder": attn}, tokens=_tokens(model, ids),
+        kind="text", model=model.name, attn=attn, tokens=_tokens(model, ids),
         special=_special(model, ids), word_spans=_word_spans(enc, len(ids)), segments=segments,
         timings={"tokenize_s": t1 - t0, "forward_s": t2 - t1, "copy_s": time.perf_counter() - t2},
         warnings=warnings)
 
 
-def _capture_decoder(model: Model, prompt: str, generate: int) -> AttentionResult:
+def _capture_decoder(model: Model, prompt: str, generate: int, progress: Progress | None = None) -> AttentionResult:
     generate = max(0, min(int(generate), GENERATE_CAP))
     t0 = time.perf_counter()
     enc, warnings = _encode(model, prompt, limit=max(1, model.max_tokens - generate))
@@ -149,20 +235,22 @@ def _capture_decoder(model: Model, prompt: str, generate: int) -> AttentionResul
         ids = model.net.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=generate,
                                  do_sample=False, pad_token_id=pad)
     t2 = time.perf_counter()
-    out = model.net(input_ids=ids, attention_mask=torch.ones_like(ids), output_attentions=True, use_cache=False)
+    attn, notes = _forward(model, ("decoder",), progress, input_ids=ids, attention_mask=torch.ones_like(ids),
+                           use_cache=False)
+    warnings += notes
     t3 = time.perf_counter()
-    attn = _stack(out.attentions)
     all_ids = ids[0].tolist()
     spans = _word_spans(enc, prompt_len) + [(i, i + 1) for i in range(prompt_len, len(all_ids))]
     return AttentionResult(
-        kind="text", model=model.name, attn={"decoder": attn}, tokens=_tokens(model, all_ids),
+        kind="text", model=model.name, attn=attn, tokens=_tokens(model, all_ids),
         special=_special(model, all_ids), word_spans=spans, causal=True, prompt_len=prompt_len,
         timings={"tokenize_s": t1 - t0, "generate_s": t2 - t1, "forward_s": t3 - t2,
                  "copy_s": time.perf_counter() - t3},
         warnings=warnings)
 
 
-def _capture_seq2seq(model: Model, source: str, target: str | None) -> AttentionResult:
+def _capture_seq2seq(model: Model, source: str, target: str | None,
+                     progress: Progress | None = None) -> AttentionResult:
     source = clean_text(str(source))
     t0 = time.perf_counter()
     enc, warnings = _encode(model, source)
@@ -177,16 +265,16 @@ def _capture_seq2seq(model: Model, source: str, target: str | None) -> Attention
         tgt_enc = None
         tgt = model.net.generate(src, attention_mask=torch.ones_like(src), max_new_tokens=48, do_sample=False)
     t2 = time.perf_counter()
-    out = model.net(input_ids=src, attention_mask=torch.ones_like(src), decoder_input_ids=tgt,
-                    output_attentions=True, use_cache=False)
+    attn, notes = _forward(model, ("encoder", "decoder", "cross"), progress, input_ids=src,
+                           attention_mask=torch.ones_like(src), decoder_input_ids=tgt, use_cache=False)
+    warnings += notes
     t3 = time.perf_counter()
     src_ids, tgt_ids = src[0].tolist(), tgt[0].tolist()
     target_spans = ([(0, 1)] + [(s + 1, e + 1) for s, e in _word_spans(tgt_enc, len(tgt_ids) - 1)]
                     if tgt_enc is not None else [(i, i + 1) for i in range(len(tgt_ids))])
     return AttentionResult(
         kind="text", model=model.name,
-        attn={"encoder": _stack(out.encoder_attentions), "decoder": _stack(out.decoder_attentions),
-              "cross": _stack(out.cross_attentions)},
+        attn=attn,
         tokens=_tokens(model, src_ids), special=_special(model, src_ids),
         word_spans=_word_spans(enc, len(src_ids)),
         target_tokens=_tokens(model, tgt_ids), target_special=_special(model, tgt_ids),
@@ -214,7 +302,8 @@ def image_input_size(width: int, height: int, short_side: int, patch: int) -> tu
     return cols * patch, rows * patch
 
 
-def _capture_image(model: Model, image: Image.Image, size: int | None) -> AttentionResult:
+def _capture_image(model: Model, image: Image.Image, size: int | None,
+                   progress: Progress | None = None) -> AttentionResult:
     spec = model.image
     size = int(size or spec.size)
     if size < spec.patch or size % spec.patch:
@@ -227,19 +316,18 @@ def _capture_image(model: Model, image: Image.Image, size: int | None) -> Attent
     pixel_values = torch.from_numpy(pixels.transpose(2, 0, 1)[None].copy()).to(model.device)
     t1 = time.perf_counter()
     kwargs = {"interpolate_pos_encoding": True} if _accepts(model.net, "interpolate_pos_encoding") else {}
-    out = model.net(pixel_values=pixel_values, output_attentions=True, **kwargs)
+    attn, warnings = _forward(model, ("encoder",), progress, pixel_values=pixel_values, **kwargs)
     t2 = time.perf_counter()
-    attn = _stack(out.attentions)
     rows, cols = h // spec.patch, w // spec.patch
-    prefix = attn.shape[-1] - rows * cols
+    prefix = attn["encoder"].shape[-1] - rows * cols
     tokens = [f"[{'CLS' if i == 0 else f'REG{i}'}]" for i in range(prefix)]
     tokens += [f"({r},{c})" for r in range(rows) for c in range(cols)]
     return AttentionResult(
-        kind="image", model=model.name, attn={"encoder": attn}, tokens=tokens,
+        kind="image", model=model.name, attn=attn, tokens=tokens, warnings=warnings,
         special=[i < prefix for i in range(len(tokens))],
         grid=PatchGrid(rows=rows, cols=cols, patch_px=spec.patch, prefix=prefix),
         image=np.asarray(seen, dtype=np.uint8),
-        timings={"preprocess_s": t1 - t0, "forward_s": t2 - t1, "copy_s": time.perf_counter() - t2})
+        timings={"preprocess_s": t1 - t0, "forward_s": t2 - t1})
 
 
 def _accepts(net: torch.nn.Module, arg: str) -> bool:
