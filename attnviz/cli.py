@@ -186,7 +186,7 @@ def _flow(args) -> int:
     if not 0 <= args.source < n:
         raise AttnvizError(f"--from must be a token index in 0..{n - 1}")
     if args.method == "rollout":
-        weights = rollout(attn, fusion=args.fusion)[args.source]
+        weights = rollout(attn, fusion=args.fusion, source=args.source)
     else:
         weights = attention_flow(attn, args.source, fusion=args.fusion)
     tokens = result.key_tokens(stack)

@@ -62,29 +62,37 @@ class Call:
         return self.q.shape[0], self.q.shape[1], self.k.shape[1]
 
 
-def probabilities(call: Call, masks: list[np.ndarray], head: int, rows: np.ndarray) -> torch.Tensor:
-    """float32 ``[len(rows), keys]``: the probabilities of query ``rows`` of ``head``."""
-    heads, _, n_keys = call.shape
+def scores(call: Call, masks: list[np.ndarray], head: int, rows: np.ndarray, keys=slice(None)) -> torch.Tensor:
+    """float32 ``[len(rows), keys]``: the scores (logits plus bias, -inf where masked) of query
+    ``rows`` of ``head`` over ``keys`` (a slice or an index array)."""
+    heads = call.shape[0]
     group = heads // call.k.shape[0]
     q = torch.from_numpy(call.q[head][rows])
-    k = torch.from_numpy(call.k[head // group])
-    scores = (q @ k.T) * call.scale
+    k = torch.from_numpy(np.ascontiguousarray(call.k[head // group][keys]))
+    out = (q @ k.T) * call.scale
     if call.softcap is not None:
-        scores = torch.tanh(scores / call.softcap) * call.softcap
+        out = torch.tanh(out / call.softcap) * call.softcap
     if call.causal or call.window is not None:
-        gap = torch.from_numpy(np.asarray(rows, dtype=np.int64))[:, None] - torch.arange(n_keys)[None, :]  # i - j
+        key_index = torch.from_numpy(np.arange(call.shape[2])[keys])
+        gap = torch.from_numpy(np.asarray(rows, dtype=np.int64))[:, None] - key_index[None, :]  # i - j
         if call.causal:
-            scores.masked_fill_(gap < 0, float("-inf"))
+            out.masked_fill_(gap < 0, float("-inf"))
         if call.window is not None:
-            scores.masked_fill_(gap >= call.window, float("-inf"))
+            out.masked_fill_(gap >= call.window, float("-inf"))
     if call.mask >= 0:
         m = masks[call.mask]
-        m = torch.from_numpy(m[head if m.shape[0] > 1 else 0][rows])
+        m = torch.from_numpy(np.ascontiguousarray(m[head if m.shape[0] > 1 else 0][rows][:, keys]))
         if m.dtype == torch.bool:
-            scores.masked_fill_(~m, float("-inf"))
+            out.masked_fill_(~m, float("-inf"))
         else:
-            scores += m
-    return torch.softmax(scores, dim=-1).nan_to_num_(0.0)
+            out += m
+    return out
+
+
+def probabilities(call: Call, masks: list[np.ndarray], head: int, rows: np.ndarray, keys=slice(None)) -> torch.Tensor:
+    """float32 ``[len(rows), keys]``: the probabilities of query ``rows`` of ``head`` (``keys``
+    must hold every key a row can see); a row with every key masked is 0."""
+    return torch.softmax(scores(call, masks, head, rows, keys), dim=-1).nan_to_num_(0.0)
 
 
 def _as_rows(queries, n: int) -> np.ndarray:
@@ -117,6 +125,7 @@ class LazyStack:
         self._dense: np.ndarray | None = None
         self._cache: OrderedDict = OrderedDict()
         self._cached_bytes = 0
+        self._lse: dict = {}  # (layer, head) -> float32 tensor [queries]: log-sum-exp of each row's scores
 
     @property
     def size(self) -> int:
@@ -141,16 +150,37 @@ class LazyStack:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit.copy()
-        out = np.empty((len(rows), call.shape[2]), dtype=np.float32)
-        step = max(1, ROW_BLOCK_ELEMENTS // max(call.shape[2], 1))
+        n_keys = call.shape[2]
+        out = np.zeros((len(rows), n_keys), dtype=np.float32)
+        step = max(1, ROW_BLOCK_ELEMENTS // max(n_keys, 1))
         for start in range(0, len(rows), step):
-            out[start:start + step] = probabilities(call, self.masks, head, rows[start:start + step]).numpy()
+            block = rows[start:start + step]
+            seen = n_keys  # a causal row i sees keys 0..i only: the rest stay 0
+            if call.causal and block.size:
+                seen = min(n_keys, int(block.max()) + 1)
+            out[start:start + len(block), :seen] = probabilities(call, self.masks, head, block, slice(0, seen)).numpy()
         if out.nbytes <= CACHE_BYTES // 4:
             self._cache[key] = out.copy()
             self._cached_bytes += out.nbytes
             while self._cached_bytes > CACHE_BYTES:
                 self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
         return out
+
+    def columns(self, layer: int, head: int, keys) -> np.ndarray:
+        """float32 ``[queries, len(keys)]``: the weight every query of one head gives ``keys``
+        (an index array). Each row's normaliser (log-sum-exp) is computed once per head, in
+        row blocks, and kept (4 bytes per query), so later columns cost a product with a few keys."""
+        call = self.calls[layer]
+        keys = np.atleast_1d(np.asarray(keys, dtype=np.int64))
+        lse = self._lse.get((layer, head))
+        rows = np.arange(call.shape[1])
+        if lse is None:
+            step = max(1, ROW_BLOCK_ELEMENTS // max(call.shape[2], 1))
+            lse = torch.cat([torch.logsumexp(scores(call, self.masks, head, rows[s:s + step]), dim=-1)
+                             for s in range(0, len(rows), step)])
+            self._lse[(layer, head)] = lse
+        out = torch.exp(scores(call, self.masks, head, rows, keys) - lse[:, None]).nan_to_num_(0.0)
+        return out.numpy()
 
     def dense(self) -> np.ndarray:
         """The whole stack as float16 ``[layers, heads, queries, keys]``; refused when large."""

@@ -151,6 +151,15 @@ class AttentionResult:
         rows = a[layer, head]
         return np.asarray(rows if queries is None else rows[queries], dtype=np.float32)
 
+    def attention_columns(self, layer: int, head: int, stack: str | None = None, keys=None) -> np.ndarray:
+        """float32 ``[queries, len(keys)]``: the weight every query of one head gives the key
+        tokens ``keys`` (an index array): a few columns without computing whole rows."""
+        a = self.attn[stack or self.stacks[0]]
+        keys = np.atleast_1d(np.asarray(keys, dtype=np.int64))
+        if isinstance(a, LazyStack):
+            return a.columns(layer, head, keys)
+        return np.asarray(a[layer, head][:, keys], dtype=np.float32)
+
     def is_lazy(self, stack: str) -> bool:
         """Whether ``stack`` is computed on demand rather than held as an array."""
         return isinstance(self.attn[stack], LazyStack)
