@@ -21,7 +21,7 @@ from attnviz.models import TRANSFORMERS_LOCK, store
 from attnviz.models.bundled import BUNDLED
 
 FAMILIES = ("encoder", "decoder", "encoder-decoder", "image", "custom")
-DECODER_TOKEN_CAP = 2048  # [30 layers, 9 heads, 2048, 2048] float16 is already 2.3 GB
+DECODER_TOKEN_CAP = 8192  # SmolLM2's context; attention is recorded, not materialised (attnviz.lazy)
 SEQ2SEQ_TOKEN_CAP = 512
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -7,11 +7,14 @@
   progress bar while a bundled model is fetched.
 - :func:`run_capture`: one AttentionResult per (model, input, options), kept in a bounded
   cache shared by sessions (``st.cache_resource`` hands out the same object without copying;
-  results are never mutated), with a spinner while it runs.
+  results are never mutated), with a spinner while it runs and a progress bar per attention
+  layer once it has run a second.
 """
 from __future__ import annotations
 
 import hashlib
+import time
+from contextlib import contextmanager
 
 import streamlit as st
 
@@ -24,6 +27,7 @@ from attnviz.ui.common import remember
 CAPTURE_CACHE_ENTRIES = 8
 CAPTURE_CACHE_TTL_S = 3600
 OWN_MODEL = "your own model…"
+PROGRESS_AFTER_S = 1.0  # a capture shows a progress bar once it has run this long
 
 
 def model_picker(families: tuple[str, ...], default: str, key: str = "model") -> str:
@@ -76,12 +80,32 @@ def get_model(name: str) -> attnviz.Model:
 
 @st.cache_resource(max_entries=CAPTURE_CACHE_ENTRIES, ttl=CAPTURE_CACHE_TTL_S, show_spinner=False)
 def _capture(name: str, text: str | None, pair: str | None, image_sha: str | None, _image,
-             target: str | None, generate: int, size: int | None) -> AttentionResult:
+             target: str | None, generate: int, size: int | None, _progress=None) -> AttentionResult:
     model = _load(name)
     if image_sha is not None:
-        return attnviz.capture(model, _image, size=size)
+        return attnviz.capture(model, _image, size=size, progress=_progress)
     input = (text, pair) if pair else text
-    return attnviz.capture(model, input, target=target, generate=generate)
+    return attnviz.capture(model, input, target=target, generate=generate, progress=_progress)
+
+
+@contextmanager
+def _not_replayed():
+    """Within: Streamlit calls are not recorded as part of the cached function that is running.
+
+    The capture's progress bar is drawn from inside ``_capture`` (a cache_resource function);
+    Streamlit would record those calls and replay them on every cache hit, onto a bar that no
+    longer exists. Marking the calls as outside a cached function (Streamlit's own context
+    variable) keeps the bar what it is: a sign of work being done now."""
+    try:
+        from streamlit.runtime.caching.cached_message_replay import in_cached_function
+    except ImportError:  # another Streamlit: draw as usual
+        yield
+        return
+    token = in_cached_function.set(False)
+    try:
+        yield
+    finally:
+        in_cached_function.reset(token)
 
 
 def run_capture(name: str, text: str | None = None, *, pair: str | None = None, image=None,
@@ -94,5 +118,20 @@ def run_capture(name: str, text: str | None = None, *, pair: str | None = None, 
     """
     get_model(name)
     sha = hashlib.sha256(image_bytes).hexdigest() if image_bytes is not None else None
-    with st.spinner(f"Running {name}…"):
-        return _capture(name, text, pair or None, sha, image, target or None, int(generate), size)
+    bar = None
+
+    def progress(fraction: float, message: str) -> None:  # a bar per layer, once a run takes a second
+        nonlocal bar
+        with _not_replayed():
+            if bar is None and time.perf_counter() - started > PROGRESS_AFTER_S:
+                bar = st.progress(0.0)
+            if bar is not None:
+                bar.progress(min(max(fraction, 0.0), 1.0), text=message)
+
+    started = time.perf_counter()
+    try:
+        with st.spinner(f"Running {name}…"):
+            return _capture(name, text, pair or None, sha, image, target or None, int(generate), size, progress)
+    finally:
+        if bar is not None:
+            bar.empty()
