@@ -16,12 +16,15 @@ attention implementation: SDPA where transformers supports it for the model (the
 eager attention; :func:`_default_attention` switches it for the capture, under the model's
 lock). SDPA runs are recorded by :class:`attnviz.recorder.record_attention` with
 ``lazy=True``: the queries, keys, scale and masks of every call, from which the maps are
-computed on demand (attnviz.lazy). A model whose attention does not go through SDPA
-(BLOOM's ALiBi, Gemma2's soft-capping, DeBERTa's disentangled terms) is run eagerly with
-``output_attentions=True`` and its maps materialised, which the result's warnings say.
+computed on demand (attnviz.lazy). A model without SDPA whose attention still goes through
+transformers' attention registry (Gemma2, which soft-caps its logits) is recorded the same way
+by a registered eager function. A model whose attention bypasses both (BLOOM's ALiBi, DeBERTa's
+disentangled terms) is run eagerly with ``output_attentions=True`` and its maps materialised,
+which the result's warnings say.
 """
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
 from typing import Callable, Union
@@ -34,7 +37,7 @@ from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text, to_rgb
 from attnviz.lazy import LazyStack
 from attnviz.models.loader import Model, token_cap
-from attnviz.recorder import record_attention
+from attnviz.recorder import RECORDING_EAGER, record_attention, register_eager_recording
 from attnviz.result import AttentionResult, PatchGrid
 
 TextInput = Union[str, tuple[str, str]]
@@ -74,22 +77,41 @@ def capture(model: Model, input, *, target: str | None = None, generate: int = 0
 # -- recording ------------------------------------------------------------------------------
 @contextmanager
 def _default_attention(net: torch.nn.Module):
-    """Within: the model runs SDPA when transformers supports it for the model (yields
-    whether it does); its implementation is set back afterwards."""
+    """Within: the model runs its default attention in a way that record_attention(lazy=True)
+    records (yields whether it does): SDPA when transformers supports it for the model; else,
+    for a model that calls its attention through transformers' registry, the recording eager
+    function (attnviz.recorder.RECORDING_EAGER). Its implementation is set back afterwards."""
     config = getattr(net, "config", None)
     before = getattr(config, "_attn_implementation", None)
-    switched = False
+    configs = []
     if before == "eager" and getattr(type(net), "_supports_sdpa", False):
         try:
             net.set_attn_implementation("sdpa")
-            switched = True
         except (ValueError, ImportError, KeyError):
             pass
+    elif before == "eager" and _eager_through_registry(net):
+        register_eager_recording()
+        configs = list({id(m.config): m.config for m in net.modules() if hasattr(m, "config")}.values())
+        for c in configs:
+            c._attn_implementation_internal = RECORDING_EAGER
+    now = getattr(config, "_attn_implementation", None)
     try:
-        yield getattr(config, "_attn_implementation", None) == "sdpa"
+        yield now in ("sdpa", RECORDING_EAGER)
     finally:
-        if switched:
+        for c in configs:
+            c._attn_implementation_internal = before
+        if now == "sdpa" and before != "sdpa":
             net.set_attn_implementation(before)
+
+
+def _eager_through_registry(net: torch.nn.Module) -> bool:
+    """Whether every attention module of ``net`` calls its attention function through
+    transformers' registry, with an ``eager_attention_forward`` beside it to delegate to."""
+    if not getattr(type(net), "_supports_attention_backend", False):
+        return False
+    attention = [m for m in net.modules() if type(m).__name__.endswith("Attention")]
+    return bool(attention) and all(hasattr(sys.modules[type(m).__module__], "eager_attention_forward")
+                                   for m in attention)
 
 
 def _layer_counts(net: torch.nn.Module, stacks: tuple[str, ...]) -> dict[str, int] | None:

@@ -17,6 +17,8 @@ same moment is unaffected.
 from __future__ import annotations
 
 import math
+import sys
+import threading
 
 import numpy as np
 import torch
@@ -51,6 +53,41 @@ def sdpa_probabilities(query, key, attn_mask=None, dropout_p=0.0, is_causal=Fals
     return torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a fully masked row is all zero
 
 
+RECORDING_EAGER = "attnviz_eager"  # the registered name of the recording eager attention function
+_active = threading.local()  # .stack: the record_attention contexts entered on this thread
+
+
+def _current():
+    """The innermost record_attention of this thread, or None."""
+    stack = getattr(_active, "stack", None)
+    return stack[-1] if stack else None
+
+
+def eager_recording_attention(module, query, key, value, attention_mask, **kwargs):
+    """An attention function for transformers' AttentionInterface: the model's own eager
+    function (its modeling module's ``eager_attention_forward``), and, when a lazy
+    record_attention is active on this thread, a Call recorded from its arguments."""
+    rec = _current()
+    if rec is not None and rec.lazy:
+        scale = kwargs.get("scaling")
+        scale = getattr(module, "scaling", None) if scale is None else scale
+        rec.calls.append(rec._record(query, key, attention_mask, scale=scale, softcap=kwargs.get("softcap")))
+        if rec.on_call is not None:
+            rec.on_call(len(rec.calls) + len(rec.maps))
+    eager = sys.modules[type(module).__module__].eager_attention_forward
+    return eager(module, query, key, value, attention_mask, **kwargs)
+
+
+def register_eager_recording() -> None:
+    """Register RECORDING_EAGER with transformers (attention function and mask function, the
+    eager one); idempotent."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(RECORDING_EAGER, eager_recording_attention)
+    AttentionMaskInterface.register(RECORDING_EAGER, eager_mask)
+
+
 _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 
 
@@ -71,6 +108,15 @@ class record_attention(TorchFunctionMode):
         self.masks: list = []
         self.lazy, self.on_call = lazy, on_call
         self._last_mask = None  # (the mask tensor last seen, its description)
+
+    def __enter__(self):
+        out = super().__enter__()
+        _active.stack = [*getattr(_active, "stack", []), self]
+        return out
+
+    def __exit__(self, *exc):
+        _active.stack = _active.stack[:-1]
+        return super().__exit__(*exc)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -98,7 +144,7 @@ class record_attention(TorchFunctionMode):
         return func(*args, **kwargs)
 
     def _record(self, query, key, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-                enable_gqa=False) -> Call:
+                enable_gqa=False, softcap=None) -> Call:
         """The Call of batch item 0: q [heads, queries, dim], k once per key/value head."""
         q, k = query.reshape(-1, *query.shape[-3:])[0], key.reshape(-1, *key.shape[-3:])[0]
         n_heads = q.shape[0]
@@ -115,7 +161,7 @@ class record_attention(TorchFunctionMode):
                     index = self._store_mask(left)
                 self._last_mask = (attn_mask, (causal, window, index))
         return Call(q=_array(q), k=_array(k), scale=float(default_scale(q.shape[-1]) if scale is None else scale),
-                    causal=causal, window=window, mask=index)
+                    causal=causal, window=window, mask=index, softcap=None if softcap is None else float(softcap))
 
     def _store_mask(self, mask: torch.Tensor) -> int:
         """Index of ``mask`` in self.masks, added unless equal to the last one stored."""

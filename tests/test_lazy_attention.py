@@ -65,8 +65,9 @@ def lazy_maps(stack) -> np.ndarray:
     return np.stack([[stack.rows(layer, head) for head in range(stack.shape[1])] for layer in range(stack.shape[0])])
 
 
-def check(net, stacks, *, lazy: bool = True, **inputs) -> dict:
-    """Record with attnviz and compare with the eager maps (and SDPA's when ``lazy``)."""
+def check(net, stacks, *, lazy: bool = True, sdpa: bool | None = None, **inputs) -> dict:
+    """Record with attnviz and compare with the eager maps (and SDPA's when ``sdpa``, by
+    default when ``lazy``)."""
     with torch.inference_mode():
         attn, warnings = capture_module._forward(model_of(net, "x"), stacks, None, **inputs)
     expected = eager_maps(net, stacks, **inputs)
@@ -79,6 +80,7 @@ def check(net, stacks, *, lazy: bool = True, **inputs) -> dict:
         assert np.abs(sums - 1).max() < TOL
     if lazy:
         assert warnings == []
+    if lazy if sdpa is None else sdpa:
         reference = sdpa_maps(net, **inputs)
         order = [(s, layer) for s in stacks for layer in range(attn[s].shape[0])]
         if len(stacks) == 3:  # encoder layers, then decoder self- and cross-attention alternately
@@ -88,7 +90,7 @@ def check(net, stacks, *, lazy: bool = True, **inputs) -> dict:
         for (s, layer), ref in zip(order, reference, strict=True):
             got = np.stack([attn[s].rows(layer, h) for h in range(attn[s].shape[1])])
             assert np.abs(got - ref).max() < TOL, (s, layer, np.abs(got - ref).max())
-    else:
+    if not lazy:
         assert warnings and "materialised" in warnings[0]
     return attn
 
@@ -128,12 +130,16 @@ def test_mistral_sliding_window_shorter_than_input(decoder_tokens):
     assert far.max() == 0  # outside the window
 
 
-def test_gemma2_soft_capping_falls_back_to_eager_maps(decoder_tokens):
+def test_gemma2_soft_capping_recorded_through_the_attention_registry(decoder_tokens):
     net = tiny(tf.Gemma2Config, tf.Gemma2ForCausalLM, vocab_size=49152, hidden_size=32, intermediate_size=64,
                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
                attn_logit_softcapping=5.0, sliding_window=4)
     ids = decoder_tokens
-    attn = check(net, ("decoder",), lazy=False, input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    assert net.config._attn_implementation == "eager"  # Gemma2 has no SDPA: eager is its default
+    attn = check(net, ("decoder",), sdpa=False, input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    local, full = attn["decoder"].calls
+    assert local.softcap == full.softcap == 5.0 and local.window == 4 and full.window is None
+    assert net.config._attn_implementation == "eager"  # set back
     assert_causal(attn["decoder"])
 
 
