@@ -140,23 +140,25 @@ def augmented_layer(attn_layer: np.ndarray, fusion: str = "mean", discard_ratio:
 
 
 def rollout(attn: np.ndarray, fusion: str = "mean", discard_ratio: float = 0.0,
-            source: int | None = None) -> np.ndarray:
+            source: int | None = None, layers: int | None = None) -> np.ndarray:
     """Attention rollout of ``attn[layer, head, n, n]``: ``R[i, j]``, how much output token i
     draws on input token j (rows sum to 1). With ``source``, only row ``source`` (``[n]``),
-    computed with vector-matrix products, which is what a long text needs.
+    computed with vector-matrix products, which is what a long text needs. ``layers``: only
+    the first that many layers (the rollout up to layer ``layers - 1``); None for all.
 
     Layers are fused one at a time from the top: R = (((I A'_L) A'_(L-1)) ... A'_1). With a
     ``source`` and no discarding, each layer is read a block of rows at a time (only the rows
     the source already draws on), so a lazy stack of any length works.
     """
     n = attn.shape[-1]
+    n_layers = attn.shape[0] if layers is None else min(layers, attn.shape[0])
     if source is not None and not discard_ratio:
         r = np.eye(n)[source]
-        for layer in reversed(range(attn.shape[0])):
+        for layer in reversed(range(n_layers)):
             r = _rollout_step(attn, layer, r, fusion)
         return r
     r = np.eye(n) if source is None else np.eye(n)[source]
-    for layer in reversed(range(attn.shape[0])):
+    for layer in reversed(range(n_layers)):
         r = r @ augmented_layer(attn[layer], fusion, discard_ratio)
     return r
 
