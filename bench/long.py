@@ -13,7 +13,9 @@ explorer on that result: the first head heatmap (figure built and serialised, by
 head switch (another head), and the overview of every head (built once, then cached).
 Targets at 8,192 tokens: first heatmap <= 1 s and <= 2 MB, a head switch <= 0.5 s.
 
-    python bench/long.py [--runs 3] [--cases smollm2-135m:2048,smollm2-135m:8192,minilm-l6:512,dinov2-small:448]
+    python bench/long.py [--runs 3] [--cases smollm2-135m:2048,smollm2-135m:8192:1,minilm-l6:512,dinov2-small:448]
+
+(a case is MODEL:SIZE[:RUNS], RUNS overriding --runs for that case).
 """
 from __future__ import annotations
 
@@ -148,18 +150,19 @@ def main() -> None:
     print(f"torch threads: {torch.get_num_threads()}, runs: {args.runs}, each in a fresh process\n")
     rows, view_rows = [], []
     for case in args.cases.split(","):
-        name, size = case.split(":")
+        name, size, *n_runs = case.split(":")  # MODEL:SIZE[:RUNS]
+        n_runs = int(n_runs[0]) if n_runs else args.runs
         runs = {"forward": [], "capture": []}
-        for run in range(args.runs):
+        for run in range(n_runs):
             for mode in ("forward", "capture"):
-                last = run == args.runs - 1 and mode == "capture"
+                last = run == n_runs - 1 and mode == "capture"
                 runs[mode].append(run_child(mode, name, int(size), views=last))
                 print(f"  {case} {mode} run {run + 1}: {runs[mode][-1]['time_s']:.2f} s, "
                       f"peak {runs[mode][-1]['peak_mb']:.0f} MB", flush=True)
         med = {m: {k: statistics.median(r[k] for r in runs[m]) for k in ("time_s", "peak_mb", "loaded_mb")}
                for m in runs}
         unit = "px" if name.startswith(("dinov2", "clip")) else "tokens"
-        rows.append(f"| {name} | {size} {unit} ({runs['capture'][0]['tokens']} tokens) "
+        rows.append(f"| {name} | {size} {unit} ({runs['capture'][0]['tokens']} tokens), {n_runs} runs "
                     f"| {med['forward']['time_s']:.2f} s | {med['capture']['time_s']:.2f} s "
                     f"| {med['capture']['time_s'] / med['forward']['time_s']:.2f}x "
                     f"| {med['forward']['peak_mb']:.0f} MB | {med['capture']['peak_mb']:.0f} MB "
