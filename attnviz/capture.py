@@ -41,7 +41,7 @@ from attnviz.recorder import RECORDING_EAGER, record_attention, register_eager_r
 from attnviz.result import AttentionResult, PatchGrid
 
 TextInput = Union[str, tuple[str, str]]
-MAX_IMAGE_TOKENS = 4096  # patches; bounds memory at [12, 12, 4096, 4096] float16 = 4.8 GB
+MAX_IMAGE_TOKENS = 4096  # patches; each head a view reads is 4096 x 4096 (attention is recorded, see attnviz.lazy)
 GENERATE_CAP = 256
 Progress = Callable[[float, str], None]  # (fraction done, message), as attnviz.models.store's
 

@@ -290,3 +290,32 @@ def test_digest_names_the_content(minilm):
     b = attnviz.capture(minilm, TEXT)
     c = attnviz.capture(minilm, TEXT + " More.")
     assert a.digest == b.digest != c.digest
+
+
+def test_eager_recording_is_per_thread(decoder_tokens):
+    """While a model is switched to the recording eager function, a thread with no recorder
+    runs it as plain eager attention and records nothing into another thread's recorder."""
+    import threading
+
+    net = tiny(tf.Gemma2Config, tf.Gemma2ForCausalLM, vocab_size=49152, hidden_size=32, intermediate_size=64,
+               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+               attn_logit_softcapping=5.0)
+    ids = decoder_tokens
+    with torch.inference_mode():
+        expected = net(input_ids=ids, use_cache=False).logits
+    outputs = []
+
+    def other():
+        with torch.inference_mode():
+            outputs.append(net(input_ids=ids, use_cache=False).logits)
+
+    with capture_module._default_attention(net) as recordable, torch.inference_mode():
+        assert recordable
+        with attnviz.record_attention(lazy=True) as rec:
+            thread = threading.Thread(target=other)
+            thread.start()
+            thread.join()
+            assert rec.calls == []
+            net(input_ids=ids, use_cache=False)
+        assert len(rec.calls) == 2
+    assert torch.equal(outputs[0], expected)
