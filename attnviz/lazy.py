@@ -73,12 +73,12 @@ def scores(call: Call, masks: list[np.ndarray], head: int, rows: np.ndarray, key
     if call.softcap is not None:
         out = torch.tanh(out / call.softcap) * call.softcap
     if call.causal or call.window is not None:
-        key_index = torch.from_numpy(np.arange(call.shape[2])[keys])
-        gap = torch.from_numpy(np.asarray(rows, dtype=np.int64))[:, None] - key_index[None, :]  # i - j
+        key_index = torch.from_numpy(np.arange(call.shape[2])[keys])[None, :]  # j
+        row_index = torch.from_numpy(np.asarray(rows, dtype=np.int64))[:, None]  # i
         if call.causal:
-            out.masked_fill_(gap < 0, float("-inf"))
+            out.masked_fill_(key_index > row_index, float("-inf"))
         if call.window is not None:
-            out.masked_fill_(gap >= call.window, float("-inf"))
+            out.masked_fill_(key_index <= row_index - call.window, float("-inf"))  # i - j >= window
     if call.mask >= 0:
         m = masks[call.mask]
         m = torch.from_numpy(np.ascontiguousarray(m[head if m.shape[0] > 1 else 0][rows][:, keys]))
