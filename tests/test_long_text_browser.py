@@ -8,7 +8,7 @@ import pytest
 
 from browser import screenshot, wait_for_app
 
-LONG = " ".join(f"Sentence {i} tells how the river met the old stone bridge near the hill." for i in range(330))
+LONG = " ".join(f"Sentence {i} tells how the river met the old stone bridge near the hill." for i in range(240))  # 4,211 tokens
 HEATMAP = ".st-key-text_heatmap"
 OVERVIEW = ".st-key-text_overview"
 FOCUS = ".st-key-text_focus_to"
