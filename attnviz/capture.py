@@ -27,7 +27,7 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import contextmanager
-from typing import Callable, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from PIL import Image
 from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text, to_rgb
 from attnviz.lazy import LazyStack
+from attnviz.models.converters.common import Progress  # (fraction in [0, 1], message), the store's too
 from attnviz.models.loader import Model, token_cap
 from attnviz.recorder import RECORDING_EAGER, record_attention, register_eager_recording
 from attnviz.result import AttentionResult, PatchGrid
@@ -43,7 +44,6 @@ from attnviz.result import AttentionResult, PatchGrid
 TextInput = Union[str, tuple[str, str]]
 MAX_IMAGE_TOKENS = 4096  # patches; each head a view reads is 4096 x 4096 (attention is recorded, see attnviz.lazy)
 GENERATE_CAP = 256
-Progress = Callable[[float, str], None]  # (fraction done, message), as attnviz.models.store's
 
 
 def capture(model: Model, input, *, target: str | None = None, generate: int = 0,
