@@ -23,6 +23,7 @@ streaming access: float32 ``[queries, keys]`` of one head.
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -126,6 +127,7 @@ class LazyStack:
         self._cache: OrderedDict = OrderedDict()
         self._cached_bytes = 0
         self._lse: dict = {}  # (layer, head) -> float32 tensor [queries]: log-sum-exp of each row's scores
+        self._lock = threading.Lock()  # sessions share results: the caches are changed under it
 
     @property
     def size(self) -> int:
@@ -146,10 +148,11 @@ class LazyStack:
         call = self.calls[layer]
         rows = _as_rows(queries, call.shape[1])
         key = (layer, head, rows.tobytes())
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit.copy()
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit.copy()
         n_keys = call.shape[2]
         out = np.zeros((len(rows), n_keys), dtype=np.float32)
         step = max(1, ROW_BLOCK_ELEMENTS // max(n_keys, 1))
@@ -160,10 +163,12 @@ class LazyStack:
                 seen = min(n_keys, int(block.max()) + 1)
             out[start:start + len(block), :seen] = probabilities(call, self.masks, head, block, slice(0, seen)).numpy()
         if out.nbytes <= CACHE_BYTES // 4:
-            self._cache[key] = out.copy()
-            self._cached_bytes += out.nbytes
-            while self._cached_bytes > CACHE_BYTES:
-                self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
+            with self._lock:
+                if key not in self._cache:
+                    self._cache[key] = out.copy()
+                    self._cached_bytes += out.nbytes
+                while self._cached_bytes > CACHE_BYTES and self._cache:
+                    self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
         return out
 
     def columns(self, layer: int, head: int, keys) -> np.ndarray:
