@@ -123,7 +123,11 @@ def _capture(args) -> int:
     if args.pair:
         input = (input, args.pair)
     model = attnviz.load_model(args.model, progress=_progress_bar(args.model))
-    result = attnviz.capture(model, input, target=args.target, generate=args.generate, size=args.size)
+    progress = _progress_bar("attention") if sys.stderr.isatty() else None  # a bar per layer on a terminal
+    result = attnviz.capture(model, input, target=args.target, generate=args.generate, size=args.size,
+                             progress=progress)
+    if progress is not None:
+        sys.stderr.write("\n")
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     result.save(args.out)
