@@ -173,9 +173,16 @@ class AttentionResult:
         for volatile in ("timings", "warnings"):
             meta.pop(volatile)
         h.update(json.dumps(meta, sort_keys=True).encode())
-        for name, array in sorted(self._arrays(lazy=True).items()):
-            h.update(name.encode())
-            h.update(np.ascontiguousarray(array).data)
+        for s in self.stacks:  # array by array, never a stacked copy of the recorded tensors
+            a = self.attn[s]
+            parts = ([x for c in a.calls for x in (c.q, c.k, np.array([c.scale, c.causal, c.window or 0, c.mask,
+                                                                      c.softcap or 0.0]))] + a.masks
+                     if isinstance(a, LazyStack) else [a])
+            h.update(s.encode())
+            for x in parts:
+                h.update(np.ascontiguousarray(x).data)
+        if self.image is not None:
+            h.update(np.ascontiguousarray(self.image).data)
         return h.hexdigest()
 
     # -- saving and loading ----------------------------------------------------------------
