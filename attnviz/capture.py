@@ -18,11 +18,22 @@ Inputs by family:
   :func:`attnviz.record_attention` and the result is built from the maps recorded (see
   ``_capture_recorded``).
 
-Attention is always taken in eval mode and without gradients.
+Attention is always taken in eval mode and without gradients, with the model's default
+attention implementation: SDPA where transformers supports it for the model (the loader loads
+eager attention; :func:`_default_attention` switches it for the capture, under the model's
+lock). SDPA runs are recorded by :class:`attnviz.recorder.record_attention` with
+``lazy=True``: the queries, keys, scale and masks of every call, from which the maps are
+computed on demand (attnviz.lazy). A model without SDPA whose attention still goes through
+transformers' attention registry (Gemma2, which soft-caps its logits) is recorded the same way
+by a registered eager function. A model whose attention bypasses both (BLOOM's ALiBi, DeBERTa's
+disentangled terms) is run eagerly with ``output_attentions=True`` and its maps materialised,
+which the result's warnings say.
 """
 from __future__ import annotations
 
+import sys
 import time
+from contextlib import contextmanager
 from typing import Union
 
 import numpy as np
@@ -32,23 +43,26 @@ from PIL import Image
 from attnviz import limits
 from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text, to_rgb
+from attnviz.lazy import LazyStack
 from attnviz.limits import token_cap
+from attnviz.models.converters.common import Progress  # (fraction in [0, 1], message), the store's too
 from attnviz.models.model import Model
-from attnviz.recorder import record_attention
+from attnviz.recorder import RECORDING_EAGER, record_attention, register_eager_recording
 from attnviz.result import AttentionResult, PatchGrid, grid_tokens
 
 TextInput = Union[str, tuple[str, str]]
-MAX_IMAGE_TOKENS = 4096  # patches; bounds memory at [12, 12, 4096, 4096] float16 = 4.8 GB
+MAX_IMAGE_TOKENS = 4096  # patches; each head a view reads is 4096 x 4096 (attention is recorded, see attnviz.lazy)
 CHARS_PER_TOKEN = 20  # a text is cut at max_tokens * this many characters before it is tokenised
 GENERATE_CAP = 256
 
 
 def capture(model: Model, input, *, target: str | None = None, generate: int = 0,
-            size: int | None = None, prompt: str | None = None) -> AttentionResult:
+            size: int | None = None, prompt: str | None = None, progress: Progress | None = None) -> AttentionResult:
     """Run ``model`` on ``input`` and return all its attention maps (see the module docstring).
 
     Options that do not apply to the model's family or to the input are refused with an
-    AttnvizError, never ignored."""
+    AttnvizError, never ignored. progress: called after each attention call of the recorded
+    forward pass (one per layer and stack) with the fraction done and a message."""
     started = time.perf_counter()
     check_options(model, input, target=target, generate=generate, size=size, prompt=prompt)
     cut: list[str] = []  # before any lock: a huge text is cut here, so tokenising it blocks nobody
@@ -63,7 +77,7 @@ def capture(model: Model, input, *, target: str | None = None, generate: int = 0
             result = _capture_vision_language(model, input, prompt or "", generate)
         elif model.family == "image":
             if isinstance(input, Image.Image):
-                result = _capture_image(model, input, size)
+                result = _capture_image(model, input, size, progress)
             elif model.text_tower is not None:
                 result = _capture_text_tower(model, _one_text(input, model))
             else:
@@ -74,11 +88,11 @@ def capture(model: Model, input, *, target: str | None = None, generate: int = 0
             if isinstance(input, Image.Image):
                 raise AttnvizError(f"{model.name} is a text model: give it text, not an image.")
             if model.family == "encoder":
-                result = _capture_encoder(model, input)
+                result = _capture_encoder(model, input, progress)
             elif model.family == "decoder":
-                result = _capture_decoder(model, _one_text(input, model), generate)
+                result = _capture_decoder(model, _one_text(input, model), generate, progress)
             else:
-                result = _capture_seq2seq(model, _one_text(input, model), target)
+                result = _capture_seq2seq(model, _one_text(input, model), target, progress)
     result.timings["total_s"] = time.perf_counter() - started
     result.warnings[:0] = cut
     return result
@@ -134,6 +148,99 @@ def check_options(model: Model, input, *, target=None, generate: int = 0, size: 
 
 def _a(family: str) -> str:
     return f"{'an' if family[0] in 'aeiou' else 'a'} {family}"
+
+
+# -- recording ------------------------------------------------------------------------------
+@contextmanager
+def _default_attention(net: torch.nn.Module):
+    """Within: the model runs its default attention in a way that record_attention(lazy=True)
+    records (yields whether it does): SDPA when transformers supports it for the model; else,
+    for a model that calls its attention through transformers' registry, the recording eager
+    function (attnviz.recorder.RECORDING_EAGER). Its implementation is set back afterwards."""
+    config = getattr(net, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    configs = []
+    if before == "eager" and getattr(type(net), "_supports_sdpa", False):
+        try:
+            net.set_attn_implementation("sdpa")
+        except (ValueError, ImportError, KeyError):
+            pass
+    elif before == "eager" and _eager_through_registry(net):
+        register_eager_recording()
+        configs = list({id(m.config): m.config for m in net.modules() if hasattr(m, "config")}.values())
+        for c in configs:
+            c._attn_implementation_internal = RECORDING_EAGER
+    now = getattr(config, "_attn_implementation", None)
+    try:
+        yield now in ("sdpa", RECORDING_EAGER)
+    finally:
+        for c in configs:
+            c._attn_implementation_internal = before
+        if now == "sdpa" and before != "sdpa":
+            net.set_attn_implementation(before)
+
+
+def _eager_through_registry(net: torch.nn.Module) -> bool:
+    """Whether every attention module of ``net`` calls its attention function through
+    transformers' registry, with an ``eager_attention_forward`` beside it to delegate to."""
+    if not getattr(type(net), "_supports_attention_backend", False):
+        return False
+    attention = [m for m in net.modules() if type(m).__name__.endswith("Attention")]
+    return bool(attention) and all(hasattr(sys.modules[type(m).__module__], "eager_attention_forward")
+                                   for m in attention)
+
+
+def _layer_counts(net: torch.nn.Module, stacks: tuple[str, ...]) -> dict[str, int] | None:
+    """Layers per stack from the model's config, or None when the config does not say."""
+    config = getattr(net, "config", None)
+    if stacks == ("encoder", "decoder", "cross"):
+        enc = getattr(config, "encoder_layers", None) or getattr(config, "num_layers", None)
+        dec = getattr(config, "decoder_layers", None) or getattr(config, "num_decoder_layers", None) or enc
+        return None if not enc else {"encoder": enc, "decoder": dec, "cross": dec}
+    layers = getattr(config, "num_hidden_layers", None)
+    return None if not layers else {stacks[0]: layers}
+
+
+def _split_calls(calls: list, counts: dict[str, int]) -> dict[str, list] | None:
+    """Recorded calls in call order -> calls per stack (an encoder-decoder runs the encoder's
+    layers, then decoder self- and cross-attention alternately); None when they do not fit."""
+    if len(calls) != sum(counts.values()):
+        return None
+    if len(counts) == 1:
+        return {next(iter(counts)): calls}
+    enc = counts["encoder"]
+    return {"encoder": calls[:enc], "decoder": calls[enc::2], "cross": calls[enc + 1::2]}
+
+
+def _forward(model: Model, stacks: tuple[str, ...], progress: Progress | None, net: torch.nn.Module | None = None,
+             **inputs):
+    """Run the model (or ``net``, a part of it such as a two-tower model's vision tower) once and
+    return ``({stack: maps}, warnings)``: recorded lazy stacks when it runs SDPA (see the module
+    docstring), else materialised float16 eager maps."""
+    net = net or model.net
+    counts = _layer_counts(net, stacks)
+    total = sum(counts.values()) if counts else 0
+
+    def on_call(n: int) -> None:
+        if progress is not None and total:
+            progress(min(n / total, 1.0), f"Running {model.name}: attention call {n} of {total}")
+
+    with _default_attention(net) as sdpa:
+        if sdpa and counts:
+            with record_attention(lazy=True, on_call=on_call) as rec:
+                net(**inputs)
+            split = _split_calls(rec.calls, counts) if not rec.maps else None
+            try:
+                if split is not None:
+                    return {s: LazyStack(split[s], rec.masks) for s in stacks}, []
+            except ValueError:
+                pass
+    out = net(**inputs, output_attentions=True)
+    names = {"encoder": "encoder_attentions" if len(stacks) > 1 else "attentions",
+             "decoder": "decoder_attentions" if len(stacks) > 1 else "attentions", "cross": "cross_attentions"}
+    warning = (f"{model.name} computes attention in a way attnviz does not recompute from its inputs, so its "
+               "maps were materialised in full (memory grows with the square of the length).")
+    return {s: _stack(_attentions(out, model, names[s])) for s in stacks}, [warning]
 
 
 # -- text ---------------------------------------------------------------------------------
@@ -216,7 +323,7 @@ def _stack(attentions) -> np.ndarray:
     return out.numpy()
 
 
-def _capture_encoder(model: Model, input: TextInput) -> AttentionResult:
+def _capture_encoder(model: Model, input: TextInput, progress: Progress | None = None) -> AttentionResult:
     a, b = (input if isinstance(input, tuple) else (input, None))
     a = clean_text(str(a))
     b = clean_text(str(b)) if b is not None and str(b).strip() else None
@@ -225,18 +332,18 @@ def _capture_encoder(model: Model, input: TextInput) -> AttentionResult:
     ids = enc["input_ids"][0].tolist()
     t1 = time.perf_counter()
     inputs = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-    out = model.net(**inputs, output_attentions=True)
+    attn, notes = _forward(model, ("encoder",), progress, **inputs)
+    warnings += notes
     t2 = time.perf_counter()
-    attn = _stack(_attentions(out, model))
     segments = enc["token_type_ids"][0].tolist() if b is not None else None
     return AttentionResult(
-        kind="text", model=model.name, attn={"encoder": attn}, tokens=_tokens(model, ids),
+        kind="text", model=model.name, attn=attn, tokens=_tokens(model, ids),
         special=_special(model, ids, enc), word_spans=_word_spans(enc, len(ids)), segments=segments,
         timings={"tokenize_s": t1 - t0, "forward_s": t2 - t1, "copy_s": time.perf_counter() - t2},
         warnings=warnings)
 
 
-def _capture_decoder(model: Model, prompt: str, generate: int) -> AttentionResult:
+def _capture_decoder(model: Model, prompt: str, generate: int, progress: Progress | None = None) -> AttentionResult:
     generate = max(0, min(int(generate), GENERATE_CAP))
     t0 = time.perf_counter()
     enc, warnings = _encode(model, prompt, limit=max(1, model.max_tokens - generate))
@@ -248,20 +355,22 @@ def _capture_decoder(model: Model, prompt: str, generate: int) -> AttentionResul
         ids = model.net.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=generate,
                                  do_sample=False, pad_token_id=pad)
     t2 = time.perf_counter()
-    out = model.net(input_ids=ids, attention_mask=torch.ones_like(ids), output_attentions=True, use_cache=False)
+    attn, notes = _forward(model, ("decoder",), progress, input_ids=ids, attention_mask=torch.ones_like(ids),
+                           use_cache=False)
+    warnings += notes
     t3 = time.perf_counter()
-    attn = _stack(_attentions(out, model))
     all_ids = ids[0].tolist()
     spans = _word_spans(enc, prompt_len) + [(i, i + 1) for i in range(prompt_len, len(all_ids))]
     return AttentionResult(
-        kind="text", model=model.name, attn={"decoder": attn}, tokens=_tokens(model, all_ids),
+        kind="text", model=model.name, attn=attn, tokens=_tokens(model, all_ids),
         special=_special(model, all_ids, enc), word_spans=spans, causal=True, prompt_len=prompt_len,
         timings={"tokenize_s": t1 - t0, "generate_s": t2 - t1, "forward_s": t3 - t2,
                  "copy_s": time.perf_counter() - t3},
         warnings=warnings)
 
 
-def _capture_seq2seq(model: Model, source: str, target: str | None) -> AttentionResult:
+def _capture_seq2seq(model: Model, source: str, target: str | None,
+                     progress: Progress | None = None) -> AttentionResult:
     source = clean_text(str(source))
     t0 = time.perf_counter()
     enc, warnings = _encode(model, source)
@@ -277,16 +386,16 @@ def _capture_seq2seq(model: Model, source: str, target: str | None) -> Attention
         tgt = model.net.generate(src, attention_mask=torch.ones_like(src), max_new_tokens=48, do_sample=False,
                                  decoder_start_token_id=start)
     t2 = time.perf_counter()
-    out = model.net(input_ids=src, attention_mask=torch.ones_like(src), decoder_input_ids=tgt,
-                    output_attentions=True, use_cache=False)
+    attn, notes = _forward(model, ("encoder", "decoder", "cross"), progress, input_ids=src,
+                           attention_mask=torch.ones_like(src), decoder_input_ids=tgt, use_cache=False)
+    warnings += notes
     t3 = time.perf_counter()
     src_ids, tgt_ids = src[0].tolist(), tgt[0].tolist()
     target_spans = ([(0, 1)] + [(s + 1, e + 1) for s, e in _word_spans(tgt_enc, len(tgt_ids) - 1)]
                     if tgt_enc is not None else [(i, i + 1) for i in range(len(tgt_ids))])
     return AttentionResult(
         kind="text", model=model.name,
-        attn={"encoder": _stack(out.encoder_attentions), "decoder": _stack(out.decoder_attentions),
-              "cross": _stack(out.cross_attentions)},
+        attn=attn,
         tokens=_tokens(model, src_ids), special=_special(model, src_ids, enc),
         word_spans=_word_spans(enc, len(src_ids)),
         target_tokens=_tokens(model, tgt_ids), target_special=_special(model, tgt_ids),
@@ -329,9 +438,10 @@ def _capture_text_tower(model: Model, text: str) -> AttentionResult:
         warnings=warnings)
 
 
-def _attentions(out, model: Model):
-    """The per-layer attention maps of a transformers output; a clear error when there are none."""
-    attentions = getattr(out, "attentions", None)
+def _attentions(out, model: Model, name: str = "attentions"):
+    """The per-layer attention maps ``out.<name>`` of a transformers output; a clear error when
+    there are none."""
+    attentions = getattr(out, name, None)
     if not attentions or any(a is None for a in attentions):
         raise AttnvizError(f"{model.name} returned no attention maps: its architecture "
                            f"({type(model.net).__name__}) does not expose them.")
@@ -375,7 +485,8 @@ def image_pixels(model: Model, image: Image.Image, size: int | None) -> tuple[to
     return _pixel_values(seen, model), seen
 
 
-def _capture_image(model: Model, image: Image.Image, size: int | None) -> AttentionResult:
+def _capture_image(model: Model, image: Image.Image, size: int | None,
+                   progress: Progress | None = None) -> AttentionResult:
     spec = model.image
     t0 = time.perf_counter()
     pixel_values, seen = image_pixels(model, image, size)
@@ -385,18 +496,17 @@ def _capture_image(model: Model, image: Image.Image, size: int | None) -> Attent
         return _capture_windowed(model, seen, pixel_values, t1 - t0)
     net = model.vision_tower
     kwargs = {"interpolate_pos_encoding": True} if _accepts(net, "interpolate_pos_encoding") else {}
-    out = net(pixel_values=pixel_values, output_attentions=True, **kwargs)
+    attn, warnings = _forward(model, ("encoder",), progress, net=net, pixel_values=pixel_values, **kwargs)
     t2 = time.perf_counter()
-    attn = _stack(_attentions(out, model))
     rows, cols = h // spec.patch, w // spec.patch
-    prefix = attn.shape[-1] - rows * cols
+    prefix = attn["encoder"].shape[-1] - rows * cols
     grid = PatchGrid(rows=rows, cols=cols, patch_px=spec.patch, prefix=prefix)
     tokens = prefix_names(net, prefix) + grid_tokens(grid)
     return AttentionResult(
-        kind="image", model=model.name, attn={"encoder": attn}, tokens=tokens,
+        kind="image", model=model.name, attn=attn, tokens=tokens, warnings=warnings,
         special=[i < prefix for i in range(len(tokens))], grid=grid,
         image=np.asarray(seen, dtype=np.uint8),
-        timings={"preprocess_s": t1 - t0, "forward_s": t2 - t1, "copy_s": time.perf_counter() - t2})
+        timings={"preprocess_s": t1 - t0, "forward_s": t2 - t1})
 
 
 def _pixel_values(seen: Image.Image, model: Model) -> torch.Tensor:

@@ -204,8 +204,11 @@ def _capture(args) -> int:
     if args.pair:
         input = (input, args.pair)
     model = attnviz.load_model(args.model, progress=_progress_bar(args.model))
+    progress = _progress_bar("attention") if sys.stderr.isatty() else None  # a bar per layer on a terminal
     result = attnviz.capture(model, input, target=args.target, generate=args.generate, size=args.size,
-                             **({"prompt": args.prompt} if args.prompt is not None else {}))
+                             progress=progress, **({"prompt": args.prompt} if args.prompt is not None else {}))
+    if progress is not None:
+        sys.stderr.write("\n")
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     result.save(args.out)
@@ -268,7 +271,7 @@ def _flow(args) -> int:
     if not 0 <= args.source < n:
         raise AttnvizError(f"--from must be a token index in 0..{n - 1}")
     if args.method == "rollout":
-        weights = rollout(attn, fusion=args.fusion)[args.source]
+        weights = rollout(attn, fusion=args.fusion, source=args.source)
     else:
         weights = attention_flow(attn, args.source, fusion=args.fusion)
     tokens = result.key_tokens(stack)

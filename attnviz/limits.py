@@ -76,26 +76,33 @@ def token_cap(limit: int) -> int:
 
 
 # -- what a capture costs --------------------------------------------------------------------
-def capture_bytes(n: int, layers: int, heads: int, hidden: int, stacks: int = 1) -> int:
+def capture_bytes(n: int, layers: int, heads: int, hidden: int, stacks: int = 1, recorded: bool = True) -> int:
     """Bytes one capture of ``n`` tokens takes beyond the model's weights (an upper estimate).
 
-    The maps: the model returns float32 ``[heads, n, n]`` per layer and attnviz keeps float16
-    ``[layers, heads, n, n]`` per stack (6 bytes a score), plus one layer's working set (scores
-    and softmax in float32, 8 bytes a score) and the hidden states of every layer (float32
-    ``[n, hidden]``, about 12 such arrays a layer: q, k, v, the MLP's 4x width and outputs).
+    ``recorded`` (the model runs SDPA or transformers' attention registry, so attnviz records
+    its queries and keys, see attnviz.lazy): queries and keys of every layer in float32
+    (``2 x [n, hidden]`` a layer), one layer's working set (about 12 arrays ``[n, hidden]``:
+    q, k, v, the MLP's 4x width and outputs), and the maps of a small result, which are built
+    once and kept (at most 2^26 weights in float16). Otherwise the maps are materialised: the
+    model returns float32 ``[heads, n, n]`` per layer and attnviz keeps float16 (6 bytes a
+    score), plus one layer's scores and softmax in float32 (8 bytes a score) and the hidden
+    states.
     """
     scores = n * n * heads
-    return stacks * layers * scores * 6 + scores * 8 + stacks * layers * n * hidden * 4 * 12
+    states = stacks * layers * n * hidden * 4 * 12
+    if recorded:
+        return stacks * layers * n * hidden * 8 + n * hidden * 4 * 12 + min(stacks * layers * scores, 2**26) * 2
+    return stacks * layers * scores * 6 + scores * 8 + states
 
 
-def tokens_within(limit: int, layers: int, heads: int, hidden: int, stacks: int = 1) -> int:
+def tokens_within(limit: int, layers: int, heads: int, hidden: int, stacks: int = 1, recorded: bool = True) -> int:
     """The longest input, at most ``limit`` tokens, whose :func:`capture_bytes` fits the
     capture budget (0 when not even one token fits)."""
     room = budget(CAPTURE_BYTES)
     lo, hi = 0, max(int(limit), 0)
     while lo < hi:  # capture_bytes grows with n: bisect on it
         mid = (lo + hi + 1) // 2
-        if capture_bytes(mid, layers, heads, hidden, stacks) <= room:
+        if capture_bytes(mid, layers, heads, hidden, stacks, recorded) <= room:
             lo = mid
         else:
             hi = mid - 1

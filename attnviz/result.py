@@ -26,23 +26,39 @@ A result holds every attention map of one model run on one input:
   in tiles (Idefics3, SmolVLM). ``attn["decoder"][l, h, q][image_tokens[name]]`` is then
   query ``q``'s attention over that grid.
 
-It saves to and loads from one ``.npz`` file: one float16 array per stack named
-``attn_<stack>``, the optional ``image`` (uint8 [height, width, 3], the picture the model saw)
-and ``meta``, a JSON string with the rest.
+A stack is either a float16 numpy array or an :class:`attnviz.lazy.LazyStack`, which records
+what defines the maps and computes them on demand (a capture records every model that runs
+SDPA that way). Both index like ``[layers, heads, queries, keys]``; a large lazy stack refuses
+to be materialised whole. :meth:`AttentionResult.attention` reads one head, float32
+``[queries, keys]``, and is what the views and statistics stream over.
+
+It saves to and loads from one ``.npz`` file with ``meta``, a JSON string with the rest
+(``meta["format"]`` is FORMAT_VERSION), and the optional ``image`` (uint8 [height, width, 3],
+the picture the model saw). A result of at most NPZ_MAPS_MAX attention weights in all is
+written as today: one float16 array per stack named ``attn_<stack>`` (compressed). A larger
+lazy one is written as what was recorded, uncompressed: per stack ``q_<stack>`` float32
+``[layers, heads, queries, dim]``, ``k_<stack>`` float32 ``[layers, kv_heads, keys, dim]``,
+its masks ``mask_<stack>_<i>``, and per layer scale, causal flag, window, mask index and
+soft-cap in ``meta["recorded"][stack]``; loading it recomputes the maps on demand.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from attnviz.lazy import Call, LazyStack
+
 STACKS = ("encoder", "decoder", "cross")
 STAGE = re.compile(r"^stage[1-9][0-9]*$")  # windowed, hierarchical image models: one stack per stage
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: attn_<stack> arrays only; 2: also recorded stacks (see the module docstring)
+NPZ_MAPS_MAX = 2 ** 26  # attention weights in all up to which the maps themselves are saved (128 MB float16)
 
 
 @dataclass(frozen=True)
@@ -87,7 +103,7 @@ class AttentionResult:
 
     kind: str  # "text" or "image"
     model: str
-    attn: dict[str, np.ndarray]
+    attn: dict[str, np.ndarray | LazyStack]
     tokens: list[str]
     special: list[bool]
     word_spans: list[tuple[int, int]] = field(default_factory=list)
@@ -113,7 +129,8 @@ class AttentionResult:
         for stack, a in self.attn.items():
             if a.ndim != 4:
                 raise ValueError(f"attn[{stack!r}] must be [layers, heads, queries, keys], got {a.shape}")
-            self.attn[stack] = a.astype(np.float16, copy=False)
+            if not isinstance(a, LazyStack):
+                self.attn[stack] = a.astype(np.float16, copy=False)
         if len(self.special) != len(self.tokens):
             raise ValueError("special must have one flag per token")
         self.word_spans = [tuple(s) for s in self.word_spans]
@@ -201,6 +218,50 @@ class AttentionResult:
                    special=list(special) if special is not None else [False] * n_key,
                    grid=grid, image=image, causal=bool(causal))
 
+    def attention(self, layer: int, head: int, stack: str | None = None, queries=None) -> np.ndarray:
+        """float32 ``[queries, keys]``: one head's attention. queries: None for every row, a
+        slice or an index array (rows in that order). Lazy stacks compute only those rows, in
+        row blocks, with a small cache (attnviz.lazy)."""
+        a = self.attn[stack or self.stacks[0]]
+        if isinstance(a, LazyStack):
+            return a.rows(layer, head, queries)
+        rows = a[layer, head]
+        return np.asarray(rows if queries is None else rows[queries], dtype=np.float32)
+
+    def attention_columns(self, layer: int, head: int, stack: str | None = None, keys=None) -> np.ndarray:
+        """float32 ``[queries, len(keys)]``: the weight every query of one head gives the key
+        tokens ``keys`` (an index array): a few columns without computing whole rows."""
+        a = self.attn[stack or self.stacks[0]]
+        keys = np.atleast_1d(np.asarray(keys, dtype=np.int64))
+        if isinstance(a, LazyStack):
+            return a.columns(layer, head, keys)
+        return np.asarray(a[layer, head][:, keys], dtype=np.float32)
+
+    def is_lazy(self, stack: str) -> bool:
+        """Whether ``stack`` is computed on demand rather than held as an array."""
+        return isinstance(self.attn[stack], LazyStack)
+
+    @cached_property
+    def digest(self) -> str:
+        """A content digest naming this result in caches (computed once): the model, tokens,
+        image and the attention data (recorded tensors or maps)."""
+        h = hashlib.blake2b(digest_size=16)
+        meta = self.meta()
+        for volatile in ("timings", "warnings"):
+            meta.pop(volatile)
+        h.update(json.dumps(meta, sort_keys=True).encode())
+        for s in self.stacks:  # array by array, never a stacked copy of the recorded tensors
+            a = self.attn[s]
+            parts = ([x for c in a.calls for x in (c.q, c.k, np.array([c.scale, c.causal, c.window or 0, c.mask,
+                                                                      c.softcap or 0.0]))] + a.masks
+                     if isinstance(a, LazyStack) else [a])
+            h.update(s.encode())
+            for x in parts:
+                h.update(np.ascontiguousarray(x).data)
+        if self.image is not None:
+            h.update(np.ascontiguousarray(self.image).data)
+        return h.hexdigest()
+
     # -- saving and loading ----------------------------------------------------------------
     def meta(self) -> dict:
         """Everything but the arrays, as plain JSON-able values."""
@@ -225,15 +286,40 @@ class AttentionResult:
             "image_tokens": self.image_tokens,
         }
 
-    def _write(self, f) -> None:
-        arrays = {f"attn_{s}": self.attn[s] for s in self.stacks}
+    def saves_recorded(self) -> bool:
+        """Whether :meth:`save` writes what was recorded rather than the maps (see the module
+        docstring): the result is lazy and has more than NPZ_MAPS_MAX weights."""
+        total = sum(int(np.prod(self.attn[s].shape)) for s in self.stacks)
+        return total > NPZ_MAPS_MAX and all(self.is_lazy(s) for s in self.stacks)
+
+    def _arrays(self, lazy: bool) -> dict[str, np.ndarray]:
+        """The arrays of the .npz (without meta): maps, or recorded tensors when ``lazy``."""
+        arrays = {}
+        for s in self.stacks:
+            a = self.attn[s]
+            if lazy and isinstance(a, LazyStack):
+                arrays[f"q_{s}"] = np.stack([c.q for c in a.calls])
+                arrays[f"k_{s}"] = np.stack([c.k for c in a.calls])
+                arrays.update({f"mask_{s}_{i}": m for i, m in enumerate(a.masks)})
+            else:
+                arrays[f"attn_{s}"] = np.asarray(a)
         if self.image is not None:
             arrays["image"] = self.image
-        arrays["meta"] = np.array(json.dumps(self.meta(), ensure_ascii=False))
-        np.savez_compressed(f, **arrays)
+        return arrays
+
+    def _write(self, f) -> None:
+        recorded = self.saves_recorded()
+        meta = self.meta()
+        if recorded:
+            meta["recorded"] = {s: [{"scale": c.scale, "causal": c.causal, "window": c.window, "mask": c.mask,
+                                     "softcap": c.softcap} for c in self.attn[s].calls] for s in self.stacks}
+        arrays = self._arrays(lazy=recorded)
+        arrays["meta"] = np.array(json.dumps(meta, ensure_ascii=False))
+        (np.savez if recorded else np.savez_compressed)(f, **arrays)
 
     def save(self, path: str | Path) -> Path:
-        """Write one .npz: ``attn_<stack>`` float16 arrays, optional ``image``, ``meta`` JSON."""
+        """Write one .npz (see the module docstring): maps or recorded tensors, optional
+        ``image``, ``meta`` JSON."""
         path = Path(path)
         with open(path, "wb") as f:  # a file object keeps numpy from appending ".npz"
             self._write(f)
@@ -250,7 +336,9 @@ class AttentionResult:
         """Read a result written by :meth:`save`. Never unpickles (allow_pickle=False)."""
         with np.load(path_or_file, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            attn = {s: z[f"attn_{s}"] for s in meta["stacks"]}
+            recorded = meta.get("recorded") or {}
+            attn = {s: _recorded_stack(z, s, recorded[s]) if s in recorded else z[f"attn_{s}"]
+                    for s in meta["stacks"]}
             image = z["image"] if "image" in z.files else None
         grid = PatchGrid(**meta["grid"]) if meta.get("grid") else None
         return cls(
@@ -280,3 +368,13 @@ class AttentionResult:
         rows = self.attn["decoder"][layer, :, query].astype(np.float32)  # [heads, keys]
         rows = rows[head] if isinstance(head, int) else getattr(np, head)(rows, axis=0)
         return rows[np.asarray(self.image_tokens[name])]
+
+def _recorded_stack(z, stack: str, layers: list[dict]) -> LazyStack:
+    """A LazyStack from the arrays and per-layer ``meta["recorded"][stack]`` of a saved file."""
+    q, k = z[f"q_{stack}"], z[f"k_{stack}"]
+    masks = []
+    while f"mask_{stack}_{len(masks)}" in z.files:
+        masks.append(z[f"mask_{stack}_{len(masks)}"])
+    calls = [Call(q=q[i], k=k[i], scale=float(c["scale"]), causal=bool(c["causal"]), window=c["window"],
+                  mask=int(c["mask"]), softcap=c["softcap"]) for i, c in enumerate(layers)]
+    return LazyStack(calls, masks)

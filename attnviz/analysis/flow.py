@@ -52,6 +52,64 @@ def fuse_heads(attn_layer: np.ndarray, how: str = "mean") -> np.ndarray:
     return (a.max if how == "max" else a.min)(axis=0).astype(np.float64)
 
 
+def fuse_stream(heads, how: str = "mean") -> np.ndarray:
+    """:func:`fuse_heads` of heads given one at a time (an iterable of equal-shape arrays),
+    holding one running array (float64)."""
+    if how not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, not {how!r}")
+    out, count = None, 0
+    for a in heads:
+        a = np.asarray(a, dtype=np.float64)
+        count += 1
+        if out is None:
+            out = a.copy()
+        elif how == "mean":
+            out += a
+        else:
+            (np.maximum if how == "max" else np.minimum)(out, a, out=out)
+    if out is None:
+        raise ValueError("no heads to fuse")
+    return out / count if how == "mean" else out
+
+
+def head_rows(attn, layer: int, head: int, queries) -> np.ndarray:
+    """float32 ``[len(queries), keys]`` rows of one head of a stack: an array
+    ``[layers, heads, queries, keys]`` or anything with a ``rows(layer, head, queries)`` method
+    (attnviz.lazy.LazyStack, which computes only those rows)."""
+    rows = getattr(attn, "rows", None)
+    if rows is not None:
+        return rows(layer, head, queries)
+    return np.asarray(attn[layer, head][queries], dtype=np.float32)
+
+
+ROLLOUT_ROWS = 512  # rows of a layer read at once by the streamed rollout
+
+
+def augmented_rows(attn, layer: int, queries: np.ndarray, fusion: str = "mean") -> np.ndarray:
+    """Rows ``queries`` of A'_l = rownorm(0.5 * fuse(attn[layer]) + 0.5 * I), float64
+    ``[len(queries), n]``, reading only those rows of each head."""
+    fused = fuse_stream((head_rows(attn, layer, h, queries) for h in range(attn.shape[1])), fusion)
+    if fused.shape[1] != attn.shape[2]:
+        raise ValueError(f"rollout and flow need a square stack (queries = keys), got {tuple(attn.shape[2:])}")
+    a = 0.5 * fused
+    a[np.arange(len(queries)), queries] += 0.5
+    return a / a.sum(axis=-1, keepdims=True)
+
+
+def _rollout_step(attn, layer: int, r: np.ndarray, fusion: str, each=None) -> np.ndarray:
+    """r A'_layer for a vector r ``[n]``, over the rows where r is not zero, a block at a time;
+    ``each(rows, block_of_A')`` sees every block read."""
+    out = np.zeros(attn.shape[-1])
+    nonzero = np.flatnonzero(r)
+    for start in range(0, len(nonzero), ROLLOUT_ROWS):
+        rows = nonzero[start:start + ROLLOUT_ROWS]
+        a = augmented_rows(attn, layer, rows, fusion)
+        if each is not None:
+            each(rows, a)
+        out += r[rows] @ a
+    return out
+
+
 def discard_lowest(fused: np.ndarray, ratio: float) -> np.ndarray:
     """Zero the lowest ``ratio`` of the entries of a fused ``[queries, keys]`` matrix, as
     vit-explain's ``discard_ratio`` does, except that the whole first-token column (attention
@@ -82,23 +140,33 @@ def augmented_layer(attn_layer: np.ndarray, fusion: str = "mean", discard_ratio:
 
 
 def rollout(attn: np.ndarray, fusion: str = "mean", discard_ratio: float = 0.0,
-            source: int | None = None) -> np.ndarray:
+            source: int | None = None, layers: int | None = None) -> np.ndarray:
     """Attention rollout of ``attn[layer, head, n, n]``: ``R[i, j]``, how much output token i
     draws on input token j (rows sum to 1). With ``source``, only row ``source`` (``[n]``),
-    computed with vector-matrix products, which is what a long text needs.
+    computed with vector-matrix products, which is what a long text needs. ``layers``: only
+    the first that many layers (the rollout up to layer ``layers - 1``); None for all.
 
-    Layers are fused one at a time from the top: R = (((I A'_L) A'_(L-1)) ... A'_1).
+    Layers are fused one at a time from the top: R = (((I A'_L) A'_(L-1)) ... A'_1). With a
+    ``source`` and no discarding, each layer is read a block of rows at a time (only the rows
+    the source already draws on), so a lazy stack of any length works.
     """
     n = attn.shape[-1]
+    n_layers = attn.shape[0] if layers is None else min(layers, attn.shape[0])
+    if source is not None and not discard_ratio:
+        r = np.eye(n)[source]
+        for layer in reversed(range(n_layers)):
+            r = _rollout_step(attn, layer, r, fusion)
+        return r
     r = np.eye(n) if source is None else np.eye(n)[source]
-    for layer in reversed(range(attn.shape[0])):
+    for layer in reversed(range(n_layers)):
         r = r @ augmented_layer(attn[layer], fusion, discard_ratio)
     return r
 
 
 def last_layer_attention(attn: np.ndarray, source: int, fusion: str = "mean") -> np.ndarray:
     """Raw attention of output token ``source`` in the last layer, heads fused: ``[keys]``."""
-    return fuse_heads(attn[-1][:, source:source + 1, :], fusion)[0]
+    last = attn.shape[0] - 1
+    return fuse_stream((head_rows(attn, last, h, [source])[0] for h in range(attn.shape[1])), fusion)
 
 
 def rollout_spread(attn: np.ndarray, source: int, fusion: str = "mean", top_k: int = 5) -> np.ndarray:
@@ -112,13 +180,20 @@ def rollout_spread(attn: np.ndarray, source: int, fusion: str = "mean", top_k: i
     r = np.eye(attn.shape[-1])[source]
     rows = []
     for layer in reversed(range(attn.shape[0])):
-        a = augmented_layer(attn[layer], fusion)
-        share = r[:, None] * a
-        k = min(top_k, share.size)
-        strongest = np.argpartition(share, share.size - k, axis=None)[-k:]
-        i, j = np.unravel_index(strongest[np.argsort(share.flat[strongest])[::-1]], share.shape)
-        rows.append(np.stack([np.full(k, layer + 1), i, j, share[i, j]], axis=1))
-        r = r @ a
+        found = []  # (share, i, j) of the strongest edges of each block
+
+        def strongest(block_rows, a, r=r, found=found):
+            share = r[block_rows, None] * a
+            k = min(top_k, share.size)
+            top = np.argpartition(share, share.size - k, axis=None)[-k:]
+            i, j = np.unravel_index(top, share.shape)
+            found.append(np.stack([share[i, j], block_rows[i], j], axis=1))
+
+        r_next = _rollout_step(attn, layer, r, fusion, each=strongest)
+        edges = np.concatenate(found)
+        edges = edges[np.argsort(-edges[:, 0], kind="stable")[:top_k]]
+        rows.append(np.stack([np.full(len(edges), layer + 1), edges[:, 1], edges[:, 2], edges[:, 0]], axis=1))
+        r = r_next
     return np.concatenate(rows)
 
 

@@ -20,13 +20,13 @@ to 1) every statistic is one number per (layer, head), an average over the queri
   have. About 1 means global, near 0 means local; it compares inputs of different lengths.
 
 The cross stack (target queries over source keys) has no shared positions: its distance, local
-share and ratio are NaN. Work is done one layer at a time in float32, so a [30, 9, 2048, 2048]
-float16 stack never needs more than a few float32 copies of one layer.
+share and ratio are NaN. Work is done one head and one block of query rows at a time in float32
+(AttentionResult.attention), so memory does not grow with the square of the length.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy.special import entr
@@ -128,51 +128,73 @@ def _geometry(result: AttentionResult, stack: str, q_idx: np.ndarray, k_idx: np.
     return distance.astype(np.float32), distance <= window, "tokens", "tokens"
 
 
-def head_stats(result: AttentionResult, stack: str = "encoder", window: int = 2) -> HeadStats:
-    """Per-head statistics of ``result.attn[stack]`` (see the module docstring)."""
+STATS_ROWS = 1024  # query rows read at once
+
+
+def head_stats(result: AttentionResult, stack: str = "encoder", window: int = 2,
+               progress: Callable[[float], None] | None = None) -> HeadStats:
+    """Per-head statistics of ``result.attn[stack]`` (see the module docstring). Each head is
+    read STATS_ROWS query rows at a time (AttentionResult.attention), so a lazy stack of any
+    length works; ``progress(fraction)`` is called after each layer."""
     if stack not in result.attn:
         raise ValueError(f"{result.model} has no {stack!r} stack; it has {result.stacks}")
     if window < 0:
         raise ValueError("window must be >= 0")
-    attn = result.attn[stack]
-    n_layers, n_heads, n_q, n_k = attn.shape
+    n_layers, n_heads, n_q, n_k = result.attn[stack].shape
     causal = result.is_causal(stack)
-    q_idx = np.flatnonzero(~np.asarray(result.query_special(stack), dtype=bool)[:n_q])
+    content_q = ~np.asarray(result.query_special(stack), dtype=bool)[:n_q]
     k_idx = np.flatnonzero(~np.asarray(result.key_special(stack), dtype=bool)[:n_k])
     k_special = np.flatnonzero(np.asarray(result.key_special(stack), dtype=bool)[:n_k])
-    distance, near, distance_unit, window_unit = _geometry(result, stack, q_idx, k_idx, window)
+    _, _, distance_unit, window_unit = _geometry(result, stack, np.flatnonzero(content_q)[:1], k_idx[:1], window)
 
     # log(number of keys) per query row; rows with a single key have no breadth to measure
     n_keys = np.arange(1, n_q + 1) if causal else np.full(n_q, n_k)
     has_breadth = n_keys > 1
-    log_keys = np.log(n_keys[has_breadth]).astype(np.float32)
+    log_keys = np.where(has_breadth, np.log(np.maximum(n_keys, 1)), 1.0).astype(np.float32)
 
-    uniform_distance = np.nan
-    if distance is not None:
-        visible = k_idx[None, :] <= q_idx[:, None] if causal else np.ones(distance.shape, bool)
-        per_query = (distance * visible).sum(-1) / np.maximum(visible.sum(-1), 1)
-        uniform_distance = float(per_query.mean()) if per_query.size else np.nan
+    blocks = []  # (query rows, content rows within them, content query indices, distance, near)
+    uniform_sum, uniform_count = 0.0, 0
+    for start in range(0, n_q, STATS_ROWS):
+        rows = np.arange(start, min(start + STATS_ROWS, n_q))
+        content = np.flatnonzero(content_q[rows])
+        q_idx = rows[content]
+        distance, near, _, _ = _geometry(result, stack, q_idx, k_idx, window)
+        if distance is not None and q_idx.size:
+            visible = k_idx[None, :] <= q_idx[:, None] if causal else np.ones(distance.shape, bool)
+            per_query = (distance * visible).sum(-1) / np.maximum(visible.sum(-1), 1)
+            uniform_sum, uniform_count = uniform_sum + float(per_query.sum()), uniform_count + per_query.size
+        blocks.append((rows, content, distance, near))
+    uniform_distance = uniform_sum / uniform_count if uniform_count and blocks[0][2] is not None else np.nan
 
     out = {name: np.full((n_layers, n_heads), np.nan) for name in ARRAY_FIELDS}
     for layer in range(n_layers):
-        a = attn[layer].astype(np.float32)  # [heads, queries, keys]
-        row_entropy = entr(a).sum(-1)  # [heads, queries], nats
-        out["entropy"][layer] = row_entropy.mean(-1)
-        if has_breadth.any():
-            out["entropy_norm"][layer] = (row_entropy[:, has_breadth] / log_keys).mean(-1)
-        if q_idx.size == 0:
-            continue
-        content = a[:, q_idx]  # [heads, content queries, keys]
-        out["sink_mass"][layer] = content[:, :, k_special].sum(-1).mean(-1)
-        if distance is None or k_idx.size == 0:
-            continue
-        kept = content[:, :, k_idx]  # [heads, content queries, content keys]
-        kept_sum = kept.sum(-1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            row_distance = np.where(kept_sum > 0, (kept * distance).sum(-1) / kept_sum, np.nan)
-            row_local = np.where(kept_sum > 0, (kept * near).sum(-1) / kept_sum, np.nan)
-        out["mean_distance"][layer] = _nanmean(row_distance)
-        out["local_share"][layer] = _nanmean(row_local)
+        for head in range(n_heads):
+            entropy = np.zeros(n_q)  # per query row, nats
+            sink, row_distance, row_local = [], [], []
+            for rows, content, distance, near in blocks:
+                a = result.attention(layer, head, stack, rows)  # [rows, keys]
+                entropy[rows] = entr(a).sum(-1)
+                if content.size == 0:
+                    continue
+                c = a[content]  # [content queries, keys]
+                sink.append(c[:, k_special].sum(-1))
+                if distance is None or k_idx.size == 0:
+                    continue
+                kept = c[:, k_idx]  # [content queries, content keys]
+                kept_sum = kept.sum(-1)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    row_distance.append(np.where(kept_sum > 0, (kept * distance).sum(-1) / kept_sum, np.nan))
+                    row_local.append(np.where(kept_sum > 0, (kept * near).sum(-1) / kept_sum, np.nan))
+            out["entropy"][layer, head] = entropy.mean()
+            if has_breadth.any():
+                out["entropy_norm"][layer, head] = (entropy[has_breadth] / log_keys[has_breadth]).mean()
+            if sink:
+                out["sink_mass"][layer, head] = np.concatenate(sink).mean()
+            if row_distance:
+                out["mean_distance"][layer, head] = _nanmean(np.concatenate(row_distance))
+                out["local_share"][layer, head] = _nanmean(np.concatenate(row_local))
+        if progress is not None:
+            progress((layer + 1) / n_layers)
     if uniform_distance > 0:
         out["distance_ratio"] = out["mean_distance"] / uniform_distance
     return HeadStats(stack=stack, kind=result.kind, distance_unit=distance_unit, window=window,

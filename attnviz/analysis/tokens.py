@@ -20,6 +20,7 @@ two, ``[query, key]``, are changed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,6 +167,28 @@ def reduce(attn: np.ndarray, queries: Axis, keys: Axis) -> np.ndarray:
     if len(queries.starts) != len(queries.index):
         m = np.add.reduceat(m, queries.starts, axis=-2) / queries.sizes[:, None].astype(np.float32)
     return m
+
+
+Rows = Callable[[np.ndarray], np.ndarray]  # token indices -> float32 [..., len(indices), keys]
+STREAM_TOKENS = 1024  # query tokens read at once by reduce_stream
+
+
+def reduce_stream(rows: Rows, queries: Axis, keys: Axis, block_tokens: int = STREAM_TOKENS) -> np.ndarray:
+    """:func:`reduce` of an attention array that is read a block of query units at a time:
+    ``rows(token_indices)`` returns the full rows ``[..., len(indices), keys]`` of those query
+    tokens (from attnviz.result.AttentionResult.attention, say). Never holds more than about
+    ``block_tokens`` rows; the result is the same as reducing the whole array."""
+    ends = np.append(queries.starts[1:], len(queries.index))
+    first_unit = 0
+    out = []
+    while first_unit < len(queries):
+        last = int(np.searchsorted(ends, queries.starts[first_unit] + block_tokens, side="right"))
+        last = max(last, first_unit + 1)
+        part = queries.window(first_unit, last)
+        local = Axis(part.labels, np.arange(len(part.index)), part.starts, None, len(part.index))
+        out.append(reduce(rows(part.index), local, keys))
+        first_unit = last
+    return np.concatenate(out, axis=-2)
 
 
 def _take(index: np.ndarray) -> slice | np.ndarray:

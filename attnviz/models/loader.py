@@ -23,7 +23,7 @@ from attnviz.models.bundled import BUNDLED
 from attnviz.models.model import ImageSpec, Model
 
 FAMILIES = ("encoder", "decoder", "encoder-decoder", "image", "vision-language", "custom")
-DECODER_TOKEN_CAP = 2048  # [30 layers, 9 heads, 2048, 2048] float16 is already 2.3 GB
+DECODER_TOKEN_CAP = 8192  # SmolLM2's context; attention is recorded, not materialised (attnviz.lazy)
 SEQ2SEQ_TOKEN_CAP = 512
 IMAGE_TOKEN_CAP = 4096  # patches
 MIN_TOKENS = 16  # a model whose capture budget does not reach this many tokens is refused
@@ -300,7 +300,10 @@ def model_bytes(net: torch.nn.Module) -> int:
     return params + sum(b.numel() * b.element_size() for b in net.buffers())
 
 
-def token_limit(config, family: str, name: str) -> int:
+WINDOWED_TYPES = ("swin", "swinv2", "donut-swin")  # captured block by block, with dense maps per stage
+
+
+def token_limit(config, family: str, name: str, cls=None) -> int:
     """The longest input a model of ``config`` is run on: what it can embed (its position table,
     less the offset some families start at), at most the family's cap, then lowered until a
     capture fits the capture budget (``limits.tokens_within``) and to $ATTNVIZ_MAX_TOKENS.
@@ -320,7 +323,9 @@ def token_limit(config, family: str, name: str) -> int:
     heads = _largest(found, ("num_attention_heads", "num_heads", "n_head", "encoder_attention_heads"))
     hidden = _largest(found, ("hidden_size", "d_model", "n_embd", "embed_dim"))
     stacks = 3 if family == "encoder-decoder" else 1
-    fits = limits.tokens_within(int(limit), int(layers), int(heads), int(hidden), stacks)
+    recorded = (bool(getattr(cls, "_supports_sdpa", False) or getattr(cls, "_supports_attention_backend", False))
+                and family != "vision-language" and config.model_type not in WINDOWED_TYPES)
+    fits = limits.tokens_within(int(limit), int(layers), int(heads), int(hidden), stacks, recorded)
     if fits < MIN_TOKENS:
         raise AttnvizError(f"A capture of '{name}' would need more memory than this server allows even for "
                            f"{MIN_TOKENS} tokens; it was not loaded.")
@@ -371,8 +376,8 @@ def _load_transformers_unlocked(source: str, name: str, device: torch.device, lo
                            "attention of text and image models only.")
     family = _family(config)
     cls = _net_class(config, family)
-    check_size(config, cls, source, name, local_files_only)
-    cap = token_limit(config, family, name)
+    empty = check_size(config, cls, source, name, local_files_only)
+    cap = token_limit(config, family, name, type(empty))
     model_kwargs = dict(kwargs, attn_implementation="eager", use_safetensors=True, dtype=torch.float32)
     try:
         net = cls.from_pretrained(source, **model_kwargs)

@@ -57,12 +57,8 @@ MAX_TABLE_UPLOAD_MB = 200  # a batch table's parts, uploaded to "over many input
 
 
 def fingerprint(result: AttentionResult) -> str:
-    """A key naming one result: model, tokens and (images) the pixels the model saw."""
-    h = hashlib.sha1(result.model.encode())
-    h.update("\x00".join(result.tokens + (result.target_tokens or [])).encode())
-    if result.image is not None:
-        h.update(result.image.tobytes())
-    return h.hexdigest()
+    """A key naming one result: its content digest (AttentionResult.digest)."""
+    return result.digest
 
 
 @dataclass(frozen=True)

@@ -433,15 +433,14 @@ def rollout_controls() -> tuple[str, float]:
 @st.cache_data(max_entries=16, show_spinner=False)
 def _rollout_cls(key: str, _result: AttentionResult, layer: int, fusion: str, discard: float) -> np.ndarray:
     """Row 0 (CLS) of the rollout through layers 0..layer: [keys]."""
-    return rollout(_result.attn["encoder"][:layer + 1], fusion, discard, source=0)
+    return rollout(_result.attn["encoder"], fusion, discard, source=0, layers=layer + 1)
 
 
 def rollout_view(result: AttentionResult, photo: Photo, layer: int, head: int | str, style: Style,
                  fusion: str, discard: float) -> None:
     """Raw CLS attention of the chosen layer and head next to the rollout up to that layer."""
     with st.spinner("Rolling out…"):
-        key = f"{result.model}|{photo.sha}|{result.grid}"
-        weights = _rollout_cls(key, result, layer, fusion, discard)
+        weights = _rollout_cls(result.digest, result, layer, fusion, discard)
     left, right = st.columns(2)
     with left:
         st.markdown(f"**Raw attention**: CLS in layer {layer}, {head_name(head)}")
@@ -469,7 +468,7 @@ def prefix_view(result: AttentionResult, photo: Photo, layer: int, style: Style)
     g = result.grid
     names = ", ".join(result.tokens[:g.prefix])
     with st.spinner("Measuring…"):
-        sink = _sink_mass(f"{result.model}|{photo.sha}|{g}", result)
+        sink = _sink_mass(result.digest, result)
     left, right = st.columns([2, 3])
     with left:
         show_chart(viz.layer_head_heatmap(sink, title=f"Share of attention on {names}", label="share"),

@@ -10,7 +10,8 @@
   progress bar while a bundled model is fetched.
 - :func:`run_capture`: one AttentionResult per (model, input, options), kept in a cache shared
   by sessions and bounded by bytes (:class:`attnviz.cache.ByteCache`, ``ATTNVIZ_CACHE_BYTES``):
-  every session gets the same object without copying; results are never mutated.
+  every session gets the same object without copying; results are never mutated. A progress
+  bar per attention layer shows once a capture has run a second.
 
 A session's uploads and saved models are its own: they are listed in its session state only,
 labelled ``upload:<id>`` / ``saved:<name>`` (never by their path), and :func:`resolve` refuses
@@ -20,6 +21,7 @@ select or open it, by any name.
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -96,6 +98,7 @@ def _inside(path: str, root: Path) -> bool:
         return False
 
 
+PROGRESS_AFTER_S = 1.0  # a capture shows a progress bar once it has run this long
 
 
 def model_picker(families: tuple[str, ...], default: str, key: str = "model") -> str:
@@ -163,13 +166,27 @@ def run_capture(name: str, text: str | None = None, *, pair: str | None = None, 
     image_sha = hashlib.sha256(image_bytes).hexdigest() if image_bytes is not None else None
     key = hashlib.sha256(repr((source, text, pair or None, image_sha, target or None, int(generate), size, prompt))
                          .encode("utf-8", "surrogatepass")).hexdigest()
+    bar = None
+
+    def progress(fraction: float, message: str) -> None:  # a bar per layer, once a run takes a second
+        nonlocal bar
+        if bar is None and time.perf_counter() - started > PROGRESS_AFTER_S:
+            bar = st.progress(0.0)
+        if bar is not None:
+            bar.progress(min(max(fraction, 0.0), 1.0), text=message)
 
     def compute() -> AttentionResult:
         if image_sha is not None and prompt is not None:  # a vision-language model: image and prompt
             return attnviz.capture(model, image, prompt=prompt, generate=int(generate))
         if image_sha is not None:
-            return attnviz.capture(model, image, size=size)
-        return attnviz.capture(model, (text, pair) if pair else text, target=target or None, generate=int(generate))
+            return attnviz.capture(model, image, size=size, progress=progress)
+        return attnviz.capture(model, (text, pair) if pair else text, target=target or None, generate=int(generate),
+                               progress=progress)
 
-    with st.spinner(f"Running {model.name}…"):
-        return RESULTS.get(key, compute)
+    started = time.perf_counter()
+    try:
+        with st.spinner(f"Running {model.name}…"):
+            return RESULTS.get(key, compute)
+    finally:
+        if bar is not None:
+            bar.empty()

@@ -7,7 +7,6 @@ the whole result are made only when their download button is clicked.
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import streamlit as st
@@ -198,8 +197,7 @@ def overview_view(result: AttentionResult, stack: str, options: viz.TextOptions)
         layer = url_int("layer", n_layers - 1, 0, n_layers - 1)
         fused = st.query_params.get("head", "0") in HEAD_FUSIONS
         selected = None if fused else (layer, url_int("head", 0, 0, n_heads - 1))
-        with st.spinner("Going through every head…"):
-            thumbs = thumbnails(result, stack, options)
+        thumbs = thumbnails(result, stack, options)
         fig, csv = viz.overview(result, stack, thumbs, options, selected)
         event = show_chart(fig, f"{_base(result, stack)}_overview", key="text_overview", on_select="rerun",
                       selection_mode="points")
@@ -210,17 +208,19 @@ def overview_view(result: AttentionResult, stack: str, options: viz.TextOptions)
 
 
 def thumbnails(result: AttentionResult, stack: str, options: viz.TextOptions) -> viz.Thumbnails:
-    """The overview's thumbnails, computed once per result (seconds on long texts)."""
-    owner, thumbs = _thumbnails(id(result), stack, options, result)
-    if owner() is not result:  # made for an earlier result, gone since, that had the same id
-        _thumbnails.clear()
-        owner, thumbs = _thumbnails(id(result), stack, options, result)
-    return thumbs
+    """The overview's thumbnails, computed once per result (named by its digest), with a
+    progress bar over the heads (a minute or two for 8,192 tokens on a CPU)."""
+    bar = st.progress(0.0, text="Going through every head…")
+    try:
+        return _thumbnails(result.digest, stack, options, result,
+                           lambda f: bar.progress(f, text=f"Going through every head… {f:.0%}"))
+    finally:
+        bar.empty()
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def _thumbnails(result_id: int, stack: str, options: viz.TextOptions, _result: AttentionResult):
-    return weakref.ref(_result), viz.thumbnails(_result, stack, options)
+def _thumbnails(digest: str, stack: str, options: viz.TextOptions, _result: AttentionResult, _progress):
+    return viz.thumbnails(_result, stack, options, _progress)
 
 
 @st.fragment

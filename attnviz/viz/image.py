@@ -29,7 +29,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from PIL import Image, ImageDraw
 
-from attnviz.analysis.flow import fuse_heads
+from attnviz.analysis.flow import fuse_stream
 from attnviz.result import AttentionResult, PatchGrid
 
 COLORMAPS = ("Inferno", "Viridis", "Turbo", "Jet", "Hot", "Greys")
@@ -50,11 +50,11 @@ def patch_heat(weights: np.ndarray, grid: PatchGrid) -> np.ndarray:
 def query_heat(result: AttentionResult, layer: int, head: int | str, query: int = 0) -> np.ndarray:
     """``heat[row, col]``: what token ``query`` (0 = CLS) attends to among the patches in
     ``layer``, for one head (an index) or all heads fused ("mean", "max" or "min")."""
-    attn = result.attn["encoder"][layer]  # [heads, queries, keys]
     if isinstance(head, str):
-        weights = fuse_heads(attn[:, query:query + 1, :], head)[0]
+        n_heads = result.attn["encoder"].shape[1]
+        weights = fuse_stream((result.attention(layer, h, "encoder", [query])[0] for h in range(n_heads)), head)
     else:
-        weights = attn[head, query]
+        weights = result.attention(layer, head, "encoder", [query])[0]
     return patch_heat(weights, result.grid)
 
 
@@ -68,8 +68,10 @@ def received_heat(result: AttentionResult, layer: int) -> np.ndarray:
     and over the patch queries. Patches that soak up attention (DINOv2's high-norm artifact
     tokens, which registers were made to absorb) stand out."""
     grid = result.grid
-    attn = result.attn["encoder"][layer, :, grid.prefix:, :]  # [heads, patch queries, keys]
-    return patch_heat(attn.astype(np.float32).mean(axis=(0, 1)), grid)
+    n_heads, n_queries = result.attn["encoder"].shape[1:3]
+    total = sum(result.attention(layer, h, "encoder", slice(grid.prefix, None)).sum(axis=0, dtype=np.float64)
+                for h in range(n_heads))  # [keys], summed over heads and patch queries
+    return patch_heat(total / (n_heads * (n_queries - grid.prefix)), grid)
 
 
 # -- drawing on the photo -----------------------------------------------------------------

@@ -18,8 +18,9 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from attnviz.analysis.flow import fuse_heads
-from attnviz.analysis.tokens import Axis, block_size, reduce, scale_rows, token_axis, top_share, unique_labels
+from attnviz.analysis.flow import fuse_stream
+from attnviz.analysis.tokens import (Axis, block_size, reduce, reduce_stream, scale_rows, token_axis, top_share,
+                                     unique_labels)
 from attnviz.result import AttentionResult
 from attnviz.viz.heatmap import heatmap, plotly_text, title_layout
 from attnviz.viz.tiles import tile_px, tiles_figure
@@ -29,6 +30,7 @@ ZOOM = 96  # units per axis of the full-resolution zoom window
 FOCUS_MAX = 512  # token columns of the token focus heatmaps before block aggregation
 LINES_MAX = 64  # tokens per column of the token lines view (a window of longer texts)
 OPACITY_BINS = 6  # token lines are drawn in this many opacity steps per head
+CSV_MAX_CELLS = 2 ** 22  # cells of a full-resolution CSV (2048 x 2048); above, the CSV has the shown blocks
 HEAD_COLOURS = qualitative.D3 + qualitative.Dark24
 Head = int | str  # a head index, or "mean" / "max" / "min" of all heads
 Csv = Callable[[], str]  # writes a view's CSV when called (on a download click)
@@ -86,11 +88,34 @@ def axes(result: AttentionResult, stack: str, options: TextOptions) -> tuple[Axi
 def head_values(result: AttentionResult, stack: str, layer: int, head: Head, queries: Axis, keys: Axis) -> np.ndarray:
     """``[Q, K]`` float32 attention of one head of ``layer`` over the units of ``queries`` and
     ``keys``; for ``head`` "mean", "max" or "min", every head is reduced the same way and
-    the results fused (so hiding and merging apply to each head's own rows first)."""
-    attn = result.attn[stack][layer]
+    the results fused (so hiding and merging apply to each head's own rows first). Each head
+    is read a block of query rows at a time (attnviz.analysis.tokens.reduce_stream)."""
+    def one(h: int) -> np.ndarray:
+        return reduce_stream(lambda rows: result.attention(layer, h, stack, rows), queries, keys)
+
     if isinstance(head, (int, np.integer)):
-        return reduce(attn[head], queries, keys)
-    return fuse_heads(reduce(attn, queries, keys), head).astype(np.float32)
+        return one(int(head))
+    n_heads = result.attn[stack].shape[1]
+    return fuse_stream((one(h) for h in range(n_heads)), head).astype(np.float32)
+
+
+def head_columns(result: AttentionResult, stack: str, layer: int, head: Head, queries: Axis, key: Axis) -> np.ndarray:
+    """``[Q, 1]`` float32: the weight each query unit gives the one key unit of ``key`` (a
+    window of one unit), as :func:`head_values` would give it, computed from the key's columns
+    (and those of the hidden keys) without reading whole rows."""
+    hidden = key.hidden if key.hidden is not None else np.zeros(0, dtype=np.intp)
+    picked = np.concatenate([key.index, hidden])
+    local = Axis(key.labels, np.arange(len(key.index)), key.starts,
+                 np.arange(len(key.index), len(picked)) if key.hidden is not None else None, len(picked) + 1)
+
+    def one(h: int) -> np.ndarray:
+        cols = result.attention_columns(layer, h, stack, picked)  # [queries, picked]
+        rest = np.maximum(1.0 - cols.sum(-1, keepdims=True), 0.0)  # every other key: rows sum to 1
+        return reduce(np.concatenate([cols, rest], axis=-1), queries, local)
+
+    if isinstance(head, (int, np.integer)):
+        return one(int(head))
+    return fuse_stream((one(h) for h in range(result.attn[stack].shape[1])), head).astype(np.float32)
 
 
 def head_name(head: Head) -> str:
@@ -128,7 +153,8 @@ def head_heatmap(result: AttentionResult, stack: str, layer: int, head: Head, op
     axis, block-aggregated above (said in the subtitle). With ``zoom = (first query unit,
     first key unit)`` it shows instead the ZOOM x ZOOM window from there at full resolution.
 
-    The CSV is the whole matrix at full resolution, whatever is on screen.
+    The CSV is the whole matrix at full resolution, whatever is on screen, up to
+    CSV_MAX_CELLS cells; above, it has the blocks of the (unzoomed) heatmap.
     """
     q, k = axes(result, stack, options)
     what = f"layer {layer} · {head_name(head)}"
@@ -147,6 +173,8 @@ def head_heatmap(result: AttentionResult, stack: str, layer: int, head: Head, op
     fig = heatmap(values, unique_labels(q_shown.labels), unique_labels(k_shown.labels), weights=weights,
                   title=_title(result, stack, what), note=note, row_title=rows, col_title=cols,
                   colorbar_title="weight / row max" if options.row_max else "weight")
+    if len(q) * len(k) > CSV_MAX_CELLS:
+        q, k = q.blocks(HEATMAP_MAX), k.blocks(HEATMAP_MAX)
     return fig, lambda: Matrix(head_values(result, stack, layer, head, q, k), _unit_rows(q), k.labels,
                                row_header=("token #", rows)).csv()
 
@@ -164,15 +192,22 @@ class Thumbnails:
     note: str
 
 
-def thumbnails(result: AttentionResult, stack: str, options: TextOptions) -> Thumbnails:
+def thumbnails(result: AttentionResult, stack: str, options: TextOptions,
+               progress: Callable[[float], None] | None = None) -> Thumbnails:
     """The overview's data: each head downsampled to at most 64 x 64 blocks (fewer when there
-    are many heads, see attnviz.viz.tiles.tile_px). Reads the whole stack once, a layer at a
-    time: the slow part of the overview on long texts."""
+    are many heads, see attnviz.viz.tiles.tile_px). Reads the whole stack once, a head and a
+    block of rows at a time: the slow part of the overview on long texts; ``progress(fraction)``
+    is called after each head."""
     n_layers, n_heads = result.attn[stack].shape[:2]
     q, k = axes(result, stack, options)
     side = tile_px(n_layers * n_heads, max(len(q), len(k)))
     q_b, k_b = q.blocks(side), k.blocks(side)
-    values = np.stack([reduce(result.attn[stack][layer], q_b, k_b) for layer in range(n_layers)])
+    values = np.zeros((n_layers, n_heads, len(q_b), len(k_b)), dtype=np.float32)
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            values[layer, head] = head_values(result, stack, layer, head, q_b, k_b)
+            if progress is not None:
+                progress((layer * n_heads + head + 1) / (n_layers * n_heads))
     return Thumbnails(values, q_b, k_b, _aggregation_note(unit_word(options), (q, q_b), (k, k_b)))
 
 
@@ -209,7 +244,7 @@ def token_lines(result: AttentionResult, stack: str, layer: int, heads: list[int
     """
     q, k = axes(result, stack, options)
     q_w, k_w = q.window(starts[0], starts[0] + LINES_MAX), k.window(starts[1], starts[1] + LINES_MAX)
-    weights = reduce(result.attn[stack][layer], q_w, k_w)[heads]  # [heads, Q, K]
+    weights = np.stack([head_values(result, stack, layer, h, q_w, k_w) for h in heads])  # [heads, Q, K]
     strength = scale_rows(weights) if options.row_max else weights
     keep = top_share(weights, share)
     if token is not None:
@@ -279,7 +314,7 @@ def token_focus(result: AttentionResult, stack: str, head: Head, options: TextOp
     to, by = [], []
     for layer in range(result.attn[stack].shape[0]):
         to.append(head_values(result, stack, layer, head, q_one, k_b)[0])
-        by.append(head_values(result, stack, layer, head, q_b, k_one)[:, 0])
+        by.append(head_columns(result, stack, layer, head, q_b, k_one)[:, 0])
     layers = [f"L{layer}" for layer in range(len(to))]
     q_name, k_name = ("target", "source") if stack == "cross" else ("query", "key")
     out = []

@@ -1,0 +1,282 @@
+"""Attention maps computed on demand from what the model's attention function was given.
+
+A fast attention kernel never writes its probabilities down. attnviz records, per attention
+call, what defines them (:class:`Call`): the queries and keys exactly as the kernel received
+them (after rotary embeddings; under grouped-query attention the keys once per key/value
+head), the scale, the causal flag, and whatever the model adds to the scores (a boolean or
+additive mask, held once per distinct mask and, when it is a plain causal or sliding-window
+pattern, only described by a flag and a width). From these, any head's probabilities are
+
+    p[i, :] = softmax(cap(q[i] . k[j] * scale) + bias[i, j] over the keys j)
+
+where ``cap(s) = softcap * tanh(s / softcap)`` when the model soft-caps its logits and bias is
+0 or -inf (masks) or the model's additive bias (relative positions, ALiBi). A row with every
+key masked is all zero.
+
+:class:`LazyStack` holds one stack's calls (one per layer) and behaves like the float16 array
+``[layers, heads, queries, keys]`` it stands for: ``shape``, indexing and ``np.asarray`` work.
+A stack of at most SMALL_ELEMENTS weights is materialised once on first use (float16, as a
+captured stack always was); a larger one computes only the rows asked for, in row blocks,
+and refuses a selection of more than SLICE_ELEMENTS weights. :meth:`LazyStack.rows` is the
+streaming access: float32 ``[queries, keys]`` of one head.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attnviz.errors import AttnvizError
+
+SMALL_ELEMENTS = 2 ** 26  # weights of a stack kept materialised (128 MB in float16)
+SLICE_ELEMENTS = 2 ** 28  # most weights one whole-array selection may materialise (512 MB in float16)
+ROW_BLOCK_ELEMENTS = 2 ** 23  # scores computed at once: rows per block = this / keys (32 MB float32)
+CACHE_BYTES = 64 * 2 ** 20  # rows kept by LazyStack.rows' cache, per stack
+
+
+@dataclass
+class Call:
+    """One recorded attention call of batch item 0.
+
+    q: float32 ``[heads, queries, dim]``; k: float32 ``[kv_heads, keys, dim]``, head h reading
+    kv head ``h // (heads // kv_heads)``; scale: multiplies q . k; causal: key j is masked for
+    query i when j > i (top-left aligned); window: when set, key j is also masked when
+    i - j >= window (sliding-window attention); mask: index of the call's explicit mask in the
+    stack's ``masks`` (-1: none); softcap: logit soft-capping (None: none).
+    """
+
+    q: np.ndarray
+    k: np.ndarray
+    scale: float
+    causal: bool = False
+    window: int | None = None
+    mask: int = -1
+    softcap: float | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(heads, queries, keys)."""
+        return self.q.shape[0], self.q.shape[1], self.k.shape[1]
+
+
+def scores(call: Call, masks: list[np.ndarray], head: int, rows: np.ndarray, keys=slice(None)) -> torch.Tensor:
+    """float32 ``[len(rows), keys]``: the scores (logits plus bias, -inf where masked) of query
+    ``rows`` of ``head`` over ``keys`` (a slice or an index array)."""
+    heads = call.shape[0]
+    group = heads // call.k.shape[0]
+    q = torch.from_numpy(call.q[head][rows])
+    k = torch.from_numpy(np.ascontiguousarray(call.k[head // group][keys]))
+    out = (q @ k.T) * call.scale
+    if call.softcap is not None:
+        out = torch.tanh(out / call.softcap) * call.softcap
+    if call.causal or call.window is not None:
+        key_index = torch.from_numpy(np.arange(call.shape[2])[keys])[None, :]  # j
+        row_index = torch.from_numpy(np.asarray(rows, dtype=np.int64))[:, None]  # i
+        if call.causal:
+            out.masked_fill_(key_index > row_index, float("-inf"))
+        if call.window is not None:
+            out.masked_fill_(key_index <= row_index - call.window, float("-inf"))  # i - j >= window
+    if call.mask >= 0:
+        m = masks[call.mask]
+        m = torch.from_numpy(np.ascontiguousarray(m[head if m.shape[0] > 1 else 0][rows][:, keys]))
+        if m.dtype == torch.bool:
+            out.masked_fill_(~m, float("-inf"))
+        else:
+            out += m
+    return out
+
+
+def probabilities(call: Call, masks: list[np.ndarray], head: int, rows: np.ndarray, keys=slice(None)) -> torch.Tensor:
+    """float32 ``[len(rows), keys]``: the probabilities of query ``rows`` of ``head`` (``keys``
+    must hold every key a row can see); a row with every key masked is 0."""
+    return torch.softmax(scores(call, masks, head, rows, keys), dim=-1).nan_to_num_(0.0)
+
+
+def _as_rows(queries, n: int) -> np.ndarray:
+    """None, a slice, an int or an index array -> int64 row indices."""
+    if queries is None:
+        return np.arange(n)
+    if isinstance(queries, slice):
+        return np.arange(n)[queries]
+    rows = np.atleast_1d(np.asarray(queries, dtype=np.int64))
+    if rows.size and (rows.min() < -n or rows.max() >= n):
+        raise IndexError(f"query index out of range [0, {n})")
+    return np.where(rows < 0, rows + n, rows)
+
+
+class LazyStack:
+    """One stack ``[layers, heads, queries, keys]`` computed on demand from recorded calls
+    (one :class:`Call` per layer, all of the same shape) and their shared ``masks``."""
+
+    ndim = 4
+    dtype = np.dtype(np.float16)
+
+    def __init__(self, calls: list[Call], masks: list[np.ndarray]) -> None:
+        if not calls:
+            raise ValueError("a stack needs at least one attention call")
+        shapes = {c.shape for c in calls}
+        if len(shapes) != 1:
+            raise ValueError(f"the calls of one stack must share a shape, got {sorted(shapes)}")
+        self.calls, self.masks = calls, masks
+        self.shape = (len(calls), *calls[0].shape)
+        self._dense: np.ndarray | None = None
+        self._cache: OrderedDict = OrderedDict()
+        self._cached_bytes = 0
+        self._lse: dict = {}  # (layer, head) -> float32 tensor [queries]: log-sum-exp of each row's scores
+        self._lock = threading.Lock()  # sessions share results: the caches are changed under it
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def small(self) -> bool:
+        """Whether the whole stack is materialised on first use (see the module docstring)."""
+        return self.size <= SMALL_ELEMENTS
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of what is recorded (queries, keys, masks)."""
+        return sum(c.q.nbytes + c.k.nbytes for c in self.calls) + sum(m.nbytes for m in self.masks)
+
+    def rows(self, layer: int, head: int, queries=None) -> np.ndarray:
+        """float32 ``[queries, keys]`` of one head: every row (None), a slice or index array."""
+        call = self.calls[layer]
+        rows = _as_rows(queries, call.shape[1])
+        key = (layer, head, rows.tobytes())
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit.copy()
+        n_keys = call.shape[2]
+        out = np.zeros((len(rows), n_keys), dtype=np.float32)
+        step = max(1, ROW_BLOCK_ELEMENTS // max(n_keys, 1))
+        for start in range(0, len(rows), step):
+            block = rows[start:start + step]
+            seen = n_keys  # a causal row i sees keys 0..i only: the rest stay 0
+            if call.causal and block.size:
+                seen = min(n_keys, int(block.max()) + 1)
+            out[start:start + len(block), :seen] = probabilities(call, self.masks, head, block, slice(0, seen)).numpy()
+        if out.nbytes <= CACHE_BYTES // 4:
+            with self._lock:
+                if key not in self._cache:
+                    self._cache[key] = out.copy()
+                    self._cached_bytes += out.nbytes
+                while self._cached_bytes > CACHE_BYTES and self._cache:
+                    self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
+        return out
+
+    def columns(self, layer: int, head: int, keys) -> np.ndarray:
+        """float32 ``[queries, len(keys)]``: the weight every query of one head gives ``keys``
+        (an index array). Each row's normaliser (log-sum-exp) is computed once per head, in
+        row blocks, and kept (4 bytes per query), so later columns cost a product with a few keys."""
+        call = self.calls[layer]
+        keys = np.atleast_1d(np.asarray(keys, dtype=np.int64))
+        lse = self._lse.get((layer, head))
+        rows = np.arange(call.shape[1])
+        if lse is None:
+            step = max(1, ROW_BLOCK_ELEMENTS // max(call.shape[2], 1))
+            lse = torch.cat([torch.logsumexp(scores(call, self.masks, head, rows[s:s + step]), dim=-1)
+                             for s in range(0, len(rows), step)])
+            self._lse[(layer, head)] = lse
+        out = torch.exp(scores(call, self.masks, head, rows, keys) - lse[:, None]).nan_to_num_(0.0)
+        return out.numpy()
+
+    def dense(self) -> np.ndarray:
+        """The whole stack as float16 ``[layers, heads, queries, keys]``; refused when large."""
+        if self._dense is None:
+            _check_size(self.size, self.shape)
+            out = np.empty(self.shape, dtype=np.float16)
+            for layer in range(self.shape[0]):
+                for head in range(self.shape[1]):
+                    out[layer, head] = self.rows(layer, head)
+            if not self.small:
+                return out
+            self._dense = out
+        return self._dense
+
+    def __getitem__(self, index) -> np.ndarray:
+        if self.small or self._dense is not None:
+            return self.dense()[index]
+        index = index if isinstance(index, tuple) else (index,)
+        if any(i is Ellipsis or i is None for i in index) or len(index) > 4:
+            return self.dense()[index]  # refused: only plain indices are computed piecewise
+        index = index + (slice(None),) * (4 - len(index))
+        picks = [np.arange(n)[i] for n, i in zip(self.shape, index)]
+        layers, heads, queries = (np.atleast_1d(p) for p in picks[:3])
+        keys = np.atleast_1d(picks[3])
+        _check_size(len(layers) * len(heads) * len(queries) * self.shape[3], self.shape)
+        out = np.empty((len(layers), len(heads), len(queries), len(keys)), dtype=np.float16)
+        for a, layer in enumerate(layers):
+            for b, head in enumerate(heads):
+                out[a, b] = self.rows(int(layer), int(head), queries)[:, keys]
+        squeeze = tuple(axis for axis, p in enumerate(picks) if np.ndim(p) == 0)
+        return out.squeeze(axis=squeeze) if squeeze else out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        a = self.dense()
+        return a if dtype is None else a.astype(dtype)
+
+    def astype(self, dtype, copy: bool = True) -> np.ndarray:
+        return self.dense().astype(dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+def _check_size(elements: int, shape) -> None:
+    if elements > SLICE_ELEMENTS:
+        raise AttnvizError(
+            f"Materialising {elements:,} attention weights of a {list(shape)} stack is refused (more than "
+            f"{SLICE_ELEMENTS:,}); read it a head at a time with AttentionResult.attention(layer, head, queries=...).")
+
+
+# -- describing masks compactly ------------------------------------------------------------------
+def describe_mask(mask: torch.Tensor, n_heads: int) -> tuple[bool, int | None, torch.Tensor | None]:
+    """(causal, window, what is left) for one call's mask ``[heads or 1, queries, keys]``.
+
+    A float mask whose entries are 0 or hugely negative (an eager-style boolean mask) is read
+    as boolean. A boolean mask that keeps everything, or exactly the causal pattern, or a
+    causal band of some width (sliding window), is described by (causal, window) alone and
+    nothing is left; any other mask is left as it is, for storing.
+    """
+    if mask.dtype != torch.bool:
+        finite = mask.float()
+        if bool(((finite == 0) | (finite <= -1e4)).all()):
+            mask = finite == 0
+        else:
+            return False, None, mask
+    if mask.shape[0] > 1 and bool((mask == mask[:1]).all()):
+        mask = mask[:1]
+    if mask.shape[0] > 1:
+        return False, None, mask
+    m = mask[0]
+    if bool(m.all()):
+        return False, None, None
+    n_q, n_k = m.shape
+    gap = torch.arange(n_q)[:, None] - torch.arange(n_k)[None, :]
+    if torch.equal(m, gap >= 0):
+        return True, None, None
+    width = int(m[-1].sum())
+    if width and torch.equal(m, (gap >= 0) & (gap < width)):
+        return True, width, None
+    return False, None, mask
+
+
+def kv_groups(key: torch.Tensor, n_heads: int) -> int:
+    """How many consecutive heads of ``key [heads, keys, dim]`` are copies of one key/value
+    head (``repeat_kv`` of grouped-query attention); 1 when none are."""
+    for g in sorted((d for d in range(2, n_heads + 1) if n_heads % d == 0), reverse=True):
+        grouped = key.unflatten(0, (n_heads // g, g))
+        if torch.equal(grouped, grouped[:, :1].expand_as(grouped)):
+            return g
+    return 1
+
+
+def default_scale(dim: int) -> float:
+    return 1.0 / math.sqrt(dim)

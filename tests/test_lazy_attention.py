@@ -1,0 +1,321 @@
+"""Attention on demand: maps computed from what the attention function was given equal the
+model's own, for the bundled models and tiny random checkpoints of many architectures.
+
+For each model the reference is the model itself run eagerly with ``output_attentions=True``
+(the maps transformers materialises); where the model runs SDPA by default, the recorded maps
+are also checked against torch's reference of what SDPA computed from its actual arguments
+(attnviz.recorder.sdpa_probabilities on the full masks, before any compact description).
+"""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+import transformers as tf
+
+import attnviz
+from attnviz import result as result_module
+from attnviz.analysis.flow import augmented_layer, rollout, rollout_spread
+from attnviz.analysis.stats import head_stats
+from attnviz.analysis.tokens import reduce
+from attnviz.lazy import LazyStack
+from attnviz.models.loader import Model
+from attnviz.result import AttentionResult
+from attnviz.viz import text as viz_text
+
+capture_module = importlib.import_module("attnviz.capture")  # attnviz.capture is also the function
+TEXT = "The quick brown fox jumps over the lazy dog near the riverbank, and then it sleeps."
+TOL = 1e-3
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def tiny(config_class, model_class, seed: int = 0, **config) -> torch.nn.Module:
+    """A randomly initialised model (fixed seed), eager like attnviz's loader, in eval mode."""
+    torch.manual_seed(seed)
+    cfg = config_class(**config)
+    cfg._attn_implementation = "eager"
+    return model_class(cfg).eval()
+
+
+def model_of(net, family: str, tokenizer=None, image=None) -> Model:
+    return Model("tiny", family, net, torch.device("cpu"), max_tokens=512, tokenizer=tokenizer, image=image)
+
+
+def eager_maps(net, stacks, **inputs) -> dict[str, np.ndarray]:
+    """The model's own eager attention, float32 [layers, heads, queries, keys] per stack."""
+    with torch.inference_mode():
+        out = net(**inputs, output_attentions=True)
+    names = {"encoder": "encoder_attentions", "decoder": "decoder_attentions", "cross": "cross_attentions"}
+    return {s: torch.stack([a[0] for a in getattr(out, names[s] if len(stacks) > 1 else "attentions")]).float().numpy()
+            for s in stacks}
+
+
+def sdpa_maps(net, **inputs) -> list[np.ndarray]:
+    """torch's reference probabilities of every SDPA call the model makes by default."""
+    with capture_module._default_attention(net) as sdpa, torch.inference_mode(), attnviz.record_attention() as rec:
+        assert sdpa
+        net(**inputs)
+    return [m[0].numpy() for m in rec.maps]
+
+
+def lazy_maps(stack) -> np.ndarray:
+    """Every head of a stack through LazyStack.rows, float32."""
+    return np.stack([[stack.rows(layer, head) for head in range(stack.shape[1])] for layer in range(stack.shape[0])])
+
+
+def check(net, stacks, *, lazy: bool = True, sdpa: bool | None = None, **inputs) -> dict:
+    """Record with attnviz and compare with the eager maps (and SDPA's when ``sdpa``, by
+    default when ``lazy``)."""
+    with torch.inference_mode():
+        attn, warnings = capture_module._forward(model_of(net, "x"), stacks, None, **inputs)
+    expected = eager_maps(net, stacks, **inputs)
+    for s in stacks:
+        assert isinstance(attn[s], LazyStack) == lazy, (s, type(attn[s]))
+        got = lazy_maps(attn[s]) if lazy else attn[s].astype(np.float32)
+        assert got.shape == expected[s].shape
+        assert np.abs(got - expected[s]).max() < TOL, (s, np.abs(got - expected[s]).max())
+        sums = got.sum(-1)
+        assert np.abs(sums - 1).max() < TOL
+    if lazy:
+        assert warnings == []
+    if lazy if sdpa is None else sdpa:
+        reference = sdpa_maps(net, **inputs)
+        order = [(s, layer) for s in stacks for layer in range(attn[s].shape[0])]
+        if len(stacks) == 3:  # encoder layers, then decoder self- and cross-attention alternately
+            n_enc = attn["encoder"].shape[0]
+            order = [("encoder", i) for i in range(n_enc)]
+            order += [(s, i) for i in range(attn["decoder"].shape[0]) for s in ("decoder", "cross")]
+        for (s, layer), ref in zip(order, reference, strict=True):
+            got = np.stack([attn[s].rows(layer, h) for h in range(attn[s].shape[1])])
+            assert np.abs(got - ref).max() < TOL, (s, layer, np.abs(got - ref).max())
+    if not lazy:
+        assert warnings and "materialised" in warnings[0]
+    return attn
+
+
+def assert_causal(attn) -> None:
+    maps = lazy_maps(attn) if isinstance(attn, LazyStack) else attn.astype(np.float32)
+    n = maps.shape[-1]
+    assert np.abs(maps * np.triu(np.ones((n, n)), k=1)).max() == 0
+
+
+@pytest.fixture(scope="module")
+def decoder_tokens(smollm):
+    return smollm.tokenizer(TEXT, return_tensors="pt")["input_ids"]
+
+
+# -- tiny checkpoints of many architectures ---------------------------------------------------
+def test_llama_grouped_query(decoder_tokens):
+    net = tiny(tf.LlamaConfig, tf.LlamaForCausalLM, vocab_size=49152, hidden_size=32, intermediate_size=64,
+               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    ids = decoder_tokens
+    attn = check(net, ("decoder",), input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    stack = attn["decoder"]
+    assert stack.calls[0].k.shape[0] == 2 and stack.calls[0].causal  # keys once per kv head, causal flag
+    assert_causal(stack)
+
+
+def test_mistral_sliding_window_shorter_than_input(decoder_tokens):
+    net = tiny(tf.MistralConfig, tf.MistralForCausalLM, vocab_size=49152, hidden_size=32, intermediate_size=64,
+               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, sliding_window=5)
+    ids = decoder_tokens
+    assert ids.shape[1] > 5
+    attn = check(net, ("decoder",), input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    call = attn["decoder"].calls[0]
+    assert call.window is not None and call.causal and call.mask == -1  # described, not stored
+    assert_causal(attn["decoder"])
+    far = lazy_maps(attn["decoder"])[:, :, -1, : ids.shape[1] - call.window]
+    assert far.max() == 0  # outside the window
+
+
+def test_gemma2_soft_capping_recorded_through_the_attention_registry(decoder_tokens):
+    net = tiny(tf.Gemma2Config, tf.Gemma2ForCausalLM, vocab_size=49152, hidden_size=32, intermediate_size=64,
+               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+               attn_logit_softcapping=5.0, sliding_window=4)
+    ids = decoder_tokens
+    assert net.config._attn_implementation == "eager"  # Gemma2 has no SDPA: eager is its default
+    attn = check(net, ("decoder",), sdpa=False, input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    local, full = attn["decoder"].calls
+    assert local.softcap == full.softcap == 5.0 and local.window == 4 and full.window is None
+    assert net.config._attn_implementation == "eager"  # set back
+    assert_causal(attn["decoder"])
+
+
+def test_bloom_alibi_falls_back_to_eager_maps(decoder_tokens):
+    net = tiny(tf.BloomConfig, tf.BloomForCausalLM, vocab_size=49152, hidden_size=32, n_layer=2, n_head=4)
+    ids = decoder_tokens
+    attn = check(net, ("decoder",), lazy=False, input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    assert_causal(attn["decoder"])
+
+
+def test_gpt2(decoder_tokens):
+    net = tiny(tf.GPT2Config, tf.GPT2LMHeadModel, vocab_size=49152, n_embd=32, n_layer=2, n_head=4)
+    ids = decoder_tokens
+    attn = check(net, ("decoder",), input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    assert_causal(attn["decoder"])
+
+
+def test_bert_with_padding(minilm):
+    net = tiny(tf.BertConfig, tf.BertModel, vocab_size=30522, hidden_size=32, intermediate_size=64,
+               num_hidden_layers=2, num_attention_heads=4)
+    enc = minilm.tokenizer([TEXT, "A short one."], padding=True, return_tensors="pt")
+    ids, mask = enc["input_ids"][1:], enc["attention_mask"][1:]  # batch item 0 is the padded one
+    assert mask[0].min() == 0
+    attn = check(net, ("encoder",), input_ids=ids, attention_mask=mask)
+    maps = lazy_maps(attn["encoder"])
+    assert maps[..., mask[0] == 0].max() == 0  # padding keys get nothing
+
+
+def test_t5_relative_buckets_and_cross_attention(t5):
+    net = tiny(tf.T5Config, tf.T5ForConditionalGeneration, vocab_size=32128, d_model=32, d_kv=8, d_ff=64,
+               num_layers=2, num_decoder_layers=3, num_heads=4, relative_attention_num_buckets=8,
+               relative_attention_max_distance=16, decoder_start_token_id=0)
+    src = t5.tokenizer(TEXT, return_tensors="pt")["input_ids"]
+    tgt = torch.tensor([[0, 71, 1712, 3, 9, 5]])
+    attn = check(net, ("encoder", "decoder", "cross"), input_ids=src, attention_mask=torch.ones_like(src),
+                 decoder_input_ids=tgt, use_cache=False)
+    assert attn["cross"].shape == (3, 4, tgt.shape[1], src.shape[1])
+    assert attn["encoder"].masks  # the relative-position bias is kept (once per distinct bias)
+    assert_causal(attn["decoder"])
+
+
+def test_vit():
+    net = tiny(tf.ViTConfig, tf.ViTModel, image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+               num_hidden_layers=2, num_attention_heads=4)
+    torch.manual_seed(1)
+    pixels = torch.randn(1, 3, 32, 32)
+    attn = check(net, ("encoder",), pixel_values=pixels)
+    assert attn["encoder"].shape == (2, 4, 17, 17)
+
+
+# -- the bundled models --------------------------------------------------------------------------
+def test_bundled_text_models(minilm, smollm, t5):
+    for model, text in ((minilm, TEXT), (smollm, TEXT)):
+        enc = model.tokenizer(text, return_tensors="pt")
+        stacks = ("encoder",) if model.family == "encoder" else ("decoder",)
+        extra = {} if model.family == "encoder" else {"use_cache": False}
+        attn = check(model.net, stacks, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **extra)
+        if model.family == "decoder":
+            assert_causal(attn["decoder"])
+    src = t5.tokenizer(TEXT, return_tensors="pt")["input_ids"]
+    tgt = torch.tensor([[t5.net.config.decoder_start_token_id, 363, 19, 8, 1]])
+    check(t5.net, ("encoder", "decoder", "cross"), input_ids=src, attention_mask=torch.ones_like(src),
+          decoder_input_ids=tgt, use_cache=False)
+
+
+@pytest.mark.parametrize("fixture", ["dinov2", "clip"])
+def test_bundled_image_models(request, fixture):
+    model = request.getfixturevalue(fixture)
+    torch.manual_seed(0)
+    pixels = torch.randn(1, 3, 224, 224)
+    kwargs = {"interpolate_pos_encoding": True} if capture_module._accepts(model.net, "interpolate_pos_encoding") else {}
+    check(model.net, ("encoder",), pixel_values=pixels, **kwargs)
+
+
+# -- results, files and the streaming consumers --------------------------------------------------
+def test_capture_is_lazy_and_saved_large_result_loads_the_same(smollm, tmp_path, monkeypatch):
+    r = attnviz.capture(smollm, TEXT)
+    assert r.is_lazy("decoder") and r.warnings == []
+    small = AttentionResult.load(r.save(tmp_path / "small.npz"))  # today's format: float16 maps
+    assert not small.is_lazy("decoder")
+    assert np.abs(small.attn["decoder"].astype(np.float32) - r.attn["decoder"].astype(np.float32)).max() < TOL
+    monkeypatch.setattr(result_module, "NPZ_MAPS_MAX", 1000)  # this result now counts as large
+    assert r.saves_recorded()
+    back = AttentionResult.load(r.save(tmp_path / "large.npz"))
+    assert back.is_lazy("decoder") and back.meta() == r.meta()
+    assert back.digest == r.digest
+    for layer in (0, 29):
+        for head in (0, 8):
+            assert np.array_equal(back.attention(layer, head, "decoder"), r.attention(layer, head, "decoder"))
+
+
+def test_large_stacks_refuse_to_materialise_and_compute_slices(smollm, monkeypatch):
+    from attnviz import lazy
+
+    r = attnviz.capture(smollm, TEXT)
+    stack = r.attn["decoder"]
+    dense = np.asarray(stack).astype(np.float32)
+    monkeypatch.setattr(lazy, "SMALL_ELEMENTS", 100)
+    monkeypatch.setattr(lazy, "SLICE_ELEMENTS", stack.shape[1] * stack.shape[2] * stack.shape[3])
+    fresh = LazyStack(stack.calls, stack.masks)
+    assert np.abs(fresh[3].astype(np.float32) - dense[3]).max() < TOL
+    assert np.abs(fresh[3, 2, 5:9].astype(np.float32) - dense[3, 2, 5:9]).max() < TOL
+    assert fresh[2, 1, 4, 3] == pytest.approx(dense[2, 1, 4, 3], abs=TOL)
+    with pytest.raises(attnviz.AttnvizError, match="a head at a time"):
+        np.asarray(fresh)
+    cols = fresh.columns(5, 4, [0, 3])
+    assert np.abs(cols - fresh.rows(5, 4)[:, [0, 3]]).max() < 1e-5
+
+
+def _dense_copy(r: AttentionResult) -> AttentionResult:
+    """The same result with every stack held as a plain float32 array (today's path)."""
+    from dataclasses import replace
+
+    return replace(r, attn={s: np.asarray(r.attn[s]).astype(np.float32) for s in r.stacks})
+
+
+def test_streaming_consumers_match_the_whole_array_path(smollm, minilm):
+    r = attnviz.capture(smollm, TEXT)
+    d = _dense_copy(r)
+    a = d.attn["decoder"]
+    for name in ("entropy", "sink_mass", "mean_distance", "local_share"):
+        assert np.allclose(getattr(head_stats(r, "decoder"), name), getattr(head_stats(d, "decoder"), name),
+                           atol=1e-3, equal_nan=True)
+    source = len(r.tokens) - 1
+    whole = np.eye(a.shape[-1])[source]
+    for layer in reversed(range(a.shape[0])):
+        whole = whole @ augmented_layer(a[layer], "mean")
+    assert np.abs(rollout(r.attn["decoder"], "mean", source=source) - whole).max() < 1e-4
+    assert np.abs(rollout(a, "max", source=source) - rollout(a, "max")[source]).max() < 1e-9
+    edges = rollout_spread(r.attn["decoder"], source, "mean", 3)
+    assert edges.shape == (3 * a.shape[0], 4) and np.all(edges[:3, 1] == source)
+    options = viz_text.TextOptions(merge=True, hide_special=True)
+    q, k = viz_text.axes(r, "decoder", options)
+    for head in (2, "mean", "max"):
+        expected = viz_text.head_values(d, "decoder", 7, head, q, k)
+        assert np.abs(viz_text.head_values(r, "decoder", 7, head, q, k) - expected).max() < TOL
+        key = k.window(3, 4)
+        assert np.abs(viz_text.head_columns(r, "decoder", 7, head, q, key) - expected[:, 3:4]).max() < TOL
+    thumbs = viz_text.thumbnails(r, "decoder", options)
+    assert np.abs(thumbs.values[4] - reduce(a[4], thumbs.queries, thumbs.keys)).max() < TOL
+    enc = attnviz.capture(minilm, TEXT)
+    stats = head_stats(enc, "encoder")
+    assert np.allclose(stats.entropy, head_stats(_dense_copy(enc), "encoder").entropy, atol=1e-3)
+
+
+def test_digest_names_the_content(minilm):
+    a = attnviz.capture(minilm, TEXT)
+    b = attnviz.capture(minilm, TEXT)
+    c = attnviz.capture(minilm, TEXT + " More.")
+    assert a.digest == b.digest != c.digest
+
+
+def test_eager_recording_is_per_thread(decoder_tokens):
+    """While a model is switched to the recording eager function, a thread with no recorder
+    runs it as plain eager attention and records nothing into another thread's recorder."""
+    import threading
+
+    net = tiny(tf.Gemma2Config, tf.Gemma2ForCausalLM, vocab_size=49152, hidden_size=32, intermediate_size=64,
+               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+               attn_logit_softcapping=5.0)
+    ids = decoder_tokens
+    with torch.inference_mode():
+        expected = net(input_ids=ids, use_cache=False).logits
+    outputs = []
+
+    def other():
+        with torch.inference_mode():
+            outputs.append(net(input_ids=ids, use_cache=False).logits)
+
+    with capture_module._default_attention(net) as recordable, torch.inference_mode():
+        assert recordable
+        with attnviz.record_attention(lazy=True) as rec:
+            thread = threading.Thread(target=other)
+            thread.start()
+            thread.join()
+            assert rec.calls == []
+            net(input_ids=ids, use_cache=False)
+        assert len(rec.calls) == 2
+    assert torch.equal(outputs[0], expected)
