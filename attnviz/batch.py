@@ -53,7 +53,8 @@ Progress = Callable[[int, int, float], None]  # (inputs done, inputs in all, inp
 
 def schema():
     """The Parquet columns: ``input_index`` (position in the input list), ``input_id``,
-    ``model``, ``kind`` ("text" or "image"), ``window`` (of the local statistics), ``stack``, ``layer``, ``head``, ``n_queries`` and ``n_keys`` of the stack, then
+    ``model``, ``kind`` ("text" or "image"), ``window`` (of the local statistics), ``stack``,
+    ``layer``, ``head``, ``n_queries`` and ``n_keys`` of the stack, then
     the statistics (entropy, entropy_norm, sink_mass, mean_distance, local_share,
     distance_ratio) and share roles (previous_token, self, first_token, special, delimiter) as
     float64, NaN where undefined."""

@@ -49,8 +49,8 @@ from attnviz.analysis import faithfulness as faith
 from attnviz.capture import _accepts, _encode, _special, _tokens, _word_spans, image_pixels
 from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text
-from attnviz.models.loader import Model
 from attnviz.lab.toy_tasks import AGREEMENT_WORDS, MASK, STOP, encode
+from attnviz.models.loader import Model
 from attnviz.recorder import sdpa_probabilities
 from attnviz.result import PatchGrid
 

@@ -32,9 +32,9 @@ from attnviz.analysis import faithfulness as faith  # noqa: E402
 from attnviz.analysis.flow import FLOW_SCALE, flow_capacities, max_flow_values  # noqa: E402
 from attnviz.explain import explain  # noqa: E402
 from attnviz.lab.custom import CustomConfig, CustomNet  # noqa: E402
-from attnviz.models.loader import Model  # noqa: E402
 from attnviz.lab.toy_tasks import MASK, NOUN_PL, NOUN_SG, STOP, batch  # noqa: E402
 from attnviz.lab.train import Trainer  # noqa: E402
+from attnviz.models.loader import Model  # noqa: E402
 
 PAPER = {"attention L1": 0.69, "attention L3": -0.11, "attention L6": 0.29, "rollout": 0.71, "flow": 0.70}
 LENGTH, LAYERS = 16, 6

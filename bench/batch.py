@@ -76,7 +76,7 @@ def main() -> None:
         results = []
         for r in range(args.runs):
             out = tmp / f"{name.replace(' ', '_').replace(',', '')}_{r}"
-            results.append(timed(lambda progress: run_batch(target, inputs, out, engine=engine, workers=workers,
+            results.append(timed(lambda progress, out=out: run_batch(target, inputs, out, engine=engine, workers=workers,
                                                             progress=progress, **common)))
             table = read_table(out).sort_by([("input_index", "ascending"), ("layer", "ascending"),
                                              ("head", "ascending")])

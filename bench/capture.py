@@ -13,7 +13,6 @@ import argparse
 import statistics
 import time
 
-
 import torch  # noqa: E402
 import transformers as tf  # noqa: E402
 from PIL import Image  # noqa: E402

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-
 from attnviz.analysis.mechanics import cost_formula  # noqa: E402
 from attnviz.lab.cost import measure  # noqa: E402
 

@@ -21,13 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from flow import median_s  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import attnviz  # noqa: E402
 from attnviz.capture import image_pixels  # noqa: E402
 from attnviz.explain import BATCH, IG_STEPS, METHODS, explain  # noqa: E402
 from attnviz.samples import sample_bytes  # noqa: E402
-from flow import median_s  # noqa: E402
 
 TEXT = ("Attention lets every token look at every other token, and the model learns where to look; "
         "whether the pictures it draws follow what the model uses is another question. ") * 6
@@ -57,7 +57,7 @@ def rows_for(name: str, input, runs: int, size: int | None = None) -> list[str]:
     rows = [f"| {name}, {n} tokens | one plain forward pass | {forward * 1e3:.0f} ms ({forward_cpu * 1e3:.0f} ms CPU) | |"]
     for method in METHODS + ("all seven",):
         methods = METHODS if method == "all seven" else (method,)
-        wall, cpu = median_s(lambda: explain(model, input, size=size, methods=methods), runs)
+        wall, cpu = median_s(lambda methods=methods: explain(model, input, size=size, methods=methods), runs)
         note = ""
         if method == "blankout":
             passes = n + 1

@@ -45,11 +45,11 @@ def main() -> None:
     print(f"{'figure':<44}{'format':<8}{'seconds':>9}{'size kB':>10}")
     for name, (_, fig) in cases.items():
         for fmt in FORMATS:
-            seconds, out = timed(lambda: figure_bytes(fig, fmt), runs)
+            seconds, out = timed(lambda fig=fig, fmt=fmt: figure_bytes(fig, fmt), runs)
             print(f"{name:<44}{fmt:<8}{seconds:>9.2f}{len(out) / 1e3:>10.0f}")
     print(f"\n{'report of':<44}{'seconds':>17}{'size MB':>10}")
     for name, (result, _) in cases.items():
-        seconds, out = timed(lambda: report_html(result), runs)
+        seconds, out = timed(lambda result=result: report_html(result), runs)
         print(f"{name.rsplit(',', 1)[0]:<44}{seconds:>17.2f}{len(out.encode()) / 1e6:>10.1f}")
 
 

@@ -21,12 +21,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' reference flow (attnviz itself is installed)
 
 import numpy as np  # noqa: E402
+from flow_reference import networkx_flows  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import attnviz  # noqa: E402
 from attnviz.analysis.flow import attention_flow, augmented_layer, flow_capacities, max_flow_values, rollout  # noqa: E402
 from attnviz.samples import SAMPLES, sample_bytes  # noqa: E402
-from flow_reference import networkx_flows  # noqa: E402
 
 TEXT = "Attention lets every token look at every other token, and the model learns where to look. " * 4
 
@@ -57,8 +57,8 @@ def image_rows(runs: int) -> list[str]:
     for name in SAMPLES:
         result = attnviz.capture(model, square(Image.open(io.BytesIO(sample_bytes(name)))), size=224)
         attn = result.attn["encoder"]
-        flow_s, flow_cpu = median_s(lambda: attention_flow(attn, 0), runs)
-        rollout_s, _ = median_s(lambda: rollout(attn, source=0), runs)
+        flow_s, flow_cpu = median_s(lambda attn=attn: attention_flow(attn, 0), runs)
+        rollout_s, _ = median_s(lambda attn=attn: rollout(attn, source=0), runs)
         rows.append(f"| dinov2-small, {name} | {attn.shape[-1]} | {attn.shape[0]} | {flow_s:.3f} s ({flow_cpu:.3f} s CPU) "
                     f"| {rollout_s * 1e3:.1f} ms |")
     return rows

@@ -46,10 +46,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "corpus")]  # the tests' helpers (attnviz itself is installed)
 
-import attnviz  # noqa: E402
-from browser import (CHROMIUM, CHROMIUM_ARGS, NO_STATUS_WIDGET, SCRIPT_DONE, free_port,  # noqa: E402
-                     start_server, wait_healthy)
+from browser import CHROMIUM, CHROMIUM_ARGS, NO_STATUS_WIDGET, SCRIPT_DONE, free_port, start_server, wait_healthy  # noqa: E402
 from make_corpus import overlapping_zip_bomb, tiny_gpt_neo, with_config, zip_of  # noqa: E402
+
+import attnviz  # noqa: E402
 from attnviz.inputs import open_image  # noqa: E402
 from attnviz.models import store  # noqa: E402
 from attnviz.result import AttentionResult  # noqa: E402

@@ -25,7 +25,6 @@ import os
 import statistics
 import time
 
-
 import torch  # noqa: E402
 
 from attnviz.lab import tasks  # noqa: E402

@@ -2,9 +2,22 @@
 import streamlit as st
 
 from attnviz.ui.common import friendly_errors, in_app_frame
-from attnviz.ui.train import (CLASSIFIER_RUN_KEY, RUN_KEY, classifier_form, classifier_results, classifier_save,
-                              classifier_training, design_form, inspect, kind_picker, open_buttons, pick_model,
-                              save_block, training, upload_block)
+from attnviz.ui.train import (
+    CLASSIFIER_RUN_KEY,
+    RUN_KEY,
+    classifier_form,
+    classifier_results,
+    classifier_save,
+    classifier_training,
+    design_form,
+    inspect,
+    kind_picker,
+    open_buttons,
+    pick_model,
+    save_block,
+    training,
+    upload_block,
+)
 
 in_app_frame()
 

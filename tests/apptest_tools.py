@@ -6,10 +6,9 @@ import io
 import json
 
 import numpy as np
+from conftest import app_path
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-
-from conftest import app_path
 
 
 def open_page(page: str, timeout: float = 300, **params: str) -> AppTest:

@@ -5,13 +5,22 @@ import math
 
 import numpy as np
 import pytest
+from flow_reference import networkx_flows
 
 import attnviz
 from attnviz.analysis import average_stats, head_stats
-from attnviz.analysis.flow import (FLOW_SCALE, attention_flow, discard_lowest, flow_capacities,
-                                   fuse_heads, last_layer_attention, max_flow_values, rollout, rollout_spread)
+from attnviz.analysis.flow import (
+    FLOW_SCALE,
+    attention_flow,
+    discard_lowest,
+    flow_capacities,
+    fuse_heads,
+    last_layer_attention,
+    max_flow_values,
+    rollout,
+    rollout_spread,
+)
 from attnviz.result import AttentionResult, PatchGrid
-from flow_reference import networkx_flows
 
 
 def random_attention(rng, layers, heads, queries, keys=None, sharpness=3.0, causal=False):

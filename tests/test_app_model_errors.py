@@ -3,9 +3,9 @@ and the page works again once a bundled model is chosen."""
 from __future__ import annotations
 
 import pytest
+from apptest_tools import open_page
 from streamlit.testing.v1 import AppTest
 
-from apptest_tools import open_page
 from attnviz.ui.models import OWN_MODEL
 
 

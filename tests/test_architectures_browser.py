@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from browser import screenshot, wait_for_app
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "corpus"))
+from apptest_tools import open_page  # noqa: E402
 from make_corpus import Case, build  # noqa: E402
 
 import attnviz  # noqa: E402
 from attnviz.inputs import open_image, read_text  # noqa: E402
-from apptest_tools import open_page  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MIN_CASES = 50

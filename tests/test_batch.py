@@ -6,14 +6,13 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from batch_inputs import sentences, sorted_table, write_jsonl
 
 import attnviz
 from attnviz.analysis.roles import share_roles
 from attnviz.analysis.stats import head_stats
 from attnviz.batch import done_ids, read_inputs, read_table, run_batch, schema
 from attnviz.cli import main
-
-from batch_inputs import sentences, sorted_table, write_jsonl
 
 N = 50
 

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import pytest
+from batch_inputs import sorted_table, write_jsonl
 
 from attnviz.batch import read_table, run_batch
 from attnviz.cli import main
-
-from batch_inputs import sorted_table, write_jsonl
 
 ray = pytest.importorskip("ray")
 N = 50

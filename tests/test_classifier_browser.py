@@ -2,7 +2,6 @@
 steps, show their held-out results, are saved, and open in the text and image explorers. The
 server gets its own ATTNVIZ_HOME. Screenshots go to test-artifacts/."""
 import pytest
-
 from browser import screenshot, serving, wait_for_app
 
 

@@ -13,15 +13,14 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from PIL import Image
+from test_custom_model import zipped
 
 import attnviz
 from attnviz.lab import custom, datasets, tasks
 from attnviz.lab.classify import Classifier, ClassifierConfig
 from attnviz.lab.train import Trainer, evaluate_classifier
-
-from conftest import ROOT
-from test_custom_model import zipped
 
 
 @pytest.fixture(autouse=True)

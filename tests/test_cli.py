@@ -7,10 +7,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from attnviz.result import AttentionResult
-
-from conftest import ROOT
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -5,14 +5,13 @@ import json
 
 import numpy as np
 import pytest
+from test_cli import assert_one_line_error, cli
 
 import attnviz
 from attnviz.analysis.roles import ROLES, all_roles
 from attnviz.capture import capture_ids
 from attnviz.cli import main
 from attnviz.probes import induction_input
-
-from test_cli import assert_one_line_error, cli
 
 SHARED = [r for r in ROLES if r not in ("induction", "duplicate_token")]
 

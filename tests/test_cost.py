@@ -6,9 +6,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-from streamlit.testing.v1 import AppTest
-
 from conftest import app_path
+from streamlit.testing.v1 import AppTest
 
 from attnviz.lab import cost
 

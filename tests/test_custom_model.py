@@ -14,9 +14,9 @@ import torch
 
 import attnviz
 from attnviz.lab import custom, toy_tasks
-from attnviz.models import store, upload
 from attnviz.lab.custom import CustomConfig, CustomNet
 from attnviz.lab.train import Trainer, evaluate
+from attnviz.models import store, upload
 
 REVERSE_INPUT = "3 1 4 1 5 9 2 6 5 3 5 8"
 

@@ -12,6 +12,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
+from flow_reference import networkx_flows
 from scipy.stats import spearmanr
 
 from attnviz.analysis import faithfulness as faith
@@ -19,9 +21,6 @@ from attnviz.analysis.flow import attention_flow, augmented_layer, flow_capaciti
 from attnviz.errors import AttnvizError
 from attnviz.explain import METHODS, explain, replacement_token
 from attnviz.models.loader import Model
-
-from conftest import ROOT
-from flow_reference import networkx_flows
 
 TEXT = "The keys to the old cabinet are on the table."
 PROMPT = "The capital of France is"

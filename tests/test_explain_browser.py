@@ -2,7 +2,6 @@
 text render for the default sentence, and typing another sentence redraws both. Screenshots
 go to test-artifacts/."""
 import pytest
-
 from browser import screenshot, wait_for_app
 
 BOARD = ".st-key-explain_board"  # streamlit marks a keyed element with the class st-key-<key>

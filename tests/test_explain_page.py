@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
-
 from apptest_tools import array, assert_clean, charts, open_page, pictures
+from streamlit.testing.v1 import AppTest
 
 from attnviz.analysis import faithfulness as faith
 from attnviz.explain import METHODS, explain

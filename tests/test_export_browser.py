@@ -45,7 +45,7 @@ def test_report_renders_with_the_network_blocked(_browser, reports):
         for path in reports:
             page = context.new_page()
             errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
             page.goto(path.as_uri())
             expected = path.read_text(encoding="utf-8").count('class="plotly-graph-div"')
             drawn = ("() => [...document.querySelectorAll('.plotly-graph-div')]"

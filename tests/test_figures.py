@@ -10,9 +10,9 @@ from html.parser import HTMLParser
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+from apptest_tools import array
 from PIL import Image
 
-from apptest_tools import array
 from attnviz import figures
 from attnviz.analysis.flow import rollout
 from attnviz.cli import main

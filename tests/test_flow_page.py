@@ -9,10 +9,9 @@ import re
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
-
-from browser import centre, click_until_shown, screenshot, wait_for_app
 from apptest_tools import array, assert_clean, figures, open_page
+from browser import centre, click_until_shown, screenshot, wait_for_app
+from streamlit.testing.v1 import AppTest
 
 import attnviz
 from attnviz.analysis.flow import attention_flow, last_layer_attention, rollout, rollout_spread

@@ -1,7 +1,6 @@
 """The head atlas in chromium: the atlas renders, a click on a head opens its map, the
 similar-heads and compare tabs draw. Screenshots go to test-artifacts/."""
 import pytest
-
 from browser import centre, click_until_shown, screenshot, wait_for_app
 
 ATLAS = ".st-key-heads_atlas"

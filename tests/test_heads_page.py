@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from apptest_tools import array, assert_clean, charts, open_page
+from batch_inputs import write_jsonl
 from streamlit.testing.v1 import AppTest
+from test_compare import checkpoints  # noqa: F401  (a fixture)
 
 import attnviz
 from attnviz.analysis.roles import all_roles
@@ -13,10 +16,6 @@ from attnviz.analysis.similarity import cluster_heads, head_divergence, mean_div
 from attnviz.batch import part_files, read_table, roles_from_table, run_batch, spread_from_table
 from attnviz.compare import align_inputs, align_models, same_head_divergence
 from attnviz.ui.text import DEFAULT_TEXT
-
-from apptest_tools import array, assert_clean, charts, open_page
-from batch_inputs import write_jsonl
-from test_compare import checkpoints  # noqa: F401  (a fixture)
 
 PAGE = "pages/heads.py"
 

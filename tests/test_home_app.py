@@ -1,7 +1,6 @@
 """The app starts on its home page, which lists every bundled model with its status."""
-from streamlit.testing.v1 import AppTest
-
 from conftest import app_path
+from streamlit.testing.v1 import AppTest
 
 from attnviz.models.bundled import BUNDLED
 

@@ -4,7 +4,6 @@ import signal
 import subprocess
 
 import pytest
-
 from browser import ARTIFACTS, ROOT, free_port, screenshot, serving, wait_for_app, wait_healthy
 
 

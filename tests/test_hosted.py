@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "corpus"))
+from apptest_tools import assert_clean, open_page  # noqa: E402
 from make_corpus import tiny_bert  # noqa: E402
 
 import attnviz  # noqa: E402
-from apptest_tools import assert_clean, open_page  # noqa: E402
 from attnviz import limits  # noqa: E402
 from attnviz.cache import ByteCache  # noqa: E402
 from attnviz.inputs import MAX_MODEL_UPLOAD_MB  # noqa: E402

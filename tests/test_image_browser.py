@@ -2,7 +2,6 @@
 import re
 
 import pytest
-
 from browser import click_until_shown, screenshot, wait_for_app
 
 

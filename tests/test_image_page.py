@@ -12,10 +12,9 @@ import zlib
 
 import numpy as np
 import pytest
+from apptest_tools import array, assert_clean, figures, open_page, pictures
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-
-from apptest_tools import array, assert_clean, figures, open_page, pictures
 
 import attnviz
 from attnviz.analysis.flow import fuse_heads, rollout

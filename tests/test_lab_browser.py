@@ -2,11 +2,10 @@
 for a few steps (live curve), stops on Stop, is saved, and opens in the text explorer, whose
 heatmap shows its attention. The server gets its own ATTNVIZ_HOME, so saved models stay out of
 the real cache. Screenshots go to test-artifacts/."""
-import zipfile
 import time
+import zipfile
 
 import pytest
-
 from browser import screenshot, serving, wait_for_app
 
 

@@ -4,9 +4,8 @@ minilm-l6's own, and the Cost chart's measured points come from a real run."""
 from __future__ import annotations
 
 import numpy as np
-from streamlit.testing.v1 import AppTest
-
 from apptest_tools import array, assert_clean, charts, open_page
+from streamlit.testing.v1 import AppTest
 
 import attnviz
 from attnviz.analysis import mechanics as mech

@@ -5,7 +5,6 @@ to test-artifacts/. (4,096+ tokens rather than 8,192: the CI machine has two sha
 import re
 
 import pytest
-
 from browser import screenshot, wait_for_app
 
 LONG = " ".join(f"Sentence {i} tells how the river met the old stone bridge near the hill." for i in range(240))  # 4,211 tokens

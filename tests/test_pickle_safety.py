@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -73,7 +74,7 @@ def test_the_checkpoint_is_armed(tmp_path):
     control = tmp_path / "control-marker"
     path = tmp_path / "pytorch_model.bin"
     path.write_bytes(armed_checkpoint(control))
-    with pytest.raises(Exception):  # torch's default (weights_only) refuses it too
+    with pytest.raises(pickle.UnpicklingError):  # torch's default (weights_only) refuses it too
         torch.load(path)
     assert not control.exists()
     torch.load(path, weights_only=False)

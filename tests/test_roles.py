@@ -7,7 +7,15 @@ import pytest
 
 import attnviz
 from attnviz.analysis.roles import (
-    DEFAULT_THRESHOLD, ROLES, HeadRoles, Keys, Repeat, head_roles, is_punctuation, map_roles, repeated_sequence,
+    DEFAULT_THRESHOLD,
+    ROLES,
+    HeadRoles,
+    Keys,
+    Repeat,
+    head_roles,
+    is_punctuation,
+    map_roles,
+    repeated_sequence,
     stack_keys,
 )
 from attnviz.analysis.stats import head_stats

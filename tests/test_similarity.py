@@ -7,7 +7,13 @@ from scipy.spatial.distance import jensenshannon
 
 import attnviz
 from attnviz.analysis.similarity import (
-    cluster_heads, head_divergence, js_divergence, mean_divergence, queries_within, query_sample, similar_heads,
+    cluster_heads,
+    head_divergence,
+    js_divergence,
+    mean_divergence,
+    queries_within,
+    query_sample,
+    similar_heads,
 )
 from attnviz.result import AttentionResult
 

@@ -8,12 +8,11 @@ import sys
 import time
 
 import pytest
+from conftest import ROOT
 
 import attnviz
 from attnviz.models import store
 from attnviz.models.loader import check_folder
-
-from conftest import ROOT
 
 
 @pytest.fixture

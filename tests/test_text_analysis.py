@@ -2,8 +2,17 @@
 import numpy as np
 import pytest
 
-from attnviz.analysis.tokens import (block_size, display_label, last_content_unit, reduce, scale_rows, token_axis,
-                                     top_share, unique_labels, word_label)
+from attnviz.analysis.tokens import (
+    block_size,
+    display_label,
+    last_content_unit,
+    reduce,
+    scale_rows,
+    token_axis,
+    top_share,
+    unique_labels,
+    word_label,
+)
 
 TOKENS = ["[CLS]", "un", "##believ", "##able", "cat", "##s", "!", "[SEP]"]
 SPECIAL = [True, False, False, False, False, False, False, True]

@@ -2,7 +2,6 @@
 it, and a click on a tile of the model overview opens that head. Screenshots go to
 test-artifacts/."""
 import pytest
-
 from browser import centre, click_until_shown, screenshot, wait_for_app
 
 SENTENCE = "The cat sat on the mat because it was warm."

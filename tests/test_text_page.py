@@ -11,17 +11,16 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
-from streamlit.testing.v1 import AppTest
-
 from apptest_tools import array, assert_clean, charts
 from apptest_tools import open_page as open_text_page
+from PIL import Image
+from streamlit.testing.v1 import AppTest
 
 import attnviz
 from attnviz.analysis.tokens import top_share
 from attnviz.viz.heatmap import colour_lut
-from attnviz.viz.tiles import PALETTE_COLOURS
 from attnviz.viz.text import HEATMAP_MAX, LINES_MAX, ZOOM
+from attnviz.viz.tiles import PALETTE_COLOURS
 
 PAGE = "pages/text.py"
 SENTENCE = "The animal didn't cross the street because it was too tired."

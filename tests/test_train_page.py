@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
-
-from conftest import app_path
 from apptest_tools import array, assert_clean, charts
+from conftest import app_path
+from streamlit.testing.v1 import AppTest
 
 import attnviz
 from attnviz.lab import custom
@@ -190,6 +189,7 @@ def test_a_bad_csv_is_refused_on_the_page():
                                               ("digits", "vit", "image")])
 def test_saved_classifiers_open_on_the_local_vs_global_page(task, arch, kind, tmp_path):
     from apptest_tools import open_page
+
     from attnviz.lab import tasks
 
     folder = tasks.train(task, arch, tmp_path / arch, steps=2).folder

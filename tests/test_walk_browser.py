@@ -5,7 +5,6 @@ and checks what it shows; screenshots go to test-artifacts/walk-*.png.
 from __future__ import annotations
 
 import pytest
-
 from browser import screenshot, wait_for_app
 
 from attnviz.ui.home import PAGES

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import spearmanr
 
-from attnviz.analysis.flow import (FLOW_SCALE, MAX_FLOW_EDGES, augmented_layer, fuse_heads, max_flow_values,
-                                   flow_capacities)
+from attnviz.analysis.flow import FLOW_SCALE, MAX_FLOW_EDGES, augmented_layer, flow_capacities, fuse_heads, max_flow_values
 from attnviz.errors import AttnvizError
 
 

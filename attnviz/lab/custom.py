@@ -33,8 +33,8 @@ from attnviz.errors import AttnvizError
 from attnviz.lab.blocks import ATTENTIONS, Block
 from attnviz.lab.classify import Classifier, ClassifierConfig, WordTokenizer
 from attnviz.lab.datasets import IMAGE_MEAN, IMAGE_STD
-from attnviz.models import store
 from attnviz.lab.toy_tasks import AGREEMENT_MIN_LENGTH, TASKS, VOCAB, DigitTokenizer
+from attnviz.models import store
 from attnviz.models.model import ImageSpec, Model
 from attnviz.recorder import record_attention
 

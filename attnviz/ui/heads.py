@@ -21,13 +21,18 @@ from attnviz import batch
 from attnviz.analysis.roles import DEFAULT_THRESHOLD, HeadRoles, all_roles
 from attnviz.analysis.similarity import cluster_heads, head_divergence, queries_within, similar_heads
 from attnviz.compare import (
-    Aligned, align_inputs, align_models, closest_head, same_head_divergence, source_stack,
+    Aligned,
+    align_inputs,
+    align_models,
+    closest_head,
+    same_head_divergence,
+    source_stack,
 )
 from attnviz.models.bundled import BUNDLED
 from attnviz.probes import DEFAULT_PERIOD, induction_roles
 from attnviz.result import AttentionResult
-from attnviz.ui.common import friendly_errors
 from attnviz.ui.charts import show_chart
+from attnviz.ui.common import friendly_errors
 from attnviz.ui.flow import fingerprint
 from attnviz.ui.models import get_model, run_capture
 from attnviz.ui.text import TEXT_FAMILIES, TextRequest

@@ -41,6 +41,6 @@ def model_table() -> None:
         if state != "ready" and c4.button("Fetch now", key=f"fetch_{name}"):
             bar = st.progress(0.0, text=f"Fetching {name}…")
             with friendly_errors():
-                store.ensure(name, progress=lambda f, msg: bar.progress(min(max(f, 0.0), 1.0), text=msg))
+                store.ensure(name, progress=lambda f, msg, bar=bar: bar.progress(min(max(f, 0.0), 1.0), text=msg))
             bar.empty()
             st.rerun()

@@ -244,7 +244,8 @@ def vision_language_view(result: AttentionResult) -> None:
         with left:
             show_overlay(photo, heat, style, key="image_vlm_overlay", width=420,
                          file_name=_stem(result, f"token{query}-{grid}-layer{layer}-{head}"))
-            st.caption(f"Attention of {result.tokens[query]!r} over the {'' if grid == 'image' else grid + ' '}image tokens in layer {layer}, "
+            where = "" if grid == "image" else grid + " "
+            st.caption(f"Attention of {result.tokens[query]!r} over the {where}image tokens in layer {layer}, "
                        f"{head_name(head)}: {heat.sum():.1%} of its attention goes to them; {_range(heat, style)}.")
         with right:
             a = result.attn["decoder"][layer].astype(np.float32)

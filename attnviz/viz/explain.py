@@ -83,7 +83,7 @@ def running_text(tokens: list[str], special: list[bool], axis: Axis) -> list[str
     each word and lose their ``##``. Special tokens show as their label in brackets-free form."""
     carries_spaces = any(t[:1].isspace() for t in tokens)
     pieces = []
-    for u, (first, end) in enumerate(axis.spans):
+    for u, (first, _) in enumerate(axis.spans):
         members = axis.index[axis.starts[u]:(axis.starts[u + 1] if u + 1 < len(axis) else len(axis.index))]
         if special[first]:
             pieces.append((" " if u else "") + display_label(tokens[first]))

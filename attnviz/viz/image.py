@@ -26,8 +26,8 @@ from functools import lru_cache
 import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 from PIL import Image, ImageDraw
+from plotly.subplots import make_subplots
 
 from attnviz.analysis.flow import fuse_stream
 from attnviz.result import AttentionResult, PatchGrid

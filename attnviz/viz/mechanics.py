@@ -72,7 +72,8 @@ def head_grid(weights: np.ndarray, row_labels: Sequence[str], col_labels: Sequen
     rows, cols = weights.shape[:2]
     names = list(row_names) if row_names is not None else [""] * rows
     fig = make_subplots(rows=rows, cols=cols, horizontal_spacing=0.02, vertical_spacing=0.06 if rows > 1 else 0,
-                        shared_xaxes=True, shared_yaxes=True, subplot_titles=[f"{names[r]} head {c}".strip() for r in range(rows) for c in range(cols)])
+                        shared_xaxes=True, shared_yaxes=True,
+                        subplot_titles=[f"{names[r]} head {c}".strip() for r in range(rows) for c in range(cols)])
     x, y = unique_labels(list(col_labels)), unique_labels(list(row_labels))
     for r in range(rows):
         for c in range(cols):

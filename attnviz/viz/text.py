@@ -19,8 +19,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from attnviz.analysis.flow import fuse_stream
-from attnviz.analysis.tokens import (Axis, block_size, reduce, reduce_stream, scale_rows, token_axis, top_share,
-                                     unique_labels)
+from attnviz.analysis.tokens import Axis, block_size, reduce, reduce_stream, scale_rows, token_axis, top_share, unique_labels
 from attnviz.result import AttentionResult
 from attnviz.viz.heatmap import heatmap, plotly_text, title_layout
 from attnviz.viz.tiles import tile_px, tiles_figure

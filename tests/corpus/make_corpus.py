@@ -407,7 +407,8 @@ def build(out: Path) -> list[Case]:
         ok("image-32bit-int-tiff", about="32-bit integer TIFF (mode I)", check=size_is(16, 16),
            **img("int32.tif", encode(Image.fromarray(np.arange(256, dtype=np.int32).reshape(16, 16) * 1000), "TIFF"))),
         ok("image-float-tiff", about="32-bit float TIFF (mode F) with a NaN", check=size_is(16, 16),
-           **img("float.tif", encode(Image.fromarray(np.where(np.eye(16) > 0, np.nan, np.linspace(-1, 1, 256).reshape(16, 16)).astype(np.float32)), "TIFF"))),
+           **img("float.tif", encode(Image.fromarray(np.where(np.eye(16) > 0, np.nan, np.linspace(-1, 1, 256).reshape(16, 16))
+                                                     .astype(np.float32)), "TIFF"))),
         ok("image-palette-transparent", about="palette PNG with a transparent index: on white",
            check=both(pixel_near((0, 0), WHITE, 0), pixel_near((12, 12), RED, 0)), **img("palette.png", _palette_png())),
         ok("image-rgba", about="RGBA PNG, left half fully transparent: on white",
