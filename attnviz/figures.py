@@ -30,6 +30,7 @@ import plotly.graph_objects as go
 from PIL import Image
 
 from attnviz.analysis import flow as flow_analysis
+from attnviz.analysis.flow import FUSIONS
 from attnviz.analysis.stats import head_stats
 from attnviz.analysis.tokens import last_content_unit
 from attnviz.errors import AttnvizError
@@ -40,7 +41,6 @@ from attnviz.viz import text as text_viz
 from attnviz.viz.highlight import token_highlight
 
 VIEWS = ("heatmap", "overview", "lines", "focus", "overlay", "rollout", "distance", "flow", "highlight")
-FUSIONS = ("mean", "max", "min")
 
 Resultish = AttentionResult | str | Path
 

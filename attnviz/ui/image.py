@@ -31,6 +31,7 @@ from attnviz.ui.selectors import HEAD_FUSIONS, layer_head
 from attnviz.viz import image as viz
 from attnviz.viz.heatmap import heatmap
 from attnviz.viz.image import OverlayStyle as Style
+from attnviz.viz.text import head_name
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"]
 SIZE_TARGETS = (112, 224, 336, 448)  # shorter side in px, rounded to whole patches per model
@@ -312,10 +313,6 @@ def style_controls() -> Style:
                          "patch that soaks up attention does not leave the rest dark. 100: the maximum.")
     st.session_state["image_style"] = Style(opacity, colormap, top / 100)
     return st.session_state["image_style"]
-
-
-def head_name(head: int | str) -> str:
-    return f"head {head}" if isinstance(head, int) else f"{head} of all heads"
 
 
 # -- showing overlays ---------------------------------------------------------------------

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import streamlit as st
 
+from attnviz.analysis.flow import FUSIONS as HEAD_FUSIONS  # the one list of head fusions
 from attnviz.result import AttentionResult
 from attnviz.ui.common import url_int
-
-HEAD_FUSIONS = ("mean", "max", "min")
 
 
 def layer_head(result: AttentionResult, stack: str, key: str = "lh") -> tuple[int, int | str]:

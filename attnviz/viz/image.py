@@ -156,11 +156,15 @@ def png_bytes(picture: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def data_uri(picture: Image.Image, quality: int = 88) -> str:
-    """The picture as a base64 JPEG ``data:`` URI, for a plotly Image trace."""
+def data_uri(picture: Image.Image, quality: int = 88, lossless: bool = False) -> str:
+    """The picture as a base64 ``data:`` URI (for a plotly Image trace, or an HTML page): JPEG
+    of ``quality``, or PNG when ``lossless``."""
     buf = io.BytesIO()
-    picture.convert("RGB").save(buf, format="JPEG", quality=quality)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    if lossless:
+        picture.save(buf, format="PNG")
+    else:
+        picture.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return f"data:image/{'png' if lossless else 'jpeg'};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 # -- figures ------------------------------------------------------------------------------

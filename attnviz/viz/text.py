@@ -118,7 +118,8 @@ def head_columns(result: AttentionResult, stack: str, layer: int, head: Head, qu
 
 
 def head_name(head: Head) -> str:
-    return f"head {head}" if isinstance(head, (int, np.integer)) else f"{head} of heads"
+    """"head 3", or for a fusion of all heads "mean of all heads"."""
+    return f"head {head}" if isinstance(head, (int, np.integer)) else f"{head} of all heads"
 
 
 def colour(values: np.ndarray, options: TextOptions) -> tuple[np.ndarray, np.ndarray | None]:

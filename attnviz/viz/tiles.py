@@ -9,8 +9,6 @@ names the tile and clicking it selects ``customdata = [layer, head]`` (with
 """
 from __future__ import annotations
 
-import base64
-import io
 import math
 
 import numpy as np
@@ -18,6 +16,7 @@ import plotly.graph_objects as go
 from PIL import Image
 
 from attnviz.viz.heatmap import colour_lut, title_layout
+from attnviz.viz.image import data_uri
 
 GAP_PX = 2
 MIN_TILE_PX = 48  # small tiles are enlarged (nearest neighbour) to at least this many pixels
@@ -58,12 +57,6 @@ def tiles_image(tiles: np.ndarray) -> tuple[Image.Image, int]:
     return image, f
 
 
-def png_data_uri(image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def tiles_figure(tiles: np.ndarray, *, title: str = "", note: str = "", row_name: str = "layer",
                  col_name: str = "head", selected: tuple[int, int] | None = None) -> go.Figure:
     """The grid of ``tiles[row, col, h, w]`` (values 0..1) as one image, with a hover and a
@@ -72,7 +65,7 @@ def tiles_figure(tiles: np.ndarray, *, title: str = "", note: str = "", row_name
     image, f = tiles_image(tiles)
     th, tw = h * f + GAP_PX, w * f + GAP_PX
     rows, cols = np.divmod(np.arange(n_rows * n_cols), n_cols)
-    fig = go.Figure(go.Image(source=png_data_uri(image), hoverinfo="skip"))
+    fig = go.Figure(go.Image(source=data_uri(image, lossless=True), hoverinfo="skip"))
     fig.add_trace(go.Scatter(
         x=cols * tw + (tw - GAP_PX) / 2, y=rows * th + (th - GAP_PX) / 2, mode="markers",
         marker=dict(size=max(8, min(th, tw) - 4), symbol="square", color="rgba(0,0,0,0)"),
