@@ -4,6 +4,8 @@ server gets its own ATTNVIZ_HOME. Screenshots go to test-artifacts/."""
 import pytest
 from browser import screenshot, serving, wait_for_app
 
+from attnviz.ui.train import KINDS
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -18,7 +20,8 @@ def train(page, url: str, kind: str, steps: int) -> None:
     wait_for_app(page)
     page.get_by_text(kind, exact=True).click()
     wait_for_app(page)
-    field = page.get_by_label("Steps", exact=True)
+    key = next(k for k, label in KINDS.items() if label == kind)
+    field = page.locator(f".st-key-train_{key}_steps input")  # this form's, not the one it replaces
     field.fill(str(steps))
     field.press("Enter")
     wait_for_app(page)
@@ -30,7 +33,7 @@ def train(page, url: str, kind: str, steps: int) -> None:
 
 def save_and_open(page, button: str) -> None:
     page.locator(".st-key-train_cls_save button").click()
-    page.get_by_text("Saved in").wait_for(timeout=120_000)
+    page.get_by_text("Saved as").wait_for(timeout=120_000)
     wait_for_app(page)
     page.get_by_role("button", name=button).click()
     wait_for_app(page)
