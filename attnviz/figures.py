@@ -156,7 +156,7 @@ def overlay_figure(result: Resultish, layer: int = -1, head: int | str = "mean",
     query = _index(query, result.attn["encoder"].shape[2], "query")
     picture = overlay(result, layer, head, query=query, style=style)
     fig = image_viz.overlay_figure(picture, image_viz.query_heat(result, layer, head, query))
-    what = f"head {head}" if isinstance(head, int) else f"{head} of heads"
+    what = text_viz.head_name(head)
     fig.update_layout(title=dict(text=f"{result.model} · token {query} · layer {layer} · {what}", x=0.01),
                       margin=dict(t=50))
     return fig

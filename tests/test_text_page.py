@@ -272,7 +272,7 @@ def test_shared_link_opens_view_layer_and_head(minilm_sentence):
                                minilm_sentence.attn["encoder"][2, 7].astype(np.float32), atol=ATOL)
     at = open_page(view="Token focus", head="max")
     assert_clean(at)
-    assert "max of heads" in charts(at)["text_focus_to"]["layout"]["title"]["text"]
+    assert "max of all heads" in charts(at)["text_focus_to"]["layout"]["title"]["text"]
 
 
 # -- bad input ----------------------------------------------------------------------------

@@ -19,12 +19,12 @@ from attnviz.models.bundled import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from attnviz.models.loader import Model
 from attnviz.samples import SAMPLES, sample_bytes
 from attnviz.ui import image as image_ui
+from attnviz.ui.charts import show_chart
 from attnviz.ui.common import remember, url_choice
 from attnviz.ui.flow import MANY_TEXTS
 from attnviz.ui.models import get_model, model_picker
 from attnviz.ui.text import TEXT_FAMILIES
 from attnviz.viz import explain as viz
-from attnviz.viz.heatmap import png_config, safe_filename
 
 KINDS = {"text": "Text", "image": "Image"}
 DEFAULT_TEXTS = {"decoder": "The keys to the old cabinet are on the", "encoder-decoder": MANY_TEXTS[0],
@@ -129,7 +129,7 @@ def output_line(e: Explanation) -> None:
 def scoreboard_block(e: Explanation, spread: dict[str, faith.Agreement] | None = None, key: str = "explain_board") -> None:
     """The Spearman correlation of every method with blank-out on this input (and over many)."""
     fig = viz.scoreboard(e.spearman(), spread, title="Which picture follows blank-out?")
-    st.plotly_chart(fig, key=key, config=png_config(f"{e.model}_faithfulness"))
+    show_chart(fig, f"{e.model}_faithfulness", key=key)
     st.caption(f"Spearman's rank correlation with blank-out over the {sum(not s for s in e.special)} non-special "
                f"{'patches' if e.kind == 'image' else 'tokens'}; 1 = the same ranking, 0 = unrelated, "
                "− = reversed. “—”: undefined (a constant ranking).")
@@ -160,7 +160,7 @@ def overlays_block(e: Explanation, photo: image_ui.Photo) -> None:
     with st.expander("Overlay style"):
         style = image_ui.style_controls()
     fig = viz.method_overlays(photo.display, e.grid, e.scores, e.spearman(), style)
-    st.plotly_chart(fig, key="explain_overlays", config=png_config(safe_filename(f"{e.model}_methods")))
+    show_chart(fig, f"{e.model}_methods", key="explain_overlays")
     st.caption("Each map is scaled on its own (its minimum to its top percentile); CLS and registers have no place "
                "on the photo. Gradient methods are signed: dark is negative or small.")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from attnviz.analysis.tokens import last_content_unit
+from attnviz.cache import ByteCache
 from attnviz.capture import GENERATE_CAP
 from attnviz.inputs import MAX_TEXT_UPLOAD_MB, read_text
 from attnviz.models.bundled import DEFAULT_TEXT_MODEL
@@ -27,6 +28,7 @@ from attnviz.viz.heatmap import safe_filename
 TEXT_FAMILIES = ("encoder", "decoder", "encoder-decoder")
 DEFAULT_TEXT = "The animal didn't cross the street because it was too tired."
 DEFAULT_GENERATE = 0  # generating on a CPU takes seconds per token: opt in
+OVERVIEW_CACHE_BYTES = 64 << 20  # thumbnails of every head: at most [L, H, 64, 64] float32 each
 VIEWS = ("Head heatmap", "Model overview", "Token lines", "Token focus")
 COLOUR_RANGES = ("0 … row max", "0 … 1")
 LH_KEY = "text_lh"  # widget keys of the heatmap's layer and head selectors: text_lh_layer, text_lh_head
@@ -207,20 +209,20 @@ def overview_view(result: AttentionResult, stack: str, options: viz.TextOptions)
         _csv_button(csv, f"{_base(result, stack)}_overview", "Thumbnails .csv")
 
 
+OVERVIEWS: ByteCache[viz.Thumbnails] = ByteCache(lambda: OVERVIEW_CACHE_BYTES, lambda t: t.values.nbytes)
+
+
 def thumbnails(result: AttentionResult, stack: str, options: viz.TextOptions) -> viz.Thumbnails:
-    """The overview's thumbnails, computed once per result (named by its digest), with a
-    progress bar over the heads (a minute or two for 8,192 tokens on a CPU)."""
+    """The overview's thumbnails, computed once per result (named by its digest) and shared by
+    sessions (a cache bounded by bytes), with a progress bar over the heads while they are
+    computed (a minute or two for 8,192 tokens on a CPU). Not a Streamlit cache: the bar is
+    drawn while the function runs, which Streamlit's caches would replay on every hit."""
     bar = st.progress(0.0, text="Going through every head…")
     try:
-        return _thumbnails(result.digest, stack, options, result,
-                           lambda f: bar.progress(f, text=f"Going through every head… {f:.0%}"))
+        return OVERVIEWS.get((result.digest, stack, options), lambda: viz.thumbnails(
+            result, stack, options, lambda f: bar.progress(f, text=f"Going through every head… {f:.0%}")))
     finally:
         bar.empty()
-
-
-@st.cache_resource(max_entries=4, show_spinner=False)
-def _thumbnails(digest: str, stack: str, options: viz.TextOptions, _result: AttentionResult, _progress):
-    return viz.thumbnails(_result, stack, options, _progress)
 
 
 @st.fragment
