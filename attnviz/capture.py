@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from attnviz import limits
+import attnviz.limits as limits
 from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text, to_rgb
 from attnviz.lazy import LazyStack

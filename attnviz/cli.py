@@ -309,7 +309,7 @@ def _app(args) -> int:
 
 
 def _plot(args) -> int:
-    from attnviz import figures
+    import attnviz.figures as figures
     from attnviz.export import FORMATS, write
 
     fmt = args.out.suffix.lower().lstrip(".")

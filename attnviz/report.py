@@ -17,7 +17,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from attnviz import figures
+import attnviz.figures as figures
 from attnviz.analysis.stats import head_stats
 from attnviz.result import AttentionResult
 from attnviz.viz.image import data_uri

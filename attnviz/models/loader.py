@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from attnviz import limits
+import attnviz.limits as limits
 from attnviz.device import default_device
 from attnviz.errors import AttnvizError
 from attnviz.limits import token_cap

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, Iterator
 
-from attnviz import limits
+import attnviz.limits as limits
 from attnviz.errors import AttnvizError
 from attnviz.models import store
 from attnviz.models.loader import PICKLE_SUFFIXES

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import streamlit as st
 
-from attnviz import limits
+import attnviz.limits as limits
 from attnviz.errors import AttnvizError
 
 log = logging.getLogger("attnviz")

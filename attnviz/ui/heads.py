@@ -17,7 +17,7 @@ import weakref
 import numpy as np
 import streamlit as st
 
-from attnviz import batch
+import attnviz.batch as batch
 from attnviz.analysis.roles import DEFAULT_THRESHOLD, HeadRoles, all_roles
 from attnviz.analysis.similarity import cluster_heads, head_divergence, queries_within, similar_heads
 from attnviz.compare import (

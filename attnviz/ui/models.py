@@ -27,7 +27,7 @@ from pathlib import Path
 import streamlit as st
 
 import attnviz
-from attnviz import limits
+import attnviz.limits as limits
 from attnviz.cache import ByteCache
 from attnviz.errors import AttnvizError
 from attnviz.models import store, upload

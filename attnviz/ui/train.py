@@ -25,7 +25,7 @@ import streamlit as st
 from PIL import Image
 
 import attnviz
-from attnviz import limits
+import attnviz.limits as limits
 from attnviz.analysis.flow import rollout
 from attnviz.errors import AttnvizError
 from attnviz.inputs import MAX_MODEL_UPLOAD_MB
