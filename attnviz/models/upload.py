@@ -37,6 +37,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -228,8 +229,6 @@ def _prune(root: Path, keep: int, ttl_s: float) -> None:
     """Remove all but the ``keep`` most recently used upload folders (by mtime), and any unused
     for more than ``ttl_s`` seconds; the temporary ``.upload-*`` folders of uploads still being
     written are left alone."""
-    import time
-
     used = []
     for p in root.iterdir():
         try:

@@ -161,10 +161,9 @@ def run_capture(name: str, text: str | None = None, *, pair: str | None = None, 
     For images give the PIL ``image`` and the uploaded ``image_bytes`` it came from (their
     hash is the cache key); for a vision-language model also the ``prompt`` (and ``generate``).
     """
-    model = get_model(name)
-    source, _ = resolve(name)
+    model = get_model(name)  # resolved once: its name is the label, one per model file set
     image_sha = hashlib.sha256(image_bytes).hexdigest() if image_bytes is not None else None
-    key = hashlib.sha256(repr((source, text, pair or None, image_sha, target or None, int(generate), size, prompt))
+    key = hashlib.sha256(repr((model.name, text, pair or None, image_sha, target or None, int(generate), size, prompt))
                          .encode("utf-8", "surrogatepass")).hexdigest()
     bar = None
 
