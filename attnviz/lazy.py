@@ -34,7 +34,7 @@ from attnviz.errors import AttnvizError
 
 SMALL_ELEMENTS = 2 ** 26  # weights of a stack kept materialised (128 MB in float16)
 SLICE_ELEMENTS = 2 ** 28  # most weights one whole-array selection may materialise (512 MB in float16)
-ROW_BLOCK_ELEMENTS = 2 ** 23  # scores computed at once: rows per block = this / keys (32 MB float32)
+ROW_BLOCK_ELEMENTS = 2 ** 22  # scores computed at once: rows per block = this / keys (16 MB float32)
 CACHE_BYTES = 64 * 2 ** 20  # rows kept by LazyStack.rows' cache, per stack
 
 
@@ -63,37 +63,70 @@ class Call:
         return self.q.shape[0], self.q.shape[1], self.k.shape[1]
 
 
-def scores(call: Call, masks: list[np.ndarray], head: int, rows: np.ndarray, keys=slice(None)) -> torch.Tensor:
-    """float32 ``[len(rows), keys]``: the scores (logits plus bias, -inf where masked) of query
-    ``rows`` of ``head`` over ``keys`` (a slice or an index array)."""
-    heads = call.shape[0]
-    group = heads // call.k.shape[0]
-    q = torch.from_numpy(call.q[head][rows])
-    k = torch.from_numpy(np.ascontiguousarray(call.k[head // group][keys]))
-    out = (q @ k.T) * call.scale
+def scores(call: Call, masks: list[np.ndarray], head: int, rows, keys=slice(None),
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """float32 ``[len(rows), len(keys)]``: the scores (logits plus bias, -inf where masked) of
+    query ``rows`` of ``head`` over ``keys`` (each a slice or an index array), written into
+    ``out`` when given (a tensor of that shape, reused by :meth:`LazyStack.rows` so that a long
+    head does not allocate a new block of scores per row block)."""
+    n_q, n_k = call.shape[1:]
+    group = call.shape[0] // call.k.shape[0]
+    q = torch.from_numpy(call.q[head][rows]) * call.scale  # [rows, dim]: cheaper to scale than the scores
+    k = torch.from_numpy(call.k[head // group][keys])
+    s = torch.mm(q, k.T, out=out)
     if call.softcap is not None:
-        out = torch.tanh(out / call.softcap) * call.softcap
+        s.div_(call.softcap).tanh_().mul_(call.softcap)
     if call.causal or call.window is not None:
-        key_index = torch.from_numpy(np.arange(call.shape[2])[keys])[None, :]  # j
-        row_index = torch.from_numpy(np.asarray(rows, dtype=np.int64))[:, None]  # i
+        row_index = np.arange(n_q)[rows]
+        key_index = np.arange(n_k)[keys]
+        first, last = int(row_index.min(initial=0)), int(row_index.max(initial=0))
+        # the key columns a mask can touch: j > (first row) under causal, j <= (last row) - window
+        # in a window; with keys in order (a slice) only those columns are compared
+        ordered = isinstance(keys, slice)
+        i = torch.from_numpy(row_index)[:, None]
         if call.causal:
-            out.masked_fill_(key_index > row_index, float("-inf"))
+            c0 = int(np.searchsorted(key_index, first, side="right")) if ordered else 0
+            if c0 < len(key_index):
+                s[:, c0:].masked_fill_(torch.from_numpy(key_index[c0:])[None, :] > i, float("-inf"))
         if call.window is not None:
-            out.masked_fill_(key_index <= row_index - call.window, float("-inf"))  # i - j >= window
+            c1 = int(np.searchsorted(key_index, last - call.window, side="right")) if ordered else len(key_index)
+            if c1 > 0:
+                s[:, :c1].masked_fill_(torch.from_numpy(key_index[:c1])[None, :] <= i - call.window, float("-inf"))
     if call.mask >= 0:
         m = masks[call.mask]
         m = torch.from_numpy(np.ascontiguousarray(m[head if m.shape[0] > 1 else 0][rows][:, keys]))
         if m.dtype == torch.bool:
-            out.masked_fill_(~m, float("-inf"))
+            s.masked_fill_(~m, float("-inf"))
         else:
-            out += m
-    return out
+            s += m
+    return s
 
 
-def probabilities(call: Call, masks: list[np.ndarray], head: int, rows: np.ndarray, keys=slice(None)) -> torch.Tensor:
-    """float32 ``[len(rows), keys]``: the probabilities of query ``rows`` of ``head`` (``keys``
-    must hold every key a row can see); a row with every key masked is 0."""
-    return torch.softmax(scores(call, masks, head, rows, keys), dim=-1).nan_to_num_(0.0)
+def visible(call: Call, rows: np.ndarray) -> slice:
+    """The keys any of query ``rows`` can see, as one slice: under causal attention none after
+    the last row, in a sliding window none at or before the first row minus the window."""
+    n_k = call.shape[2]
+    if not rows.size:
+        return slice(0, 0)
+    stop = min(n_k, int(rows.max()) + 1) if call.causal else n_k
+    start = max(0, int(rows.min()) - call.window + 1) if call.window is not None else 0
+    return slice(min(start, stop), stop)
+
+
+def _normalise(call: Call, s: torch.Tensor, out: torch.Tensor) -> None:
+    """Writes the softmax of scores ``s`` over the keys into ``out``. Only an explicit mask can
+    hide every key of a row (causal and window rows always see themselves): its rows of NaN
+    become 0."""
+    torch.softmax(s, dim=-1, out=out)
+    if call.mask >= 0:
+        out.nan_to_num_(0.0)
+
+
+def _run(rows: np.ndarray) -> slice | np.ndarray:
+    """``rows`` as a slice when they are consecutive (numpy then reads a view, not a copy)."""
+    if rows.size and int(rows[-1]) - int(rows[0]) + 1 == rows.size and bool((np.diff(rows) == 1).all()):
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return rows
 
 
 def _as_rows(queries, n: int) -> np.ndarray:
@@ -153,15 +186,9 @@ class LazyStack:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit.copy()
-        n_keys = call.shape[2]
-        out = np.zeros((len(rows), n_keys), dtype=np.float32)
-        step = max(1, ROW_BLOCK_ELEMENTS // max(n_keys, 1))
-        for start in range(0, len(rows), step):
-            block = rows[start:start + step]
-            seen = n_keys  # a causal row i sees keys 0..i only: the rest stay 0
-            if call.causal and block.size:
-                seen = min(n_keys, int(block.max()) + 1)
-            out[start:start + len(block), :seen] = probabilities(call, self.masks, head, block, slice(0, seen)).numpy()
+        out = np.zeros((len(rows), call.shape[2]), dtype=np.float32)
+        for start, keys, block in self._score_blocks(call, head, rows):
+            _normalise(call, block, torch.from_numpy(out[start:start + len(block), keys]))
         if out.nbytes <= CACHE_BYTES // 4:
             with self._lock:
                 if key not in self._cache:
@@ -180,12 +207,21 @@ class LazyStack:
         lse = self._lse.get((layer, head))
         rows = np.arange(call.shape[1])
         if lse is None:
-            step = max(1, ROW_BLOCK_ELEMENTS // max(call.shape[2], 1))
-            lse = torch.cat([torch.logsumexp(scores(call, self.masks, head, rows[s:s + step]), dim=-1)
-                             for s in range(0, len(rows), step)])
+            lse = torch.cat([torch.logsumexp(block, dim=-1) for _, _, block in self._score_blocks(call, head, rows)])
             self._lse[(layer, head)] = lse
-        out = torch.exp(scores(call, self.masks, head, rows, keys) - lse[:, None]).nan_to_num_(0.0)
+        out = torch.exp(scores(call, self.masks, head, slice(None), keys) - lse[:, None]).nan_to_num_(0.0)
         return out.numpy()
+
+    def _score_blocks(self, call: Call, head: int, rows: np.ndarray):
+        """The scores of query ``rows`` a row block at a time, as (start, keys, scores): the
+        rows ``rows[start:start + len(scores)]`` over the keys they can see (a slice; every
+        other key has weight 0). One buffer serves every block: each is valid until the next."""
+        step = max(1, ROW_BLOCK_ELEMENTS // max(call.shape[2], 1))
+        scratch = torch.empty(min(step, len(rows)), call.shape[2])
+        for start in range(0, len(rows), step):
+            block = rows[start:start + step]
+            keys = visible(call, block)
+            yield start, keys, scores(call, self.masks, head, _run(block), keys, out=scratch[:len(block), :keys.stop - keys.start])
 
     def dense(self) -> np.ndarray:
         """The whole stack as float16 ``[layers, heads, queries, keys]``; refused when large."""

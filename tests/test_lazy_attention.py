@@ -16,6 +16,7 @@ import torch
 import transformers as tf
 
 import attnviz
+from attnviz import lazy as lazy_module
 from attnviz import result as result_module
 from attnviz.analysis.flow import augmented_layer, rollout, rollout_spread
 from attnviz.analysis.stats import head_stats
@@ -80,6 +81,8 @@ def check(net, stacks, *, lazy: bool = True, sdpa: bool | None = None, **inputs)
         assert np.abs(sums - 1).max() < TOL
     if lazy:
         assert warnings == []
+        for s in stacks:
+            check_row_blocks(attn[s], expected[s])
     if lazy if sdpa is None else sdpa:
         reference = sdpa_maps(net, **inputs)
         order = [(s, layer) for s in stacks for layer in range(attn[s].shape[0])]
@@ -93,6 +96,23 @@ def check(net, stacks, *, lazy: bool = True, sdpa: bool | None = None, **inputs)
     if not lazy:
         assert warnings and "materialised" in warnings[0]
     return attn
+
+
+def check_row_blocks(stack: LazyStack, expected: np.ndarray) -> None:
+    """Rows computed three a block (so that a block's visible keys start and end inside the
+    key axis), rows asked out of order, and columns, on a fresh stack (no cached rows), equal
+    ``expected[layer, head, query, key]``."""
+    fresh = LazyStack(stack.calls, stack.masks)
+    n_q, n_k = stack.shape[2:]
+    picked = np.array([n_q - 1, 0, n_q // 2, 1])  # not a run of consecutive rows
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lazy_module, "ROW_BLOCK_ELEMENTS", 3 * n_k)
+        for layer in range(stack.shape[0]):
+            for head in range(stack.shape[1]):
+                want = expected[layer, head]
+                assert np.abs(fresh.rows(layer, head) - want).max() < TOL
+                assert np.abs(fresh.rows(layer, head, picked) - want[picked]).max() < TOL
+                assert np.abs(fresh.columns(layer, head, [0, n_k - 1]) - want[:, [0, n_k - 1]]).max() < TOL
 
 
 def assert_causal(attn) -> None:

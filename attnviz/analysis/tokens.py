@@ -141,9 +141,10 @@ def token_axis(tokens: list[str], special: list[bool], word_spans: list[tuple[in
     spans = list(word_spans) if merge and word_spans else [(i, i + 1) for i in range(n)]
     is_visible = np.zeros(n, dtype=bool)
     is_visible[visible] = True
+    shown = is_visible.tolist()  # Python bools: read per token below, faster than numpy scalars
     labels, index, starts = [], [], []
     for s, e in spans:
-        kept = [i for i in range(s, e) if is_visible[i]]
+        kept = [i for i in range(s, e) if shown[i]]
         if kept:
             starts.append(len(index))
             index.extend(kept)
