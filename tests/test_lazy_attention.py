@@ -170,6 +170,16 @@ def test_bloom_alibi_falls_back_to_eager_maps(decoder_tokens):
     assert_causal(attn["decoder"])
 
 
+def test_decoder_capture_computes_the_last_position_logits_only(smollm):
+    seen = []
+    hook = smollm.net.lm_head.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    try:
+        result = attnviz.capture(smollm, TEXT)
+    finally:
+        hook.remove()
+    assert len(result.tokens) > 1 and seen == [(1, 1, smollm.net.config.hidden_size)]
+
+
 def test_gpt2(decoder_tokens):
     net = tiny(tf.GPT2Config, tf.GPT2LMHeadModel, vocab_size=49152, n_embd=32, n_layer=2, n_head=4)
     ids = decoder_tokens

@@ -288,8 +288,11 @@ def focus_view(result: AttentionResult, stack: str, options: viz.TextOptions) ->
                                    format_func=lambda u: f"{u}: {k.labels[u]}")
             else:
                 key = query
-        with st.spinner("Going through every layer…"):
-            fig_to, fig_by, csv_to, csv_by = viz.token_focus(result, stack, head, options, query=query, key=key)
+        bar = st.progress(0.0, text="Going through every layer…")
+        fig_to, fig_by, csv_to, csv_by = viz.token_focus(
+            result, stack, head, options, query=query, key=key,
+            progress=lambda f: bar.progress(f, text=f"Going through every layer… {f:.0%}"))
+        bar.empty()
         name = f"{_base(result, stack)}_H{head}_focus"
         show_chart(fig_to, f"{name}_q{query}_to", key="text_focus_to")
         show_chart(fig_by, f"{name}_k{key}_by", key="text_focus_by")

@@ -301,12 +301,14 @@ def token_lines(result: AttentionResult, stack: str, layer: int, heads: list[int
 
 
 # -- 4. token focus --------------------------------------------------------------------------
-def token_focus(result: AttentionResult, stack: str, head: Head, options: TextOptions, *,
-                query: int, key: int) -> tuple[go.Figure, go.Figure, Csv, Csv]:
+def token_focus(result: AttentionResult, stack: str, head: Head, options: TextOptions, *, query: int, key: int,
+                progress: Callable[[float], None] | None = None) -> tuple[go.Figure, go.Figure, Csv, Csv]:
     """What query unit ``query`` attends to in every layer (``[layers, keys]``), and what
     attends to key unit ``key`` in every layer (``[layers, queries]``), for one head or fused
     heads: two heatmaps and their CSVs. Above FOCUS_MAX units the token axis is
-    block-aggregated. With ``options.row_max`` each layer's row is coloured 0..its maximum."""
+    block-aggregated. With ``options.row_max`` each layer's row is coloured 0..its maximum.
+    ``progress(fraction)`` is called after each layer: the first look at a head of a long
+    input reads every row of it once per layer (each row's normaliser, then kept)."""
     q, k = axes(result, stack, options)
     query, key = min(max(query, 0), len(q) - 1), min(max(key, 0), len(k) - 1)
     q_one, k_one = q.window(query, query + 1), k.window(key, key + 1)
@@ -315,6 +317,8 @@ def token_focus(result: AttentionResult, stack: str, head: Head, options: TextOp
     for layer in range(result.attn[stack].shape[0]):
         to.append(head_values(result, stack, layer, head, q_one, k_b)[0])
         by.append(head_columns(result, stack, layer, head, q_b, k_one)[:, 0])
+        if progress is not None:
+            progress((layer + 1) / result.attn[stack].shape[0])
     layers = [f"L{layer}" for layer in range(len(to))]
     q_name, k_name = ("target", "source") if stack == "cross" else ("query", "key")
     out = []
