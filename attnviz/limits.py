@@ -17,6 +17,8 @@ variable                      local      hosted     bounds
 ``ATTNVIZ_CACHE_BYTES``       4 GB       1 GB       cached results, all sessions together
 ``ATTNVIZ_MAX_CAPTURES``      2          2          captures running at once, across all models
 ``ATTNVIZ_UPLOAD_BYTES``      2 GiB      512 MiB    what one model upload may unpack to on disk
+``ATTNVIZ_DOWNLOAD_BYTES``    8 GB       256 MB     a result offered as a .npz download (the file
+                                                    is built in the server's memory when clicked)
 ``ATTNVIZ_MAX_TOKENS``        unset      unset      a further cap on every input's length
 ============================  =========  =========  ===============================================
 
@@ -40,6 +42,7 @@ MODEL_BYTES = ("ATTNVIZ_MODEL_BYTES", 8 * GB, int(1.5 * GB))
 CAPTURE_BYTES = ("ATTNVIZ_CAPTURE_BYTES", 8 * GB, 2 * GB)
 CACHE_BYTES = ("ATTNVIZ_CACHE_BYTES", 4 * GB, 1 * GB)
 UPLOAD_BYTES = ("ATTNVIZ_UPLOAD_BYTES", 2 << 30, 512 << 20)
+DOWNLOAD_BYTES = ("ATTNVIZ_DOWNLOAD_BYTES", 8 * GB, 256 * 10**6)
 MAX_CAPTURES = ("ATTNVIZ_MAX_CAPTURES", 2, 2)
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,

@@ -7,7 +7,7 @@ attention (click the photo), attention rollout, and the prefix tokens' share.
 import streamlit as st
 
 from attnviz.ui import image as ui
-from attnviz.ui.charts import report_button
+from attnviz.ui.charts import report_button, result_download
 from attnviz.ui.common import friendly_errors, in_app_frame
 from attnviz.ui.selectors import layer_head
 
@@ -20,10 +20,9 @@ st.markdown("Upload a photo and see where the model looks: the **CLS** token's a
 
 with friendly_errors():
     photo, size, result = ui.photo_capture()
-    st.download_button("Attention maps (.npz)", result.to_bytes, file_name=f"{photo.name.rsplit('.', 1)[0]}-attention.npz",
-                       mime="application/octet-stream", on_click="ignore", icon=":material/download:",
-                       help="Every layer's and head's attention as float16 [layers, heads, queries, keys], "
-                            "with the picture the model saw; load it with attnviz.AttentionResult.load.")
+    result_download(result, "Attention maps (.npz)", f"{photo.name.rsplit('.', 1)[0]}-attention",
+                    help="Every layer's and head's attention as float16 [layers, heads, queries, keys], "
+                         "with the picture the model saw; load it with attnviz.AttentionResult.load.")
     report_button(result, key="image_report")
 
 

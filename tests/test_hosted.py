@@ -238,3 +238,19 @@ def test_hosted_refusals_name_no_server_path(hosted):
     at.file_uploader(key="train_upload").set_value(("bert.zip", buf.getvalue(), "application/zip")).run()
     assert not at.exception and "other shapes" in at.error[0].value
     assert str(hosted) not in all_text(at) and not list((hosted / "home" / "uploads").iterdir())
+
+
+def test_a_result_over_the_download_budget_is_not_offered(monkeypatch):
+    """The .npz is built in the server's memory when clicked: above ATTNVIZ_DOWNLOAD_BYTES the
+    button is disabled and says how to save the result instead."""
+    def npz_button(at):
+        return next(b for b in at.download_button if b.label == "Result .npz")
+
+    at = open_page("pages/text.py")
+    assert_clean(at)
+    assert not npz_button(at).proto.disabled
+    monkeypatch.setenv("ATTNVIZ_DOWNLOAD_BYTES", "10kB")
+    at = open_page("pages/text.py")
+    assert_clean(at)
+    button = npz_button(at)
+    assert button.proto.disabled and "more than this server offers (10 kB)" in button.proto.help

@@ -1,12 +1,14 @@
 """Every chart of the app goes through :func:`show_chart`: the plotly chart, whose camera
 button saves a PNG named after what is shown, and under it a "Save figure" menu with the
 same figure as high-resolution PNG, SVG and PDF for papers (rendered by attnviz.export only
-when a button is clicked). :func:`report_button` offers a result's offline HTML report.
+when a button is clicked). :func:`result_download` offers a result's .npz and
+:func:`report_button` its offline HTML report.
 """
 from __future__ import annotations
 
 import streamlit as st
 
+import attnviz.limits as limits
 from attnviz.export import MIME, PNG_SCALE, can_render, figure_bytes
 from attnviz.result import AttentionResult
 from attnviz.viz.heatmap import png_config, safe_filename
@@ -36,6 +38,26 @@ def show_chart(fig, name: str, *, key: str | None = None, where=None, **kwargs):
 @st.cache_resource(show_spinner=False)
 def _can_render() -> bool:
     return can_render()
+
+
+def result_download(result: AttentionResult, label: str, file_name: str, *, key: str | None = None,
+                    help: str = "Every attention map and the tokens; open it with attnviz.AttentionResult.load.") -> None:
+    """The download of the whole result as a .npz, built when clicked. A result larger than
+    ATTNVIZ_DOWNLOAD_BYTES (attnviz.limits; 256 MB on a hosted server) is not offered: the
+    button is disabled and says how to save it with attnviz itself."""
+    bound = limits.budget(limits.DOWNLOAD_BYTES)
+    if result.nbytes > bound:
+        st.download_button(label, b"", disabled=True, key=key, icon=":material/download:",
+                           help=f"This result is about {_size(result.nbytes)}, more than this server offers "
+                                f"({_size(bound)}). With attnviz installed, attnviz.capture(...).save(path) "
+                                "writes it; the views' .csv buttons give their numbers here.")
+        return
+    st.download_button(label, data=result.to_bytes, file_name=safe_filename(file_name) + ".npz",
+                       mime="application/octet-stream", on_click="ignore", key=key, icon=":material/download:", help=help)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB" if n >= 1e6 else f"{n / 1e3:,.0f} kB"
 
 
 def report_button(result: AttentionResult, key: str = "report_html") -> None:

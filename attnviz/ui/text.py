@@ -18,7 +18,7 @@ from attnviz.inputs import MAX_TEXT_UPLOAD_MB, read_text
 from attnviz.models.bundled import DEFAULT_TEXT_MODEL
 from attnviz.models.loader import Model
 from attnviz.result import AttentionResult
-from attnviz.ui.charts import report_button, show_chart
+from attnviz.ui.charts import report_button, result_download, show_chart
 from attnviz.ui.common import friendly_errors, remember, url_choice, url_int
 from attnviz.ui.models import get_model, model_picker, run_capture
 from attnviz.ui.selectors import HEAD_FUSIONS, head_select, layer_slider
@@ -102,11 +102,8 @@ def result_header(result: AttentionResult, request: TextRequest) -> None:
     c1, c2 = st.columns([5, 1], vertical_alignment="center")
     c1.caption(f"{result.model} · {len(result.tokens)} tokens · {sizes} · "
                f"{result.timings.get('total_s', 0.0):.2f} s")
-    c2.download_button("Result .npz", data=result.to_bytes, mime="application/octet-stream",
-                       file_name=safe_filename(f"{result.model}_attention") + ".npz", on_click="ignore",
-                       icon=":material/download:",
-                       help="Every attention map and the tokens; open it with attnviz.AttentionResult.load.")
     with c2:
+        result_download(result, "Result .npz", f"{result.model}_attention")
         report_button(result, key="text_report")
 
 
