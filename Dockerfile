@@ -13,7 +13,7 @@ ENV HOME=/home/user \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     ATTNVIZ_HOME=/home/user/attnviz \
-    ATTNVIZ_MAX_TOKENS=1024 \
+    ATTNVIZ_MAX_TOKENS=8192 \
     ATTNVIZ_HOSTED=1 \
     HF_HUB_OFFLINE=1
 WORKDIR /home/user/app

@@ -269,7 +269,7 @@ def _encode(model: Model, text, pair=None, limit: int | None = None):
     limit = limit or model.max_tokens
     kwargs = dict(return_tensors="pt", return_special_tokens_mask=True, return_token_type_ids=pair is not None,
                   split_special_tokens=True)
-    enc = model.tokenizer(text, pair, truncation=False, **kwargs)
+    enc = model.tokenizer(text, pair, truncation=False, verbose=False, **kwargs)  # the length warning is ours, below
     warnings = []
     n = enc["input_ids"].shape[1]
     if n > limit:

@@ -1,9 +1,10 @@
 """Many users at once: concurrent browser sessions against one attnviz server on 127.0.0.1.
 
-    .venv/bin/python bench/load.py [--sessions 8] [--requests 13] [--hostile 0] [--rss-bound-gb 3.0]
+    .venv/bin/python bench/load.py [--sessions 8] [--requests 13] [--long 0] [--long-requests 1]
+                                   [--hostile 0] [--rss-bound-gb 4.0]
 
 Starts `streamlit run app.py` with the demo's settings (.streamlit/config.toml and
-ATTNVIZ_MAX_TOKENS=1024, as in the Dockerfile), then drives ``--sessions`` browser contexts
+ATTNVIZ_MAX_TOKENS=8192, as in the Dockerfile), then drives ``--sessions`` browser contexts
 of one headless chromium at the same time. Session i plays USERS[i % 4]: three type sentences
 on the text page (an encoder, an encoder-decoder, a decoder), the fourth uploads photos on the
 image page (dinov2-small). Each does ``--requests`` requests of its own, one after another;
@@ -12,6 +13,12 @@ crops of the sample photos of their own size and place. After each one the sessi
 the result line naming its input, downloads the result (.npz) and compares it with a capture
 of the same input made in this process: tokens equal and every attention weight within 1e-3.
 A result equal to another request's capture counts as cross-talk.
+
+With ``--long N`` the last N sessions instead read long documents on smollm2-135m, cut to
+its 8,192 tokens, ``--long-requests`` of them each. Their results (about 750 MB of recorded
+queries and keys) are over the demo's download bound, so these sessions download the head
+heatmap's CSV (the default head, block-aggregated) and compare it with the same view of the
+reference capture, every number within 1e-3.
 
 With ``--hostile N`` the same run is made twice on fresh servers, first without and then with
 N hostile sessions beside the normal ones, each repeating (until the normal sessions are done,
@@ -26,7 +33,7 @@ input to the new result on screen), and the server's resident memory (now and pe
 /proc) against the bound stated in docs/deploy.md. Exits 1 on any error, cross-talk, a peak
 above the bound, or (with hostile sessions) a p95 more than twice the run without them.
 Requests are bounded (sessions x requests, hostile rounds) and the server stops at the end.
-The server runs the demo profile: ATTNVIZ_HOSTED=1 and ATTNVIZ_MAX_TOKENS=1024, as in the
+The server runs the demo profile: ATTNVIZ_HOSTED=1 and ATTNVIZ_MAX_TOKENS=8192, as in the
 Dockerfile.
 """
 from __future__ import annotations
@@ -54,14 +61,16 @@ from attnviz.inputs import open_image  # noqa: E402
 from attnviz.models import store  # noqa: E402
 from attnviz.result import AttentionResult  # noqa: E402
 from attnviz.samples import SAMPLES, sample_bytes  # noqa: E402
+from attnviz.viz import text as viz  # noqa: E402
 
 # (page, model) of each kind of user: session i plays USERS[i % len(USERS)]
 USERS = [("text", "minilm-l6"), ("text", "t5-small-titler"), ("text", "smollm2-135m"), ("image", "dinov2-small")]
+LONG_USER = ("text", "smollm2-135m")  # the --long sessions: documents cut to the model's 8,192 tokens
 IMAGE_SIZE = 224  # the image page's default input size (shorter side, px)
 WORDS = ("cat dog river mountain quietly bright engine letter garden window travel silver orange "
          "whisper market ancient follow because under between yesterday music kitchen ocean paper "
          "thunder gentle winter forest number castle honest rapid purple island bridge").split()
-TOKEN_CAP = "1024"
+TOKEN_CAP = "8192"
 DEMO_ENV = {"ATTNVIZ_MAX_TOKENS": TOKEN_CAP, "ATTNVIZ_HOSTED": "1"}  # the Dockerfile's demo profile
 TIMEOUT_MS = 300_000
 HOSTILE_ROUNDS = 6
@@ -87,10 +96,31 @@ def photo(session: int, request: int) -> tuple[str, bytes]:
     return f"visitor{session}-{request}-{sample}.png", buf.getvalue()
 
 
-def request_input(session: int, request: int):
-    """What the session sends: a sentence (text users) or a photo (image users)."""
-    page, _ = USERS[session % len(USERS)]
+def document(session: int, request: int) -> str:
+    """A long session's ``request``-th document: a paragraph repeated past 8,192 tokens, its
+    opening line unique."""
+    from text import PARAGRAPH  # bench/text.py
+
+    return f"Visitor {session} reads document {request}. " + PARAGRAPH * 120
+
+
+def user(args, session: int) -> tuple[str, str, bool]:
+    """(page, model, long) of a session: the last ``args.long`` sessions read long documents."""
+    if session >= args.sessions - args.long:
+        return (*LONG_USER, True)
+    return (*USERS[session % len(USERS)], False)
+
+
+def request_input(args, session: int, request: int):
+    """What the session sends: a sentence (text users), a document (long sessions) or a photo."""
+    page, _, long = user(args, session)
+    if long:
+        return document(session, request)
     return sentence(session, request) if page == "text" else photo(session, request)
+
+
+def requests_of(args, session: int) -> int:
+    return args.long_requests if user(args, session)[2] else args.requests
 
 
 def rss_gb(pid: int) -> tuple[float, float]:
@@ -99,24 +129,47 @@ def rss_gb(pid: int) -> tuple[float, float]:
     return (int(fields["VmRSS"].split()[0]) / 1e6, int(fields["VmHWM"].split()[0]) / 1e6)
 
 
-def references(sessions: int, requests: int) -> dict[tuple[int, int], AttentionResult]:
-    """What each request must give: the same capture, made here."""
+def references(args) -> dict[tuple[int, int], AttentionResult | str]:
+    """What each request must give: the same capture, made here (for long sessions, the CSV
+    of its head heatmap, see :func:`heatmap_csv`)."""
     os.environ.update(DEMO_ENV)  # the server's token caps and budgets
     models = {}
     refs = {}
-    for i in range(sessions):
-        page, name = USERS[i % len(USERS)]
+    for i in range(args.sessions):
+        page, name, long = user(args, i)
         model = models.get(name) or models.setdefault(name, attnviz.load_model(name))
-        for j in range(requests):
-            if page == "text":
-                refs[i, j] = attnviz.capture(model, sentence(i, j))
+        for j in range(requests_of(args, i)):
+            data = request_input(args, i, j)
+            if long:
+                refs[i, j] = heatmap_csv(attnviz.capture(model, data))
+            elif page == "text":
+                refs[i, j] = attnviz.capture(model, data)
             else:
-                file_name, data = photo(i, j)
-                refs[i, j] = attnviz.capture(model, open_image(data, file_name), size=IMAGE_SIZE)
+                refs[i, j] = attnviz.capture(model, open_image(data[1], data[0]), size=IMAGE_SIZE)
     return refs
 
 
-def same(a: AttentionResult, b: AttentionResult) -> bool:
+def heatmap_csv(result: AttentionResult) -> str:
+    """The CSV the text page's head heatmap offers by default: the last layer, head 0."""
+    stack = result.stacks[0]
+    return viz.head_heatmap(result, stack, result.attn[stack].shape[0] - 1, 0, viz.TextOptions())[1]()
+
+
+def csv_numbers(text: str) -> np.ndarray:
+    """The numbers of a view's CSV (its first two columns label the rows)."""
+    import csv
+
+    rows = list(csv.reader(io.StringIO(text)))[1:]
+    return np.array([[float(v) for v in row[2:]] for row in rows], dtype=np.float64)
+
+
+def same(a: AttentionResult | str, b: AttentionResult | str) -> bool:
+    """Whether two results (or two heatmap CSVs) agree: tokens equal, every weight within 1e-3."""
+    if isinstance(a, str) or isinstance(b, str):
+        if not (isinstance(a, str) and isinstance(b, str)):
+            return False
+        x, y = csv_numbers(a), csv_numbers(b)
+        return x.shape == y.shape and np.allclose(x, y, atol=1e-3, rtol=0)
     return (a.tokens == b.tokens and a.attn.keys() == b.attn.keys()
             and all(np.allclose(a.attn[s].astype(np.float32), b.attn[s].astype(np.float32), atol=1e-3, rtol=0)
                     for s in a.attn))
@@ -125,29 +178,30 @@ def same(a: AttentionResult, b: AttentionResult) -> bool:
 DOWNLOAD = {"text": "Result .npz", "image": "Attention maps (.npz)"}  # each page's button
 
 
-async def download_result(page, button: str, attempts: int = 3) -> AttentionResult:
-    """Click the download ``button`` and read the .npz; a download cancelled by a rerun is
-    tried again."""
+async def download_result(page, button: str, attempts: int = 3) -> AttentionResult | str:
+    """Click the download ``button`` and read the .npz (or, for "Matrix .csv", the CSV text);
+    a download cancelled by a rerun is tried again."""
     for attempt in range(attempts):
         try:
             async with page.expect_download(timeout=TIMEOUT_MS) as info:
-                await page.get_by_role("button", name=button).click()
-            download = await info.value
-            return AttentionResult.load(io.BytesIO(Path(await download.path()).read_bytes()))
+                await page.get_by_role("button", name=button).first.click()
+            data = Path(await (await info.value).path()).read_bytes()
+            return data.decode() if button.endswith(".csv") else AttentionResult.load(io.BytesIO(data))
         except Exception:  # noqa: BLE001 - retried, then raised
             if attempt == attempts - 1:
                 raise
             await page.wait_for_function(NO_STATUS_WIDGET, timeout=TIMEOUT_MS)
 
 
-async def send(page, kind: str, name: str, data, ref: AttentionResult) -> None:
-    """Send one input (a sentence, or a photo's file name and bytes) and return when the
-    result line names it."""
+async def send(page, kind: str, name: str, data, ref: AttentionResult | str) -> None:
+    """Send one input (a sentence, a document, or a photo's file name and bytes) and return
+    when the result line names it."""
     if kind == "text":
         box = page.locator('textarea[aria-label="Text"]')
         await box.fill(data)
         await box.press("Control+Enter")
-        shown = f"{name} · {len(ref.tokens)} tokens ·"
+        tokens = int(TOKEN_CAP) if isinstance(ref, str) else len(ref.tokens)  # documents fill the cap
+        shown = f"{name} · {tokens} tokens ·"
     else:
         file_name, png = data
         await page.locator('[data-testid="stFileUploaderDropzone"] input[type="file"]').set_input_files(
@@ -157,9 +211,9 @@ async def send(page, kind: str, name: str, data, ref: AttentionResult) -> None:
     await page.get_by_text(shown).first.wait_for(timeout=TIMEOUT_MS)
 
 
-async def session(browser, base: str, i: int, requests: int, refs, out: dict) -> None:
-    """One user: its page and model, ``requests`` inputs, each result checked."""
-    kind, name = USERS[i % len(USERS)]
+async def session(browser, base: str, i: int, args, refs, out: dict) -> None:
+    """One user: its page and model, its inputs, each result checked."""
+    kind, name, long = user(args, i)
     context = await browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     page = await context.new_page()
     page_errors: list[str] = []
@@ -167,18 +221,18 @@ async def session(browser, base: str, i: int, requests: int, refs, out: dict) ->
     try:
         await page.goto(f"{base}/{kind}?model={name}", timeout=TIMEOUT_MS)
         await page.wait_for_selector(SCRIPT_DONE, timeout=TIMEOUT_MS)  # the first run has drawn the page
-        for j in range(requests):
+        for j in range(requests_of(args, i)):
             ref = refs[i, j]
             try:
                 started = time.perf_counter()
-                await send(page, kind, name, request_input(i, j), ref)
-                out["latency"].append(time.perf_counter() - started)
+                await send(page, kind, name, request_input(args, i, j), ref)
+                out["long_latency" if long else "latency"].append(time.perf_counter() - started)
                 out["requests"] += 1
                 await page.wait_for_function(NO_STATUS_WIDGET, timeout=TIMEOUT_MS)  # the rest of the page drawn
                 shown = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
                 if await shown.count():
                     out["errors"].append(f"session {i} request {j}: {await shown.first.inner_text()}")
-                got = await download_result(page, DOWNLOAD[kind])
+                got = await download_result(page, "Matrix .csv" if long else DOWNLOAD[kind])
             except Exception as e:  # noqa: BLE001 - an error of this request; the session goes on
                 out["errors"].append(f"session {i} request {j}: {type(e).__name__}: {str(e).splitlines()[0]}")
                 continue
@@ -255,17 +309,17 @@ async def hostile(browser, base: str, k: int, files: dict[str, bytes], normal_do
         await context.close()
 
 
-async def drive(base: str, sessions: int, requests: int, refs, n_hostile: int = 0,
-                files: dict[str, bytes] | None = None) -> dict:
+async def drive(base: str, args, refs, n_hostile: int = 0, files: dict[str, bytes] | None = None) -> dict:
     from playwright.async_api import async_playwright
 
-    out = {"requests": 0, "own": 0, "latency": [], "errors": [], "crosstalk": [], "attacks": 0, "breaches": []}
+    out = {"requests": 0, "own": 0, "latency": [], "long_latency": [], "errors": [], "crosstalk": [], "attacks": 0,
+           "breaches": []}
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         done = asyncio.Event()
 
         async def normal():
-            await asyncio.gather(*(session(browser, base, i, requests, refs, out) for i in range(sessions)))
+            await asyncio.gather(*(session(browser, base, i, args, refs, out) for i in range(args.sessions)))
             done.set()
         await asyncio.gather(normal(), *(hostile(browser, base, k, files, done, out) for k in range(n_hostile)))
         await browser.close()
@@ -280,7 +334,7 @@ def serve_and_drive(args, refs, n_hostile: int, files) -> tuple[dict, float, flo
     try:
         wait_healthy(base)
         started = time.perf_counter()
-        out = asyncio.run(drive(base, args.sessions, args.requests, refs, n_hostile, files))
+        out = asyncio.run(drive(base, args, refs, n_hostile, files))
         wall = time.perf_counter() - started
         rss, peak = rss_gb(server.pid)
     finally:
@@ -300,8 +354,9 @@ def report(args, out: dict, wall: float, rss: float, peak: float, n_hostile: int
     crosstalk_ok = not out["crosstalk"] and out["own"] == out["requests"]
     rows = [
         ("sessions (concurrent browser contexts)", f"{args.sessions} normal, {n_hostile} hostile"),
-        ("users", ", ".join(f"{kind} page on {name}" for kind, name in USERS[: min(args.sessions, len(USERS))])),
-        ("requests (new inputs captured)", f"{out['requests']} of {args.sessions * args.requests}"),
+        ("users", ", ".join(f"{kind} page on {name}" for kind, name in USERS[: min(args.sessions - args.long, len(USERS))])
+         + (f"; {args.long} reading 8,192-token documents on {LONG_USER[1]}" if args.long else "")),
+        ("requests (new inputs captured)", f"{out['requests']} of {sum(requests_of(args, i) for i in range(args.sessions))}"),
         ("errors", f"{len(out['errors'])}"),
         ("cross-talk check", f"{'pass' if crosstalk_ok else 'FAIL'}: {out['own']} of {out['requests']} "
                              f"downloads equal their own input's capture, {len(out['crosstalk'])} another's"),
@@ -309,6 +364,8 @@ def report(args, out: dict, wall: float, rss: float, peak: float, n_hostile: int
         ("latency p50 (s)", f"{statistics.median(lat):.2f}"),
         ("latency p95 (s)", f"{p95(out['latency']):.2f}"),
         ("latency max (s)", f"{lat[-1]:.2f}"),
+        ("8,192-token documents: latency p50, max (s)",
+         f"{statistics.median(out['long_latency']):.1f}, {max(out['long_latency']):.1f}" if out["long_latency"] else "none"),
         ("wall time (s)", f"{wall:.0f}"),
         ("server RSS after (GB)", f"{rss:.2f}"),
         ("server peak RSS (GB)", f"{peak:.2f}  (bound {args.rss_bound_gb:.1f}: "
@@ -324,12 +381,15 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=13, help="inputs per session")
     ap.add_argument("--hostile", type=int, default=0, help="hostile sessions beside the normal ones "
                                                             "(then a run without them is made first)")
-    ap.add_argument("--rss-bound-gb", type=float, default=3.0, help="the bound docs/deploy.md states")
+    ap.add_argument("--long", type=int, default=0, help="sessions (the last ones) reading 8,192-token documents")
+    ap.add_argument("--long-requests", type=int, default=1, help="documents per long session")
+    ap.add_argument("--rss-bound-gb", type=float, default=4.0, help="the bound docs/deploy.md states")
     args = ap.parse_args()
 
-    print(f"reference captures for {args.sessions} x {args.requests} inputs…", flush=True)
+    args.long = min(max(args.long, 0), args.sessions)
+    print(f"reference captures for {args.sessions} sessions' inputs…", flush=True)
     t0 = time.perf_counter()
-    refs = references(args.sessions, args.requests)
+    refs = references(args)
     print(f"… {time.perf_counter() - t0:.0f} s", flush=True)
     import tempfile
 
