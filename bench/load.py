@@ -197,11 +197,19 @@ async def send(page, kind: str, name: str, data, ref: AttentionResult | str) -> 
     """Send one input (a sentence, a document, or a photo's file name and bytes) and return
     when the result line names it."""
     if kind == "text":
-        box = page.locator('textarea[aria-label="Text"]')
-        await box.fill(data)
-        await box.press("Control+Enter")
         tokens = int(TOKEN_CAP) if isinstance(ref, str) else len(ref.tokens)  # documents fill the cap
         shown = f"{name} · {tokens} tokens ·"
+        line = page.get_by_text(shown)
+        before = await line.first.inner_text() if await line.count() else None  # a document's line names
+        box = page.locator('textarea[aria-label="Text"]')                       # no input: wait for a new one
+        await box.fill(data)
+        await box.press("Control+Enter")
+        if before is not None:
+            await page.wait_for_function(
+                "([shown, before]) => [...document.querySelectorAll('[data-testid=\"stCaptionContainer\"]')]"
+                ".some(e => e.innerText.includes(shown) && e.innerText !== before)", arg=[shown, before],
+                timeout=TIMEOUT_MS)
+            return
     else:
         file_name, png = data
         await page.locator('[data-testid="stFileUploaderDropzone"] input[type="file"]').set_input_files(
