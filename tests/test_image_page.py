@@ -22,6 +22,7 @@ from attnviz.analysis.stats import head_stats
 from attnviz.inputs import open_image
 from attnviz.models import store
 from attnviz.samples import DEFAULT_SAMPLE
+from attnviz.ui import image as image_ui
 
 PAGE = "pages/image.py"
 VIEWS = ["cls", "heads", "layers", "patch", "rollout", "prefix"]
@@ -40,7 +41,9 @@ def upload(at: AppTest, name: str, data: bytes, mime: str = "image/png") -> AppT
 
 
 def show(at: AppTest, view: str) -> AppTest:
-    return at.button_group(key="image_view_box").set_value(view).run()
+    """Open the view named ``view`` in the URL (its tab, as a click on it does)."""
+    at.session_state["image_view"] = next(v.label for v in image_ui.VIEWS if v.key == view)
+    return at.run()
 
 
 def weights(fig: dict) -> np.ndarray:
