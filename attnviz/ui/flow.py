@@ -115,6 +115,20 @@ def thresholds(stats: HeadStats) -> tuple[float, float]:
     return local_min, global_min
 
 
+def _one_token(captured: Captured, fusion_key: str, refusal: str):
+    """The layout of the views that follow one output token down a stack: (controls column,
+    shown column, the token traced, how heads are fused, widget ``fusion_key``); None, with
+    ``refusal`` said, on cross-attention, which is no stack to follow."""
+    if captured.stack == "cross":
+        st.info(refusal)
+        return None
+    controls, shown = st.columns([1, 3], gap="medium")
+    with controls:
+        source = source_picker(captured.result, captured.stack)
+        fusion = st.selectbox("Heads fused by", flow.FUSIONS, key=fusion_key)
+    return controls, shown, source, fusion
+
+
 def source_picker(result: AttentionResult, stack: str) -> int:
     """The output token whose sources are traced: CLS (or the last token of a decoder) first."""
     tokens = result.query_tokens(stack)
@@ -277,14 +291,13 @@ def flow_view(captured: Captured) -> None:
     of the last layer, rollout, and exact attention flow (when the graph is small enough);
     bars per token (text) or overlays on the photo (images)."""
     kind, result, stack, key = captured.kind, captured.result, captured.stack, captured.key
-    if stack == "cross":
-        st.info("Rollout and flow follow self-attention down a stack: choose the encoder or the decoder.")
+    picked = _one_token(captured, "flow_fusion",
+                        "Rollout and flow follow self-attention down a stack: choose the encoder or the decoder.")
+    if picked is None:
         return
+    controls, shown, source, fusion = picked
     attn = result.attn[stack]
-    controls, shown = st.columns([1, 3], gap="medium")
     with controls:
-        source = source_picker(result, stack)
-        fusion = st.selectbox("Heads fused by", flow.FUSIONS, key="flow_fusion")
         if kind == "text":
             merge = st.toggle("Merge sub-words into words", key="flow_merge")
             hide = st.toggle("Hide special tokens", key="flow_hide", help="Renormalise over the other tokens.")
@@ -313,14 +326,12 @@ def spread_view(captured: Captured) -> None:
     """(Text self-attention) how one output token's rollout passes between tokens layer by
     layer, as a Sankey of the strongest edges of each layer."""
     result, stack = captured.result, captured.stack
-    if stack == "cross":
-        st.info("The layer-by-layer view is for the self-attention of a text.")
+    picked = _one_token(captured, "flow_spread_fusion", "The layer-by-layer view is for the self-attention of a text.")
+    if picked is None:
         return
+    controls, shown, source, fusion = picked
     attn = result.attn[stack]
-    controls, shown = st.columns([1, 3], gap="medium")
     with controls:
-        source = source_picker(result, stack)
-        fusion = st.selectbox("Heads fused by", flow.FUSIONS, key="flow_spread_fusion")
         top_k = st.slider("Strongest edges per layer", 1, 20, 5, key="flow_top_k")
     edges = flow.rollout_spread(attn, source, fusion, top_k)
     labels = [display_label(t) for t in result.key_tokens(stack)]
