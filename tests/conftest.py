@@ -42,8 +42,9 @@ def photo():
 
 
 # label -> architecture of tests/arch_zoo.py: a BERT encoder, a GPT-2 decoder and a ViT, each
-# 2 layers x 4 heads, hidden size 32, random weights (tokenizers: the bundled models')
-TINY_MODELS = {"tiny-bert": "bert", "tiny-gpt2": "gpt2", "tiny-vit": "vit"}
+# 2 layers x 4 heads, hidden size 32, random weights (tokenizers: the bundled models'). The app
+# caches a capture by the model's label, so no other test may give another checkpoint these labels.
+TINY_MODELS = {"test-bert": "bert", "test-gpt2": "gpt2", "test-vit": "vit"}
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +62,7 @@ def tiny_folders(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def tiny_models(tiny_folders, monkeypatch) -> dict[str, Path]:
     """The tiny checkpoints offered by the app as the operator's models (ATTNVIZ_MODELS), so
-    that an AppTest selects them by label (``model="tiny-bert"``) like any other model."""
+    that an AppTest selects them by label (``model="test-bert"``) like any other model."""
     from attnviz import limits
 
     monkeypatch.setenv(limits.OPERATOR_MODELS_ENV, ",".join(f"{label}={folder}" for label, folder in tiny_folders.items()))

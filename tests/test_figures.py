@@ -173,7 +173,7 @@ def test_no_chart_is_shown_without_the_figure_downloads():
 def test_text_views_offer_svg_pdf_png_and_the_report(tiny_models, view):
     from apptest_tools import open_page
 
-    at = open_page("pages/text.py", model="tiny-bert")
+    at = open_page("pages/text.py", model="test-bert")
     at.session_state["view"] = view
     at.run()
     assert not at.exception, at.exception

@@ -70,8 +70,8 @@ def cat_page(cat_png) -> AppTest:
 
 
 def open_tiny(**params: str) -> AppTest:
-    """The page on the tiny random ViT ("tiny-vit", 8 px patches) at 112 px."""
-    return open_page(PAGE, model="tiny-vit", size="112", **params)
+    """The page on the tiny random ViT ("test-vit", 8 px patches) at 112 px."""
+    return open_page(PAGE, model="test-vit", size="112", **params)
 
 
 @pytest.fixture
@@ -235,7 +235,7 @@ def test_input_size_and_model_set_the_patch_grid():
 
 
 def test_a_text_model_folder_gets_a_clear_message(tiny_models):
-    at = open_page(PAGE, model=str(tiny_models["tiny-bert"]))
+    at = open_page(PAGE, model=str(tiny_models["test-bert"]))
     assert not at.exception, at.exception
     assert len(at.error) == 1 and "is not an image model" in at.error[0].value
 

@@ -69,8 +69,8 @@ def minilm_sentence(minilm):
 
 @pytest.fixture
 def tiny_bert(tiny_models):
-    """The tiny random BERT the app lists as "tiny-bert", loaded here."""
-    return attnviz.load_model(str(tiny_models["tiny-bert"]))
+    """The tiny random BERT the app lists as "test-bert", loaded here."""
+    return attnviz.load_model(str(tiny_models["test-bert"]))
 
 
 # -- minilm-l6: every view ----------------------------------------------------------------
@@ -273,11 +273,11 @@ def test_t5_stacks_encoder_decoder_cross(t5):
 
 
 def test_shared_link_opens_view_layer_and_head(tiny_bert):
-    at = open_page(model="tiny-bert", view="Head heatmap", layer="1", head="3")
+    at = open_page(model="test-bert", view="Head heatmap", layer="1", head="3")
     assert_clean(at)
     np.testing.assert_allclose(heat(charts(at)["text_heatmap"])[1],
                                attnviz.capture(tiny_bert, SENTENCE).attn["encoder"][1, 3].astype(np.float32), atol=ATOL)
-    at = open_page(model="tiny-bert", view="Token focus", head="max")
+    at = open_page(model="test-bert", view="Token focus", head="max")
     assert_clean(at)
     assert "max of all heads" in charts(at)["text_focus_to"]["layout"]["title"]["text"]
 
@@ -285,13 +285,13 @@ def test_shared_link_opens_view_layer_and_head(tiny_bert):
 # -- bad input ----------------------------------------------------------------------------
 @pytest.mark.parametrize("text", ["", "   \n\t  "])
 def test_empty_text_gives_a_clear_message(text, tiny_models):
-    at = open_page(text, model="tiny-bert")
+    at = open_page(text, model="test-bert")
     assert not at.exception
     assert [e.value for e in at.error] == ["The text is empty: type or upload some words first."]
 
 
 def test_binary_and_huge_uploads_are_refused_clearly(tiny_models):
-    at = open_page(model="tiny-bert")
+    at = open_page(model="test-bert")
     png_header = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
     at.file_uploader(key="text_upload").set_value(("photo.txt", png_header, "text/plain")).run()
     assert not at.exception
@@ -302,7 +302,7 @@ def test_binary_and_huge_uploads_are_refused_clearly(tiny_models):
 
 
 def test_upload_replaces_the_text_box(tiny_bert):
-    at = open_page(model="tiny-bert")
+    at = open_page(model="test-bert")
     at.file_uploader(key="text_upload").set_value(("notes.md", "# Title\n\nCats purr.".encode(), "text/markdown")).run()
     assert_clean(at)
     assert labels(charts(at)["text_heatmap"], "x") == attnviz.capture(tiny_bert, "# Title\n\nCats purr.").tokens
