@@ -10,6 +10,7 @@ import streamlit as st
 
 from attnviz.ui import explain as ui
 from attnviz.ui.common import friendly_errors, in_app_frame
+from attnviz.ui.inputs import kind_picker
 
 in_app_frame()
 
@@ -19,7 +20,7 @@ st.markdown("Attention maps are not explanations by themselves. Here every pictu
             "says which picture follows it on your input (Abnar & Zuidema 2020 found rollout and flow near 0.7 on "
             "their model, raw attention anywhere from −0.1 to 0.7 depending on the layer).")
 
-kind = ui.kind_picker()
+kind = kind_picker("explain_kind")
 with friendly_errors():
     if kind == "text":
         name, model, text, target = ui.text_choice()

@@ -8,9 +8,10 @@ flow from one output token, and (text) the layer-by-layer spread of that token.
 import streamlit as st
 
 from attnviz.ui import flow as ui
-from attnviz.ui import image as image_ui
-from attnviz.ui import text as text_ui
+from attnviz.ui import keys
 from attnviz.ui.common import friendly_errors, in_app_frame
+from attnviz.ui.inputs import kind_picker, photo_capture, stack_picker, text_capture
+from attnviz.ui.views import Captured, show_views
 
 in_app_frame()
 
@@ -19,25 +20,14 @@ st.markdown("Which heads look **near** and which look **far**, how that changes 
             "Fig. 7 for your own model and input), and how the input really reaches the output: raw attention, "
             "rollout and exact attention flow (Abnar & Zuidema 2020) side by side.")
 
-kind = ui.kind_picker()
+kind = kind_picker(keys.FLOW_KIND)
 with friendly_errors():
     if kind == "text":
-        request, result = text_ui.text_capture()
+        request, result = text_capture()
         for note in request.notes + tuple(result.warnings):
             st.info(note)
-        captured = ui.Captured(kind, result.model, result, text_ui.stack_picker(result))
+        captured = Captured(kind, result, stack_picker(result), request)
     else:
-        photo, size, result = image_ui.photo_capture(families=("image",))
-        captured = ui.Captured(kind, result.model, result, "encoder", photo, size)
+        captured = photo_capture(families=("image",))
 
-
-@st.fragment
-def explore(captured: ui.Captured) -> None:
-    """The chosen view; only this part reruns when its controls change."""
-    with friendly_errors():
-        view = ui.view_picker()
-        {"depth": ui.depth_view, "heatmaps": ui.heatmaps_view, "many": ui.many_view, "flow": ui.flow_view,
-         "spread": ui.spread_view}[view](captured)
-
-
-explore(captured)
+show_views(ui.VIEWS, captured, key="flow_view")

@@ -2,8 +2,10 @@
 import streamlit as st
 
 from attnviz.ui import heads as ui
+from attnviz.ui import keys
 from attnviz.ui.common import friendly_errors, in_app_frame
-from attnviz.ui.text import stack_picker, text_capture
+from attnviz.ui.inputs import stack_picker, text_capture
+from attnviz.ui.views import Captured, show_views
 
 in_app_frame()
 
@@ -15,6 +17,6 @@ with friendly_errors():
     request, result = text_capture()
     for note in request.notes + tuple(result.warnings):
         st.info(note)
-    stack = stack_picker(result)
+    captured = Captured("text", result, stack_picker(result), request)
 
-ui.views(result, stack, request)
+show_views(ui.VIEWS, captured, key=keys.HEADS_VIEW, param=keys.HEADS_VIEW)

@@ -1,8 +1,11 @@
 """Text explorer: type or upload text, pick a model, see what every head attends to."""
 import streamlit as st
 
+from attnviz.ui import keys
+from attnviz.ui import text as ui
 from attnviz.ui.common import friendly_errors, in_app_frame
-from attnviz.ui.text import result_header, stack_picker, text_capture, view_options, views
+from attnviz.ui.inputs import stack_picker, text_capture
+from attnviz.ui.views import Captured, show_views
 
 in_app_frame()
 
@@ -12,8 +15,7 @@ st.caption("Every head of every layer on your own text: one head as a heatmap, a
 
 with friendly_errors():
     request, result = text_capture()
-    result_header(result, request)
-    stack = stack_picker(result)
-    options = view_options()
+    ui.result_header(result, request)
+    captured = Captured("text", result, stack_picker(result), request, ui.view_options())
 
-views(result, stack, options)
+show_views(ui.VIEWS, captured, key=keys.VIEW)

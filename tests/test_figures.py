@@ -170,10 +170,10 @@ def test_no_chart_is_shown_without_the_figure_downloads():
 
 
 @pytest.mark.parametrize("view", ["Head heatmap", "Model overview", "Token lines", "Token focus"])
-def test_text_views_offer_svg_pdf_png_and_the_report(minilm, view):
+def test_text_views_offer_svg_pdf_png_and_the_report(tiny_models, view):
     from apptest_tools import open_page
 
-    at = open_page("pages/text.py")
+    at = open_page("pages/text.py", model="test-bert")
     at.session_state["view"] = view
     at.run()
     assert not at.exception, at.exception

@@ -18,14 +18,17 @@ from attnviz.analysis.flow import attention_flow, last_layer_attention, rollout,
 from attnviz.analysis.stats import average_stats, head_stats
 from attnviz.inputs import open_image
 from attnviz.samples import SAMPLES, sample_bytes
-from attnviz.ui.text import DEFAULT_TEXT
+from attnviz.ui import flow as flow_ui
+from attnviz.ui.inputs import DEFAULT_TEXT
 
 PAGE = "pages/flow.py"
 ATOL = 1e-9  # the page and the test run the same float16 capture through the same code
 
 
 def show(at: AppTest, view: str) -> AppTest:
-    at.button_group(key="flow_view").set_value(view).run()
+    """Open the view named ``view`` in the URL (its tab, as a click on it does)."""
+    at.session_state["flow_view"] = next(v.label for v in flow_ui.VIEWS if v.key == view)
+    at.run()
     assert_clean(at)
     return at
 

@@ -1,4 +1,6 @@
-"""The image explorer page, run through the app with a real photo and the real dinov2-small.
+"""The image explorer page, run through the app with a real photo and the real dinov2-small
+(the tests of URL state, uploads, style controls and downloads on a tiny random ViT,
+tests/conftest.py's tiny_models).
 
 The overlays travel as JPEGs inside plotly figures, with one (invisible) point per patch whose
 hover text is the patch's weight: the tests decode both and compare the weights with a capture
@@ -20,8 +22,8 @@ import attnviz
 from attnviz.analysis.flow import fuse_heads, rollout
 from attnviz.analysis.stats import head_stats
 from attnviz.inputs import open_image
-from attnviz.models import store
 from attnviz.samples import DEFAULT_SAMPLE
+from attnviz.ui import image as image_ui
 
 PAGE = "pages/image.py"
 VIEWS = ["cls", "heads", "layers", "patch", "rollout", "prefix"]
@@ -40,7 +42,9 @@ def upload(at: AppTest, name: str, data: bytes, mime: str = "image/png") -> AppT
 
 
 def show(at: AppTest, view: str) -> AppTest:
-    return at.button_group(key="image_view_box").set_value(view).run()
+    """Open the view named ``view`` in the URL (its tab, as a click on it does)."""
+    at.session_state["image_view"] = next(v.label for v in image_ui.VIEWS if v.key == view)
+    return at.run()
 
 
 def weights(fig: dict) -> np.ndarray:
@@ -63,6 +67,16 @@ def result(dinov2, cat_png):
 @pytest.fixture(scope="module")
 def cat_page(cat_png) -> AppTest:
     return upload(open_page(PAGE), "cat.png", cat_png)
+
+
+def open_tiny(**params: str) -> AppTest:
+    """The page on the tiny random ViT ("test-vit", 8 px patches) at 112 px."""
+    return open_page(PAGE, model="test-vit", size="112", **params)
+
+
+@pytest.fixture
+def tiny_cat_page(cat_png, tiny_models) -> AppTest:
+    return upload(open_tiny(), "cat.png", cat_png)
 
 
 # -- the views ----------------------------------------------------------------------------
@@ -167,8 +181,8 @@ def test_prefix_view_shows_each_heads_sink_mass(cat_page, result):
     assert pictures(received)
 
 
-def test_style_controls_change_the_overlay(cat_page):
-    at = show(cat_page, "cls")
+def test_style_controls_change_the_overlay(tiny_cat_page):
+    at = show(tiny_cat_page, "cls")
     before = np.asarray(pictures(figures(at)[0])[0]).astype(int)
     at.slider(key="_image_opacity").set_value(0.0).run()
     photo_only = np.asarray(pictures(figures(at)[0])[0]).astype(int)
@@ -178,25 +192,25 @@ def test_style_controls_change_the_overlay(cat_page):
     assert np.abs(before - photo_only).mean() > 5 and np.abs(before - after).mean() > 5
 
 
-def test_the_url_chooses_sample_view_layer_and_head():
-    at = open_page(PAGE, sample="astronaut", view="layers", layer="3", head="2")
+def test_the_url_chooses_sample_view_layer_and_head(tiny_models):
+    at = open_tiny(sample="astronaut", view="layers", layer="1", head="2")
     assert_clean(at)
     assert any("astronaut.png" in c.value for c in at.caption)
-    assert at.slider(key="image_lh_layer").value == 3
+    assert at.slider(key="image_lh_layer").value == 1
     assert at.selectbox(key="image_lh_head").value == 2
     (fig,) = figures(at)
     titles = [a["text"] for a in fig["layout"]["annotations"]]
-    assert titles[3] == "<b>layer 3</b>" and titles[0] == "layer 0"
+    assert titles[1] == "<b>layer 1</b>" and titles[0] == "layer 0"
     for name in ("model", "layer", "head", "view", "size", "sample"):
         assert name in at.query_params
 
 
-def test_replacing_an_upload_shows_the_new_photo(photo):
+def test_replacing_an_upload_shows_the_new_photo(photo, tiny_models):
     """Choosing another photo while one is shown: the browser removes the first file (a run
     with no file shows the sample photo and selects its pill), then sends the new file with
     the pills' value from before that run (none selected). The new photo must be shown; it was
     the sample (found by bench/load.py, seen in chromium)."""
-    at = upload(open_page(PAGE), "first.png", encode(photo))
+    at = upload(open_tiny(), "first.png", encode(photo))
     at.file_uploader(key="image_upload").set_value(None).run()
     assert at.button_group(key="image_sample_pills").value == DEFAULT_SAMPLE
     at.file_uploader(key="image_upload").set_value(("second.png", encode(photo.crop((0, 0, 300, 240))), "image/png"))
@@ -220,14 +234,14 @@ def test_input_size_and_model_set_the_patch_grid():
     assert weights(fig).shape == (7 * 11,)
 
 
-def test_a_text_model_folder_gets_a_clear_message():
-    at = open_page(PAGE, model=str(store.model_dir("minilm-l6")))
+def test_a_text_model_folder_gets_a_clear_message(tiny_models):
+    at = open_page(PAGE, model=str(tiny_models["test-bert"]))
     assert not at.exception, at.exception
     assert len(at.error) == 1 and "is not an image model" in at.error[0].value
 
 
-def test_downloads_are_offered(cat_page):
-    at = show(cat_page, "cls")
+def test_downloads_are_offered(tiny_cat_page):
+    at = show(tiny_cat_page, "cls")
     labels = [b.label for b in at.download_button]
     assert "Attention maps (.npz)" in labels
     assert "PNG, 451 x 300 px" in labels
@@ -269,9 +283,9 @@ ACCEPTED = {
 
 
 @pytest.mark.parametrize("case", list(REFUSED))
-def test_bad_upload_is_refused_with_a_clear_message_and_the_app_stays_usable(case, photo):
+def test_bad_upload_is_refused_with_a_clear_message_and_the_app_stays_usable(case, photo, tiny_models):
     name, make, message = REFUSED[case]
-    at = upload(open_page(PAGE), name, make(photo))
+    at = upload(open_tiny(), name, make(photo))
     assert not at.exception, at.exception
     assert at.button_group(key="image_sample_pills").value is None  # no sample looks chosen
     assert len(at.error) == 1 and message in at.error[0].value, [e.value for e in at.error]
@@ -285,9 +299,9 @@ def test_bad_upload_is_refused_with_a_clear_message_and_the_app_stays_usable(cas
 
 
 @pytest.mark.parametrize("case", list(ACCEPTED))
-def test_odd_upload_is_shown_with_a_note(case, photo):
+def test_odd_upload_is_shown_with_a_note(case, photo, tiny_models):
     name, make, message = ACCEPTED[case]
-    at = upload(open_page(PAGE), name, make(photo))
+    at = upload(open_tiny(), name, make(photo))
     assert_clean(at)
     notes = [i.value for i in at.info]
     assert any(message in n for n in notes), notes

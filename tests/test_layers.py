@@ -125,3 +125,82 @@ def test_no_file_refers_to_a_path_outside_the_repository():
                       if any(len(m.group(1)) // 3 > depth for m in climb.finditer(line))]
     assert not offenders, "\n".join(offenders)
 
+
+
+# -- session-state and URL keys -------------------------------------------------------------------
+KEYS_MODULE = PACKAGE / "ui" / "keys.py"
+STATE = ("session_state", "query_params")
+READ_BY_NAME = ("remember", "url_int", "url_choice")  # ui.common helpers whose first argument is a key
+
+
+def _is_state(node: ast.AST) -> bool:
+    """``st.session_state`` or ``st.query_params`` (or a bare name of them)."""
+    return (isinstance(node, ast.Attribute) and node.attr in STATE) or (isinstance(node, ast.Name) and node.id in STATE)
+
+
+def _text(node: ast.AST | None) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def quoted_keys(path: Path) -> list[tuple[str, int]]:
+    """(key, line) of every quoted string ``path`` uses as a session-state or URL key: an index
+    of, or a get/pop/setdefault on, or an ``in`` test of st.session_state or st.query_params; the
+    first argument of remember, url_int or url_choice; and a widget's ``key=``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names: list[ast.AST | None] = []
+        if isinstance(node, ast.Subscript) and _is_state(node.value):
+            names.append(node.slice)
+        elif isinstance(node, ast.Compare) and any(_is_state(c) for c in node.comparators):
+            names.append(node.left)
+        elif isinstance(node, ast.Call):
+            f = node.func
+            if isinstance(f, ast.Attribute) and f.attr in ("get", "pop", "setdefault") and _is_state(f.value):
+                names.append(node.args[0] if node.args else None)
+            if (f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)) in READ_BY_NAME:
+                names.append(node.args[0] if node.args else None)
+            names += [k.value for k in node.keywords if k.arg == "key"]
+        found += [(_text(n), n.lineno) for n in names if _text(n) is not None]
+    return found
+
+
+def shared_keys() -> dict[str, str]:
+    """The keys of attnviz/ui/keys.py: {value: constant name}."""
+    tree = ast.parse(KEYS_MODULE.read_text())
+    return {node.value.value: node.targets[0].id for node in tree.body
+            if isinstance(node, ast.Assign) and _text(node.value) is not None}
+
+
+def key_problems(files: list[Path]) -> list[str]:
+    """Quoted keys that name a key of ui/keys.py (use its constant), or that two files both
+    use (one owns it: define it in ui/keys.py, or let the owner expose a function)."""
+    shared, owner, problems = shared_keys(), {}, []
+    for path in files:
+        name = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+        for key, line in quoted_keys(path):
+            if key in shared:
+                problems.append(f"{name}:{line}: '{key}' is keys.{shared[key]}")
+            elif owner.setdefault(key, name) != name:
+                problems.append(f"{name}:{line}: '{key}' is also used by {owner[key]}")
+    return problems
+
+
+def ui_files() -> list[Path]:
+    return sorted(p for p in [*(PACKAGE / "ui").glob("*.py"), *(ROOT / "pages").glob("*.py"), ROOT / "app.py"]
+                  if p != KEYS_MODULE)
+
+
+def test_session_and_url_keys_are_defined_once():
+    """No page or ui module names another's session-state or URL key by a quoted string."""
+    problems = key_problems(ui_files())
+    assert not problems, "\n".join(problems)
+
+
+def test_the_key_check_catches_a_key_written_by_string(tmp_path):
+    """The check above can fail: a module that writes the model by its string, or uses a widget
+    key of another module, is caught."""
+    bad = tmp_path / "bad.py"
+    bad.write_text('import streamlit as st\nst.session_state["model"] = "x"\nst.slider("a", key="_image_opacity")\n')
+    problems = key_problems([PACKAGE / "ui" / "overlay.py", bad])
+    assert [p.split(": ", 1)[1] for p in problems] == [
+        "'model' is keys.MODEL", "'_image_opacity' is also used by attnviz/ui/overlay.py"], problems

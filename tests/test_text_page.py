@@ -1,4 +1,5 @@
-"""The text explorer page, run through the app on the real bundled models.
+"""The text explorer page, run through the app on the real bundled models (the tests of URL
+state, bad input and uploads on a tiny random BERT, tests/conftest.py's tiny_models).
 
 Every view's plotly spec is decoded (float32 typed arrays, the overview's PNG) and compared
 with a capture made here, outside the app, with attnviz.capture.
@@ -64,6 +65,12 @@ def row_max(m: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def minilm_sentence(minilm):
     return attnviz.capture(minilm, SENTENCE)
+
+
+@pytest.fixture
+def tiny_bert(tiny_models):
+    """The tiny random BERT the app lists as "test-bert", loaded here."""
+    return attnviz.load_model(str(tiny_models["test-bert"]))
 
 
 # -- minilm-l6: every view ----------------------------------------------------------------
@@ -265,26 +272,26 @@ def test_t5_stacks_encoder_decoder_cross(t5):
                                cross[:, 5, :, at.selectbox(key="text_focus_k").value], atol=ATOL)
 
 
-def test_shared_link_opens_view_layer_and_head(minilm_sentence):
-    at = open_page(model="minilm-l6", view="Head heatmap", layer="2", head="7")
+def test_shared_link_opens_view_layer_and_head(tiny_bert):
+    at = open_page(model="test-bert", view="Head heatmap", layer="1", head="3")
     assert_clean(at)
     np.testing.assert_allclose(heat(charts(at)["text_heatmap"])[1],
-                               minilm_sentence.attn["encoder"][2, 7].astype(np.float32), atol=ATOL)
-    at = open_page(view="Token focus", head="max")
+                               attnviz.capture(tiny_bert, SENTENCE).attn["encoder"][1, 3].astype(np.float32), atol=ATOL)
+    at = open_page(model="test-bert", view="Token focus", head="max")
     assert_clean(at)
     assert "max of all heads" in charts(at)["text_focus_to"]["layout"]["title"]["text"]
 
 
 # -- bad input ----------------------------------------------------------------------------
 @pytest.mark.parametrize("text", ["", "   \n\t  "])
-def test_empty_text_gives_a_clear_message(text):
-    at = open_page(text)
+def test_empty_text_gives_a_clear_message(text, tiny_models):
+    at = open_page(text, model="test-bert")
     assert not at.exception
     assert [e.value for e in at.error] == ["The text is empty: type or upload some words first."]
 
 
-def test_binary_and_huge_uploads_are_refused_clearly():
-    at = open_page()
+def test_binary_and_huge_uploads_are_refused_clearly(tiny_models):
+    at = open_page(model="test-bert")
     png_header = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
     at.file_uploader(key="text_upload").set_value(("photo.txt", png_header, "text/plain")).run()
     assert not at.exception
@@ -294,11 +301,11 @@ def test_binary_and_huge_uploads_are_refused_clearly():
     assert "big.txt is 5.0 MB" in at.error[0].value
 
 
-def test_upload_replaces_the_text_box(minilm):
-    at = open_page()
+def test_upload_replaces_the_text_box(tiny_bert):
+    at = open_page(model="test-bert")
     at.file_uploader(key="text_upload").set_value(("notes.md", "# Title\n\nCats purr.".encode(), "text/markdown")).run()
     assert_clean(at)
-    assert labels(charts(at)["text_heatmap"], "x") == attnviz.capture(minilm, "# Title\n\nCats purr.").tokens
+    assert labels(charts(at)["text_heatmap"], "x") == attnviz.capture(tiny_bert, "# Title\n\nCats purr.").tokens
     assert any("notes.md" in i.value for i in at.info)
 
 

@@ -18,29 +18,19 @@ from attnviz.inputs import clean_text, open_image
 from attnviz.models.bundled import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from attnviz.models.loader import Model
 from attnviz.samples import SAMPLES, sample_bytes
-from attnviz.ui import image as image_ui
 from attnviz.ui.charts import show_chart
-from attnviz.ui.common import remember, url_choice
-from attnviz.ui.flow import MANY_TEXTS
+from attnviz.ui.inputs import MANY_TEXTS, TEXT_FAMILIES, input_size_picker, photo_input
 from attnviz.ui.models import get_model, model_picker
-from attnviz.ui.text import TEXT_FAMILIES
+from attnviz.ui.overlay import style_controls
+from attnviz.ui.views import Photo
 from attnviz.viz import explain as viz
 
-KINDS = {"text": "Text", "image": "Image"}
 DEFAULT_TEXTS = {"decoder": "The keys to the old cabinet are on the", "encoder-decoder": MANY_TEXTS[0],
                  "custom": "1 2 4 1 3 0 7 9"}  # a Build-your-own agreement model: the key of the keys [MASK] old .
 DEFAULT_TEXT = "The keys to the old cabinet are on the table."
 FAST_METHODS = tuple(m for m in METHODS if m != "integrated_gradients")  # the many-inputs default
 MAX_MANY = 64  # inputs averaged over at most
 EXPLAIN_CACHE_ENTRIES = 256
-
-
-def kind_picker() -> str:
-    """Text or image input (``?kind=``)."""
-    remember("explain_kind", url_choice("kind", list(KINDS), "text"))
-    kind = st.segmented_control("Input", list(KINDS), format_func=KINDS.get, key="explain_kind", required=True)
-    st.query_params["kind"] = kind
-    return kind
 
 
 def has_class_head(model: Model) -> bool:
@@ -94,17 +84,15 @@ def text_choice() -> tuple[str, Model, str, str | None]:
     return name, model, clean_text(text), target
 
 
-def image_choice() -> tuple[str, Model, image_ui.Photo, int]:
+def image_choice() -> tuple[str, Model, Photo, int]:
     """Model and input size on the left, the photo on the right: (name, model, photo, size)."""
     settings, source = st.columns([1, 2], gap="large")
     with settings:
         name = model_picker(("image",), DEFAULT_IMAGE_MODEL)
         model = get_model(name)
-        if model.image is not None and "size" not in st.query_params:  # blank-out costs a pass per patch:
-            st.query_params["size"] = str(image_ui.size_options(model)[0])  # start at the smallest grid
-        size = image_ui.input_size_picker(model)
+        size = input_size_picker(model, smallest=True)  # blank-out costs a pass per patch
     with source:
-        photo = image_ui.photo_input()
+        photo = photo_input()
     return name, model, photo, size
 
 
@@ -155,10 +143,10 @@ def highlight_block(e: Explanation) -> None:
                "largest of this text. Hover a word for its exact value. Grey: special tokens (never blanked).")
 
 
-def overlays_block(e: Explanation, photo: image_ui.Photo) -> None:
+def overlays_block(e: Explanation, photo: Photo) -> None:
     """One overlay per method on the photo, side by side."""
     with st.expander("Overlay style"):
-        style = image_ui.style_controls()
+        style = style_controls()
     fig = viz.method_overlays(photo.display, e.grid, e.scores, e.spearman(), style)
     show_chart(fig, f"{e.model}_methods", key="explain_overlays")
     st.caption("Each map is scaled on its own (its minimum to its top percentile); CLS and registers have no place "

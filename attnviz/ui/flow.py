@@ -1,5 +1,5 @@
-"""Streamlit blocks of the local/global and flow page: the kind and view pickers, and the five
-views of one captured input.
+"""The views of the local/global and flow page, each a ``draw(captured)`` listed in
+:data:`VIEWS`, on a captured text or photo:
 
 - distance vs depth: one dot per head, its mean attention distance against its layer;
 - heatmaps: one per-head statistic as a layers x heads heatmap;
@@ -7,9 +7,8 @@ views of one captured input.
 - rollout and flow: raw attention, rollout and exact attention flow from one output token;
 - layer by layer (text): how that token's rollout spreads through the layers, as a Sankey.
 
-Every view takes a :class:`Captured` (the input as the page captured it). Per-head statistics
-are cached across sessions (``st.cache_data``); rollout and exact flow per session
-(:func:`remembered`), so that moving a control reruns the chart, never the model.
+Per-head statistics are cached across sessions (``st.cache_data``); rollout and exact flow per
+session (:func:`remembered`), so that moving a control reruns the chart, never the model.
 """
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
 import numpy as np
 import streamlit as st
@@ -30,80 +28,25 @@ from attnviz.batch import read_uploaded, spread_from_table
 from attnviz.inputs import MAX_IMAGE_UPLOAD_MB, MAX_TEXT_UPLOAD_MB, open_image, read_text
 from attnviz.result import AttentionResult
 from attnviz.samples import SAMPLES, sample_bytes
-from attnviz.ui import image as image_ui
 from attnviz.ui.charts import show_chart
-from attnviz.ui.common import remember, url_choice
-from attnviz.ui.image import Photo
+from attnviz.ui.inputs import MANY_TEXTS, UPLOAD_TYPES
 from attnviz.ui.models import get_model
+from attnviz.ui.overlay import show_overlay, style_controls
+from attnviz.ui.views import Captured, View
 from attnviz.viz import flow as viz
 from attnviz.viz import image as image_viz
 from attnviz.viz import text as text_viz
 from attnviz.viz.heatmap import safe_filename
 
-KINDS = {"text": "Text", "image": "Image"}
-VIEWS = {"depth": "Distance vs depth", "heatmaps": "Heatmaps", "many": "Over many inputs",
-         "flow": "Rollout and flow", "spread": "Layer by layer"}
-MANY_TEXTS = [  # the default texts of "over many inputs"
-    "The animal didn't cross the street because it was too tired.",
-    "She gave the book to her brother after she had finished reading it.",
-    "Attention lets every token look at every other token, and the model learns where to look.",
-    "The committee, which had met every week since March, finally approved the budget.",
-    "If it rains tomorrow, the match will be moved to the indoor court near the station.",
-    "Researchers found that the new vaccine protected mice against several strains of the virus.",
-]
 FLOW_CACHE_ENTRIES = 16  # rollouts and exact flows kept per session
 MAX_MANY_INPUTS = 128  # files read by "over many inputs" (the ViT paper averaged 128 images)
 MAX_TABLE_UPLOAD_MB = 200  # a batch table's parts, uploaded to "over many inputs"
 
 
-def fingerprint(result: AttentionResult) -> str:
-    """A key naming one result: its content digest (AttentionResult.digest)."""
-    return result.digest
-
-
-@dataclass(frozen=True)
-class Captured:
-    """What the views look at: ``result`` of model ``model`` (the name as picked, for loading
-    it again) on a ``kind`` ("text" or "image") input, shown for the attention ``stack``.
-    Images also give the ``photo`` and the input ``size`` (shorter side, px) it was captured at.
-    ``key`` (set from the result) names the result in the caches."""
-
-    kind: str
-    model: str
-    result: AttentionResult
-    stack: str
-    photo: Photo | None = None
-    size: int | None = None
-    key: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "key", fingerprint(self.result))
-
-
-# -- pickers ----------------------------------------------------------------------------------
-def _choice(label: str, param: str, choices: dict[str, str], default: str, key: str) -> str:
-    """A segmented control over ``choices`` (value -> label), read from and written to the
-    ``param`` query parameter; ``key`` (the widget's) keeps the choice in the session."""
-    remember(key, url_choice(param, list(choices), default))
-    value = st.segmented_control(label, list(choices), format_func=choices.get, key=key, required=True)
-    st.query_params[param] = value
-    return value
-
-
-def kind_picker() -> str:
-    """Text or image input (``?kind=``)."""
-    return _choice("Input", "kind", KINDS, "text", "flow_kind")
-
-
-def view_picker() -> str:
-    """One of VIEWS (``?view=``)."""
-    return _choice("View", "view", VIEWS, "depth", "flow_view")
-
-
 # -- caches -----------------------------------------------------------------------------------
 @st.cache_data(max_entries=32, show_spinner=False)
 def stats_of(key: str, _result: AttentionResult, stack: str, window: int) -> HeadStats:
-    """Per-head statistics of the result named ``key`` (see :func:`fingerprint`)."""
+    """Per-head statistics of the result named ``key`` (its digest, Captured.key)."""
     return head_stats(_result, stack, window=window)
 
 
@@ -172,6 +115,20 @@ def thresholds(stats: HeadStats) -> tuple[float, float]:
     return local_min, global_min
 
 
+def _one_token(captured: Captured, fusion_key: str, refusal: str):
+    """The layout of the views that follow one output token down a stack: (controls column,
+    shown column, the token traced, how heads are fused, widget ``fusion_key``); None, with
+    ``refusal`` said, on cross-attention, which is no stack to follow."""
+    if captured.stack == "cross":
+        st.info(refusal)
+        return None
+    controls, shown = st.columns([1, 3], gap="medium")
+    with controls:
+        source = source_picker(captured.result, captured.stack)
+        fusion = st.selectbox("Heads fused by", flow.FUSIONS, key=fusion_key)
+    return controls, shown, source, fusion
+
+
 def source_picker(result: AttentionResult, stack: str) -> int:
     """The output token whose sources are traced: CLS (or the last token of a decoder) first."""
     tokens = result.query_tokens(stack)
@@ -184,7 +141,7 @@ def many_inputs(kind: str) -> list[tuple[str, str, object]]:
     """(name, digest, input) for every input of the "many" view: the sample photos or the
     example texts by default, or the uploaded files."""
     if kind == "image":
-        files = st.file_uploader("Photos (several at once)", type=image_ui.UPLOAD_TYPES, accept_multiple_files=True,
+        files = st.file_uploader("Photos (several at once)", type=UPLOAD_TYPES, accept_multiple_files=True,
                                  key="flow_many_images", max_upload_size=MAX_IMAGE_UPLOAD_MB)[:MAX_MANY_INPUTS]
         pairs = [(f.name, f.getvalue()) for f in files] or [(n, sample_bytes(n)) for n in SAMPLES]
         return [(n, hashlib.sha1(d).hexdigest(), open_image(d, n)) for n, d in pairs]
@@ -205,9 +162,8 @@ def show_head(captured: Captured, layer: int, head: int) -> None:
         fig, _ = text_viz.head_heatmap(result, captured.stack, layer, head, text_viz.TextOptions())
         show_chart(fig, f"{result.model}_L{layer}_H{head}", key="flow_head_pattern")
     else:
-        image_ui.show_overlay(captured.photo, image_viz.query_heat(result, layer, head, 0), image_ui.style_controls(),
-                              key="flow_head_pattern",
-                              file_name=safe_filename(f"{result.model}-cls-layer{layer}-head{head}") + ".png")
+        show_overlay(captured.photo, image_viz.query_heat(result, layer, head, 0), style_controls(),
+                     key="flow_head_pattern", file_name=safe_filename(f"{result.model}-cls-layer{layer}-head{head}") + ".png")
         st.caption(f"Where CLS looks in layer {layer}, head {head}.")
 
 
@@ -242,10 +198,10 @@ def beside_view(captured: Captured, window: int, local_min: float, global_min: f
     layers). Both in pixels of the model's input, so the two can be read on one scale."""
     from attnviz.models.bundled import BUNDLED, DEFAULT_IMAGE_MODEL
 
-    others = [n for n, m in BUNDLED.items() if m.family == "image" and n != captured.model]
+    others = [n for n, m in BUNDLED.items() if m.family == "image" and n != captured.result.model]
     if not others or captured.photo is None:
         return
-    own = captured.model not in BUNDLED  # e.g. a Swin folder: shown beside DINOv2 at first
+    own = captured.result.model not in BUNDLED  # e.g. a Swin folder: shown beside DINOv2 at first
     other = st.selectbox("Beside it, the same photo through", ["nothing"] + others, key="flow_beside",
                          index=1 + others.index(DEFAULT_IMAGE_MODEL) if own and DEFAULT_IMAGE_MODEL in others else 0,
                          help="Another image model at its own input size; mean distances are in pixels of "
@@ -292,12 +248,12 @@ def many_view(captured: Captured) -> None:
         st.info("Add a few inputs to average over.")
         return
     else:
-        model = get_model(captured.model)
+        model = get_model(result.model)
         bar = st.progress(0.0, text=f"Statistics of {len(inputs)} inputs…")
         per_input = []
         for i, (_, digest, value) in enumerate(inputs):
-            per_input.append(input_stats(captured.model, model, digest, value, captured.size, captured.stack, window,
-                                         st.session_state.get("image_stage")))
+            per_input.append(input_stats(result.model, model, digest, value, captured.size, captured.stack, window,
+                                         captured.stage))
             bar.progress((i + 1) / len(inputs), text=f"Statistics of {len(inputs)} inputs… {i + 1}/{len(inputs)}")
         bar.empty()
         spread = average_stats(per_input)
@@ -322,7 +278,7 @@ def table_spread(files, captured: Captured):
     table = read_uploaded([(f.name, f.getvalue()) for f in files[:MAX_MANY_INPUTS]])
     models = set(table.column("model").to_pylist())
     stacks = set(table.column("stack").to_pylist())
-    model = captured.model if captured.model in models else sorted(models)[0]
+    model = captured.result.model if captured.result.model in models else sorted(models)[0]
     stack = captured.stack if captured.stack in stacks else sorted(stacks)[0]
     spread = spread_from_table(table, stack, model)
     st.caption(f"{model} · {stack} · {spread.n} inputs of the batch table, window {spread.mean.window} "
@@ -335,19 +291,18 @@ def flow_view(captured: Captured) -> None:
     of the last layer, rollout, and exact attention flow (when the graph is small enough);
     bars per token (text) or overlays on the photo (images)."""
     kind, result, stack, key = captured.kind, captured.result, captured.stack, captured.key
-    if stack == "cross":
-        st.info("Rollout and flow follow self-attention down a stack: choose the encoder or the decoder.")
+    picked = _one_token(captured, "flow_fusion",
+                        "Rollout and flow follow self-attention down a stack: choose the encoder or the decoder.")
+    if picked is None:
         return
+    controls, shown, source, fusion = picked
     attn = result.attn[stack]
-    controls, shown = st.columns([1, 3], gap="medium")
     with controls:
-        source = source_picker(result, stack)
-        fusion = st.selectbox("Heads fused by", flow.FUSIONS, key="flow_fusion")
         if kind == "text":
             merge = st.toggle("Merge sub-words into words", key="flow_merge")
             hide = st.toggle("Hide special tokens", key="flow_hide", help="Renormalise over the other tokens.")
         else:
-            style = image_ui.style_controls()
+            style = style_controls()
     layers, n = attn.shape[0], attn.shape[-1]
     rolled = remembered(("rollout", key, stack, source, fusion), lambda: flow.rollout(attn, fusion, source=source))
     weights = {"raw attention": flow.last_layer_attention(attn, source, fusion), "rollout": rolled}
@@ -371,14 +326,12 @@ def spread_view(captured: Captured) -> None:
     """(Text self-attention) how one output token's rollout passes between tokens layer by
     layer, as a Sankey of the strongest edges of each layer."""
     result, stack = captured.result, captured.stack
-    if captured.kind != "text" or stack == "cross":
-        st.info("The layer-by-layer view is for the self-attention of a text.")
+    picked = _one_token(captured, "flow_spread_fusion", "The layer-by-layer view is for the self-attention of a text.")
+    if picked is None:
         return
+    controls, shown, source, fusion = picked
     attn = result.attn[stack]
-    controls, shown = st.columns([1, 3], gap="medium")
     with controls:
-        source = source_picker(result, stack)
-        fusion = st.selectbox("Heads fused by", flow.FUSIONS, key="flow_spread_fusion")
         top_k = st.slider("Strongest edges per layer", 1, 20, 5, key="flow_top_k")
     edges = flow.rollout_spread(attn, source, fusion, top_k)
     labels = [display_label(t) for t in result.key_tokens(stack)]
@@ -389,3 +342,12 @@ def spread_view(captured: Captured) -> None:
         st.caption("Left: the output token; right: the input. An edge from token i to token j across a layer carries "
                    "the share of the output token's rollout that passes from i to j there; only the strongest "
                    "edges of each layer are drawn.")
+
+
+VIEWS = (
+    View("depth", "Distance vs depth", depth_view),
+    View("heatmaps", "Heatmaps", heatmaps_view),
+    View("many", "Over many inputs", many_view),
+    View("flow", "Rollout and flow", flow_view),
+    View("spread", "Layer by layer", spread_view, lambda captured: captured.kind == "text"),
+)

@@ -8,7 +8,8 @@
 - compare: two models (or checkpoints) on this text, or this text against a second one on the
   same model, aligned on words: side-by-side maps, A - B, and a divergence per head.
 
-Every view is an ``st.fragment``; scores and divergences are cached per result.
+Each view is a ``draw(captured)`` listed in :data:`VIEWS`; scores and divergences are cached
+per result.
 """
 from __future__ import annotations
 
@@ -32,14 +33,12 @@ from attnviz.models.bundled import BUNDLED
 from attnviz.probes import DEFAULT_PERIOD, induction_roles
 from attnviz.result import AttentionResult
 from attnviz.ui.charts import show_chart
-from attnviz.ui.common import friendly_errors
-from attnviz.ui.flow import fingerprint
+from attnviz.ui.inputs import TEXT_FAMILIES
 from attnviz.ui.models import get_model, run_capture
-from attnviz.ui.text import TEXT_FAMILIES, TextRequest
+from attnviz.ui.views import Captured, View
 from attnviz.viz import heads as viz
 from attnviz.viz import text as text_viz
 
-VIEWS = ("Atlas", "Similar heads", "Compare")
 SOURCES = {"text": "this text", "probe": "induction probe", "table": "batch table (.parquet)"}
 MAX_TABLE_UPLOAD_MB = 200
 MAX_TABLE_FILES = 64
@@ -49,22 +48,13 @@ OWN = "a folder or hub id…"
 DEFAULT_SECOND_TEXT = "The animal didn't cross the river because it was too wide."
 
 
-def views(result: AttentionResult, stack: str, request: TextRequest) -> None:
-    """The three views as tabs bound to ``?heads_view=``; only the open tab runs."""
-    tabs = st.tabs(VIEWS, key="heads_view", bind="query-params")
-    for tab, view in zip(tabs, (atlas_view, similar_view, compare_view)):
-        if tab.open:
-            with tab:
-                view(result, stack, request)
-
-
 # -- caches ------------------------------------------------------------------------------------
 def _per_result(cache, result: AttentionResult, *args):
-    """``cache(fingerprint, *args, result)`` for a result, kept while the result lives."""
-    owner, value = cache(fingerprint(result), *args, result)
+    """``cache(digest, *args, result)`` for a result, kept while the result lives."""
+    owner, value = cache(result.digest, *args, result)
     if owner() is not result:  # an earlier result with the same tokens, gone since
         cache.clear()
-        owner, value = cache(fingerprint(result), *args, result)
+        owner, value = cache(result.digest, *args, result)
     return value
 
 
@@ -122,79 +112,77 @@ def _roles_source(result: AttentionResult, stack: str) -> tuple[HeadRoles, Atten
         return _per_result(_roles, result, stack), result, f"{result.model} · {stack} · this text"
 
 
-@st.fragment
-def atlas_view(result: AttentionResult, stack: str, request: TextRequest) -> None:
+def atlas_view(captured: Captured) -> None:
     """The role atlas: the grid coloured by label, a threshold slider, a click opens a head."""
-    with friendly_errors():
-        controls, shown = st.columns([1, 3], gap="medium")
-        with controls:
-            roles, opened, note = _roles_source(result, stack)
-            threshold = st.slider("Label threshold", 0.05, 1.0, DEFAULT_THRESHOLD, 0.05, key="heads_threshold",
-                                  help="A head is labelled with its strongest role when that score reaches this; "
-                                       "else 'local' when its local share does; else 'none'.")
-            labels = roles.labels(threshold)
-            counts = {name: int((labels == name).sum()) for name in viz.ROLE_COLOURS}
-            st.markdown(" · ".join(f"**{n}** {name}" for name, n in counts.items() if n))
-        n_heads = roles.shape[1]
-        selected = st.session_state.get("heads_selected")
-        if selected is not None and not (selected[0] < roles.shape[0] and selected[1] < n_heads):
-            selected = None
-        with shown:
-            fig = viz.atlas_figure(roles.scores, labels, title="Head roles", note=note, selected=selected)
-            event = show_chart(fig, f"{result.model}_head_roles", key="heads_atlas", on_select="rerun",
-                               selection_mode="points")
-            points = [p for p in (event.selection.points if event and event.selection else [])
-                      if p.get("curve_number") == 1]
-            if points:
-                selected = divmod(int(points[0]["point_index"]), n_heads)
-                st.session_state["heads_selected"] = selected
-            if selected is None:
-                st.caption("Click a head to open it.")
-                return
-            layer, head = selected
-            st.markdown(f"**Layer {layer}, head {head}**: " + ", ".join(
-                f"{name} {v[layer, head]:.3f}" for name, v in roles.scores.items() if not np.isnan(v[layer, head])))
-            if opened is None:
-                st.caption("The table is of another model than the page's: pick that model to open its heads.")
-                return
-            head_stack = source_stack(opened) if opened is not result else stack
-            fig, _ = text_viz.head_heatmap(opened, head_stack, layer, head, text_viz.TextOptions())
-            show_chart(fig, f"{opened.model}_L{layer}_H{head}", key="heads_opened")
+    result, stack = captured.result, captured.stack
+    controls, shown = st.columns([1, 3], gap="medium")
+    with controls:
+        roles, opened, note = _roles_source(result, stack)
+        threshold = st.slider("Label threshold", 0.05, 1.0, DEFAULT_THRESHOLD, 0.05, key="heads_threshold",
+                              help="A head is labelled with its strongest role when that score reaches this; "
+                                   "else 'local' when its local share does; else 'none'.")
+        labels = roles.labels(threshold)
+        counts = {name: int((labels == name).sum()) for name in viz.ROLE_COLOURS}
+        st.markdown(" · ".join(f"**{n}** {name}" for name, n in counts.items() if n))
+    n_heads = roles.shape[1]
+    selected = st.session_state.get("heads_selected")
+    if selected is not None and not (selected[0] < roles.shape[0] and selected[1] < n_heads):
+        selected = None
+    with shown:
+        fig = viz.atlas_figure(roles.scores, labels, title="Head roles", note=note, selected=selected)
+        event = show_chart(fig, f"{result.model}_head_roles", key="heads_atlas", on_select="rerun",
+                           selection_mode="points")
+        points = [p for p in (event.selection.points if event and event.selection else [])
+                  if p.get("curve_number") == 1]
+        if points:
+            selected = divmod(int(points[0]["point_index"]), n_heads)
+            st.session_state["heads_selected"] = selected
+        if selected is None:
+            st.caption("Click a head to open it.")
+            return
+        layer, head = selected
+        st.markdown(f"**Layer {layer}, head {head}**: " + ", ".join(
+            f"{name} {v[layer, head]:.3f}" for name, v in roles.scores.items() if not np.isnan(v[layer, head])))
+        if opened is None:
+            st.caption("The table is of another model than the page's: pick that model to open its heads.")
+            return
+        head_stack = source_stack(opened) if opened is not result else stack
+        fig, _ = text_viz.head_heatmap(opened, head_stack, layer, head, text_viz.TextOptions())
+        show_chart(fig, f"{opened.model}_L{layer}_H{head}", key="heads_opened")
 
 
 # -- similar heads -------------------------------------------------------------------------------
-@st.fragment
-def similar_view(result: AttentionResult, stack: str, request: TextRequest) -> None:
+def similar_view(captured: Captured) -> None:
     """The clustered divergence heatmap and the heads most like a chosen one."""
-    with friendly_errors():
-        n_layers, n_heads, n_q, n_k = result.shape(stack)
-        queries = queries_within(n_layers * n_heads, n_k)
-        more = [t.strip() for t in st.text_area(
-            "More texts to average over (one per line, optional)", key="heads_more_texts", height=80,
-            help="The divergence of two heads is then the mean over this text and these.").splitlines() if t.strip()]
-        with st.spinner("Comparing every pair of heads…"):
-            d = _per_result(_divergence, result, stack, queries)
-            others = [run_capture(result.model, t) for t in more[:MAX_MORE_TEXTS]]
-            if others:
-                d = np.mean([d] + [_per_result(_divergence, r, stack, queries) for r in others], axis=0)
-        clusters = cluster_heads(d, n_heads)
-        n_texts = 1 + len(others)
-        sampled = f", {queries} evenly spaced queries of each" if n_q > queries else ""
-        c1, c2 = st.columns([1, 3], gap="medium")
-        with c1:
-            chosen = st.selectbox("Heads like", range(n_layers * n_heads), key="heads_like",
-                                  format_func=clusters.name)
-            layer, head = divmod(int(chosen), n_heads)
-            k = st.slider("How many", 3, 30, 10, key="heads_like_k")
-            near = similar_heads(d, n_heads, layer, head, k)
-            st.dataframe({"head": [f"L{l} H{h}" for l, h, _ in near], "JS divergence": [round(v, 4) for _, _, v in near]},
-                         hide_index=True, key="heads_like_table")
-        with c2:
-            fig = viz.clustered_figure(clusters, title="Heads clustered by how alike they attend",
-                                       note=f"{result.model} · {stack} · mean JS divergence of their rows (bits) over "
-                                            f"{n_texts} text{'s' if n_texts > 1 else ''}{sampled}",
-                                       selected=int(chosen))
-            show_chart(fig, f"{result.model}_head_similarity", key="heads_clustered")
+    result, stack = captured.result, captured.stack
+    n_layers, n_heads, n_q, n_k = result.shape(stack)
+    queries = queries_within(n_layers * n_heads, n_k)
+    more = [t.strip() for t in st.text_area(
+        "More texts to average over (one per line, optional)", key="heads_more_texts", height=80,
+        help="The divergence of two heads is then the mean over this text and these.").splitlines() if t.strip()]
+    with st.spinner("Comparing every pair of heads…"):
+        d = _per_result(_divergence, result, stack, queries)
+        others = [run_capture(result.model, t) for t in more[:MAX_MORE_TEXTS]]
+        if others:
+            d = np.mean([d] + [_per_result(_divergence, r, stack, queries) for r in others], axis=0)
+    clusters = cluster_heads(d, n_heads)
+    n_texts = 1 + len(others)
+    sampled = f", {queries} evenly spaced queries of each" if n_q > queries else ""
+    c1, c2 = st.columns([1, 3], gap="medium")
+    with c1:
+        chosen = st.selectbox("Heads like", range(n_layers * n_heads), key="heads_like",
+                              format_func=clusters.name)
+        layer, head = divmod(int(chosen), n_heads)
+        k = st.slider("How many", 3, 30, 10, key="heads_like_k")
+        near = similar_heads(d, n_heads, layer, head, k)
+        st.dataframe({"head": [f"L{l} H{h}" for l, h, _ in near], "JS divergence": [round(v, 4) for _, _, v in near]},
+                     hide_index=True, key="heads_like_table")
+    with c2:
+        fig = viz.clustered_figure(clusters, title="Heads clustered by how alike they attend",
+                                   note=f"{result.model} · {stack} · mean JS divergence of their rows (bits) over "
+                                        f"{n_texts} text{'s' if n_texts > 1 else ''}{sampled}",
+                                   selected=int(chosen))
+        show_chart(fig, f"{result.model}_head_similarity", key="heads_clustered")
 
 
 # -- compare -------------------------------------------------------------------------------------
@@ -212,16 +200,16 @@ def _second_model(first: str) -> str:
     return choice
 
 
-def _aligned(result: AttentionResult, request: TextRequest) -> Aligned:
+def _aligned(result: AttentionResult, text: str) -> Aligned:
     mode = st.radio("Compare", list(COMPARE_MODES), format_func=COMPARE_MODES.get, key="compare_mode")
     model_a = get_model(result.model)
     if mode == "models":
         name_b = _second_model(result.model)
-        result_b = run_capture(name_b, request.text)
-        return align_models(model_a, result, get_model(name_b), result_b, request.text)
+        result_b = run_capture(name_b, text)
+        return align_models(model_a, result, get_model(name_b), result_b, text)
     text_b = st.text_input("Text B (the same number of words)", DEFAULT_SECOND_TEXT, key="compare_text")
     result_b = run_capture(result.model, text_b)
-    return align_inputs(model_a, result, request.text, result_b, text_b)
+    return align_inputs(model_a, result, text, result_b, text_b)
 
 
 def _head_picker(label: str, shape: tuple[int, ...], key: str) -> tuple[int, int]:
@@ -232,30 +220,35 @@ def _head_picker(label: str, shape: tuple[int, ...], key: str) -> tuple[int, int
     return int(layer), int(head)
 
 
-@st.fragment
-def compare_view(result: AttentionResult, stack: str, request: TextRequest) -> None:
+def compare_view(captured: Captured) -> None:
     """Two models (or checkpoints) on this text, or two texts on this model, on common words."""
-    with friendly_errors():
-        controls, shown = st.columns([1, 3], gap="medium")
-        with controls:
-            aligned = _aligned(result, request)
-            la, ha = _head_picker("A", aligned.a.shape, "compare_a")
-            lb, hb = _head_picker("B", aligned.b.shape, "compare_b")
-        a, b = aligned.a[la, ha], aligned.b[lb, hb]
-        name_a, name_b = aligned.names
-        with shown:
-            show_chart(viz.side_by_side(a, b, aligned.labels, aligned.labels,
-                                        title_a=f"A {name_a}: L{la} H{ha}", title_b=f"B {name_b}: L{lb} H{hb}",
-                                        title="Side by side, on the words both read"), "compare_maps", key="compare_maps")
-            show_chart(viz.difference_figure(a - b, aligned.labels, title="A − B (red: A attends more)"),
-                       "compare_difference", key="compare_difference")
-            if aligned.a.shape[:2] == aligned.b.shape[:2]:
-                per_head = same_head_divergence(aligned)
-                title = "Each head of A against the same head of B (JS divergence, bits)"
-            else:
-                per_head, _ = closest_head(aligned)
-                title = "Each head of A against its closest head of B (JS divergence, bits)"
-            show_chart(viz.head_grid(per_head, title=title, label="JS"), "compare_per_head", key="compare_per_head")
-            st.caption("Words are runs of non-space characters; a token belongs to the word holding its last "
-                       "character. Keys are summed and queries averaged within a word; special tokens are left "
-                       "out and rows renormalised.")
+    controls, shown = st.columns([1, 3], gap="medium")
+    with controls:
+        aligned = _aligned(captured.result, captured.request.text)
+        la, ha = _head_picker("A", aligned.a.shape, "compare_a")
+        lb, hb = _head_picker("B", aligned.b.shape, "compare_b")
+    a, b = aligned.a[la, ha], aligned.b[lb, hb]
+    name_a, name_b = aligned.names
+    with shown:
+        show_chart(viz.side_by_side(a, b, aligned.labels, aligned.labels,
+                                    title_a=f"A {name_a}: L{la} H{ha}", title_b=f"B {name_b}: L{lb} H{hb}",
+                                    title="Side by side, on the words both read"), "compare_maps", key="compare_maps")
+        show_chart(viz.difference_figure(a - b, aligned.labels, title="A − B (red: A attends more)"),
+                   "compare_difference", key="compare_difference")
+        if aligned.a.shape[:2] == aligned.b.shape[:2]:
+            per_head = same_head_divergence(aligned)
+            title = "Each head of A against the same head of B (JS divergence, bits)"
+        else:
+            per_head, _ = closest_head(aligned)
+            title = "Each head of A against its closest head of B (JS divergence, bits)"
+        show_chart(viz.head_grid(per_head, title=title, label="JS"), "compare_per_head", key="compare_per_head")
+        st.caption("Words are runs of non-space characters; a token belongs to the word holding its last "
+                   "character. Keys are summed and queries averaged within a word; special tokens are left "
+                   "out and rows renormalised.")
+
+
+VIEWS = (
+    View("atlas", "Atlas", atlas_view),
+    View("similar", "Similar heads", similar_view),
+    View("compare", "Compare", compare_view),
+)

@@ -33,6 +33,7 @@ from attnviz.errors import AttnvizError
 from attnviz.models import store, upload
 from attnviz.models.bundled import BUNDLED
 from attnviz.result import AttentionResult
+from attnviz.ui import keys
 from attnviz.ui.common import remember
 
 OWN_MODEL = "your own model…"
@@ -101,7 +102,7 @@ def _inside(path: str, root: Path) -> bool:
 PROGRESS_AFTER_S = 1.0  # a capture shows a progress bar once it has run this long
 
 
-def model_picker(families: tuple[str, ...], default: str, key: str = "model") -> str:
+def model_picker(families: tuple[str, ...], default: str, key: str = keys.MODEL) -> str:
     """Select box of the models this session may use (see :func:`resolve`) and, unless hosted,
     an "own model" entry (folder or hub id).
 
@@ -111,7 +112,7 @@ def model_picker(families: tuple[str, ...], default: str, key: str = "model") ->
     listed = ([n for n, m in BUNDLED.items() if m.family in families] + list(operator_models())
               + list(own_models()))
     options = listed + ([] if limits.hosted() else [OWN_MODEL])
-    current = remember(key, st.query_params.get("model") or default)
+    current = remember(key, st.query_params.get(keys.MODEL) or default)
     own = current not in listed and not limits.hosted()
     if not own and current not in listed:
         current = default
@@ -130,7 +131,7 @@ def model_picker(families: tuple[str, ...], default: str, key: str = "model") ->
             st.info("Type a folder path or a hub id to load your own model.")
             st.stop()
     st.session_state[key] = choice
-    st.query_params["model"] = choice
+    st.query_params[keys.MODEL] = choice
     return choice
 
 

@@ -1,94 +1,28 @@
-"""Streamlit blocks of the text explorer: the text input, the view options and the four views.
+"""The views of the text explorer, each a ``draw(captured)`` listed in :data:`VIEWS`: one head
+as a heatmap, every head at once, BertViz-style token lines, and one token through all layers;
+with the result's header and the view options above them.
 
-Each view is an ``st.fragment``: moving its selectors (layer, head, token, threshold) reruns
-only the view, never the model; the capture itself is cached by attnviz.ui.models. Figures
-are built for what is on screen (attnviz.viz.text); the CSV of a view's matrix and the .npz of
-the whole result are made only when their download button is clicked.
+Figures are built for what is on screen (attnviz.viz.text); the CSV of a view's matrix and the
+.npz of the whole result are made only when their download button is clicked.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import streamlit as st
 
 from attnviz.analysis.tokens import last_content_unit
 from attnviz.cache import ByteCache
-from attnviz.capture import GENERATE_CAP
-from attnviz.inputs import MAX_TEXT_UPLOAD_MB, read_text
-from attnviz.models.bundled import DEFAULT_TEXT_MODEL
-from attnviz.models.loader import Model
 from attnviz.result import AttentionResult
+from attnviz.ui import keys
 from attnviz.ui.charts import report_button, result_download, show_chart
-from attnviz.ui.common import friendly_errors, remember, url_choice, url_int
-from attnviz.ui.models import get_model, model_picker, run_capture
+from attnviz.ui.common import url_int
 from attnviz.ui.selectors import HEAD_FUSIONS, head_select, layer_slider
+from attnviz.ui.views import Captured, TextRequest, View
 from attnviz.viz import text as viz
 from attnviz.viz.heatmap import safe_filename
 
-TEXT_FAMILIES = ("encoder", "decoder", "encoder-decoder")
-DEFAULT_TEXT = "The animal didn't cross the street because it was too tired."
-DEFAULT_GENERATE = 0  # generating on a CPU takes seconds per token: opt in
 OVERVIEW_CACHE_BYTES = 64 << 20  # thumbnails of every head: at most [L, H, 64, 64] float32 each
-VIEWS = ("Head heatmap", "Model overview", "Token lines", "Token focus")
 COLOUR_RANGES = ("0 … row max", "0 … 1")
 LH_KEY = "text_lh"  # widget keys of the heatmap's layer and head selectors: text_lh_layer, text_lh_head
-
-
-@dataclass(frozen=True)
-class TextRequest:
-    """What to run the model on: ``text`` (the source for encoder-decoders), an optional second
-    segment ``pair`` (encoders), ``target`` (encoder-decoders; generated when None) and the
-    number of tokens to ``generate`` (decoders). ``notes``: what was done to the input."""
-
-    text: str
-    pair: str | None = None
-    target: str | None = None
-    generate: int = 0
-    notes: tuple[str, ...] = ()
-
-
-# -- input ----------------------------------------------------------------------------------
-def text_input(model: Model) -> TextRequest:
-    """The text box (an example filled in), a .txt/.md upload that replaces it, and the options
-    of the model's family: a second segment for encoders, a target for encoder-decoders, a
-    number of tokens to generate for decoders."""
-    typed = st.text_area("Text", value=remember("text_text", DEFAULT_TEXT), height=110, key="_text_box",
-                         help="Press Ctrl+Enter (or click outside) to run the model on it.")
-    st.session_state["text_text"] = typed
-    with st.expander("Upload a text file", expanded=False):
-        upload = st.file_uploader("A .txt or .md file (UTF-8)", type=["txt", "md"], key="text_upload",
-                                  max_upload_size=MAX_TEXT_UPLOAD_MB)
-    notes = []
-    text = typed
-    if upload is not None:
-        text = read_text(upload.getvalue(), upload.name)
-        notes.append(f"Using {upload.name} ({len(text):,} characters); remove it to use the text box again.")
-    pair = target = None
-    generate = 0
-    if model.family == "encoder":
-        pair = st.text_input("Second segment (optional)", key="text_pair", placeholder="e.g. a question about the text",
-                             help="Given, the model reads the pair [CLS] text [SEP] segment [SEP].") or None
-    elif model.family == "encoder-decoder":
-        target = st.text_input("Target (optional)", key="text_target", placeholder="empty: the model writes it",
-                               help="The decoder reads this; when empty, the model generates its own.") or None
-    elif model.family == "decoder":
-        generate = st.number_input("Tokens to generate", 0, GENERATE_CAP, DEFAULT_GENERATE, key="text_generate",
-                                   help="Greedy continuation; the attention covers prompt and continuation.")
-    return TextRequest(text, pair, target, int(generate), tuple(notes))
-
-
-# -- what the capture gave ------------------------------------------------------------------
-def text_capture() -> tuple[TextRequest, AttentionResult]:
-    """The text pages' input: the model on the left, the text and its options on the right;
-    then the (cached) capture of that text."""
-    left, right = st.columns([1, 2], gap="large")
-    with left:
-        name = model_picker(TEXT_FAMILIES, DEFAULT_TEXT_MODEL)
-        model = get_model(name)
-    with right:
-        request = text_input(model)
-    return request, run_capture(name, request.text, pair=request.pair, target=request.target,
-                                generate=request.generate)
 
 
 def result_header(result: AttentionResult, request: TextRequest) -> None:
@@ -107,19 +41,6 @@ def result_header(result: AttentionResult, request: TextRequest) -> None:
         report_button(result, key="text_report")
 
 
-def stack_picker(result: AttentionResult) -> str:
-    """Encoder / decoder / cross switch when the model has several stacks (``?stack=``)."""
-    if len(result.stacks) == 1:
-        return result.stacks[0]
-    labels = {"encoder": "encoder self-attention", "decoder": "decoder self-attention",
-              "cross": "cross-attention (target → source)"}
-    default = url_choice("stack", result.stacks, result.stacks[0])
-    stack = st.segmented_control("Attention", result.stacks, default=default, format_func=labels.get,
-                                 key="text_stack", required=True) or default
-    st.query_params["stack"] = stack
-    return stack
-
-
 def view_options() -> viz.TextOptions:
     """Options shared by every view: merge sub-words, hide special tokens, colour range."""
     with st.container(horizontal=True, vertical_alignment="center"):
@@ -135,15 +56,6 @@ def view_options() -> viz.TextOptions:
     return viz.TextOptions(merge=merge, hide_special=hide, row_max=colour != COLOUR_RANGES[1])
 
 
-def views(result: AttentionResult, stack: str, options: viz.TextOptions) -> None:
-    """The four views as tabs bound to ``?view=``; only the open tab runs."""
-    tabs = st.tabs(VIEWS, key="view", bind="query-params")
-    for tab, view in zip(tabs, (heatmap_view, overview_view, lines_view, focus_view)):
-        if tab.open:
-            with tab:
-                view(result, stack, options)
-
-
 # -- the views -------------------------------------------------------------------------------
 def _csv_button(csv: viz.Csv, name: str, label: str = "Matrix .csv", key: str | None = None) -> None:
     st.download_button(label, data=csv, file_name=safe_filename(name) + ".csv", mime="text/csv",
@@ -155,55 +67,53 @@ def _base(result: AttentionResult, stack: str) -> str:
     return f"{result.model}_{stack}"
 
 
-@st.fragment
-def heatmap_view(result: AttentionResult, stack: str, options: viz.TextOptions) -> None:
+def heatmap_view(captured: Captured) -> None:
     """One layer and head (or heads fused), tokens on both axes; a zoom window when long."""
-    with friendly_errors():
-        c1, c2 = st.columns(2)
-        with c1:
-            layer = layer_slider(result, stack, LH_KEY)
-        with c2:
-            head = head_select(result, stack, LH_KEY)
-        fig, csv = viz.head_heatmap(result, stack, layer, head, options)
-        name = f"{_base(result, stack)}_L{layer}_H{head}"
-        show_chart(fig, name, key="text_heatmap")
-        q, k = viz.axes(result, stack, options)
-        if max(len(q), len(k)) > viz.HEATMAP_MAX:
-            st.markdown(f"**Zoom** · any {viz.ZOOM} × {viz.ZOOM} window at full resolution")
-            z1, z2 = st.columns(2)
-            q0 = z1.slider("First query", 0, max(0, len(q) - viz.ZOOM), 0, key="text_zoom_q")
-            k0 = z2.slider("First key", 0, max(0, len(k) - viz.ZOOM), q0 if stack != "cross" else 0,
-                           key="text_zoom_k")
-            zoom_fig, _ = viz.head_heatmap(result, stack, layer, head, options, zoom=(q0, k0))
-            show_chart(zoom_fig, f"{name}_zoom_q{q0}_k{k0}", key="text_zoom")
-        _csv_button(csv, name)
+    result, stack, options = captured.result, captured.stack, captured.options
+    c1, c2 = st.columns(2)
+    with c1:
+        layer = layer_slider(result, stack, LH_KEY)
+    with c2:
+        head = head_select(result, stack, LH_KEY)
+    fig, csv = viz.head_heatmap(result, stack, layer, head, options)
+    name = f"{_base(result, stack)}_L{layer}_H{head}"
+    show_chart(fig, name, key="text_heatmap")
+    q, k = viz.axes(result, stack, options)
+    if max(len(q), len(k)) > viz.HEATMAP_MAX:
+        st.markdown(f"**Zoom** · any {viz.ZOOM} × {viz.ZOOM} window at full resolution")
+        z1, z2 = st.columns(2)
+        q0 = z1.slider("First query", 0, max(0, len(q) - viz.ZOOM), 0, key="text_zoom_q")
+        k0 = z2.slider("First key", 0, max(0, len(k) - viz.ZOOM), q0 if stack != "cross" else 0,
+                       key="text_zoom_k")
+        zoom_fig, _ = viz.head_heatmap(result, stack, layer, head, options, zoom=(q0, k0))
+        show_chart(zoom_fig, f"{name}_zoom_q{q0}_k{k0}", key="text_zoom")
+    _csv_button(csv, name)
 
 
 def open_in_heatmap(layer: int, head: int) -> None:
     """Switch to the head heatmap showing ``layer`` and ``head`` (a full rerun)."""
-    st.query_params["layer"], st.query_params["head"] = str(layer), str(head)
+    st.query_params[keys.LAYER], st.query_params[keys.HEAD] = str(layer), str(head)
     for key in (f"{LH_KEY}_layer", f"{LH_KEY}_head"):  # the selectors start again from the URL
         st.session_state.pop(key, None)
-    st.session_state["view"] = VIEWS[0]
+    st.session_state[keys.VIEW] = VIEWS[0].label
     st.rerun(scope="app")
 
 
-@st.fragment
-def overview_view(result: AttentionResult, stack: str, options: viz.TextOptions) -> None:
+def overview_view(captured: Captured) -> None:
     """Every layer x head as thumbnails in one image; clicking one opens it in the heatmap."""
-    with friendly_errors():
-        n_layers, n_heads = result.attn[stack].shape[:2]
-        layer = url_int("layer", n_layers - 1, 0, n_layers - 1)
-        fused = st.query_params.get("head", "0") in HEAD_FUSIONS
-        selected = None if fused else (layer, url_int("head", 0, 0, n_heads - 1))
-        thumbs = thumbnails(result, stack, options)
-        fig, csv = viz.overview(result, stack, thumbs, options, selected)
-        event = show_chart(fig, f"{_base(result, stack)}_overview", key="text_overview", on_select="rerun",
-                      selection_mode="points")
-        points = [p for p in (event.selection.points if event else []) if "point_index" in p]
-        if points:  # the click targets are in row-major (layer, head) order
-            open_in_heatmap(*divmod(int(points[0]["point_index"]), n_heads))
-        _csv_button(csv, f"{_base(result, stack)}_overview", "Thumbnails .csv")
+    result, stack, options = captured.result, captured.stack, captured.options
+    n_layers, n_heads = result.attn[stack].shape[:2]
+    layer = url_int(keys.LAYER, n_layers - 1, 0, n_layers - 1)
+    fused = st.query_params.get(keys.HEAD, "0") in HEAD_FUSIONS
+    selected = None if fused else (layer, url_int(keys.HEAD, 0, 0, n_heads - 1))
+    thumbs = thumbnails(result, stack, options)
+    fig, csv = viz.overview(result, stack, thumbs, options, selected)
+    event = show_chart(fig, f"{_base(result, stack)}_overview", key="text_overview", on_select="rerun",
+                  selection_mode="points")
+    points = [p for p in (event.selection.points if event else []) if "point_index" in p]
+    if points:  # the click targets are in row-major (layer, head) order
+        open_in_heatmap(*divmod(int(points[0]["point_index"]), n_heads))
+    _csv_button(csv, f"{_base(result, stack)}_overview", "Thumbnails .csv")
 
 
 OVERVIEWS: ByteCache[viz.Thumbnails] = ByteCache(lambda: OVERVIEW_CACHE_BYTES, lambda t: t.values.nbytes)
@@ -222,79 +132,85 @@ def thumbnails(result: AttentionResult, stack: str, options: viz.TextOptions) ->
         bar.empty()
 
 
-@st.fragment
-def lines_view(result: AttentionResult, stack: str, options: viz.TextOptions) -> None:
+def lines_view(captured: Captured) -> None:
     """Token lines (BertViz head view): per-head colours, a token filter, a mass threshold."""
-    with friendly_errors():
-        n_heads = result.attn[stack].shape[1]
-        q, k = viz.axes(result, stack, options)
-        c1, c2, c3 = st.columns([2, 3, 2])
-        with c1:
-            layer = layer_slider(result, stack, "text_lines")
-        with c2:
-            heads = st.multiselect("Heads", list(range(n_heads)), default=list(range(n_heads)), key="text_lines_heads",
-                                   format_func=lambda h: f"head {h}")
-        with c3:
-            share = st.slider("Lines covering this share of each row", 0.05, 1.0, 0.7, 0.05, key="text_lines_share",
-                              help="Per query, the strongest lines that together reach this share of its weight.")
-        t1, t2 = st.columns([3, 2])
-        direction = t2.radio("Lines of the token", ("out", "in"), horizontal=True, key="text_lines_dir",
-                             format_func={"out": "what it attends to", "in": "what attends to it"}.get)
-        axis = q if direction == "out" else k
-        token = t1.selectbox("Token", [None, *range(len(axis))], key="text_lines_token",
-                             format_func=lambda u: "all tokens" if u is None else f"{u}: {axis.labels[u]}")
-        starts = [0, 0]
-        if max(len(q), len(k)) > viz.LINES_MAX:
-            w1, w2 = st.columns(2)
-            starts[0] = w1.slider("First query shown", 0, max(0, len(q) - viz.LINES_MAX), 0, key="text_lines_q0")
-            same = stack != "cross"
-            starts[1] = starts[0] if same else w2.slider("First key shown", 0, max(0, len(k) - viz.LINES_MAX), 0,
-                                                         key="text_lines_k0")
-            if token is not None:  # keep the chosen token in view
-                i = 0 if direction == "out" else 1
-                if not starts[i] <= token < starts[i] + viz.LINES_MAX:
-                    starts[i] = max(0, min(token - viz.LINES_MAX // 2, len(axis) - viz.LINES_MAX))
-                    if same:
-                        starts[1 - i] = starts[i]
-        if not heads:
-            st.info("Pick at least one head.")
-            return
-        fig, csv = viz.token_lines(result, stack, layer, heads, options, share=share, token=token,
-                                   direction=direction, starts=tuple(starts))
-        name = f"{_base(result, stack)}_L{layer}_lines"
-        show_chart(fig, name, key="text_lines")
-        _csv_button(csv, name, "Lines .csv")
+    result, stack, options = captured.result, captured.stack, captured.options
+    n_heads = result.attn[stack].shape[1]
+    q, k = viz.axes(result, stack, options)
+    c1, c2, c3 = st.columns([2, 3, 2])
+    with c1:
+        layer = layer_slider(result, stack, "text_lines")
+    with c2:
+        heads = st.multiselect("Heads", list(range(n_heads)), default=list(range(n_heads)), key="text_lines_heads",
+                               format_func=lambda h: f"head {h}")
+    with c3:
+        share = st.slider("Lines covering this share of each row", 0.05, 1.0, 0.7, 0.05, key="text_lines_share",
+                          help="Per query, the strongest lines that together reach this share of its weight.")
+    t1, t2 = st.columns([3, 2])
+    direction = t2.radio("Lines of the token", ("out", "in"), horizontal=True, key="text_lines_dir",
+                         format_func={"out": "what it attends to", "in": "what attends to it"}.get)
+    axis = q if direction == "out" else k
+    token = t1.selectbox("Token", [None, *range(len(axis))], key="text_lines_token",
+                         format_func=lambda u: "all tokens" if u is None else f"{u}: {axis.labels[u]}")
+    starts = [0, 0]
+    if max(len(q), len(k)) > viz.LINES_MAX:
+        w1, w2 = st.columns(2)
+        starts[0] = w1.slider("First query shown", 0, max(0, len(q) - viz.LINES_MAX), 0, key="text_lines_q0")
+        same = stack != "cross"
+        starts[1] = starts[0] if same else w2.slider("First key shown", 0, max(0, len(k) - viz.LINES_MAX), 0,
+                                                     key="text_lines_k0")
+        if token is not None:  # keep the chosen token in view
+            i = 0 if direction == "out" else 1
+            if not starts[i] <= token < starts[i] + viz.LINES_MAX:
+                starts[i] = max(0, min(token - viz.LINES_MAX // 2, len(axis) - viz.LINES_MAX))
+                if same:
+                    starts[1 - i] = starts[i]
+    if not heads:
+        st.info("Pick at least one head.")
+        return
+    fig, csv = viz.token_lines(result, stack, layer, heads, options, share=share, token=token,
+                               direction=direction, starts=tuple(starts))
+    name = f"{_base(result, stack)}_L{layer}_lines"
+    show_chart(fig, name, key="text_lines")
+    _csv_button(csv, name, "Lines .csv")
 
 
-@st.fragment
-def focus_view(result: AttentionResult, stack: str, options: viz.TextOptions) -> None:
+def focus_view(captured: Captured) -> None:
     """Token focus: what one token attends to, and what attends to it, in every layer."""
-    with friendly_errors():
-        q, k = viz.axes(result, stack, options)
-        c1, c2, c3 = st.columns([2, 3, 3])
-        with c1:
-            head = head_select(result, stack, "text_focus")
-        with c2:
-            query = st.selectbox("Token (query)", range(len(q)), key="text_focus_q",
-                                 index=last_content_unit(q, result.query_special(stack)),
-                                 format_func=lambda u: f"{u}: {q.labels[u]}")
-        with c3:
-            if stack == "cross":
-                key = st.selectbox("Source token (key)", range(len(k)), key="text_focus_k",
-                                   index=last_content_unit(k, result.key_special(stack)),
-                                   format_func=lambda u: f"{u}: {k.labels[u]}")
-            else:
-                key = query
-        bar = st.progress(0.0, text="Going through every layer…")
-        fig_to, fig_by, csv_to, csv_by = viz.token_focus(
-            result, stack, head, options, query=query, key=key,
-            progress=lambda f: bar.progress(f, text=f"Going through every layer… {f:.0%}"))
-        bar.empty()
-        name = f"{_base(result, stack)}_H{head}_focus"
-        show_chart(fig_to, f"{name}_q{query}_to", key="text_focus_to")
-        show_chart(fig_by, f"{name}_k{key}_by", key="text_focus_by")
-        b1, b2 = st.columns(2)
-        with b1:
-            _csv_button(csv_to, f"{name}_q{query}_to", "Attends to .csv", key="text_focus_csv_to")
-        with b2:
-            _csv_button(csv_by, f"{name}_k{key}_by", "Attended by .csv", key="text_focus_csv_by")
+    result, stack, options = captured.result, captured.stack, captured.options
+    q, k = viz.axes(result, stack, options)
+    c1, c2, c3 = st.columns([2, 3, 3])
+    with c1:
+        head = head_select(result, stack, "text_focus")
+    with c2:
+        query = st.selectbox("Token (query)", range(len(q)), key="text_focus_q",
+                             index=last_content_unit(q, result.query_special(stack)),
+                             format_func=lambda u: f"{u}: {q.labels[u]}")
+    with c3:
+        if stack == "cross":
+            key = st.selectbox("Source token (key)", range(len(k)), key="text_focus_k",
+                               index=last_content_unit(k, result.key_special(stack)),
+                               format_func=lambda u: f"{u}: {k.labels[u]}")
+        else:
+            key = query
+    bar = st.progress(0.0, text="Going through every layer…")
+    fig_to, fig_by, csv_to, csv_by = viz.token_focus(
+        result, stack, head, options, query=query, key=key,
+        progress=lambda f: bar.progress(f, text=f"Going through every layer… {f:.0%}"))
+    bar.empty()
+    name = f"{_base(result, stack)}_H{head}_focus"
+    show_chart(fig_to, f"{name}_q{query}_to", key="text_focus_to")
+    show_chart(fig_by, f"{name}_k{key}_by", key="text_focus_by")
+    b1, b2 = st.columns(2)
+    with b1:
+        _csv_button(csv_to, f"{name}_q{query}_to", "Attends to .csv", key="text_focus_csv_to")
+    with b2:
+        _csv_button(csv_by, f"{name}_k{key}_by", "Attended by .csv", key="text_focus_csv_by")
+
+
+VIEWS = (
+    View("heatmap", "Head heatmap", heatmap_view),
+    View("overview", "Model overview", overview_view),
+    View("lines", "Token lines", lines_view),
+    View("focus", "Token focus", focus_view),
+)

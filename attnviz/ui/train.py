@@ -38,6 +38,7 @@ from attnviz.models import upload
 from attnviz.ui.charts import show_chart
 from attnviz.ui.common import for_visitor
 from attnviz.ui.home import PAGES
+from attnviz.ui.inputs import open_with
 from attnviz.ui.models import add_own_model, forget_own_model, get_model, own_models
 from attnviz.viz import classify as cviz
 from attnviz.viz import mechanics as viz
@@ -292,10 +293,7 @@ def open_buttons(label: str, text: str | None, *, image: bool = False, key: str 
     with st.container(horizontal=True):
         for path, title, icon in pages:
             if st.button(title, icon=icon, key=f"train_open_{key}_{path}"):
-                st.session_state["model"] = label  # the key attnviz.ui.models.model_picker reads
-                st.session_state["flow_kind"] = "image" if image else "text"  # the flow page's input kind
-                if text is not None:
-                    st.session_state["text_text"] = text  # the text pages' input box
+                open_with(label, image=image, text=text)
                 st.switch_page(path)
         st.download_button("Download .zip", data=lambda: _zip(folder), file_name=f"{folder.name}.zip",
                            mime="application/zip", on_click="ignore", icon=":material/download:",
