@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import streamlit as st
 
@@ -46,6 +48,37 @@ def for_visitor(message: str) -> str:
     path in it, such as one a library put in its own error, becomes "…". The backend names
     models by their labels already; this is the net under it."""
     return _SERVER_PATH.sub("…", message) if limits.hosted() else message
+
+
+PROGRESS_AFTER_S = 1.0  # work that may be quick shows its bar once it has run this long
+
+
+@contextmanager
+def progress_bar(text: str, *, after: float = 0.0) -> Iterator[Callable[..., None]]:
+    """The one progress bar of the app, for the ``with`` block, gone when the block ends (on
+    an error too). Yields ``update(fraction, message=None)``: the share of the work done
+    (clamped to [0, 1]); the bar reads ``message``, or ``text`` and the percentage. The
+    callbacks of the backend (a capture's, a model fetch's, a head loop's) take it as it is.
+    With ``after`` (seconds) the bar appears only once the block has run that long, so quick
+    work shows none (PROGRESS_AFTER_S for what is usually quick)."""
+    slot = st.empty()
+    started = time.perf_counter()
+    shown = False
+
+    def update(fraction: float, message: str | None = None) -> None:
+        nonlocal shown
+        if not shown and time.perf_counter() - started < after:
+            return
+        shown = True
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        slot.progress(fraction, text=message or f"{text} {fraction:.0%}")
+
+    if after <= 0:
+        update(0.0, text)
+    try:
+        yield update
+    finally:
+        slot.empty()
 
 
 @contextmanager

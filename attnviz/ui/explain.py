@@ -19,6 +19,7 @@ from attnviz.models.bundled import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from attnviz.models.loader import Model
 from attnviz.samples import SAMPLES, sample_bytes
 from attnviz.ui.charts import show_chart
+from attnviz.ui.common import progress_bar
 from attnviz.ui.inputs import MANY_TEXTS, TEXT_FAMILIES, input_size_picker, photo_input
 from attnviz.ui.models import get_model, model_picker
 from attnviz.ui.overlay import style_controls
@@ -175,13 +176,11 @@ def many_block(kind: str, name: str, model: Model, e: Explanation, *, size: int 
         st.info("Add a few texts to average over.")
         return
     methods = METHODS if slow else FAST_METHODS
-    bar = st.progress(0.0, text=f"Explaining {len(inputs)} inputs…")
     per_input = []
-    for i, (digest, value) in enumerate(inputs):
-        one = run_explain(name, model, value, digest, size=size, methods=methods)
-        per_input.append(one.spearman())
-        bar.progress((i + 1) / len(inputs), text=f"Explaining {len(inputs)} inputs… {i + 1}/{len(inputs)}")
-    bar.empty()
+    with progress_bar(f"Explaining {len(inputs)} inputs…") as update:
+        for i, (digest, value) in enumerate(inputs):
+            per_input.append(run_explain(name, model, value, digest, size=size, methods=methods).spearman())
+            update((i + 1) / len(inputs), f"Explaining {len(inputs)} inputs… {i + 1}/{len(inputs)}")
     what = "sample photos" if kind == "image" else "texts"
     spread = faith.summarise(per_input)
     scoreboard_block(e, spread, key="explain_board_many")

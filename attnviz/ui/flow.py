@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections import OrderedDict
 
 import numpy as np
@@ -29,6 +28,7 @@ from attnviz.inputs import MAX_IMAGE_UPLOAD_MB, MAX_TEXT_UPLOAD_MB, open_image, 
 from attnviz.result import AttentionResult
 from attnviz.samples import SAMPLES, sample_bytes
 from attnviz.ui.charts import show_chart
+from attnviz.ui.common import PROGRESS_AFTER_S, progress_bar
 from attnviz.ui.inputs import MANY_TEXTS, UPLOAD_TYPES
 from attnviz.ui.models import get_model
 from attnviz.ui.overlay import show_overlay, style_controls
@@ -77,18 +77,8 @@ def exact_flow(key: str, attn: np.ndarray, stack: str, source: int, fusion: str)
     """Exact attention flow from token ``source`` to every input token: [keys], summing to 1
     (cached per session); a progress bar once it takes over a second."""
     def compute():
-        slot, started, bar = st.empty(), time.perf_counter(), []
-
-        def progress(done: float) -> None:
-            if bar:
-                bar[0].progress(done, text=f"Exact attention flow… {done:.0%}")
-            elif time.perf_counter() - started > 1.0:
-                bar.append(slot.progress(done, text=f"Exact attention flow… {done:.0%}"))
-
-        try:
-            return flow.attention_flow(attn, source, fusion, progress=progress)
-        finally:
-            slot.empty()
+        with progress_bar("Exact attention flow…", after=PROGRESS_AFTER_S) as update:
+            return flow.attention_flow(attn, source, fusion, progress=update)
 
     return remembered(("flow", key, stack, source, fusion), compute)
 
@@ -249,13 +239,12 @@ def many_view(captured: Captured) -> None:
         return
     else:
         model = get_model(result.model)
-        bar = st.progress(0.0, text=f"Statistics of {len(inputs)} inputs…")
         per_input = []
-        for i, (_, digest, value) in enumerate(inputs):
-            per_input.append(input_stats(result.model, model, digest, value, captured.size, captured.stack, window,
-                                         captured.stage))
-            bar.progress((i + 1) / len(inputs), text=f"Statistics of {len(inputs)} inputs… {i + 1}/{len(inputs)}")
-        bar.empty()
+        with progress_bar(f"Statistics of {len(inputs)} inputs…") as update:
+            for i, (_, digest, value) in enumerate(inputs):
+                per_input.append(input_stats(result.model, model, digest, value, captured.size, captured.stack, window,
+                                             captured.stage))
+                update((i + 1) / len(inputs), f"Statistics of {len(inputs)} inputs… {i + 1}/{len(inputs)}")
         spread = average_stats(per_input)
     with controls:
         local_min, global_min = thresholds(spread.mean)

@@ -5,7 +5,7 @@ import streamlit as st
 
 from attnviz.models import store
 from attnviz.models.bundled import BUNDLED
-from attnviz.ui.common import friendly_errors
+from attnviz.ui.common import friendly_errors, progress_bar
 
 # (page file, title, icon, what it shows): app.py declares these pages, the home page links them.
 PAGES = [
@@ -39,8 +39,6 @@ def model_table() -> None:
         c2.markdown(f"{m.description}  \n`{m.requirement}` · {m.license}")
         c3.markdown(STATUS_LABEL[state])
         if state != "ready" and c4.button("Fetch now", key=f"fetch_{name}"):
-            bar = st.progress(0.0, text=f"Fetching {name}…")
-            with friendly_errors():
-                store.ensure(name, progress=lambda f, msg, bar=bar: bar.progress(min(max(f, 0.0), 1.0), text=msg))
-            bar.empty()
+            with friendly_errors(), progress_bar(f"Fetching {name}…") as update:
+                store.ensure(name, progress=update)
             st.rerun()

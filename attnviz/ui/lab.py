@@ -18,7 +18,7 @@ from attnviz.lab import cost
 from attnviz.lab.qkv import bert_layer_qkv
 from attnviz.limits import token_cap
 from attnviz.ui.charts import show_chart
-from attnviz.ui.common import friendly_errors
+from attnviz.ui.common import friendly_errors, progress_bar
 from attnviz.ui.models import get_model
 from attnviz.viz import mechanics as viz
 
@@ -286,15 +286,12 @@ def cost_view() -> None:
     lengths = [n for n in COST_LENGTHS if n <= longest]
     settings = dict(d=d, window=window, top=top)
     if st.button("Measure on this machine", icon=":material/timer:", key="lab_cost_run"):
-        bar = st.progress(0.0, text="Starting…")
-        with friendly_errors():
+        with friendly_errors(), progress_bar("Starting…") as update:
             try:
-                st.session_state["lab_cost"] = (settings, cost.measure(
-                    lengths, d=d, window=window, top=top,
-                    progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)))
+                st.session_state["lab_cost"] = (settings, cost.measure(lengths, d=d, window=window, top=top,
+                                                                       progress=update))
             except cost.Busy as e:  # another visitor's run: not an error of this one
                 st.info(str(e))
-        bar.empty()
     saved_settings, measured = st.session_state.get("lab_cost", (None, []))
     if saved_settings != settings:
         measured = []

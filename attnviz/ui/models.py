@@ -21,7 +21,6 @@ select or open it, by any name.
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 
 import streamlit as st
@@ -34,7 +33,7 @@ from attnviz.models import store, upload
 from attnviz.models.bundled import BUNDLED
 from attnviz.result import AttentionResult
 from attnviz.ui import keys
-from attnviz.ui.common import remember
+from attnviz.ui.common import PROGRESS_AFTER_S, progress_bar, remember
 
 OWN_MODEL = "your own model…"
 OWN_KEY = "own_models"  # session state: {label: folder} of this session's uploads and saved models
@@ -99,7 +98,6 @@ def _inside(path: str, root: Path) -> bool:
         return False
 
 
-PROGRESS_AFTER_S = 1.0  # a capture shows a progress bar once it has run this long
 
 
 def model_picker(families: tuple[str, ...], default: str, key: str = keys.MODEL) -> str:
@@ -145,11 +143,8 @@ def get_model(name: str) -> attnviz.Model:
     ``name`` is a choice of :func:`model_picker`; one this session may not use is refused."""
     source, label = resolve(name)
     if source in BUNDLED and store.status(source) != "ready":
-        bar = st.progress(0.0, text=f"Fetching {source} (first use)…")
-        try:
-            store.ensure(source, progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m))
-        finally:
-            bar.empty()
+        with progress_bar(f"Fetching {source} (first use)…") as update:
+            store.ensure(source, progress=update)
     with st.spinner(f"Loading {label}…"):
         return _load(source, label)
 
@@ -166,15 +161,6 @@ def run_capture(name: str, text: str | None = None, *, pair: str | None = None, 
     image_sha = hashlib.sha256(image_bytes).hexdigest() if image_bytes is not None else None
     key = hashlib.sha256(repr((model.name, text, pair or None, image_sha, target or None, int(generate), size, prompt))
                          .encode("utf-8", "surrogatepass")).hexdigest()
-    bar = None
-
-    def progress(fraction: float, message: str) -> None:  # a bar per layer, once a run takes a second
-        nonlocal bar
-        if bar is None and time.perf_counter() - started > PROGRESS_AFTER_S:
-            bar = st.progress(0.0)
-        if bar is not None:
-            bar.progress(min(max(fraction, 0.0), 1.0), text=message)
-
     def compute() -> AttentionResult:
         if image_sha is not None and prompt is not None:  # a vision-language model: image and prompt
             return attnviz.capture(model, image, prompt=prompt, generate=int(generate))
@@ -183,10 +169,6 @@ def run_capture(name: str, text: str | None = None, *, pair: str | None = None, 
         return attnviz.capture(model, (text, pair) if pair else text, target=target or None, generate=int(generate),
                                progress=progress)
 
-    started = time.perf_counter()
-    try:
-        with st.spinner(f"Running {model.name}…"):
-            return RESULTS.get(key, compute)
-    finally:
-        if bar is not None:
-            bar.empty()
+    # a bar per attention layer, once a run takes a second (compute reads `progress` when called)
+    with st.spinner(f"Running {model.name}…"), progress_bar(f"Running {model.name}…", after=PROGRESS_AFTER_S) as progress:
+        return RESULTS.get(key, compute)

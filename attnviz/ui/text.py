@@ -14,7 +14,7 @@ from attnviz.cache import ByteCache
 from attnviz.result import AttentionResult
 from attnviz.ui import keys
 from attnviz.ui.charts import report_button, result_download, show_chart
-from attnviz.ui.common import url_int
+from attnviz.ui.common import progress_bar, url_int
 from attnviz.ui.selectors import HEAD_FUSIONS, head_select, layer_slider
 from attnviz.ui.views import Captured, TextRequest, View
 from attnviz.viz import text as viz
@@ -124,12 +124,8 @@ def thumbnails(result: AttentionResult, stack: str, options: viz.TextOptions) ->
     sessions (a cache bounded by bytes), with a progress bar over the heads while they are
     computed (a minute or two for 8,192 tokens on a CPU). Not a Streamlit cache: the bar is
     drawn while the function runs, which Streamlit's caches would replay on every hit."""
-    bar = st.progress(0.0, text="Going through every head…")
-    try:
-        return OVERVIEWS.get((result.digest, stack, options), lambda: viz.thumbnails(
-            result, stack, options, lambda f: bar.progress(f, text=f"Going through every head… {f:.0%}")))
-    finally:
-        bar.empty()
+    with progress_bar("Going through every head…") as update:
+        return OVERVIEWS.get((result.digest, stack, options), lambda: viz.thumbnails(result, stack, options, update))
 
 
 def lines_view(captured: Captured) -> None:
@@ -193,11 +189,9 @@ def focus_view(captured: Captured) -> None:
                                format_func=lambda u: f"{u}: {k.labels[u]}")
         else:
             key = query
-    bar = st.progress(0.0, text="Going through every layer…")
-    fig_to, fig_by, csv_to, csv_by = viz.token_focus(
-        result, stack, head, options, query=query, key=key,
-        progress=lambda f: bar.progress(f, text=f"Going through every layer… {f:.0%}"))
-    bar.empty()
+    with progress_bar("Going through every layer…") as update:
+        fig_to, fig_by, csv_to, csv_by = viz.token_focus(result, stack, head, options, query=query, key=key,
+                                                         progress=update)
     name = f"{_base(result, stack)}_H{head}_focus"
     show_chart(fig_to, f"{name}_q{query}_to", key="text_focus_to")
     show_chart(fig_by, f"{name}_k{key}_by", key="text_focus_by")
