@@ -15,7 +15,12 @@ ENV HOME=/home/user \
     ATTNVIZ_HOME=/home/user/attnviz \
     ATTNVIZ_MAX_TOKENS=8192 \
     ATTNVIZ_HOSTED=1 \
-    HF_HUB_OFFLINE=1
+    HF_HUB_OFFLINE=1 \
+    MALLOC_ARENA_MAX=2 \
+    MALLOC_MMAP_THRESHOLD_=4194304
+# The two MALLOC_ settings make glibc hand large arrays (a long input's queries and keys, a
+# view's rows) back to the system when they are freed instead of keeping them in one arena per
+# session thread: bench/load's peak with two 8,192-token sessions fell from 8.7 GB to 4.2 GB.
 WORKDIR /home/user/app
 
 RUN python -m venv /home/user/venv

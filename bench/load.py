@@ -33,8 +33,8 @@ input to the new result on screen), and the server's resident memory (now and pe
 /proc) against the bound stated in docs/deploy.md. Exits 1 on any error, cross-talk, a peak
 above the bound, or (with hostile sessions) a p95 more than twice the run without them.
 Requests are bounded (sessions x requests, hostile rounds) and the server stops at the end.
-The server runs the demo profile: ATTNVIZ_HOSTED=1 and ATTNVIZ_MAX_TOKENS=8192, as in the
-Dockerfile.
+The server runs the demo profile, as in the Dockerfile: ATTNVIZ_HOSTED=1,
+ATTNVIZ_MAX_TOKENS=8192 and glibc's MALLOC_ARENA_MAX=2 and MALLOC_MMAP_THRESHOLD_=4194304.
 """
 from __future__ import annotations
 
@@ -71,7 +71,8 @@ WORDS = ("cat dog river mountain quietly bright engine letter garden window trav
          "whisper market ancient follow because under between yesterday music kitchen ocean paper "
          "thunder gentle winter forest number castle honest rapid purple island bridge").split()
 TOKEN_CAP = "8192"
-DEMO_ENV = {"ATTNVIZ_MAX_TOKENS": TOKEN_CAP, "ATTNVIZ_HOSTED": "1"}  # the Dockerfile's demo profile
+DEMO_ENV = {"ATTNVIZ_MAX_TOKENS": TOKEN_CAP, "ATTNVIZ_HOSTED": "1",  # the Dockerfile's demo profile
+            "MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "4194304"}
 TIMEOUT_MS = 300_000
 HOSTILE_ROUNDS = 6
 
