@@ -14,7 +14,7 @@ from attnviz.cache import ByteCache
 from attnviz.result import AttentionResult
 from attnviz.ui import keys
 from attnviz.ui.charts import report_button, result_download, show_chart
-from attnviz.ui.common import progress_bar, url_int
+from attnviz.ui.common import PROGRESS_AFTER_S, progress_bar, url_int
 from attnviz.ui.selectors import HEAD_FUSIONS, head_select, layer_slider
 from attnviz.ui.views import Captured, TextRequest, View
 from attnviz.viz import text as viz
@@ -122,9 +122,9 @@ OVERVIEWS: ByteCache[viz.Thumbnails] = ByteCache(lambda: OVERVIEW_CACHE_BYTES, l
 def thumbnails(result: AttentionResult, stack: str, options: viz.TextOptions) -> viz.Thumbnails:
     """The overview's thumbnails, computed once per result (named by its digest) and shared by
     sessions (a cache bounded by bytes), with a progress bar over the heads while they are
-    computed (a minute or two for 8,192 tokens on a CPU). Not a Streamlit cache: the bar is
+    computed (about 40 s for 8,192 tokens on a 2-core CPU). Not a Streamlit cache: the bar is
     drawn while the function runs, which Streamlit's caches would replay on every hit."""
-    with progress_bar("Going through every head…") as update:
+    with progress_bar("Going through every head…", after=PROGRESS_AFTER_S) as update:
         return OVERVIEWS.get((result.digest, stack, options), lambda: viz.thumbnails(result, stack, options, update))
 
 
@@ -189,7 +189,7 @@ def focus_view(captured: Captured) -> None:
                                format_func=lambda u: f"{u}: {k.labels[u]}")
         else:
             key = query
-    with progress_bar("Going through every layer…") as update:
+    with progress_bar("Going through every layer…", after=PROGRESS_AFTER_S) as update:
         fig_to, fig_by, csv_to, csv_by = viz.token_focus(result, stack, head, options, query=query, key=key,
                                                          progress=update)
     name = f"{_base(result, stack)}_H{head}_focus"
