@@ -1,7 +1,7 @@
 """Many users at once: concurrent browser sessions against one attnviz server on 127.0.0.1.
 
     .venv/bin/python bench/load.py [--sessions 8] [--requests 13] [--long 0] [--long-requests 1]
-                                   [--hostile 0] [--rss-bound-gb 4.0]
+                                   [--hostile 0] [--rss-bound-gb 4.5]
 
 Starts `streamlit run app.py` with the demo's settings (.streamlit/config.toml and
 ATTNVIZ_MAX_TOKENS=8192, as in the Dockerfile), then drives ``--sessions`` browser contexts
@@ -74,6 +74,7 @@ TOKEN_CAP = "8192"
 DEMO_ENV = {"ATTNVIZ_MAX_TOKENS": TOKEN_CAP, "ATTNVIZ_HOSTED": "1",  # the Dockerfile's demo profile
             "MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "4194304"}
 TIMEOUT_MS = 300_000
+LONG_TIMEOUT_MS = 600_000  # a document's capture (35 s alone) may queue behind another on the model's lock
 HOSTILE_ROUNDS = 6
 
 
@@ -197,19 +198,20 @@ async def download_result(page, button: str, attempts: int = 3) -> AttentionResu
 async def send(page, kind: str, name: str, data, ref: AttentionResult | str) -> None:
     """Send one input (a sentence, a document, or a photo's file name and bytes) and return
     when the result line names it."""
+    timeout = LONG_TIMEOUT_MS if isinstance(ref, str) else TIMEOUT_MS
     if kind == "text":
         tokens = int(TOKEN_CAP) if isinstance(ref, str) else len(ref.tokens)  # documents fill the cap
         shown = f"{name} · {tokens} tokens ·"
         line = page.get_by_text(shown)
         before = await line.first.inner_text() if await line.count() else None  # a document's line names
         box = page.locator('textarea[aria-label="Text"]')                       # no input: wait for a new one
-        await box.fill(data)
+        await box.fill(data, timeout=timeout)
         await box.press("Control+Enter")
         if before is not None:
             await page.wait_for_function(
                 "([shown, before]) => [...document.querySelectorAll('[data-testid=\"stCaptionContainer\"]')]"
                 ".some(e => e.innerText.includes(shown) && e.innerText !== before)", arg=[shown, before],
-                timeout=TIMEOUT_MS)
+                timeout=timeout)
             return
     else:
         file_name, png = data
@@ -217,7 +219,7 @@ async def send(page, kind: str, name: str, data, ref: AttentionResult | str) -> 
             {"name": file_name, "mimeType": "image/png", "buffer": png})
         (width, height), (seen_h, seen_w) = Image.open(io.BytesIO(png)).size, ref.image.shape[:2]
         shown = f"{file_name} ({width} x {height} px) → {name} saw {seen_w} x {seen_h} px"
-    await page.get_by_text(shown).first.wait_for(timeout=TIMEOUT_MS)
+    await page.get_by_text(shown).first.wait_for(timeout=timeout)
 
 
 async def session(browser, base: str, i: int, args, refs, out: dict) -> None:
@@ -280,7 +282,7 @@ async def attack(page, base: str, what: str, files: dict[str, bytes]) -> str | N
         await page.goto(f"{base}/text?model=minilm-l6", timeout=TIMEOUT_MS)
         await page.wait_for_selector(SCRIPT_DONE, timeout=TIMEOUT_MS)
         box = page.locator('textarea[aria-label="Text"]')
-        await box.fill("\u200d" * 2_000_000)
+        await box.fill("\u200d" * 2_000_000, timeout=TIMEOUT_MS)
         await box.press("Control+Enter")
         expect = "only the first"
     else:  # a ?model= probe of server paths: the default model, and nothing that tells paths apart
@@ -392,7 +394,7 @@ def main() -> int:
                                                             "(then a run without them is made first)")
     ap.add_argument("--long", type=int, default=0, help="sessions (the last ones) reading 8,192-token documents")
     ap.add_argument("--long-requests", type=int, default=1, help="documents per long session")
-    ap.add_argument("--rss-bound-gb", type=float, default=4.0, help="the bound docs/deploy.md states")
+    ap.add_argument("--rss-bound-gb", type=float, default=4.5, help="the bound docs/deploy.md states")
     args = ap.parse_args()
 
     args.long = min(max(args.long, 0), args.sessions)
