@@ -237,9 +237,16 @@ def photo_capture(families: tuple[str, ...] = ("image", "vision-language")) -> C
         return Captured("image", result, "decoder", photo=photo, size=0)
     result = run_capture(name, image=photo.image, image_bytes=photo.data, size=size)
     stage = stage_picker(result) if result.grids else None
-    result = result.for_stage(stage) if stage else result
+    result = _stage_of(result.digest, stage, result) if stage else result
     capture_summary(photo, result, stage)
     return Captured("image", result, "encoder", photo=photo, size=size, stage=stage)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _stage_of(digest: str, stage: str, _result: AttentionResult) -> AttentionResult:
+    """One stage of a windowed model's result, made once per (result, stage): a new object on
+    every rerun would be a new digest to compute and a miss in every view cache."""
+    return _result.for_stage(stage)
 
 
 def prompt_box() -> tuple[str, int]:
