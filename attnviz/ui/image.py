@@ -58,8 +58,14 @@ def panel(captured: Captured) -> Panel:
 
 def seen_photo(result: AttentionResult) -> Photo:
     """The picture a vision-language model saw (its processor resized, cropped or tiled the
-    photo) as a Photo, so that overlays sit exactly on the image tokens' places."""
-    return Photo.of(f"{result.model}-input", result.image.tobytes(), Image.fromarray(result.image))
+    photo) as a Photo, so that overlays sit exactly on the image tokens' places; made once per
+    result, not on every rerun of the view."""
+    return _seen_photo(result.digest, result)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _seen_photo(digest: str, _result: AttentionResult) -> Photo:
+    return Photo.of(f"{_result.model}-input", _result.image.tobytes(), Image.fromarray(_result.image))
 
 
 def vision_language_view(captured: Captured) -> None:
