@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from attnviz.errors import AttnvizError
 
@@ -296,16 +297,19 @@ def app_script() -> Path:
     raise AttnvizError("the dashboard's files (app.py and pages/) are missing from this installation")
 
 
-def _app(args) -> int:
-    import subprocess
+def _app(args) -> NoReturn:
+    import os
 
     script = app_script()
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(args.port)]
     if args.address:
         cmd += ["--server.address", args.address]
-    print(f"attnviz: serving {script} on port {args.port} (Ctrl+C stops it)", file=sys.stderr)
-    # run from the app's folder: Streamlit reads its settings from ./.streamlit/config.toml
-    return subprocess.call(cmd, cwd=script.parent)
+    print(f"attnviz: serving {script} on port {args.port} (Ctrl+C stops it)", file=sys.stderr, flush=True)
+    # Streamlit takes this process's place (exec), so a signal meant for `attnviz app` (Ctrl+C,
+    # SIGTERM from a process manager or `docker stop`) reaches the server: none is left behind.
+    # It runs from the app's folder: Streamlit reads its settings from ./.streamlit/config.toml.
+    os.chdir(script.parent)
+    os.execv(sys.executable, cmd)
 
 
 def _plot(args) -> int:

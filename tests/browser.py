@@ -1,17 +1,18 @@
 """Fixtures for browser tests: a real `streamlit run app.py` server and a Playwright page
 in Debian's chromium. conftest.py loads this module as a plugin, so every test can ask for
 the ``streamlit_server`` and ``browser_page`` fixtures; import the helpers
-(``wait_for_app``, ``screenshot``) with ``from browser import ...``.
+(``wait_for_app``, ``screenshot``, ``stop_server``) with ``from browser import ...``.
 """
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,66 @@ def wait_healthy(url: str, timeout: float = 90.0) -> None:
     raise TimeoutError(f"streamlit did not answer on {url}/_stcore/health within {timeout:.0f} s")
 
 
+def _stat(pid: int) -> tuple[str, int] | None:
+    """A process's state letter and parent id, from /proc/PID/stat (None once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    state, parent = stat[stat.rindex(")") + 2:].split()[:2]  # after "pid (command) "
+    return state, int(parent)
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` now: its children, theirs, and so on (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))):
+            children.setdefault(stat[1], []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def running(pids) -> list[int]:
+    """Those of ``pids`` still running (a zombie, dead but not yet reaped, is not)."""
+    return [pid for pid in pids if (stat := _stat(pid)) and stat[0] not in "ZX"]
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 20.0) -> list[str]:
+    """Stop ``proc`` as a process manager would (SIGTERM) and wait for it and for every process
+    that was below it. Returns the command lines of those still running ``timeout`` seconds
+    later; they are killed then, so that no test leaves a server behind."""
+    below = descendants(proc.pid)
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        below.add(proc.pid)
+    deadline = time.monotonic() + timeout
+    while running(below) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = running(below)
+    survivors = [command_line(pid) for pid in left]
+    for pid in left:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if proc.poll() is None:
+        proc.wait()
+    return survivors
+
+
 def start_server(port: int, extra_env: dict | None = None) -> subprocess.Popen:
     """`streamlit run app.py` on 127.0.0.1:port, headless, usage stats off; output to a log."""
     ARTIFACTS.mkdir(exist_ok=True)
@@ -62,11 +123,7 @@ def serving(extra_env: dict | None = None):
         wait_healthy(url)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
 
 @pytest.fixture(scope="session")

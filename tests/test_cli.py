@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from browser import command_line, descendants, free_port, stop_server, wait_healthy
 from conftest import ROOT
 
 from attnviz.result import AttentionResult
@@ -83,3 +84,19 @@ def test_pickle_folder_and_non_image_are_refused(tmp_path):
     assert_one_line_error(cli("capture", "--model", "dinov2-small", "--image", str(tmp_path / "fake.png"), "--out", out),
                           "not an image")
     assert_one_line_error(cli("stats", str(tmp_path / "fake.png")), "not an attnviz result")
+
+
+def test_app_stops_its_server_on_sigterm(tmp_path):
+    """`attnviz app` told to stop (SIGTERM: a test, a process manager, `docker stop`) takes its
+    Streamlit server with it: no process it started is left running."""
+    port = free_port()
+    with open(tmp_path / "app.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "attnviz", "app", "--port", str(port), "--address", "127.0.0.1"],
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}")
+            serving = [pid for pid in [proc.pid, *descendants(proc.pid)] if "streamlit" in command_line(pid)]
+            assert serving, "no Streamlit process found under `attnviz app`"
+        finally:
+            left = stop_server(proc)
+    assert not left, f"still running after SIGTERM to `attnviz app`: {left}"

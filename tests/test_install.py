@@ -15,7 +15,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from browser import free_port, wait_for_app, wait_healthy
+from browser import free_port, stop_server, wait_for_app, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.install
@@ -97,8 +97,8 @@ def test_attnviz_app_serves_the_dashboard_from_the_package(installed, browser_pa
         browser_page.get_by_text("Bundled models").wait_for(timeout=60_000)
         assert not browser_page.errors, browser_page.errors
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        left = stop_server(proc)
         log.close()
     served = (installed.work / "app.log").read_text()
     assert "site-packages/attnviz/_app/app.py" in served, served
+    assert not left, f"still running after SIGTERM to `attnviz app`: {left}"
