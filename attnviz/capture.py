@@ -20,21 +20,21 @@ Inputs by family:
 
 Attention is always taken in eval mode and without gradients, with the model's default
 attention implementation: SDPA where transformers supports it for the model (the loader loads
-eager attention; :func:`_default_attention` switches it for the capture, under the model's
-lock). SDPA runs are recorded by :class:`attnviz.recorder.record_attention` with
-``lazy=True``: the queries, keys, scale and masks of every call, from which the maps are
-computed on demand (attnviz.lazy). A model without SDPA whose attention still goes through
-transformers' attention registry (Gemma2, which soft-caps its logits) is recorded the same way
-by a registered eager function. A model whose attention bypasses both (BLOOM's ALiBi, DeBERTa's
-disentangled terms) is run eagerly with ``output_attentions=True`` and its maps materialised,
-which the result's warnings say.
+eager attention; :func:`attnviz.recorder.default_attention` switches it for the capture, under
+the model's lock). SDPA runs are recorded by :class:`attnviz.recorder.record_attention` with
+``lazy=True``: the queries, keys, scale, masks and additive biases of every call, from which
+the maps are computed on demand (attnviz.lazy). A model without SDPA whose attention still goes
+through transformers' attention registry (Gemma2, which soft-caps its logits) is recorded the
+same way by a registered eager function; one whose eager attention is written out in torch
+operations (BLOOM and MPT, with ALiBi) is traced by the recorder into the same calls. A model
+whose attention none of these records (DeBERTa's disentangled terms, a bias per query and
+key computed in each layer) is run again eagerly with ``output_attentions=True`` and its maps
+materialised, which the result's warnings say.
 """
 from __future__ import annotations
 
 import inspect
-import sys
 import time
-from contextlib import contextmanager
 from typing import Union
 
 import numpy as np
@@ -48,7 +48,7 @@ from attnviz.lazy import LazyStack
 from attnviz.limits import token_cap
 from attnviz.models.converters.common import Progress  # (fraction in [0, 1], message), the store's too
 from attnviz.models.model import Model
-from attnviz.recorder import RECORDING_EAGER, record_attention, register_eager_recording
+from attnviz.recorder import default_attention, record_attention
 from attnviz.result import AttentionResult, PatchGrid, grid_tokens
 
 TextInput = Union[str, tuple[str, str]]
@@ -152,45 +152,6 @@ def _a(family: str) -> str:
 
 
 # -- recording ------------------------------------------------------------------------------
-@contextmanager
-def _default_attention(net: torch.nn.Module):
-    """Within: the model runs its default attention in a way that record_attention(lazy=True)
-    records (yields whether it does): SDPA when transformers supports it for the model; else,
-    for a model that calls its attention through transformers' registry, the recording eager
-    function (attnviz.recorder.RECORDING_EAGER). Its implementation is set back afterwards."""
-    config = getattr(net, "config", None)
-    before = getattr(config, "_attn_implementation", None)
-    configs = []
-    if before == "eager" and getattr(type(net), "_supports_sdpa", False):
-        try:
-            net.set_attn_implementation("sdpa")
-        except (ValueError, ImportError, KeyError):
-            pass
-    elif before == "eager" and _eager_through_registry(net):
-        register_eager_recording()
-        configs = list({id(m.config): m.config for m in net.modules() if hasattr(m, "config")}.values())
-        for c in configs:
-            c._attn_implementation_internal = RECORDING_EAGER
-    now = getattr(config, "_attn_implementation", None)
-    try:
-        yield now in ("sdpa", RECORDING_EAGER)
-    finally:
-        for c in configs:
-            c._attn_implementation_internal = before
-        if now == "sdpa" and before != "sdpa":
-            net.set_attn_implementation(before)
-
-
-def _eager_through_registry(net: torch.nn.Module) -> bool:
-    """Whether every attention module of ``net`` calls its attention function through
-    transformers' registry, with an ``eager_attention_forward`` beside it to delegate to."""
-    if not getattr(type(net), "_supports_attention_backend", False):
-        return False
-    attention = [m for m in net.modules() if type(m).__name__.endswith("Attention")]
-    return bool(attention) and all(hasattr(sys.modules[type(m).__module__], "eager_attention_forward")
-                                   for m in attention)
-
-
 def _layer_counts(net: torch.nn.Module, stacks: tuple[str, ...]) -> dict[str, int] | None:
     """Layers per stack from the model's config, or None when the config does not say."""
     config = getattr(net, "config", None)
@@ -215,9 +176,9 @@ def _split_calls(calls: list, counts: dict[str, int]) -> dict[str, list] | None:
 
 def _forward(model: Model, stacks: tuple[str, ...], progress: Progress | None, net: torch.nn.Module | None = None,
              **inputs):
-    """Run the model (or ``net``, a part of it such as a two-tower model's vision tower) once and
-    return ``({stack: maps}, warnings)``: recorded lazy stacks when it runs SDPA (see the module
-    docstring), else materialised float16 eager maps."""
+    """Run the model (or ``net``, a part of it such as a two-tower model's vision tower) and
+    return ``({stack: maps}, warnings)``: lazy stacks when every attention call was recorded
+    (see the module docstring), else, from a second, eager run, materialised float16 maps."""
     net = net or model.net
     counts = _layer_counts(net, stacks)
     total = sum(counts.values()) if counts else 0
@@ -226,8 +187,8 @@ def _forward(model: Model, stacks: tuple[str, ...], progress: Progress | None, n
         if progress is not None and total:
             progress(min(n / total, 1.0), f"Running {model.name}: attention call {n} of {total}")
 
-    with _default_attention(net) as sdpa:
-        if sdpa and counts:
+    with default_attention(net):
+        if counts:
             with record_attention(lazy=True, on_call=on_call) as rec:
                 net(**inputs)
             split = _split_calls(rec.calls, counts) if not rec.maps else None
@@ -743,7 +704,9 @@ def _capture_recorded(model: Model, input, size: int | None) -> AttentionResult:
         model.net(x)
     t2 = time.perf_counter()
     pooled = bool(getattr(model.net, "pools", False))
-    attn = _recorded_stack(rec.maps, len(tokens), pooled)
+    if not rec.maps:
+        raise AttnvizError("The model made no attention call that attnviz could record.")
+    attn = _pooled_stack(rec.maps[0], len(tokens)) if pooled else _stack(rec.maps)
     if pooled:
         tokens, special = [POOL_TOKEN] + tokens, [True] + special
     timings = {"tokenize_s": t1 - t0, "forward_s": t2 - t1, "copy_s": time.perf_counter() - t2}
@@ -757,21 +720,15 @@ def _capture_recorded(model: Model, input, size: int | None) -> AttentionResult:
         image=np.asarray(seen, dtype=np.uint8), timings=timings, warnings=warnings)
 
 
-def _recorded_stack(maps: list[torch.Tensor], n: int, pooled: bool) -> np.ndarray:
-    """The recorder's maps (each [1, heads, queries, keys]) as one float16 array
-    [layers, heads, queries, keys]. ``pooled``: the one map has one query over the ``n``
-    tokens; it becomes [1, heads, n + 1, n + 1] with a pooling token first, its row first (the
-    pooling query gives itself no weight) and the identity below it."""
-    if not maps:
-        raise AttnvizError("The model made no attention call that attnviz could record.")
-    if pooled:
-        pool = maps[0][0, :, 0].float()  # [heads, n]
-        heads = pool.shape[0]
-        attn = torch.zeros(1, heads, n + 1, n + 1)
-        attn[0, :, 0, 1:] = pool
-        attn[0, :, 1:, 1:] = torch.eye(n)
-        return attn.to(torch.float16).numpy()
-    return torch.stack([m[0] for m in maps]).to(torch.float16).cpu().numpy()
+def _pooled_stack(pooling: torch.Tensor, n: int) -> np.ndarray:
+    """The one map of an attention-pooling classifier (``pooling`` [1, heads, 1, n]: one query
+    over the ``n`` tokens) as float16 [1, heads, n + 1, n + 1] with a pooling token first, its
+    row first (the pooling query gives itself no weight) and the identity below it."""
+    pool = pooling[0, :, 0].float()  # [heads, n]
+    attn = torch.zeros(1, pool.shape[0], n + 1, n + 1)
+    attn[0, :, 0, 1:] = pool
+    attn[0, :, 1:, 1:] = torch.eye(n)
+    return attn.to(torch.float16).numpy()
 
 
 # -- token ids ------------------------------------------------------------------------------

@@ -46,7 +46,9 @@ class Call:
     kv head ``h // (heads // kv_heads)``; scale: multiplies q . k; causal: key j is masked for
     query i when j > i (top-left aligned); window: when set, key j is also masked when
     i - j >= window (sliding-window attention); mask: index of the call's explicit mask in the
-    stack's ``masks`` (-1: none); softcap: logit soft-capping (None: none).
+    stack's ``masks`` (-1: none); softcap: logit soft-capping (None: none); key_bias: index in
+    ``masks`` of the call's per-key additive bias, float32 ``[heads or 1, keys]``, added to
+    every query's score for that key after the scale and soft-cap (-1: none; ALiBi).
     """
 
     q: np.ndarray
@@ -56,6 +58,7 @@ class Call:
     window: int | None = None
     mask: int = -1
     softcap: float | None = None
+    key_bias: int = -1
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -76,6 +79,9 @@ def scores(call: Call, masks: list[np.ndarray], head: int, rows, keys=slice(None
     s = torch.mm(q, k.T, out=out)
     if call.softcap is not None:
         s.div_(call.softcap).tanh_().mul_(call.softcap)
+    if call.key_bias >= 0:
+        b = masks[call.key_bias]
+        s += torch.from_numpy(np.ascontiguousarray(b[head if b.shape[0] > 1 else 0][keys]))
     if call.causal or call.window is not None:
         row_index = np.arange(n_q)[rows]
         key_index = np.arange(n_k)[keys]
@@ -273,35 +279,67 @@ def _check_size(elements: int, shape) -> None:
 
 
 # -- describing masks compactly ------------------------------------------------------------------
-def describe_mask(mask: torch.Tensor, n_heads: int) -> tuple[bool, int | None, torch.Tensor | None]:
-    """(causal, window, what is left) for one call's mask ``[heads or 1, queries, keys]``.
+MASKED = -1e4  # an additive mask entry at or below this hides its key (eager masks write -inf or the dtype's minimum)
 
-    A float mask whose entries are 0 or hugely negative (an eager-style boolean mask) is read
-    as boolean. A boolean mask that keeps everything, or exactly the causal pattern, or a
-    causal band of some width (sliding window), is described by (causal, window) alone and
-    nothing is left; any other mask is left as it is, for storing.
+
+def describe_mask(mask: torch.Tensor, n_heads: int) -> tuple[bool, int | None, torch.Tensor | None, torch.Tensor | None]:
+    """(causal, window, what is left, key bias) for one call's mask ``[heads or 1, queries, keys]``.
+
+    A float (additive) mask is read as two parts: the keys it hides (entries at or below
+    MASKED) and what it adds to the scores of the others. What it adds is returned as the key
+    bias, float32 ``[heads or 1, keys]``, when every query of a head adds the same value for
+    a key (ALiBi folded into the mask, as Falcon does; None when it adds nothing); a mask that
+    adds values depending on the query as well (a relative-position bias) is left whole, as it
+    is, with nothing described. The keys hidden, a boolean pattern, are described by
+    (causal, window) alone when the pattern keeps everything, or is exactly causal, or a
+    causal band of some width (sliding window), and nothing is left; any other pattern is
+    left, for storing.
     """
+    key_bias = None
     if mask.dtype != torch.bool:
-        finite = mask.float()
-        if bool(((finite == 0) | (finite <= -1e4)).all()):
-            mask = finite == 0
-        else:
-            return False, None, mask
+        additive = mask.float()
+        keep = additive > MASKED
+        by_key, key_bias = _key_bias(additive, keep)
+        if not by_key:
+            return False, None, mask, None
+        mask = keep
     if mask.shape[0] > 1 and bool((mask == mask[:1]).all()):
         mask = mask[:1]
     if mask.shape[0] > 1:
-        return False, None, mask
+        return False, None, mask, key_bias
     m = mask[0]
     if bool(m.all()):
-        return False, None, None
+        return False, None, None, key_bias
     n_q, n_k = m.shape
     gap = torch.arange(n_q)[:, None] - torch.arange(n_k)[None, :]
     if torch.equal(m, gap >= 0):
-        return True, None, None
+        return True, None, None, key_bias
     width = int(m[-1].sum())
     if width and torch.equal(m, (gap >= 0) & (gap < width)):
-        return True, width, None
-    return False, None, mask
+        return True, width, None, key_bias
+    return False, None, mask, key_bias
+
+
+def _key_bias(additive: torch.Tensor, keep: torch.Tensor) -> tuple[bool, torch.Tensor | None]:
+    """(whether what ``additive [heads, queries, keys]`` adds where ``keep`` holds depends on
+    the key alone; if so, what it adds, float32 ``[heads or 1, keys]`` with 0 for a key no
+    query keeps, or None when it adds 0 everywhere). Read a block of queries at a time, so
+    that no temporary is as large as the mask."""
+    n_heads, n_q, n_k = additive.shape
+    low = torch.full((n_heads, n_k), math.inf)
+    high = torch.full((n_heads, n_k), -math.inf)
+    step = max(1, ROW_BLOCK_ELEMENTS // max(n_heads * n_k, 1))
+    for start in range(0, n_q, step):
+        values, kept = additive[:, start:start + step], keep[:, start:start + step]
+        torch.minimum(low, values.masked_fill(~kept, math.inf).amin(dim=-2), out=low)
+        torch.maximum(high, values.masked_fill(~kept, -math.inf).amax(dim=-2), out=high)
+    seen = low != math.inf  # keys some query keeps
+    if not bool((low[seen] == high[seen]).all()):
+        return False, None
+    bias = low.masked_fill(~seen, 0.0)
+    if not bool(bias.any()):
+        return True, None
+    return True, bias[:1] if n_heads > 1 and bool((bias == bias[:1]).all()) else bias
 
 
 def kv_groups(key: torch.Tensor, n_heads: int) -> int:
