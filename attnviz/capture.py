@@ -50,6 +50,7 @@ from attnviz.models.converters.common import Progress  # (fraction in [0, 1], me
 from attnviz.models.model import Model
 from attnviz.recorder import default_attention, record_attention
 from attnviz.result import AttentionResult, PatchGrid, grid_tokens
+from attnviz.tokens import special_flags, token_strings, tokenize, word_spans
 
 TextInput = Union[str, tuple[str, str]]
 MAX_IMAGE_TOKENS = 4096  # patches; each head a view reads is 4096 x 4096 (attention is recorded, see attnviz.lazy)
@@ -210,7 +211,7 @@ def _last_logits_only(net: torch.nn.Module) -> dict:
     (``logits_to_keep``), where its forward takes it: a capture reads attention, and the logits
     of every position are a long input's largest tensor (8,192 positions x 49,152 words of
     float32 is 1.6 GB for SmolLM2) and a tenth of its arithmetic."""
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(net.forward).parameters else {}
+    return {"logits_to_keep": 1} if accepts(net, "logits_to_keep") else {}
 
 
 # -- text ---------------------------------------------------------------------------------
@@ -218,67 +219,6 @@ def _one_text(input: TextInput, model: Model) -> str:
     if isinstance(input, tuple):
         raise AttnvizError(f"{model.name} takes one text, not a pair.")
     return clean_text(str(input))
-
-
-def _encode(model: Model, text, pair=None, limit: int | None = None):
-    """Tokenise with the model's tokenizer, truncating to ``limit`` tokens with a warning.
-
-    Special-token strings the user typed ("[SEP]", "<|im_start|>") are split like any text
-    (``split_special_tokens``), so that they stay the user's words; where the tokenizer still
-    reads one as a special token (T5's "</s>"), a warning says so. Text of which most tokens
-    are the unknown token (a model uploaded without its vocabulary) gets a warning too."""
-    limit = limit or model.max_tokens
-    kwargs = dict(return_tensors="pt", return_special_tokens_mask=True, return_token_type_ids=pair is not None,
-                  split_special_tokens=True)
-    enc = model.tokenizer(text, pair, truncation=False, verbose=False, **kwargs)  # the length warning is ours, below
-    warnings = []
-    n = enc["input_ids"].shape[1]
-    if n > limit:
-        warnings.append(f"The input has {n} tokens; {model.name} reads at most {limit}, so it was cut to the first {limit}.")
-        enc = model.tokenizer(text, pair, truncation=True, max_length=limit, **kwargs)
-    ids, added = enc["input_ids"][0].tolist(), enc["special_tokens_mask"][0].tolist()
-    specials = set(model.tokenizer.all_special_ids)
-    typed = sorted({model.tokenizer.convert_ids_to_tokens(i) for i, a in zip(ids, added) if not a and i in specials}
-                   - {model.tokenizer.unk_token})
-    if typed:
-        warnings.append(f"{model.name} reads {', '.join(repr(t) for t in typed)} in the text as its special "
-                        "token (its tokenizer cannot split it); it is shown as the text's own token.")
-    words = [i for i, a in zip(ids, added) if not a]
-    unknown = sum(i == model.tokenizer.unk_token_id for i in words)
-    if model.tokenizer.unk_token_id is not None and len(words) >= 2 and unknown > len(words) / 2:
-        warnings.append(f"{unknown} of {len(words)} tokens are unknown to {model.name}'s tokenizer "
-                        f"({model.tokenizer.unk_token}): its vocabulary may be missing or not this model's.")
-    return enc, warnings
-
-
-def _tokens(model: Model, ids: list[int]) -> list[str]:
-    """Readable token strings: byte-level pieces decoded, SentencePiece's '▁' shown as a space."""
-    raw = model.tokenizer.convert_ids_to_tokens(ids)
-    if any(t.startswith(("Ġ", "Ċ")) for t in raw):  # byte-level BPE (GPT-2, Llama 3, SmolLM)
-        return [model.tokenizer.decode([i]) for i in ids]
-    return [t.replace("▁", " ") for t in raw]
-
-
-def _special(model: Model, ids: list[int], enc=None) -> list[bool]:
-    """Which tokens are special ([CLS], [SEP], BOS, </s>, padding). The first tokens, those of
-    ``enc``, are special when the tokenizer added them (a special-token string the user typed is
-    the user's text); later ones (generated) when their id is a special one. The unknown token
-    is never special: it stands for real input (an emoji, a character the vocabulary lacks)."""
-    added = [bool(a) for a in enc["special_tokens_mask"][0].tolist()] if enc is not None else []
-    specials = set(model.tokenizer.all_special_ids) - {model.tokenizer.unk_token_id}
-    return added[:len(ids)] + [i in specials for i in ids[len(added):]]
-
-
-def _word_spans(enc, n: int) -> list[tuple[int, int]]:
-    """[start, end) token ranges of words (a special token is a word of its own)."""
-    word_ids = enc.word_ids(0) if enc.encodings else [None] * n
-    spans: list[tuple[int, int]] = []
-    for i, w in enumerate(word_ids[:n]):
-        if spans and w is not None and word_ids[spans[-1][0]] == w:
-            spans[-1] = (spans[-1][0], i + 1)
-        else:
-            spans.append((i, i + 1))
-    return spans
 
 
 def _stack(attentions) -> np.ndarray:
@@ -298,7 +238,7 @@ def _capture_encoder(model: Model, input: TextInput, progress: Progress | None =
     a = clean_text(str(a))
     b = clean_text(str(b)) if b is not None and str(b).strip() else None
     t0 = time.perf_counter()
-    enc, warnings = _encode(model, a, b)
+    enc, warnings = tokenize(model, a, b)
     ids = enc["input_ids"][0].tolist()
     t1 = time.perf_counter()
     inputs = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -307,8 +247,8 @@ def _capture_encoder(model: Model, input: TextInput, progress: Progress | None =
     t2 = time.perf_counter()
     segments = enc["token_type_ids"][0].tolist() if b is not None else None
     return AttentionResult(
-        kind="text", model=model.name, attn=attn, tokens=_tokens(model, ids),
-        special=_special(model, ids, enc), word_spans=_word_spans(enc, len(ids)), segments=segments,
+        kind="text", model=model.name, attn=attn, tokens=token_strings(model, ids),
+        special=special_flags(model, ids, enc), word_spans=word_spans(enc, len(ids)), segments=segments,
         timings={"tokenize_s": t1 - t0, "forward_s": t2 - t1, "copy_s": time.perf_counter() - t2},
         warnings=warnings)
 
@@ -316,7 +256,7 @@ def _capture_encoder(model: Model, input: TextInput, progress: Progress | None =
 def _capture_decoder(model: Model, prompt: str, generate: int, progress: Progress | None = None) -> AttentionResult:
     generate = max(0, min(int(generate), GENERATE_CAP))
     t0 = time.perf_counter()
-    enc, warnings = _encode(model, prompt, limit=max(1, model.max_tokens - generate))
+    enc, warnings = tokenize(model, prompt, limit=max(1, model.max_tokens - generate))
     ids = enc["input_ids"].to(model.device)
     prompt_len = ids.shape[1]
     t1 = time.perf_counter()
@@ -330,10 +270,10 @@ def _capture_decoder(model: Model, prompt: str, generate: int, progress: Progres
     warnings += notes
     t3 = time.perf_counter()
     all_ids = ids[0].tolist()
-    spans = _word_spans(enc, prompt_len) + [(i, i + 1) for i in range(prompt_len, len(all_ids))]
+    spans = word_spans(enc, prompt_len) + [(i, i + 1) for i in range(prompt_len, len(all_ids))]
     return AttentionResult(
-        kind="text", model=model.name, attn=attn, tokens=_tokens(model, all_ids),
-        special=_special(model, all_ids, enc), word_spans=spans, causal=True, prompt_len=prompt_len,
+        kind="text", model=model.name, attn=attn, tokens=token_strings(model, all_ids),
+        special=special_flags(model, all_ids, enc), word_spans=spans, causal=True, prompt_len=prompt_len,
         timings={"tokenize_s": t1 - t0, "generate_s": t2 - t1, "forward_s": t3 - t2,
                  "copy_s": time.perf_counter() - t3},
         warnings=warnings)
@@ -343,12 +283,12 @@ def _capture_seq2seq(model: Model, source: str, target: str | None,
                      progress: Progress | None = None) -> AttentionResult:
     source = clean_text(str(source))
     t0 = time.perf_counter()
-    enc, warnings = _encode(model, source)
+    enc, warnings = tokenize(model, source)
     src = enc["input_ids"].to(model.device)
     start = _decoder_start(model.net)
     t1 = time.perf_counter()
     if target is not None and str(target).strip():
-        tgt_enc, tgt_warn = _encode(model, clean_text(str(target)))
+        tgt_enc, tgt_warn = tokenize(model, clean_text(str(target)))
         warnings += tgt_warn
         tgt = torch.cat([torch.tensor([[start]]), tgt_enc["input_ids"]], dim=1).to(model.device)
     else:
@@ -361,14 +301,14 @@ def _capture_seq2seq(model: Model, source: str, target: str | None,
     warnings += notes
     t3 = time.perf_counter()
     src_ids, tgt_ids = src[0].tolist(), tgt[0].tolist()
-    target_spans = ([(0, 1)] + [(s + 1, e + 1) for s, e in _word_spans(tgt_enc, len(tgt_ids) - 1)]
+    target_spans = ([(0, 1)] + [(s + 1, e + 1) for s, e in word_spans(tgt_enc, len(tgt_ids) - 1)]
                     if tgt_enc is not None else [(i, i + 1) for i in range(len(tgt_ids))])
     return AttentionResult(
         kind="text", model=model.name,
         attn=attn,
-        tokens=_tokens(model, src_ids), special=_special(model, src_ids, enc),
-        word_spans=_word_spans(enc, len(src_ids)),
-        target_tokens=_tokens(model, tgt_ids), target_special=_special(model, tgt_ids),
+        tokens=token_strings(model, src_ids), special=special_flags(model, src_ids, enc),
+        word_spans=word_spans(enc, len(src_ids)),
+        target_tokens=token_strings(model, tgt_ids), target_special=special_flags(model, tgt_ids),
         target_word_spans=target_spans,
         timings={"tokenize_s": t1 - t0, "generate_s": t2 - t1, "forward_s": t3 - t2,
                  "copy_s": time.perf_counter() - t3},
@@ -394,7 +334,7 @@ def _capture_text_tower(model: Model, text: str) -> AttentionResult:
     """A text through the text tower of a two-tower model (CLIP, SigLIP). CLIP's text tower is
     causal: the result says so when every map is zero above the diagonal."""
     t0 = time.perf_counter()
-    enc, warnings = _encode(model, text)
+    enc, warnings = tokenize(model, text)
     ids = enc["input_ids"][0].tolist()
     t1 = time.perf_counter()
     out = model.text_tower(input_ids=enc["input_ids"].to(model.device), output_attentions=True)
@@ -402,8 +342,8 @@ def _capture_text_tower(model: Model, text: str) -> AttentionResult:
     attn = _stack(_attentions(out, model))
     causal = len(ids) > 1 and not np.triu(attn.astype(np.float32), k=1).any()
     return AttentionResult(
-        kind="text", model=model.name, attn={"encoder": attn}, tokens=_tokens(model, ids),
-        special=_special(model, ids), word_spans=_word_spans(enc, len(ids)), causal=causal,
+        kind="text", model=model.name, attn={"encoder": attn}, tokens=token_strings(model, ids),
+        special=special_flags(model, ids), word_spans=word_spans(enc, len(ids)), causal=causal,
         timings={"tokenize_s": t1 - t0, "forward_s": t2 - t1, "copy_s": time.perf_counter() - t2},
         warnings=warnings)
 
@@ -465,7 +405,7 @@ def _capture_image(model: Model, image: Image.Image, size: int | None,
     if spec.align:
         return _capture_windowed(model, seen, pixel_values, t1 - t0)
     net = model.vision_tower
-    kwargs = {"interpolate_pos_encoding": True} if _accepts(net, "interpolate_pos_encoding") else {}
+    kwargs = {"interpolate_pos_encoding": True} if accepts(net, "interpolate_pos_encoding") else {}
     attn, warnings = _forward(model, ("encoder",), progress, net=net, pixel_values=pixel_values, **kwargs)
     t2 = time.perf_counter()
     rows, cols = h // spec.patch, w // spec.patch
@@ -574,13 +514,13 @@ def _capture_vision_language(model: Model, image: Image.Image, prompt: str, gene
     causal = not np.triu(attn.astype(np.float32), k=1).any()  # PaliGemma reads its prefix both ways
     all_ids = ids[0].tolist()
     picture, layout = _vision_layout(model, enc, all_ids, image)
-    tokens = _tokens(model, all_ids)
+    tokens = token_strings(model, all_ids)
     for name, cells in layout.items():
         for r, row in enumerate(cells):
             for c, i in enumerate(row):
                 tokens[i] = f"<{name} {r},{c}>"
     return AttentionResult(
-        kind="text", model=model.name, attn={"decoder": attn}, tokens=tokens, special=_special(model, all_ids),
+        kind="text", model=model.name, attn={"decoder": attn}, tokens=tokens, special=special_flags(model, all_ids),
         word_spans=[(i, i + 1) for i in range(len(all_ids))], causal=causal, prompt_len=prompt_len,
         image=picture, image_tokens=layout,
         timings={"preprocess_s": t1 - t0, "generate_s": t2 - t1, "forward_s": t3 - t2,
@@ -660,9 +600,9 @@ def prefix_names(net: torch.nn.Module, prefix: int) -> list[str]:
     return names + [f"[REG{i + 1}]" for i in range(prefix - len(names))]
 
 
-def _accepts(net: torch.nn.Module, arg: str) -> bool:
-    import inspect
-
+def accepts(net: torch.nn.Module, arg: str) -> bool:
+    """Whether ``net``'s forward takes the argument ``arg`` (``interpolate_pos_encoding``,
+    ``logits_to_keep``: options that not every transformers model has)."""
     return arg in inspect.signature(net.forward).parameters
 
 
@@ -750,7 +690,7 @@ def capture_ids(model: Model, ids: list[int]) -> AttentionResult:
         attn = _stack(out.attentions)
     stack = "decoder" if model.family == "decoder" else "encoder"
     return AttentionResult(
-        kind="text", model=model.name, attn={stack: attn}, tokens=_tokens(model, ids),
-        special=_special(model, ids), word_spans=[(i, i + 1) for i in range(len(ids))],
+        kind="text", model=model.name, attn={stack: attn}, tokens=token_strings(model, ids),
+        special=special_flags(model, ids), word_spans=[(i, i + 1) for i in range(len(ids))],
         causal=model.family == "decoder", prompt_len=len(ids) if model.family == "decoder" else None,
         timings={"total_s": time.perf_counter() - started})

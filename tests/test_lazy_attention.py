@@ -321,7 +321,7 @@ def test_bundled_image_models(request, fixture):
     model = request.getfixturevalue(fixture)
     torch.manual_seed(0)
     pixels = torch.randn(1, 3, 224, 224)
-    kwargs = {"interpolate_pos_encoding": True} if capture_module._accepts(model.net, "interpolate_pos_encoding") else {}
+    kwargs = {"interpolate_pos_encoding": True} if capture_module.accepts(model.net, "interpolate_pos_encoding") else {}
     check(model.net, ("encoder",), pixel_values=pixels, **kwargs)
 
 
