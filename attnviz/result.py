@@ -229,6 +229,16 @@ class AttentionResult:
         rows = a[layer, head]
         return np.asarray(rows if queries is None else rows[queries], dtype=np.float32)
 
+    def layer_attention(self, layer: int, stack: str | None = None, queries=None) -> np.ndarray:
+        """float32 ``[heads, queries, keys]``: every head of one layer (queries as in
+        :meth:`attention`). Lazy stacks compute the heads together, a row block at a time
+        (attnviz.lazy.LazyStack.layer_rows)."""
+        a = self.attn[stack or self.stacks[0]]
+        if isinstance(a, LazyStack):
+            return a.layer_rows(layer, queries)
+        rows = a[layer]
+        return np.asarray(rows if queries is None else rows[:, queries], dtype=np.float32)
+
     def attention_columns(self, layer: int, head: int, stack: str | None = None, keys=None) -> np.ndarray:
         """float32 ``[queries, len(keys)]``: the weight every query of one head gives the key
         tokens ``keys`` (an index array): a few columns without computing whole rows."""

@@ -103,13 +103,17 @@ def check(net, stacks, *, lazy: bool = True, sdpa: bool | None = None, eager: bo
 
 def check_row_blocks(stack: LazyStack, expected: np.ndarray) -> None:
     """Rows computed three a block (so that a block's visible keys start and end inside the
-    key axis), rows asked out of order, and columns, on a fresh stack (no cached rows), equal
-    ``expected[layer, head, query, key]``."""
+    key axis), one head at a time and every head of a layer together, rows asked out of order,
+    and columns, on a fresh stack (no cached rows), equal ``expected[layer, head, query, key]``."""
     fresh = LazyStack(stack.calls, stack.masks)
-    n_q, n_k = stack.shape[2:]
+    n_heads, n_q, n_k = stack.shape[1:]
     picked = np.array([n_q - 1, 0, n_q // 2, 1])  # not a run of consecutive rows
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(lazy_module, "ROW_BLOCK_ELEMENTS", 3 * n_k)
+        patch.setattr(lazy_module, "LAYER_BLOCK_ELEMENTS", 3 * n_heads * n_k)
+        for layer in range(stack.shape[0]):  # every head of a layer at once
+            assert np.abs(fresh.layer_rows(layer) - expected[layer]).max() < TOL
+            assert np.abs(fresh.layer_rows(layer, picked) - expected[layer][:, picked]).max() < TOL
         for layer in range(stack.shape[0]):
             for head in range(stack.shape[1]):
                 want = expected[layer, head]
