@@ -18,7 +18,8 @@ key masked is all zero.
 A stack of at most SMALL_ELEMENTS weights is materialised once on first use (float16, as a
 captured stack always was); a larger one computes only the rows asked for, in row blocks,
 and refuses a selection of more than SLICE_ELEMENTS weights. :meth:`LazyStack.rows` is the
-streaming access: float32 ``[queries, keys]`` of one head.
+streaming access: float32 ``[queries, keys]`` of one head; :meth:`LazyStack.layer_rows` gives
+every head of a layer, computed together (one batched product per key/value head).
 """
 from __future__ import annotations
 
