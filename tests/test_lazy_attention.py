@@ -195,6 +195,21 @@ def test_bloom_alibi_traced_from_its_eager_code(decoder_tokens):
     assert_causal(stack)
 
 
+def test_a_saved_recorded_result_keeps_its_key_bias(decoder_tokens, tmp_path, monkeypatch):
+    net = tiny(tf.BloomConfig, tf.BloomForCausalLM, vocab_size=49152, hidden_size=32, n_layer=2, n_head=4)
+    ids = decoder_tokens
+    with torch.inference_mode():
+        attn, _ = capture_module._forward(model_of(net, "decoder"), ("decoder",), None, input_ids=ids,
+                                          attention_mask=torch.ones_like(ids), use_cache=False)
+    n = ids.shape[1]
+    r = AttentionResult(kind="text", model="tiny", attn=attn, tokens=["t"] * n, special=[False] * n, causal=True)
+    monkeypatch.setattr(result_module, "NPZ_MAPS_MAX", 10)  # saved as what was recorded
+    back = AttentionResult.load(r.save(tmp_path / "bloom.npz"))
+    assert back.is_lazy("decoder") and back.digest == r.digest
+    assert [c.key_bias for c in back.attn["decoder"].calls] == [c.key_bias for c in attn["decoder"].calls]
+    assert np.array_equal(lazy_maps(back.attn["decoder"]), lazy_maps(attn["decoder"]))
+
+
 def test_bloom_with_padding_counts_key_positions_over_the_kept_tokens(decoder_tokens):
     net = tiny(tf.BloomConfig, tf.BloomForCausalLM, vocab_size=49152, hidden_size=32, n_layer=2, n_head=4)
     ids = torch.cat([decoder_tokens, torch.zeros(1, 3, dtype=torch.long)], dim=1)  # three padding tokens at the end
