@@ -20,21 +20,21 @@ Inputs by family:
 
 Attention is always taken in eval mode and without gradients, with the model's default
 attention implementation: SDPA where transformers supports it for the model (the loader loads
-eager attention; :func:`_default_attention` switches it for the capture, under the model's
-lock). SDPA runs are recorded by :class:`attnviz.recorder.record_attention` with
-``lazy=True``: the queries, keys, scale and masks of every call, from which the maps are
-computed on demand (attnviz.lazy). A model without SDPA whose attention still goes through
-transformers' attention registry (Gemma2, which soft-caps its logits) is recorded the same way
-by a registered eager function. A model whose attention bypasses both (BLOOM's ALiBi, DeBERTa's
-disentangled terms) is run eagerly with ``output_attentions=True`` and its maps materialised,
-which the result's warnings say.
+eager attention; :func:`attnviz.recorder.default_attention` switches it for the capture, under
+the model's lock). SDPA runs are recorded by :class:`attnviz.recorder.record_attention` with
+``lazy=True``: the queries, keys, scale, masks and additive biases of every call, from which
+the maps are computed on demand (attnviz.lazy). A model without SDPA whose attention still goes
+through transformers' attention registry (Gemma2, which soft-caps its logits) is recorded the
+same way by a registered eager function; one whose eager attention is written out in torch
+operations (BLOOM and MPT, with ALiBi) is traced by the recorder into the same calls. A model
+whose attention none of these records (DeBERTa's disentangled terms, a bias per query and
+key computed in each layer) is run again eagerly with ``output_attentions=True`` and its maps
+materialised, which the result's warnings say.
 """
 from __future__ import annotations
 
 import inspect
-import sys
 import time
-from contextlib import contextmanager
 from typing import Union
 
 import numpy as np
@@ -48,8 +48,9 @@ from attnviz.lazy import LazyStack
 from attnviz.limits import token_cap
 from attnviz.models.converters.common import Progress  # (fraction in [0, 1], message), the store's too
 from attnviz.models.model import Model
-from attnviz.recorder import RECORDING_EAGER, record_attention, register_eager_recording
+from attnviz.recorder import default_attention, record_attention
 from attnviz.result import AttentionResult, PatchGrid, grid_tokens
+from attnviz.tokens import special_flags, token_strings, tokenize, word_spans
 
 TextInput = Union[str, tuple[str, str]]
 MAX_IMAGE_TOKENS = 4096  # patches; each head a view reads is 4096 x 4096 (attention is recorded, see attnviz.lazy)
@@ -152,45 +153,6 @@ def _a(family: str) -> str:
 
 
 # -- recording ------------------------------------------------------------------------------
-@contextmanager
-def _default_attention(net: torch.nn.Module):
-    """Within: the model runs its default attention in a way that record_attention(lazy=True)
-    records (yields whether it does): SDPA when transformers supports it for the model; else,
-    for a model that calls its attention through transformers' registry, the recording eager
-    function (attnviz.recorder.RECORDING_EAGER). Its implementation is set back afterwards."""
-    config = getattr(net, "config", None)
-    before = getattr(config, "_attn_implementation", None)
-    configs = []
-    if before == "eager" and getattr(type(net), "_supports_sdpa", False):
-        try:
-            net.set_attn_implementation("sdpa")
-        except (ValueError, ImportError, KeyError):
-            pass
-    elif before == "eager" and _eager_through_registry(net):
-        register_eager_recording()
-        configs = list({id(m.config): m.config for m in net.modules() if hasattr(m, "config")}.values())
-        for c in configs:
-            c._attn_implementation_internal = RECORDING_EAGER
-    now = getattr(config, "_attn_implementation", None)
-    try:
-        yield now in ("sdpa", RECORDING_EAGER)
-    finally:
-        for c in configs:
-            c._attn_implementation_internal = before
-        if now == "sdpa" and before != "sdpa":
-            net.set_attn_implementation(before)
-
-
-def _eager_through_registry(net: torch.nn.Module) -> bool:
-    """Whether every attention module of ``net`` calls its attention function through
-    transformers' registry, with an ``eager_attention_forward`` beside it to delegate to."""
-    if not getattr(type(net), "_supports_attention_backend", False):
-        return False
-    attention = [m for m in net.modules() if type(m).__name__.endswith("Attention")]
-    return bool(attention) and all(hasattr(sys.modules[type(m).__module__], "eager_attention_forward")
-                                   for m in attention)
-
-
 def _layer_counts(net: torch.nn.Module, stacks: tuple[str, ...]) -> dict[str, int] | None:
     """Layers per stack from the model's config, or None when the config does not say."""
     config = getattr(net, "config", None)
@@ -215,9 +177,9 @@ def _split_calls(calls: list, counts: dict[str, int]) -> dict[str, list] | None:
 
 def _forward(model: Model, stacks: tuple[str, ...], progress: Progress | None, net: torch.nn.Module | None = None,
              **inputs):
-    """Run the model (or ``net``, a part of it such as a two-tower model's vision tower) once and
-    return ``({stack: maps}, warnings)``: recorded lazy stacks when it runs SDPA (see the module
-    docstring), else materialised float16 eager maps."""
+    """Run the model (or ``net``, a part of it such as a two-tower model's vision tower) and
+    return ``({stack: maps}, warnings)``: lazy stacks when every attention call was recorded
+    (see the module docstring), else, from a second, eager run, materialised float16 maps."""
     net = net or model.net
     counts = _layer_counts(net, stacks)
     total = sum(counts.values()) if counts else 0
@@ -226,8 +188,8 @@ def _forward(model: Model, stacks: tuple[str, ...], progress: Progress | None, n
         if progress is not None and total:
             progress(min(n / total, 1.0), f"Running {model.name}: attention call {n} of {total}")
 
-    with _default_attention(net) as sdpa:
-        if sdpa and counts:
+    with default_attention(net):
+        if counts:
             with record_attention(lazy=True, on_call=on_call) as rec:
                 net(**inputs)
             split = _split_calls(rec.calls, counts) if not rec.maps else None
@@ -249,7 +211,7 @@ def _last_logits_only(net: torch.nn.Module) -> dict:
     (``logits_to_keep``), where its forward takes it: a capture reads attention, and the logits
     of every position are a long input's largest tensor (8,192 positions x 49,152 words of
     float32 is 1.6 GB for SmolLM2) and a tenth of its arithmetic."""
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(net.forward).parameters else {}
+    return {"logits_to_keep": 1} if accepts(net, "logits_to_keep") else {}
 
 
 # -- text ---------------------------------------------------------------------------------
@@ -257,67 +219,6 @@ def _one_text(input: TextInput, model: Model) -> str:
     if isinstance(input, tuple):
         raise AttnvizError(f"{model.name} takes one text, not a pair.")
     return clean_text(str(input))
-
-
-def _encode(model: Model, text, pair=None, limit: int | None = None):
-    """Tokenise with the model's tokenizer, truncating to ``limit`` tokens with a warning.
-
-    Special-token strings the user typed ("[SEP]", "<|im_start|>") are split like any text
-    (``split_special_tokens``), so that they stay the user's words; where the tokenizer still
-    reads one as a special token (T5's "</s>"), a warning says so. Text of which most tokens
-    are the unknown token (a model uploaded without its vocabulary) gets a warning too."""
-    limit = limit or model.max_tokens
-    kwargs = dict(return_tensors="pt", return_special_tokens_mask=True, return_token_type_ids=pair is not None,
-                  split_special_tokens=True)
-    enc = model.tokenizer(text, pair, truncation=False, verbose=False, **kwargs)  # the length warning is ours, below
-    warnings = []
-    n = enc["input_ids"].shape[1]
-    if n > limit:
-        warnings.append(f"The input has {n} tokens; {model.name} reads at most {limit}, so it was cut to the first {limit}.")
-        enc = model.tokenizer(text, pair, truncation=True, max_length=limit, **kwargs)
-    ids, added = enc["input_ids"][0].tolist(), enc["special_tokens_mask"][0].tolist()
-    specials = set(model.tokenizer.all_special_ids)
-    typed = sorted({model.tokenizer.convert_ids_to_tokens(i) for i, a in zip(ids, added) if not a and i in specials}
-                   - {model.tokenizer.unk_token})
-    if typed:
-        warnings.append(f"{model.name} reads {', '.join(repr(t) for t in typed)} in the text as its special "
-                        "token (its tokenizer cannot split it); it is shown as the text's own token.")
-    words = [i for i, a in zip(ids, added) if not a]
-    unknown = sum(i == model.tokenizer.unk_token_id for i in words)
-    if model.tokenizer.unk_token_id is not None and len(words) >= 2 and unknown > len(words) / 2:
-        warnings.append(f"{unknown} of {len(words)} tokens are unknown to {model.name}'s tokenizer "
-                        f"({model.tokenizer.unk_token}): its vocabulary may be missing or not this model's.")
-    return enc, warnings
-
-
-def _tokens(model: Model, ids: list[int]) -> list[str]:
-    """Readable token strings: byte-level pieces decoded, SentencePiece's '▁' shown as a space."""
-    raw = model.tokenizer.convert_ids_to_tokens(ids)
-    if any(t.startswith(("Ġ", "Ċ")) for t in raw):  # byte-level BPE (GPT-2, Llama 3, SmolLM)
-        return [model.tokenizer.decode([i]) for i in ids]
-    return [t.replace("▁", " ") for t in raw]
-
-
-def _special(model: Model, ids: list[int], enc=None) -> list[bool]:
-    """Which tokens are special ([CLS], [SEP], BOS, </s>, padding). The first tokens, those of
-    ``enc``, are special when the tokenizer added them (a special-token string the user typed is
-    the user's text); later ones (generated) when their id is a special one. The unknown token
-    is never special: it stands for real input (an emoji, a character the vocabulary lacks)."""
-    added = [bool(a) for a in enc["special_tokens_mask"][0].tolist()] if enc is not None else []
-    specials = set(model.tokenizer.all_special_ids) - {model.tokenizer.unk_token_id}
-    return added[:len(ids)] + [i in specials for i in ids[len(added):]]
-
-
-def _word_spans(enc, n: int) -> list[tuple[int, int]]:
-    """[start, end) token ranges of words (a special token is a word of its own)."""
-    word_ids = enc.word_ids(0) if enc.encodings else [None] * n
-    spans: list[tuple[int, int]] = []
-    for i, w in enumerate(word_ids[:n]):
-        if spans and w is not None and word_ids[spans[-1][0]] == w:
-            spans[-1] = (spans[-1][0], i + 1)
-        else:
-            spans.append((i, i + 1))
-    return spans
 
 
 def _stack(attentions) -> np.ndarray:
@@ -337,7 +238,7 @@ def _capture_encoder(model: Model, input: TextInput, progress: Progress | None =
     a = clean_text(str(a))
     b = clean_text(str(b)) if b is not None and str(b).strip() else None
     t0 = time.perf_counter()
-    enc, warnings = _encode(model, a, b)
+    enc, warnings = tokenize(model, a, b)
     ids = enc["input_ids"][0].tolist()
     t1 = time.perf_counter()
     inputs = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -346,8 +247,8 @@ def _capture_encoder(model: Model, input: TextInput, progress: Progress | None =
     t2 = time.perf_counter()
     segments = enc["token_type_ids"][0].tolist() if b is not None else None
     return AttentionResult(
-        kind="text", model=model.name, attn=attn, tokens=_tokens(model, ids),
-        special=_special(model, ids, enc), word_spans=_word_spans(enc, len(ids)), segments=segments,
+        kind="text", model=model.name, attn=attn, tokens=token_strings(model, ids),
+        special=special_flags(model, ids, enc), word_spans=word_spans(enc, len(ids)), segments=segments,
         timings={"tokenize_s": t1 - t0, "forward_s": t2 - t1, "copy_s": time.perf_counter() - t2},
         warnings=warnings)
 
@@ -355,7 +256,7 @@ def _capture_encoder(model: Model, input: TextInput, progress: Progress | None =
 def _capture_decoder(model: Model, prompt: str, generate: int, progress: Progress | None = None) -> AttentionResult:
     generate = max(0, min(int(generate), GENERATE_CAP))
     t0 = time.perf_counter()
-    enc, warnings = _encode(model, prompt, limit=max(1, model.max_tokens - generate))
+    enc, warnings = tokenize(model, prompt, limit=max(1, model.max_tokens - generate))
     ids = enc["input_ids"].to(model.device)
     prompt_len = ids.shape[1]
     t1 = time.perf_counter()
@@ -369,10 +270,10 @@ def _capture_decoder(model: Model, prompt: str, generate: int, progress: Progres
     warnings += notes
     t3 = time.perf_counter()
     all_ids = ids[0].tolist()
-    spans = _word_spans(enc, prompt_len) + [(i, i + 1) for i in range(prompt_len, len(all_ids))]
+    spans = word_spans(enc, prompt_len) + [(i, i + 1) for i in range(prompt_len, len(all_ids))]
     return AttentionResult(
-        kind="text", model=model.name, attn=attn, tokens=_tokens(model, all_ids),
-        special=_special(model, all_ids, enc), word_spans=spans, causal=True, prompt_len=prompt_len,
+        kind="text", model=model.name, attn=attn, tokens=token_strings(model, all_ids),
+        special=special_flags(model, all_ids, enc), word_spans=spans, causal=True, prompt_len=prompt_len,
         timings={"tokenize_s": t1 - t0, "generate_s": t2 - t1, "forward_s": t3 - t2,
                  "copy_s": time.perf_counter() - t3},
         warnings=warnings)
@@ -382,12 +283,12 @@ def _capture_seq2seq(model: Model, source: str, target: str | None,
                      progress: Progress | None = None) -> AttentionResult:
     source = clean_text(str(source))
     t0 = time.perf_counter()
-    enc, warnings = _encode(model, source)
+    enc, warnings = tokenize(model, source)
     src = enc["input_ids"].to(model.device)
     start = _decoder_start(model.net)
     t1 = time.perf_counter()
     if target is not None and str(target).strip():
-        tgt_enc, tgt_warn = _encode(model, clean_text(str(target)))
+        tgt_enc, tgt_warn = tokenize(model, clean_text(str(target)))
         warnings += tgt_warn
         tgt = torch.cat([torch.tensor([[start]]), tgt_enc["input_ids"]], dim=1).to(model.device)
     else:
@@ -400,14 +301,14 @@ def _capture_seq2seq(model: Model, source: str, target: str | None,
     warnings += notes
     t3 = time.perf_counter()
     src_ids, tgt_ids = src[0].tolist(), tgt[0].tolist()
-    target_spans = ([(0, 1)] + [(s + 1, e + 1) for s, e in _word_spans(tgt_enc, len(tgt_ids) - 1)]
+    target_spans = ([(0, 1)] + [(s + 1, e + 1) for s, e in word_spans(tgt_enc, len(tgt_ids) - 1)]
                     if tgt_enc is not None else [(i, i + 1) for i in range(len(tgt_ids))])
     return AttentionResult(
         kind="text", model=model.name,
         attn=attn,
-        tokens=_tokens(model, src_ids), special=_special(model, src_ids, enc),
-        word_spans=_word_spans(enc, len(src_ids)),
-        target_tokens=_tokens(model, tgt_ids), target_special=_special(model, tgt_ids),
+        tokens=token_strings(model, src_ids), special=special_flags(model, src_ids, enc),
+        word_spans=word_spans(enc, len(src_ids)),
+        target_tokens=token_strings(model, tgt_ids), target_special=special_flags(model, tgt_ids),
         target_word_spans=target_spans,
         timings={"tokenize_s": t1 - t0, "generate_s": t2 - t1, "forward_s": t3 - t2,
                  "copy_s": time.perf_counter() - t3},
@@ -433,7 +334,7 @@ def _capture_text_tower(model: Model, text: str) -> AttentionResult:
     """A text through the text tower of a two-tower model (CLIP, SigLIP). CLIP's text tower is
     causal: the result says so when every map is zero above the diagonal."""
     t0 = time.perf_counter()
-    enc, warnings = _encode(model, text)
+    enc, warnings = tokenize(model, text)
     ids = enc["input_ids"][0].tolist()
     t1 = time.perf_counter()
     out = model.text_tower(input_ids=enc["input_ids"].to(model.device), output_attentions=True)
@@ -441,8 +342,8 @@ def _capture_text_tower(model: Model, text: str) -> AttentionResult:
     attn = _stack(_attentions(out, model))
     causal = len(ids) > 1 and not np.triu(attn.astype(np.float32), k=1).any()
     return AttentionResult(
-        kind="text", model=model.name, attn={"encoder": attn}, tokens=_tokens(model, ids),
-        special=_special(model, ids), word_spans=_word_spans(enc, len(ids)), causal=causal,
+        kind="text", model=model.name, attn={"encoder": attn}, tokens=token_strings(model, ids),
+        special=special_flags(model, ids), word_spans=word_spans(enc, len(ids)), causal=causal,
         timings={"tokenize_s": t1 - t0, "forward_s": t2 - t1, "copy_s": time.perf_counter() - t2},
         warnings=warnings)
 
@@ -504,7 +405,7 @@ def _capture_image(model: Model, image: Image.Image, size: int | None,
     if spec.align:
         return _capture_windowed(model, seen, pixel_values, t1 - t0)
     net = model.vision_tower
-    kwargs = {"interpolate_pos_encoding": True} if _accepts(net, "interpolate_pos_encoding") else {}
+    kwargs = {"interpolate_pos_encoding": True} if accepts(net, "interpolate_pos_encoding") else {}
     attn, warnings = _forward(model, ("encoder",), progress, net=net, pixel_values=pixel_values, **kwargs)
     t2 = time.perf_counter()
     rows, cols = h // spec.patch, w // spec.patch
@@ -613,13 +514,13 @@ def _capture_vision_language(model: Model, image: Image.Image, prompt: str, gene
     causal = not np.triu(attn.astype(np.float32), k=1).any()  # PaliGemma reads its prefix both ways
     all_ids = ids[0].tolist()
     picture, layout = _vision_layout(model, enc, all_ids, image)
-    tokens = _tokens(model, all_ids)
+    tokens = token_strings(model, all_ids)
     for name, cells in layout.items():
         for r, row in enumerate(cells):
             for c, i in enumerate(row):
                 tokens[i] = f"<{name} {r},{c}>"
     return AttentionResult(
-        kind="text", model=model.name, attn={"decoder": attn}, tokens=tokens, special=_special(model, all_ids),
+        kind="text", model=model.name, attn={"decoder": attn}, tokens=tokens, special=special_flags(model, all_ids),
         word_spans=[(i, i + 1) for i in range(len(all_ids))], causal=causal, prompt_len=prompt_len,
         image=picture, image_tokens=layout,
         timings={"preprocess_s": t1 - t0, "generate_s": t2 - t1, "forward_s": t3 - t2,
@@ -699,9 +600,9 @@ def prefix_names(net: torch.nn.Module, prefix: int) -> list[str]:
     return names + [f"[REG{i + 1}]" for i in range(prefix - len(names))]
 
 
-def _accepts(net: torch.nn.Module, arg: str) -> bool:
-    import inspect
-
+def accepts(net: torch.nn.Module, arg: str) -> bool:
+    """Whether ``net``'s forward takes the argument ``arg`` (``interpolate_pos_encoding``,
+    ``logits_to_keep``: options that not every transformers model has)."""
     return arg in inspect.signature(net.forward).parameters
 
 
@@ -743,7 +644,9 @@ def _capture_recorded(model: Model, input, size: int | None) -> AttentionResult:
         model.net(x)
     t2 = time.perf_counter()
     pooled = bool(getattr(model.net, "pools", False))
-    attn = _recorded_stack(rec.maps, len(tokens), pooled)
+    if not rec.maps:
+        raise AttnvizError("The model made no attention call that attnviz could record.")
+    attn = _pooled_stack(rec.maps[0], len(tokens)) if pooled else _stack(rec.maps)
     if pooled:
         tokens, special = [POOL_TOKEN] + tokens, [True] + special
     timings = {"tokenize_s": t1 - t0, "forward_s": t2 - t1, "copy_s": time.perf_counter() - t2}
@@ -757,21 +660,15 @@ def _capture_recorded(model: Model, input, size: int | None) -> AttentionResult:
         image=np.asarray(seen, dtype=np.uint8), timings=timings, warnings=warnings)
 
 
-def _recorded_stack(maps: list[torch.Tensor], n: int, pooled: bool) -> np.ndarray:
-    """The recorder's maps (each [1, heads, queries, keys]) as one float16 array
-    [layers, heads, queries, keys]. ``pooled``: the one map has one query over the ``n``
-    tokens; it becomes [1, heads, n + 1, n + 1] with a pooling token first, its row first (the
-    pooling query gives itself no weight) and the identity below it."""
-    if not maps:
-        raise AttnvizError("The model made no attention call that attnviz could record.")
-    if pooled:
-        pool = maps[0][0, :, 0].float()  # [heads, n]
-        heads = pool.shape[0]
-        attn = torch.zeros(1, heads, n + 1, n + 1)
-        attn[0, :, 0, 1:] = pool
-        attn[0, :, 1:, 1:] = torch.eye(n)
-        return attn.to(torch.float16).numpy()
-    return torch.stack([m[0] for m in maps]).to(torch.float16).cpu().numpy()
+def _pooled_stack(pooling: torch.Tensor, n: int) -> np.ndarray:
+    """The one map of an attention-pooling classifier (``pooling`` [1, heads, 1, n]: one query
+    over the ``n`` tokens) as float16 [1, heads, n + 1, n + 1] with a pooling token first, its
+    row first (the pooling query gives itself no weight) and the identity below it."""
+    pool = pooling[0, :, 0].float()  # [heads, n]
+    attn = torch.zeros(1, pool.shape[0], n + 1, n + 1)
+    attn[0, :, 0, 1:] = pool
+    attn[0, :, 1:, 1:] = torch.eye(n)
+    return attn.to(torch.float16).numpy()
 
 
 # -- token ids ------------------------------------------------------------------------------
@@ -793,7 +690,7 @@ def capture_ids(model: Model, ids: list[int]) -> AttentionResult:
         attn = _stack(out.attentions)
     stack = "decoder" if model.family == "decoder" else "encoder"
     return AttentionResult(
-        kind="text", model=model.name, attn={stack: attn}, tokens=_tokens(model, ids),
-        special=_special(model, ids), word_spans=[(i, i + 1) for i in range(len(ids))],
+        kind="text", model=model.name, attn={stack: attn}, tokens=token_strings(model, ids),
+        special=special_flags(model, ids), word_spans=[(i, i + 1) for i in range(len(ids))],
         causal=model.family == "decoder", prompt_len=len(ids) if model.family == "decoder" else None,
         timings={"total_s": time.perf_counter() - started})

@@ -46,13 +46,14 @@ from PIL import Image
 from torch.overrides import TorchFunctionMode
 
 from attnviz.analysis import faithfulness as faith
-from attnviz.capture import _accepts, _encode, _special, _tokens, _word_spans, image_pixels
+from attnviz.capture import accepts, image_pixels
 from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text
 from attnviz.lab.toy_tasks import AGREEMENT_WORDS, MASK, STOP, encode
 from attnviz.models.loader import Model
 from attnviz.recorder import sdpa_probabilities
 from attnviz.result import PatchGrid
+from attnviz.tokens import special_flags, token_strings, tokenize, word_spans
 
 METHODS = ("attention", "rollout", "flow", "attn_x_grad", "grad_x_input", "integrated_gradients", "blankout")
 IG_STEPS = 32  # integrated gradients: points on the path from the baseline to the input
@@ -171,23 +172,23 @@ def _text_problem(model: Model, text: str, target: str | None) -> _Problem:
     if isinstance(text, tuple):
         raise AttnvizError("explain takes one text, not a pair.")
     text = clean_text(str(text))
-    enc, warnings = _encode(model, text)
+    enc, warnings = tokenize(model, text)
     if enc["input_ids"].shape[1] > MAX_TOKENS:
         warnings = [f"The input has {enc['input_ids'].shape[1]} tokens; explain reads at most {MAX_TOKENS} (blank-out "
                     f"runs the model once per token), so it was cut to the first {MAX_TOKENS}."]
-        enc, _ = _encode(model, text, limit=MAX_TOKENS)
+        enc, _ = tokenize(model, text, limit=MAX_TOKENS)
     ids = enc["input_ids"].to(model.device)
     id_list = ids[0].tolist()
-    special = _special(model, id_list)
+    special = special_flags(model, id_list)
     replace_id, replace_token = replacement_token(tok)
     embed = net.get_input_embeddings()
     blank_ids = torch.where(torch.tensor(special, device=ids.device)[None], ids, torch.full_like(ids, replace_id))
     with torch.no_grad():
         inputs, baseline = embed(ids), embed(blank_ids)
     n = ids.shape[1]
-    problem = dict(kind="text", tokens=_tokens(model, id_list), special=special, inputs=inputs,
+    problem = dict(kind="text", tokens=token_strings(model, id_list), special=special, inputs=inputs,
                    baseline=baseline, groups=torch.arange(n, device=ids.device).view(1, n, 1),
-                   word_spans=_word_spans(enc, n), warnings=warnings)
+                   word_spans=word_spans(enc, n), warnings=warnings)
     ones = torch.ones_like(ids)
     blank = {"replacement": replace_token}
 
@@ -220,7 +221,7 @@ def _text_problem(model: Model, text: str, target: str | None) -> _Problem:
             total = float(run(inputs)[0][0])
         output = {"what": "log-probability of the target sequence",
                   "target": tok.decode(target_ids[0, 1:], skip_special_tokens=True),
-                  "target_tokens": _tokens(model, target_ids[0, 1:].tolist()),
+                  "target_tokens": token_strings(model, target_ids[0, 1:].tolist()),
                   "chosen": "generated" if target is None or not str(target).strip() else "given",
                   "log_prob": total, "blankout": {**blank, "measure": "log-probability lost"}}
         return _Problem(run=run, output=output, mix=_cross_mix, **problem)
@@ -303,7 +304,7 @@ def _seq2seq_target(model: Model, ids: torch.Tensor, target: str | None) -> torc
     included), the given target or the model's greedy output."""
     start = model.net.config.decoder_start_token_id
     if target is not None and str(target).strip():
-        enc, _ = _encode(model, clean_text(str(target)))
+        enc, _ = tokenize(model, clean_text(str(target)))
         return torch.cat([torch.tensor([[start]]), enc["input_ids"]], dim=1).to(model.device)
     with torch.no_grad():
         return model.net.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=SEQ2SEQ_GENERATE,
@@ -332,7 +333,7 @@ def _image_problem(model: Model, image: Image.Image, size: int | None, target: s
     if rows * cols > MAX_TOKENS:
         raise AttnvizError(f"At this size {model.name} sees {rows * cols} patches; explain reads at most {MAX_TOKENS} "
                            "(blank-out runs the model once per patch): choose a smaller input size.")
-    kwargs = {"interpolate_pos_encoding": True} if _accepts(net, "interpolate_pos_encoding") else {}
+    kwargs = {"interpolate_pos_encoding": True} if accepts(net, "interpolate_pos_encoding") else {}
 
     def forward(x, attentions=False):
         return net(pixel_values=x, output_attentions=attentions, **kwargs)

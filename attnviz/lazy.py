@@ -18,7 +18,8 @@ key masked is all zero.
 A stack of at most SMALL_ELEMENTS weights is materialised once on first use (float16, as a
 captured stack always was); a larger one computes only the rows asked for, in row blocks,
 and refuses a selection of more than SLICE_ELEMENTS weights. :meth:`LazyStack.rows` is the
-streaming access: float32 ``[queries, keys]`` of one head.
+streaming access: float32 ``[queries, keys]`` of one head; :meth:`LazyStack.layer_rows` gives
+every head of a layer, computed together (one batched product per key/value head).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from attnviz.errors import AttnvizError
 SMALL_ELEMENTS = 2 ** 26  # weights of a stack kept materialised (128 MB in float16)
 SLICE_ELEMENTS = 2 ** 28  # most weights one whole-array selection may materialise (512 MB in float16)
 ROW_BLOCK_ELEMENTS = 2 ** 22  # scores computed at once: rows per block = this / keys (16 MB float32)
+LAYER_BLOCK_ELEMENTS = 2 ** 24  # scores computed at once for every head of a layer (64 MB float32), see layer_rows
 CACHE_BYTES = 64 * 2 ** 20  # rows kept by LazyStack.rows' cache, per stack
 
 
@@ -46,7 +48,9 @@ class Call:
     kv head ``h // (heads // kv_heads)``; scale: multiplies q . k; causal: key j is masked for
     query i when j > i (top-left aligned); window: when set, key j is also masked when
     i - j >= window (sliding-window attention); mask: index of the call's explicit mask in the
-    stack's ``masks`` (-1: none); softcap: logit soft-capping (None: none).
+    stack's ``masks`` (-1: none); softcap: logit soft-capping (None: none); key_bias: index in
+    ``masks`` of the call's per-key additive bias, float32 ``[heads or 1, keys]``, added to
+    every query's score for that key after the scale and soft-cap (-1: none; ALiBi).
     """
 
     q: np.ndarray
@@ -56,6 +60,7 @@ class Call:
     window: int | None = None
     mask: int = -1
     softcap: float | None = None
+    key_bias: int = -1
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -63,19 +68,32 @@ class Call:
         return self.q.shape[0], self.q.shape[1], self.k.shape[1]
 
 
-def scores(call: Call, masks: list[np.ndarray], head: int, rows, keys=slice(None),
+def scores(call: Call, masks: list[np.ndarray], heads: int | slice, rows, keys=slice(None),
            out: torch.Tensor | None = None) -> torch.Tensor:
-    """float32 ``[len(rows), len(keys)]``: the scores (logits plus bias, -inf where masked) of
-    query ``rows`` of ``head`` over ``keys`` (each a slice or an index array), written into
-    ``out`` when given (a tensor of that shape, reused by :meth:`LazyStack.rows` so that a long
-    head does not allocate a new block of scores per row block)."""
-    n_q, n_k = call.shape[1:]
-    group = call.shape[0] // call.k.shape[0]
-    q = torch.from_numpy(call.q[head][rows]) * call.scale  # [rows, dim]: cheaper to scale than the scores
-    k = torch.from_numpy(call.k[head // group][keys])
-    s = torch.mm(q, k.T, out=out)
+    """The scores (logits plus bias, -inf where masked) of query ``rows`` over ``keys`` (each a
+    slice or an index array): float32 ``[len(rows), len(keys)]`` of one head (``heads`` an
+    int), or ``[heads, len(rows), len(keys)]`` of a slice of heads computed together (one
+    batched product per key/value head whose heads the slice holds whole). Written into
+    ``out`` when given (a contiguous tensor of that shape, reused by :class:`LazyStack` so that
+    a long head does not allocate a new block of scores per row block)."""
+    n_heads, n_q, n_k = call.shape
+    one = isinstance(heads, (int, np.integer))
+    h0, h1, _ = (slice(int(heads), int(heads) + 1) if one else heads).indices(n_heads)
+    group = n_heads // call.k.shape[0]
+    q = torch.from_numpy(call.q[h0:h1][:, rows]) * call.scale  # [heads, rows, dim]: cheaper to scale than the scores
+    n_rows, width = q.shape[1], len(np.arange(n_k)[keys])
+    s = out.view(h1 - h0, n_rows, width) if out is not None else torch.empty(h1 - h0, n_rows, width)
+    if h0 % group == 0 and h1 % group == 0:  # whole key/value heads: their query heads in one product each
+        k = torch.from_numpy(call.k[h0 // group:h1 // group][:, keys])
+        torch.bmm(q.reshape(k.shape[0], -1, q.shape[-1]), k.transpose(1, 2), out=s.view(k.shape[0], -1, width))
+    else:  # heads that share their key/value head with heads outside the slice: a product each
+        for h in range(h0, h1):
+            torch.mm(q[h - h0], torch.from_numpy(call.k[h // group][keys]).T, out=s[h - h0])
     if call.softcap is not None:
         s.div_(call.softcap).tanh_().mul_(call.softcap)
+    if call.key_bias >= 0:
+        b = masks[call.key_bias]
+        s += torch.from_numpy(np.ascontiguousarray((b[h0:h1] if b.shape[0] > 1 else b)[:, keys]))[:, None, :]
     if call.causal or call.window is not None:
         row_index = np.arange(n_q)[rows]
         key_index = np.arange(n_k)[keys]
@@ -87,19 +105,19 @@ def scores(call: Call, masks: list[np.ndarray], head: int, rows, keys=slice(None
         if call.causal:
             c0 = int(np.searchsorted(key_index, first, side="right")) if ordered else 0
             if c0 < len(key_index):
-                s[:, c0:].masked_fill_(torch.from_numpy(key_index[c0:])[None, :] > i, float("-inf"))
+                s[:, :, c0:].masked_fill_(torch.from_numpy(key_index[c0:])[None, :] > i, float("-inf"))
         if call.window is not None:
             c1 = int(np.searchsorted(key_index, last - call.window, side="right")) if ordered else len(key_index)
             if c1 > 0:
-                s[:, :c1].masked_fill_(torch.from_numpy(key_index[:c1])[None, :] <= i - call.window, float("-inf"))
+                s[:, :, :c1].masked_fill_(torch.from_numpy(key_index[:c1])[None, :] <= i - call.window, float("-inf"))
     if call.mask >= 0:
         m = masks[call.mask]
-        m = torch.from_numpy(np.ascontiguousarray(m[head if m.shape[0] > 1 else 0][rows][:, keys]))
+        m = torch.from_numpy(np.ascontiguousarray((m[h0:h1] if m.shape[0] > 1 else m)[:, rows][:, :, keys]))
         if m.dtype == torch.bool:
             s.masked_fill_(~m, float("-inf"))
         else:
             s += m
-    return s
+    return s[0] if one else s
 
 
 def visible(call: Call, rows: np.ndarray) -> slice:
@@ -212,16 +230,31 @@ class LazyStack:
         out = torch.exp(scores(call, self.masks, head, slice(None), keys) - lse[:, None]).nan_to_num_(0.0)
         return out.numpy()
 
-    def _score_blocks(self, call: Call, head: int, rows: np.ndarray):
-        """The scores of query ``rows`` a row block at a time, as (start, keys, scores): the
-        rows ``rows[start:start + len(scores)]`` over the keys they can see (a slice; every
-        other key has weight 0). One buffer serves every block: each is valid until the next."""
-        step = max(1, ROW_BLOCK_ELEMENTS // max(call.shape[2], 1))
-        scratch = torch.empty(min(step, len(rows)), call.shape[2])
+    def layer_rows(self, layer: int, queries=None) -> np.ndarray:
+        """float32 ``[heads, queries, keys]``: every head of one layer for the rows asked for
+        (None, a slice or an index array), computed together: one product per key/value head
+        and row block of LAYER_BLOCK_ELEMENTS scores (the overview of every head reads this).
+        Not cached."""
+        call = self.calls[layer]
+        rows = _as_rows(queries, call.shape[1])
+        out = np.zeros((call.shape[0], len(rows), call.shape[2]), dtype=np.float32)
+        for start, keys, block in self._score_blocks(call, slice(None), rows, LAYER_BLOCK_ELEMENTS):
+            _normalise(call, block, torch.from_numpy(out[:, start:start + block.shape[-2], keys]))
+        return out
+
+    def _score_blocks(self, call: Call, heads: int | slice, rows: np.ndarray, budget: int = ROW_BLOCK_ELEMENTS):
+        """The scores of query ``rows`` of ``heads`` (see :func:`scores`) a row block of about
+        ``budget`` scores at a time, as (start, keys, scores): the rows ``rows[start:start + n]``
+        (n = the scores' second-last axis) over the keys they can see (a slice; every other
+        key has weight 0). One buffer serves every block: each is valid until the next."""
+        n_heads = 1 if isinstance(heads, (int, np.integer)) else len(range(*heads.indices(call.shape[0])))
+        step = max(1, budget // max(n_heads * call.shape[2], 1))
+        scratch = torch.empty(n_heads * min(step, len(rows)) * call.shape[2])
         for start in range(0, len(rows), step):
             block = rows[start:start + step]
             keys = visible(call, block)
-            yield start, keys, scores(call, self.masks, head, _run(block), keys, out=scratch[:len(block), :keys.stop - keys.start])
+            size = n_heads * len(block) * (keys.stop - keys.start)
+            yield start, keys, scores(call, self.masks, heads, _run(block), keys, out=scratch[:size])
 
     def dense(self) -> np.ndarray:
         """The whole stack as float16 ``[layers, heads, queries, keys]``; refused when large."""
@@ -273,35 +306,67 @@ def _check_size(elements: int, shape) -> None:
 
 
 # -- describing masks compactly ------------------------------------------------------------------
-def describe_mask(mask: torch.Tensor, n_heads: int) -> tuple[bool, int | None, torch.Tensor | None]:
-    """(causal, window, what is left) for one call's mask ``[heads or 1, queries, keys]``.
+MASKED = -1e4  # an additive mask entry at or below this hides its key (eager masks write -inf or the dtype's minimum)
 
-    A float mask whose entries are 0 or hugely negative (an eager-style boolean mask) is read
-    as boolean. A boolean mask that keeps everything, or exactly the causal pattern, or a
-    causal band of some width (sliding window), is described by (causal, window) alone and
-    nothing is left; any other mask is left as it is, for storing.
+
+def describe_mask(mask: torch.Tensor, n_heads: int) -> tuple[bool, int | None, torch.Tensor | None, torch.Tensor | None]:
+    """(causal, window, what is left, key bias) for one call's mask ``[heads or 1, queries, keys]``.
+
+    A float (additive) mask is read as two parts: the keys it hides (entries at or below
+    MASKED) and what it adds to the scores of the others. What it adds is returned as the key
+    bias, float32 ``[heads or 1, keys]``, when every query of a head adds the same value for
+    a key (ALiBi folded into the mask, as Falcon does; None when it adds nothing); a mask that
+    adds values depending on the query as well (a relative-position bias) is left whole, as it
+    is, with nothing described. The keys hidden, a boolean pattern, are described by
+    (causal, window) alone when the pattern keeps everything, or is exactly causal, or a
+    causal band of some width (sliding window), and nothing is left; any other pattern is
+    left, for storing.
     """
+    key_bias = None
     if mask.dtype != torch.bool:
-        finite = mask.float()
-        if bool(((finite == 0) | (finite <= -1e4)).all()):
-            mask = finite == 0
-        else:
-            return False, None, mask
+        additive = mask.float()
+        keep = additive > MASKED
+        by_key, key_bias = _key_bias(additive, keep)
+        if not by_key:
+            return False, None, mask, None
+        mask = keep
     if mask.shape[0] > 1 and bool((mask == mask[:1]).all()):
         mask = mask[:1]
     if mask.shape[0] > 1:
-        return False, None, mask
+        return False, None, mask, key_bias
     m = mask[0]
     if bool(m.all()):
-        return False, None, None
+        return False, None, None, key_bias
     n_q, n_k = m.shape
     gap = torch.arange(n_q)[:, None] - torch.arange(n_k)[None, :]
     if torch.equal(m, gap >= 0):
-        return True, None, None
+        return True, None, None, key_bias
     width = int(m[-1].sum())
     if width and torch.equal(m, (gap >= 0) & (gap < width)):
-        return True, width, None
-    return False, None, mask
+        return True, width, None, key_bias
+    return False, None, mask, key_bias
+
+
+def _key_bias(additive: torch.Tensor, keep: torch.Tensor) -> tuple[bool, torch.Tensor | None]:
+    """(whether what ``additive [heads, queries, keys]`` adds where ``keep`` holds depends on
+    the key alone; if so, what it adds, float32 ``[heads or 1, keys]`` with 0 for a key no
+    query keeps, or None when it adds 0 everywhere). Read a block of queries at a time, so
+    that no temporary is as large as the mask."""
+    n_heads, n_q, n_k = additive.shape
+    low = torch.full((n_heads, n_k), math.inf)
+    high = torch.full((n_heads, n_k), -math.inf)
+    step = max(1, ROW_BLOCK_ELEMENTS // max(n_heads * n_k, 1))
+    for start in range(0, n_q, step):
+        values, kept = additive[:, start:start + step], keep[:, start:start + step]
+        torch.minimum(low, values.masked_fill(~kept, math.inf).amin(dim=-2), out=low)
+        torch.maximum(high, values.masked_fill(~kept, -math.inf).amax(dim=-2), out=high)
+    seen = low != math.inf  # keys some query keeps
+    if not bool((low[seen] == high[seen]).all()):
+        return False, None
+    bias = low.masked_fill(~seen, 0.0)
+    if not bool(bias.any()):
+        return True, None
+    return True, bias[:1] if n_heads > 1 and bool((bias == bias[:1]).all()) else bias
 
 
 def kv_groups(key: torch.Tensor, n_heads: int) -> int:

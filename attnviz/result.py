@@ -38,8 +38,9 @@ the picture the model saw). A result of at most NPZ_MAPS_MAX attention weights i
 written as today: one float16 array per stack named ``attn_<stack>`` (compressed). A larger
 lazy one is written as what was recorded, uncompressed: per stack ``q_<stack>`` float32
 ``[layers, heads, queries, dim]``, ``k_<stack>`` float32 ``[layers, kv_heads, keys, dim]``,
-its masks ``mask_<stack>_<i>``, and per layer scale, causal flag, window, mask index and
-soft-cap in ``meta["recorded"][stack]``; loading it recomputes the maps on demand.
+its masks and key biases ``mask_<stack>_<i>``, and per layer scale, causal flag, window, mask
+index, soft-cap and key bias index in ``meta["recorded"][stack]``; loading it recomputes the
+maps on demand.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ from attnviz.lazy import Call, LazyStack
 
 STACKS = ("encoder", "decoder", "cross")
 STAGE = re.compile(r"^stage[1-9][0-9]*$")  # windowed, hierarchical image models: one stack per stage
-FORMAT_VERSION = 2  # 1: attn_<stack> arrays only; 2: also recorded stacks (see the module docstring)
+FORMAT_VERSION = 3  # 1: attn_<stack> arrays only; 2: also recorded stacks (see the module docstring); 3: key biases
 NPZ_MAPS_MAX = 2 ** 26  # attention weights in all up to which the maps themselves are saved (128 MB float16)
 
 
@@ -228,6 +229,16 @@ class AttentionResult:
         rows = a[layer, head]
         return np.asarray(rows if queries is None else rows[queries], dtype=np.float32)
 
+    def layer_attention(self, layer: int, stack: str | None = None, queries=None) -> np.ndarray:
+        """float32 ``[heads, queries, keys]``: every head of one layer (queries as in
+        :meth:`attention`). Lazy stacks compute the heads together, a row block at a time
+        (attnviz.lazy.LazyStack.layer_rows)."""
+        a = self.attn[stack or self.stacks[0]]
+        if isinstance(a, LazyStack):
+            return a.layer_rows(layer, queries)
+        rows = a[layer]
+        return np.asarray(rows if queries is None else rows[:, queries], dtype=np.float32)
+
     def attention_columns(self, layer: int, head: int, stack: str | None = None, keys=None) -> np.ndarray:
         """float32 ``[queries, len(keys)]``: the weight every query of one head gives the key
         tokens ``keys`` (an index array): a few columns without computing whole rows."""
@@ -253,7 +264,7 @@ class AttentionResult:
         for s in self.stacks:  # array by array, never a stacked copy of the recorded tensors
             a = self.attn[s]
             parts = ([x for c in a.calls for x in (c.q, c.k, np.array([c.scale, c.causal, c.window or 0, c.mask,
-                                                                      c.softcap or 0.0]))] + a.masks
+                                                                      c.softcap or 0.0, c.key_bias]))] + a.masks
                      if isinstance(a, LazyStack) else [a])
             h.update(s.encode())
             for x in parts:
@@ -312,7 +323,8 @@ class AttentionResult:
         meta = self.meta()
         if recorded:
             meta["recorded"] = {s: [{"scale": c.scale, "causal": c.causal, "window": c.window, "mask": c.mask,
-                                     "softcap": c.softcap} for c in self.attn[s].calls] for s in self.stacks}
+                                     "softcap": c.softcap, "key_bias": c.key_bias} for c in self.attn[s].calls]
+                                for s in self.stacks}
         arrays = self._arrays(lazy=recorded)
         arrays["meta"] = np.array(json.dumps(meta, ensure_ascii=False))
         (np.savez if recorded else np.savez_compressed)(f, **arrays)
@@ -337,7 +349,7 @@ class AttentionResult:
         with np.load(path_or_file, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             recorded = meta.get("recorded") or {}
-            attn = {s: _recorded_stack(z, s, recorded[s]) if s in recorded else z[f"attn_{s}"]
+            attn = {s: _load_recorded(z, s, recorded[s]) if s in recorded else z[f"attn_{s}"]
                     for s in meta["stacks"]}
             image = z["image"] if "image" in z.files else None
         grid = PatchGrid(**meta["grid"]) if meta.get("grid") else None
@@ -369,12 +381,13 @@ class AttentionResult:
         rows = rows[head] if isinstance(head, int) else getattr(np, head)(rows, axis=0)
         return rows[np.asarray(self.image_tokens[name])]
 
-def _recorded_stack(z, stack: str, layers: list[dict]) -> LazyStack:
+def _load_recorded(z, stack: str, layers: list[dict]) -> LazyStack:
     """A LazyStack from the arrays and per-layer ``meta["recorded"][stack]`` of a saved file."""
     q, k = z[f"q_{stack}"], z[f"k_{stack}"]
     masks = []
     while f"mask_{stack}_{len(masks)}" in z.files:
         masks.append(z[f"mask_{stack}_{len(masks)}"])
     calls = [Call(q=q[i], k=k[i], scale=float(c["scale"]), causal=bool(c["causal"]), window=c["window"],
-                  mask=int(c["mask"]), softcap=c["softcap"]) for i, c in enumerate(layers)]
+                  mask=int(c["mask"]), softcap=c["softcap"], key_bias=int(c.get("key_bias", -1)))
+             for i, c in enumerate(layers)]
     return LazyStack(calls, masks)

@@ -10,8 +10,11 @@ each run in a fresh process (after one short warm-up forward pass, alike for bot
 ``--runs`` times; the table gives medians and the ratios capture / forward. Targets: time <= 1.3x and peak memory <= 1.5x at 2,048 and 8,192
 tokens. Then, in the last capture process of each text case, the server side of the text
 explorer on that result: the first head heatmap (figure built and serialised, bytes sent), a
-head switch (another head), and the overview of every head (built once, then cached).
-Targets at 8,192 tokens: first heatmap <= 1 s and <= 2 MB, a head switch <= 0.5 s.
+head switch (another head), and the overview of every head (built once, then cached), beside
+the plain forward pass of the same input in the same process (run just before and just after
+the overview; their mean is the ratio's denominator) and the overview computed the way it was
+before, one head at a time. Targets at 8,192 tokens: first heatmap <= 1 s and <= 2 MB, a head
+switch <= 0.5 s, the overview <= 0.5x the forward pass.
 
     python bench/long.py [--runs 3] [--cases smollm2-135m:2048,smollm2-135m:8192:1,minilm-l6:512,dinov2-small:448]
 
@@ -48,7 +51,8 @@ def child(mode: str, name: str, size: int, views: bool) -> dict:
     from skimage import data
 
     import attnviz
-    from attnviz.capture import _default_attention, image_input_size
+    from attnviz.capture import image_input_size
+    from attnviz.recorder import default_attention
 
     model = attnviz.load_model(name)
     if model.family == "image":
@@ -70,14 +74,14 @@ def child(mode: str, name: str, size: int, views: bool) -> dict:
         if model.family == "decoder":
             inputs["use_cache"] = False
     out = {"tokens": None}
-    with _default_attention(model.net), torch.inference_mode():  # one-time set-up, for both modes alike
+    with default_attention(model.net), torch.inference_mode():  # one-time set-up, for both modes alike
         warm = {k: v[..., :16] if k == "input_ids" or k == "attention_mask" else v for k, v in inputs.items()}
         if model.family == "image":
             warm["pixel_values"] = inputs["pixel_values"][..., :4 * model.image.patch, :4 * model.image.patch]
         model.net(**warm)
     start_mb = peak_mb()
     if mode == "forward":
-        with _default_attention(model.net) as sdpa, torch.inference_mode():
+        with default_attention(model.net) as sdpa, torch.inference_mode():
             assert sdpa
             t = time.perf_counter()
             model.net(**inputs)
@@ -92,12 +96,27 @@ def child(mode: str, name: str, size: int, views: bool) -> dict:
         out["lazy"] = all(result.is_lazy(s) for s in result.stacks)
     out["peak_mb"], out["loaded_mb"] = peak_mb(), start_mb
     if views and mode == "capture" and model.family != "image":
-        out.update(view_times(result))
+        out.update(view_times(result, lambda: forward_s(model, inputs)))
     return out
 
 
-def view_times(result) -> dict:
-    """Server time and bytes of the text explorer's views on ``result``."""
+def forward_s(model, inputs: dict) -> float:
+    """Seconds of one plain forward pass of ``inputs`` with the model's default attention."""
+    import torch
+
+    from attnviz.recorder import default_attention
+
+    with default_attention(model.net), torch.inference_mode():
+        t = time.perf_counter()
+        model.net(**inputs)
+        return time.perf_counter() - t
+
+
+def view_times(result, forward) -> dict:
+    """Server time and bytes of the text explorer's views on ``result``; the overview beside
+    ``forward()`` (seconds of a plain forward pass of the same input), and one head at a time."""
+    import numpy as np
+
     from attnviz.viz import text as viz
 
     stack = result.stacks[0]
@@ -111,9 +130,17 @@ def view_times(result) -> dict:
     fig, _ = viz.head_heatmap(result, stack, layer, 1, options)
     fig.to_json()
     switch_s = time.perf_counter() - t
+    before = forward()
     t = time.perf_counter()
     thumbs = viz.thumbnails(result, stack, options)
     overview_build_s = time.perf_counter() - t
+    after = forward()
+    n_layers, n_heads = result.attn[stack].shape[:2]
+    t = time.perf_counter()
+    per_head = np.stack([[viz.head_values(result, stack, layer, head, thumbs.queries, thumbs.keys)
+                          for head in range(n_heads)] for layer in range(n_layers)])
+    per_head_s = time.perf_counter() - t
+    assert np.abs(per_head - thumbs.values).max() < 1e-4, "the two ways give the same thumbnails"
     t = time.perf_counter()
     fig, _ = viz.overview(result, stack, thumbs, options)
     overview_bytes = len(fig.to_json())
@@ -122,7 +149,8 @@ def view_times(result) -> dict:
     viz.token_focus(result, stack, 0, options, query=len(result.tokens) - 1, key=len(result.tokens) - 1)
     focus_s = time.perf_counter() - t
     return {"heatmap_first_s": first_s, "heatmap_mb": first_bytes / MB, "head_switch_s": switch_s,
-            "overview_build_s": overview_build_s, "overview_draw_s": overview_draw_s,
+            "overview_build_s": overview_build_s, "overview_forward_s": (before + after) / 2,
+            "overview_per_head_s": per_head_s, "overview_draw_s": overview_draw_s,
             "overview_mb": overview_bytes / MB, "focus_first_s": focus_s, "views_peak_mb": peak_mb()}
 
 
@@ -174,6 +202,8 @@ def main() -> None:
         if "heatmap_first_s" in v:
             view_rows.append(f"| {name} | {v['tokens']} | {v['heatmap_first_s']:.2f} s | {v['heatmap_mb']:.2f} MB "
                              f"| {v['head_switch_s']:.2f} s | {v['overview_build_s']:.1f} s "
+                             f"| {v['overview_forward_s']:.1f} s | {v['overview_build_s'] / v['overview_forward_s']:.2f}x "
+                             f"| {v['overview_per_head_s']:.1f} s ({v['overview_per_head_s'] / v['overview_forward_s']:.2f}x) "
                              f"| {v['overview_draw_s']:.2f} s, {v['overview_mb']:.2f} MB | {v['focus_first_s']:.1f} s "
                              f"| {v['views_peak_mb']:.0f} MB |")
     print("\n| model | input | forward (SDPA) | capture | time ratio | forward peak | capture peak "
@@ -182,8 +212,9 @@ def main() -> None:
     print("\n".join(rows))
     if view_rows:
         print("\n| model | tokens | first head heatmap | sent | head switch | overview build (all heads) "
+              "| forward, same process | overview / forward | one head at a time (before) "
               "| overview figure | token focus (first) | peak with views |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         print("\n".join(view_rows))
 
 

@@ -28,7 +28,9 @@ VOCAB = {"bert": 30522, "bpe": 49152, "t5": 32100}
 class Arch:
     """One architecture: ``family`` as attnviz should find it; ``config()`` builds the config;
     ``model_class`` the transformers class saved (its name goes into config.architectures);
-    ``tokenizer`` a key of TOKENIZER_OF for text models, None for image-only ones."""
+    ``tokenizer`` a key of TOKENIZER_OF for text models, None for image-only ones; ``eager``:
+    whether transformers' eager attention (``output_attentions``) computes what the model's
+    default attention does (not for Falcon-RW's layout, whose eager path adds ALiBi twice)."""
 
     name: str
     family: str
@@ -37,6 +39,7 @@ class Arch:
     tokenizer: str | None = None
     image: bool = False
     extra: dict = field(default_factory=dict)
+    eager: bool = True
 
 
 def _tf():
@@ -63,6 +66,12 @@ SEQ2SEQ = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention
                decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
                max_position_embeddings=POSITIONS, pad_token_id=0, eos_token_id=1, bos_token_id=2)
 VISION = dict(SMALL, image_size=IMAGE_SIDE, patch_size=PATCH)
+# ALiBi decoders read long inputs: LONG positions, past the length (2,897 tokens for 2 layers x 4
+# heads) above which a stack is no longer materialised whole (attnviz.lazy.SMALL_ELEMENTS). BLOOM
+# has no position table; the config's max_position_embeddings is the cap attnviz reads.
+LONG = 3072
+FALCON_RW = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, alibi=True, new_decoder_architecture=False,
+                 max_position_embeddings=LONG)
 
 
 def _clip_config():
@@ -127,6 +136,16 @@ ARCHS: list[Arch] = [
     Arch("falcon", "decoder", "FalconForCausalLM",
          text("FalconConfig", "bpe", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
               max_position_embeddings=POSITIONS), "bpe"),
+    # ALiBi decoders: the bias enters after the 1/sqrt(d) scaling, by key position j (BLOOM) or by
+    # j - (n - 1) (MPT), or before it, folded into the SDPA mask (Falcon-RW's layout)
+    Arch("bloom", "decoder", "BloomForCausalLM",
+         text("BloomConfig", "bpe", hidden_size=32, n_layer=2, n_head=4, max_position_embeddings=LONG), "bpe"),
+    Arch("mpt", "decoder", "MptForCausalLM",
+         text("MptConfig", "bpe", d_model=32, n_layers=2, n_heads=4, expansion_ratio=2, max_seq_len=LONG), "bpe"),
+    Arch("falcon-rw", "decoder", "FalconForCausalLM", text("FalconConfig", "bpe", **FALCON_RW, multi_query=False),
+         "bpe", eager=False),
+    Arch("falcon-rw-mqa", "decoder", "FalconForCausalLM", text("FalconConfig", "bpe", **FALCON_RW, multi_query=True),
+         "bpe", eager=False),
     # encoder-decoders (SentencePiece)
     Arch("t5", "encoder-decoder", "T5ForConditionalGeneration",
          text("T5Config", "t5", d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4, decoder_start_token_id=0), "t5"),
@@ -160,6 +179,12 @@ BY_NAME = {a.name: a for a in ARCHS}
 # image token of a prompt into the image's tokens (images of 32 px in 8 px patches: 16 tokens)
 VLM_TEXT = dict(DECODER, max_position_embeddings=256)
 VLM_VISION = dict(SMALL, image_size=IMAGE_SIDE, patch_size=PATCH)
+# ALiBi decoders read long inputs: LONG positions, past the length (2,897 tokens for 2 layers x 4
+# heads) above which a stack is no longer materialised whole (attnviz.lazy.SMALL_ELEMENTS). BLOOM
+# has no position table; the config's max_position_embeddings is the cap attnviz reads.
+LONG = 3072
+FALCON_RW = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, alibi=True, new_decoder_architecture=False,
+                 max_position_embeddings=LONG)
 VLM_TOKENS = {"llava": ["<image>"], "paligemma": ["<image>"],
               "idefics3": ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]}
 

@@ -1,6 +1,7 @@
-"""The shape of the code, checked: no import cycle inside attnviz/, imports only go down the
-layers (docs/architecture.md), nothing below attnviz/ui imports Streamlit, and no file of the
-repository refers to a path outside it.
+"""The shape of the code, checked: no import cycle inside attnviz/, every module placed in a
+layer and imports only going down the layers (docs/architecture.md), analysis and viz free of
+torch, nothing below attnviz/ui importing Streamlit, no module importing another's private
+names, and no file of the repository referring to a path outside it.
 
 Imports are read from the source (every ``import`` statement, those inside functions too),
 so a cycle hidden behind a function-level import counts as one."""
@@ -65,38 +66,115 @@ def test_no_import_cycle_inside_attnviz():
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
-# the layers of docs/architecture.md, top to bottom; a listed module may import its own layer
-# and those below it. Modules not listed (the command line, the lab, notebooks' helpers) sit on
-# top of the backend: they may import any of it, but not the Streamlit blocks of attnviz.ui.
-LAYERS = {"attnviz.ui": 3, "attnviz.viz": 2, "attnviz.analysis": 1,
-          **{f"attnviz.{m}": 0 for m in ("result", "capture", "recorder", "models", "inputs", "limits", "cache",
-                                         "errors", "device", "samples")}}
+# the layers of docs/architecture.md, top to bottom: a module may import its own layer and those
+# below it. A name places the module of that name and, when it is a package (a folder), every
+# module under it (the deepest name that matches wins; the root package places only itself).
+# attnviz.families, attnviz.mixing and attnviz.jobs are placed ahead of their arrival (the
+# per-family anatomy, the context-mixing backend, the job scheduler).
+LAYERS = [
+    ("ui", ["attnviz.ui"]),  # Streamlit blocks and pages' views
+    ("command line", ["attnviz.cli", "attnviz.__main__"]),
+    ("outputs", ["attnviz.figures", "attnviz.export", "attnviz.report"]),  # figures for notebooks, files
+    ("viz", ["attnviz.viz"]),  # pure figure builders
+    ("runs", ["attnviz", "attnviz.batch", "attnviz.compare", "attnviz.probes", "attnviz.explain", "attnviz.lab",
+              "attnviz.mixing", "attnviz.jobs"]),
+    ("analysis", ["attnviz.analysis"]),  # pure numpy
+    ("capture", ["attnviz.capture", "attnviz.families", "attnviz.tokens", "attnviz.recorder"]),
+    ("models", ["attnviz.models"]),  # registry, store, converters, loader: never the lab above
+    ("results", ["attnviz.result", "attnviz.lazy"]),
+    ("base", ["attnviz.errors", "attnviz.inputs", "attnviz.limits", "attnviz.cache", "attnviz.device", "attnviz.samples"]),
+]
+LEVEL = {name: len(LAYERS) - i for i, (_, names) in enumerate(LAYERS) for name in names}
+LAYER_NAME = {name: layer for layer, names in LAYERS for name in names}
+
+
+def placed_by(module: str) -> str | None:
+    """The name of LAYERS that places ``module`` (None: unplaced)."""
+    matches = [name for name in LEVEL if module == name or (name != "attnviz" and module.startswith(name + "."))]
+    return max(matches, key=len, default=None)
 
 
 def layer(module: str) -> int | None:
-    for prefix, level in LAYERS.items():
-        if module == prefix or module.startswith(prefix + "."):
-            return level
-    return None
+    name = placed_by(module)
+    return None if name is None else LEVEL[name]
+
+
+def test_every_module_is_placed_in_a_layer():
+    unplaced = sorted(m for m in graph() if placed_by(m) is None)
+    assert not unplaced, ("modules in no layer (add them, or their package, to LAYERS and to docs/architecture.md): "
+                          + ", ".join(unplaced))
 
 
 def test_imports_go_down_the_layers():
-    """ui > viz > analysis > the core (result, capture, models ...): nothing imports a layer
-    above its own, and no module outside attnviz.ui imports it."""
+    """Each module imports only its own layer and those below: ui > command line > outputs >
+    viz > runs > analysis > capture > models > results > base (so the store never imports the
+    lab, analysis never the figures, the core never any of them)."""
     wrong = []
     for module, targets in graph().items():
-        here = layer(module)
         for target in targets:
-            there = layer(target)
-            if there is not None and there > (here if here is not None else 2):
-                wrong.append(f"{module} imports {target}")
+            if None not in (layer(module), layer(target)) and layer(target) > layer(module):  # unplaced: see above
+                wrong.append(f"{module} ({LAYER_NAME[placed_by(module)]}) imports {target} "
+                             f"({LAYER_NAME[placed_by(target)]})")
     assert not wrong, "\n".join(sorted(wrong))
 
 
+def test_the_layers_are_those_of_the_architecture_page():
+    """The placements above: the package rules, and the rules of docs/architecture.md."""
+    assert placed_by("attnviz.analysis.anything_new") == "attnviz.analysis"
+    assert placed_by("attnviz.viz.anything_new") == "attnviz.viz"
+    assert placed_by("attnviz.ui.anything_new") == "attnviz.ui"
+    assert placed_by("attnviz.anything_new") is None, "the root package places only itself"
+    assert layer("attnviz.models.store") < layer("attnviz.lab.custom"), "the store never imports the lab"
+    assert layer("attnviz.analysis.stats") < layer("attnviz.viz.text") < layer("attnviz.ui.text")
+
+
+def third_party(folder: Path) -> list[str]:
+    """``module imports x`` for every import of torch, transformers or streamlit under ``folder``."""
+    return [f"{module_name(p)} imports {m}" for p in folder.rglob("*.py")
+            for m in imports_of(p) if m.split(".")[0] in ("torch", "streamlit", "transformers")]
+
+
 def test_analysis_is_pure_numpy():
-    wrong = [f"{module_name(p)} imports {m}" for p in (PACKAGE / "analysis").rglob("*.py")
-             for m in imports_of(p) if m.split(".")[0] in ("torch", "streamlit", "transformers")]
+    wrong = third_party(PACKAGE / "analysis")
     assert not wrong, wrong
+
+
+def test_viz_draws_without_torch_or_streamlit():
+    wrong = third_party(PACKAGE / "viz")
+    assert not wrong, wrong
+
+
+def private_imports(path: Path, package: str) -> list[str]:
+    """``line imports module._name`` for each name with a leading underscore that the file
+    ``path`` (of ``package``, for relative imports) imports from an attnviz module
+    (``from attnviz.capture import _encode``); dunder names aside."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        base = node.module or ""
+        if node.level:
+            base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+        if base.split(".")[0] == "attnviz":
+            found += [f"{node.lineno} imports {base}.{a.name}" for a in node.names
+                      if a.name.startswith("_") and not a.name.startswith("__")]
+    return found
+
+
+def test_no_module_imports_another_modules_private_names():
+    """What two modules share is public and documented: attnviz/ and bench/ import no
+    underscore name from an attnviz module."""
+    wrong = []
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "bench").rglob("*.py")]:
+        package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+        wrong += [f"{path.relative_to(ROOT)}:{found}" for found in private_imports(path, package)]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_private_import_check_catches_one(tmp_path):
+    bad = tmp_path / "probe.py"
+    bad.write_text("from attnviz.capture import _stack\nfrom attnviz.result import __doc__\nfrom .lazy import _run\n")
+    assert private_imports(bad, "attnviz") == ["1 imports attnviz.capture._stack", "3 imports attnviz.lazy._run"]
 
 
 def test_nothing_below_ui_imports_streamlit():

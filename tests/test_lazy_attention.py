@@ -9,6 +9,7 @@ are also checked against torch's reference of what SDPA computed from its actual
 from __future__ import annotations
 
 import importlib
+import math
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ import transformers as tf
 
 import attnviz
 from attnviz import lazy as lazy_module
+from attnviz import recorder
 from attnviz import result as result_module
 from attnviz.analysis.flow import augmented_layer, rollout, rollout_spread
 from attnviz.analysis.stats import head_stats
@@ -55,7 +57,7 @@ def eager_maps(net, stacks, **inputs) -> dict[str, np.ndarray]:
 
 def sdpa_maps(net, **inputs) -> list[np.ndarray]:
     """torch's reference probabilities of every SDPA call the model makes by default."""
-    with capture_module._default_attention(net) as sdpa, torch.inference_mode(), attnviz.record_attention() as rec:
+    with recorder.default_attention(net) as sdpa, torch.inference_mode(), attnviz.record_attention() as rec:
         assert sdpa
         net(**inputs)
     return [m[0].numpy() for m in rec.maps]
@@ -66,12 +68,13 @@ def lazy_maps(stack) -> np.ndarray:
     return np.stack([[stack.rows(layer, head) for head in range(stack.shape[1])] for layer in range(stack.shape[0])])
 
 
-def check(net, stacks, *, lazy: bool = True, sdpa: bool | None = None, **inputs) -> dict:
-    """Record with attnviz and compare with the eager maps (and SDPA's when ``sdpa``, by
-    default when ``lazy``)."""
+def check(net, stacks, *, lazy: bool = True, sdpa: bool | None = None, eager: bool = True, **inputs) -> dict:
+    """Record with attnviz and compare with the model's own maps: its eager maps (unless not
+    ``eager``: one stack, compared with the SDPA reference alone), and torch's reference of
+    its SDPA calls when ``sdpa`` (by default when ``lazy``)."""
     with torch.inference_mode():
         attn, warnings = capture_module._forward(model_of(net, "x"), stacks, None, **inputs)
-    expected = eager_maps(net, stacks, **inputs)
+    expected = eager_maps(net, stacks, **inputs) if eager else {stacks[0]: np.stack(sdpa_maps(net, **inputs))}
     for s in stacks:
         assert isinstance(attn[s], LazyStack) == lazy, (s, type(attn[s]))
         got = lazy_maps(attn[s]) if lazy else attn[s].astype(np.float32)
@@ -100,13 +103,17 @@ def check(net, stacks, *, lazy: bool = True, sdpa: bool | None = None, **inputs)
 
 def check_row_blocks(stack: LazyStack, expected: np.ndarray) -> None:
     """Rows computed three a block (so that a block's visible keys start and end inside the
-    key axis), rows asked out of order, and columns, on a fresh stack (no cached rows), equal
-    ``expected[layer, head, query, key]``."""
+    key axis), one head at a time and every head of a layer together, rows asked out of order,
+    and columns, on a fresh stack (no cached rows), equal ``expected[layer, head, query, key]``."""
     fresh = LazyStack(stack.calls, stack.masks)
-    n_q, n_k = stack.shape[2:]
+    n_heads, n_q, n_k = stack.shape[1:]
     picked = np.array([n_q - 1, 0, n_q // 2, 1])  # not a run of consecutive rows
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(lazy_module, "ROW_BLOCK_ELEMENTS", 3 * n_k)
+        patch.setattr(lazy_module, "LAYER_BLOCK_ELEMENTS", 3 * n_heads * n_k)
+        for layer in range(stack.shape[0]):  # every head of a layer at once
+            assert np.abs(fresh.layer_rows(layer) - expected[layer]).max() < TOL
+            assert np.abs(fresh.layer_rows(layer, picked) - expected[layer][:, picked]).max() < TOL
         for layer in range(stack.shape[0]):
             for head in range(stack.shape[1]):
                 want = expected[layer, head]
@@ -163,11 +170,104 @@ def test_gemma2_soft_capping_recorded_through_the_attention_registry(decoder_tok
     assert_causal(attn["decoder"])
 
 
-def test_bloom_alibi_falls_back_to_eager_maps(decoder_tokens):
+ALIBI_SLOPES = np.array([2.0 ** -2, 2.0 ** -4, 2.0 ** -6, 2.0 ** -8], np.float32)  # of 4 heads: 2^(-8 h / 4)
+
+
+def key_bias(stack: LazyStack) -> np.ndarray:
+    """The one key bias every layer of ``stack`` shares, float32 [heads, keys]."""
+    index = {c.key_bias for c in stack.calls}
+    assert len(index) == 1 and min(index) >= 0, index
+    return stack.masks[index.pop()]
+
+
+def test_bloom_alibi_traced_from_its_eager_code(decoder_tokens):
+    """BLOOM writes its attention out in torch operations: ``baddbmm(alibi, q, k^T,
+    alpha=1/sqrt(d))``, the causal mask added, a softmax. The ALiBi it adds after the scaling,
+    slope x key position j, is recorded as one [heads, keys] bias, the causal mask as a flag."""
     net = tiny(tf.BloomConfig, tf.BloomForCausalLM, vocab_size=49152, hidden_size=32, n_layer=2, n_head=4)
     ids = decoder_tokens
-    attn = check(net, ("decoder",), lazy=False, input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-    assert_causal(attn["decoder"])
+    attn = check(net, ("decoder",), sdpa=False, input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    stack = attn["decoder"]
+    assert all(c.causal and c.mask == -1 for c in stack.calls)
+    n = ids.shape[1]
+    assert np.array_equal(key_bias(stack), ALIBI_SLOPES[:, None] * np.arange(n, dtype=np.float32))
+    assert stack.nbytes == sum(c.q.nbytes + c.k.nbytes for c in stack.calls) + 4 * 4 * n
+    assert_causal(stack)
+
+
+def test_a_saved_recorded_result_keeps_its_key_bias(decoder_tokens, tmp_path, monkeypatch):
+    net = tiny(tf.BloomConfig, tf.BloomForCausalLM, vocab_size=49152, hidden_size=32, n_layer=2, n_head=4)
+    ids = decoder_tokens
+    with torch.inference_mode():
+        attn, _ = capture_module._forward(model_of(net, "decoder"), ("decoder",), None, input_ids=ids,
+                                          attention_mask=torch.ones_like(ids), use_cache=False)
+    n = ids.shape[1]
+    r = AttentionResult(kind="text", model="tiny", attn=attn, tokens=["t"] * n, special=[False] * n, causal=True)
+    monkeypatch.setattr(result_module, "NPZ_MAPS_MAX", 10)  # saved as what was recorded
+    back = AttentionResult.load(r.save(tmp_path / "bloom.npz"))
+    assert back.is_lazy("decoder") and back.digest == r.digest
+    assert [c.key_bias for c in back.attn["decoder"].calls] == [c.key_bias for c in attn["decoder"].calls]
+    assert np.array_equal(lazy_maps(back.attn["decoder"]), lazy_maps(attn["decoder"]))
+
+
+def test_bloom_with_padding_counts_key_positions_over_the_kept_tokens(decoder_tokens):
+    net = tiny(tf.BloomConfig, tf.BloomForCausalLM, vocab_size=49152, hidden_size=32, n_layer=2, n_head=4)
+    ids = torch.cat([decoder_tokens, torch.zeros(1, 3, dtype=torch.long)], dim=1)  # three padding tokens at the end
+    mask = torch.ones_like(ids)
+    mask[0, -3:] = 0
+    attn = check(net, ("decoder",), sdpa=False, input_ids=ids, attention_mask=mask, use_cache=False)
+    stack = attn["decoder"]
+    assert stack.calls[0].mask >= 0  # causal and padding: kept as one boolean mask
+    n = decoder_tokens.shape[1]
+    positions = np.r_[np.arange(n), np.zeros(3)].astype(np.float32)  # BLOOM's: (cumsum(mask) - 1) * mask
+    assert np.array_equal(key_bias(stack), ALIBI_SLOPES[:, None] * positions)
+    assert lazy_maps(stack)[..., -3:].max() == 0  # padding keys get nothing
+
+
+def test_mpt_alibi_traced_from_its_eager_code(decoder_tokens):
+    """MPT adds ALiBi after the scaling too, by the key's offset from the last key, j - (n - 1):
+    another per-query constant than BLOOM's j, the same probabilities; recorded as MPT has it."""
+    net = tiny(tf.MptConfig, tf.MptForCausalLM, vocab_size=49152, d_model=32, n_layers=2, n_heads=4,
+               expansion_ratio=2, max_seq_len=64)
+    ids = decoder_tokens
+    attn = check(net, ("decoder",), sdpa=False, input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    stack = attn["decoder"]
+    n = ids.shape[1]
+    assert all(c.causal and c.mask == -1 for c in stack.calls)
+    assert np.array_equal(key_bias(stack), ALIBI_SLOPES[:, None] * (np.arange(n) - (n - 1)).astype(np.float32))
+    assert_causal(stack)
+
+
+@pytest.mark.parametrize("multi_query", [True, False])
+def test_falcon_alibi_recorded_from_its_sdpa_mask(decoder_tokens, multi_query):
+    """Falcon-RW's layout (ALiBi, the old decoder architecture) runs SDPA by default, with
+    ALiBi folded into the mask: slope x j in bfloat16, divided by sqrt(d) (the bias enters
+    before the scaling). It is recorded as a [heads, keys] bias and the causal flag; under
+    multi-query attention the one key head is kept once. transformers' eager path of this
+    layout adds ALiBi twice (to the scores and again with the mask), so its maps are not the
+    model's: the reference is what SDPA computes from its actual arguments."""
+    net = tiny(tf.FalconConfig, tf.FalconForCausalLM, vocab_size=49152, hidden_size=32, num_hidden_layers=2,
+               num_attention_heads=4, alibi=True, new_decoder_architecture=False, multi_query=multi_query)
+    ids = decoder_tokens
+    inputs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    attn = check(net, ("decoder",), eager=False, **inputs)
+    stack = attn["decoder"]
+    assert net.config._attn_implementation == "eager"  # set back
+    assert all(c.causal and c.mask == -1 and c.k.shape[0] == (1 if multi_query else 4) for c in stack.calls)
+    n = ids.shape[1]
+    rounded = (torch.from_numpy(ALIBI_SLOPES).bfloat16()[:, None] * torch.arange(n)).float()
+    assert np.array_equal(key_bias(stack), (rounded / math.sqrt(8)).numpy())
+    assert np.abs(lazy_maps(stack) - eager_maps(net, ("decoder",), **inputs)["decoder"]).max() > 0.01
+
+
+def test_a_bias_computed_per_query_and_key_in_each_layer_falls_back_to_eager_maps(minilm):
+    """DeBERTa adds disentangled terms computed from each layer's content: not traced (each
+    would be a [heads, queries, keys] tensor per layer), so the maps are materialised."""
+    net = tiny(tf.DebertaV2Config, tf.DebertaV2Model, vocab_size=30522, hidden_size=32, intermediate_size=64,
+               num_hidden_layers=2, num_attention_heads=4, relative_attention=True, position_buckets=16,
+               pos_att_type=["p2c", "c2p"])
+    ids = minilm.tokenizer(TEXT, return_tensors="pt")["input_ids"]
+    check(net, ("encoder",), lazy=False, input_ids=ids)
 
 
 def test_decoder_capture_computes_the_last_position_logits_only(smollm):
@@ -240,7 +340,7 @@ def test_bundled_image_models(request, fixture):
     model = request.getfixturevalue(fixture)
     torch.manual_seed(0)
     pixels = torch.randn(1, 3, 224, 224)
-    kwargs = {"interpolate_pos_encoding": True} if capture_module._accepts(model.net, "interpolate_pos_encoding") else {}
+    kwargs = {"interpolate_pos_encoding": True} if capture_module.accepts(model.net, "interpolate_pos_encoding") else {}
     check(model.net, ("encoder",), pixel_values=pixels, **kwargs)
 
 
@@ -339,7 +439,7 @@ def test_eager_recording_is_per_thread(decoder_tokens):
         with torch.inference_mode():
             outputs.append(net(input_ids=ids, use_cache=False).logits)
 
-    with capture_module._default_attention(net) as recordable, torch.inference_mode():
+    with recorder.default_attention(net) as recordable, torch.inference_mode():
         assert recordable
         with attnviz.record_attention(lazy=True) as rec:
             thread = threading.Thread(target=other)

@@ -20,7 +20,7 @@ its keys: there ``previous_token``, ``self``, ``induction`` and ``duplicate_toke
 
 Scores are sums over query rows, so a head's map is read in blocks of rows
 (:data:`ROW_BLOCK`), one head at a time: a long input never needs a whole stack in float32.
-All maps are reached through :func:`_head_rows`.
+All maps are reached through :func:`map_rows`.
 
 A head's label is its strongest *specific* role (LABEL_ROLES, ties to the first listed) when
 that score reaches the threshold; else ``"local"`` when its local share reaches it; else
@@ -125,9 +125,10 @@ def _scores(blocks) -> dict[str, float]:
             for role in SHARE_ROLES + REPEAT_ROLES}
 
 
-def _head_rows(result: AttentionResult, stack: str, layer: int, head: int, rows: slice) -> np.ndarray:
-    """Rows ``rows`` of one head's map, float32 ``[queries, keys]``: the one place this module
-    reads attention."""
+def map_rows(result: AttentionResult, stack: str, layer: int, head: int, rows: slice) -> np.ndarray:
+    """Rows ``rows`` (a slice or an index array) of one head's map as the stack holds it (float16,
+    a small recorded stack materialised once and kept), in float32 ``[queries, keys]``: where
+    this module and attnviz.analysis.similarity read attention."""
     return result.attn[stack][layer, head, rows].astype(np.float32)
 
 
@@ -184,7 +185,7 @@ def share_roles(result: AttentionResult, stack: str, *, repeat: Repeat | None = 
     scores = {name: np.full((n_layers, n_heads), np.nan) for name in names}
     for layer in range(n_layers):
         for head in range(n_heads):
-            blocks = (row_sums(_head_rows(result, stack, layer, head, slice(s, s + block)), s, keys)
+            blocks = (row_sums(map_rows(result, stack, layer, head, slice(s, s + block)), s, keys)
                       for s in range(0, n_q, block))
             for name, value in _scores(blocks).items():
                 if name in scores:

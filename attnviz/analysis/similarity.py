@@ -24,7 +24,7 @@ from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 from scipy.special import entr
 
-from attnviz.analysis.roles import _head_rows
+from attnviz.analysis.roles import map_rows
 from attnviz.result import AttentionResult
 
 MAX_QUERIES = 256
@@ -65,7 +65,7 @@ def head_divergence(result: AttentionResult, stack: str, max_queries: int = MAX_
     total = np.zeros((n, n))
     for s in range(0, len(queries), block):
         picked = queries[s:s + block]
-        rows = np.stack([_head_rows(result, stack, layer, head, picked)
+        rows = np.stack([map_rows(result, stack, layer, head, picked)
                          for layer in range(n_layers) for head in range(n_heads)])  # [heads, rows, keys]
         own = entr(rows).sum(-1)  # [heads, rows], nats
         for a in range(n):

@@ -303,6 +303,12 @@ def model_bytes(net: torch.nn.Module) -> int:
 WINDOWED_TYPES = ("swin", "swinv2", "donut-swin")  # captured block by block, with dense maps per stage
 
 
+def positions(config) -> int | None:
+    """The most positions a text config says its model reads: ``max_position_embeddings``, or
+    MPT's ``max_seq_len`` (its ALiBi table is that long); None when it says nothing."""
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "max_seq_len", None)
+
+
 def token_limit(config, family: str, name: str, cls=None) -> int:
     """The longest input a model of ``config`` is run on: what it can embed (its position table,
     less the offset some families start at), at most the family's cap, then lowered until a
@@ -314,7 +320,7 @@ def token_limit(config, family: str, name: str, cls=None) -> int:
     if family == "image":
         limit = IMAGE_TOKEN_CAP
     else:
-        limit = getattr(cfg, "max_position_embeddings", None) or DECODER_TOKEN_CAP
+        limit = positions(cfg) or DECODER_TOKEN_CAP
         limit = min(limit, DECODER_TOKEN_CAP if family != "encoder-decoder" else SEQ2SEQ_TOKEN_CAP)
     vision = getattr(config, "vision_config", None) if family == "image" else None
     sizes = vision or cfg
@@ -433,7 +439,7 @@ def text_limit(net: torch.nn.Module, family: str) -> int:
     at padding_idx + 1), and capped for decoders (DECODER_TOKEN_CAP) and encoder-decoders
     (SEQ2SEQ_TOKEN_CAP). A model without a limit (relative positions) gets the decoders' cap."""
     config = net.config.get_text_config() if hasattr(net.config, "get_text_config") else net.config
-    limit = getattr(config, "max_position_embeddings", None) or DECODER_TOKEN_CAP
+    limit = positions(config) or DECODER_TOKEN_CAP
     for path, module in net.named_modules():
         if (isinstance(module, torch.nn.Embedding) and "position" in path.rsplit(".", 1)[-1]
                 and module.padding_idx is not None):

@@ -121,8 +121,8 @@ OVERVIEWS: ByteCache[viz.Thumbnails] = ByteCache(lambda: OVERVIEW_CACHE_BYTES, l
 
 def thumbnails(result: AttentionResult, stack: str, options: viz.TextOptions) -> viz.Thumbnails:
     """The overview's thumbnails, computed once per result (named by its digest) and shared by
-    sessions (a cache bounded by bytes), with a progress bar over the heads while they are
-    computed (about 40 s for 8,192 tokens on a 2-core CPU). Not a Streamlit cache: the bar is
+    sessions (a cache bounded by bytes), with a progress bar over the layers while they are
+    computed (the heads of a layer together; see docs/performance.md). Not a Streamlit cache: the bar is
     drawn while the function runs, which Streamlit's caches would replay on every hit."""
     with progress_bar("Going through every head…", after=PROGRESS_AFTER_S) as update:
         return OVERVIEWS.get((result.digest, stack, options), lambda: viz.thumbnails(result, stack, options, update))

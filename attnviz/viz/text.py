@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import plotly.graph_objects as go
@@ -20,6 +21,7 @@ from plotly.colors import qualitative
 
 from attnviz.analysis.flow import fuse_stream
 from attnviz.analysis.tokens import Axis, block_size, reduce, reduce_stream, scale_rows, token_axis, top_share, unique_labels
+from attnviz.lazy import LAYER_BLOCK_ELEMENTS
 from attnviz.result import AttentionResult
 from attnviz.viz.heatmap import heatmap, plotly_text, title_layout
 from attnviz.viz.tiles import tile_px, tiles_figure
@@ -195,19 +197,20 @@ class Thumbnails:
 def thumbnails(result: AttentionResult, stack: str, options: TextOptions,
                progress: Callable[[float], None] | None = None) -> Thumbnails:
     """The overview's data: each head downsampled to at most 64 x 64 blocks (fewer when there
-    are many heads, see attnviz.viz.tiles.tile_px). Reads the whole stack once, a head and a
-    block of rows at a time: the slow part of the overview on long texts; ``progress(fraction)``
-    is called after each head."""
-    n_layers, n_heads = result.attn[stack].shape[:2]
+    are many heads, see attnviz.viz.tiles.tile_px). Reads the whole stack once, the heads of a
+    layer together and a block of rows at a time (AttentionResult.layer_attention, about
+    LAYER_BLOCK_ELEMENTS weights at once): the slow part of the overview on long texts;
+    ``progress(fraction)`` is called after each layer."""
+    n_layers, n_heads, _, n_keys = result.attn[stack].shape
     q, k = axes(result, stack, options)
     side = tile_px(n_layers * n_heads, max(len(q), len(k)))
     q_b, k_b = q.blocks(side), k.blocks(side)
     values = np.zeros((n_layers, n_heads, len(q_b), len(k_b)), dtype=np.float32)
+    rows_at_once = max(1, LAYER_BLOCK_ELEMENTS // (n_heads * n_keys))
     for layer in range(n_layers):
-        for head in range(n_heads):
-            values[layer, head] = head_values(result, stack, layer, head, q_b, k_b)
-            if progress is not None:
-                progress((layer * n_heads + head + 1) / (n_layers * n_heads))
+        values[layer] = reduce_stream(partial(result.layer_attention, layer, stack), q_b, k_b, rows_at_once)
+        if progress is not None:
+            progress((layer + 1) / n_layers)
     return Thumbnails(values, q_b, k_b, _aggregation_note(unit_word(options), (q, q_b), (k, k_b)))
 
 
