@@ -254,3 +254,79 @@ def test_a_result_over_the_download_budget_is_not_offered(monkeypatch):
     assert_clean(at)
     button = npz_button(at)
     assert button.proto.disabled and "more than this server offers (10 kB)" in button.proto.help
+
+
+# -- saved models: per visitor, bounded, named without telling of others ------------------------
+def toy_net(seed: int = 0, d_model: int = 16):
+    from attnviz.lab.custom import CustomConfig, CustomNet
+
+    return CustomNet(CustomConfig(length=6, d_model=d_model, n_heads=2), seed=seed)
+
+
+def test_saved_names_are_numbered_per_owner_and_reveal_no_other(tmp_path, monkeypatch):
+    from attnviz.lab import custom
+
+    monkeypatch.setenv("ATTNVIZ_HOME", str(tmp_path / "home"))
+    a1 = custom.save_owned(toy_net(), "my model", "visitor-a")
+    a2 = custom.save_owned(toy_net(), "my model", "visitor-a")
+    b1 = custom.save_owned(toy_net(), "my model", "visitor-b")
+    assert (a1.folder.name, a2.folder.name, b1.folder.name) == ("my-model", "my-model-2", "my-model")
+    assert a1.folder.parent == a2.folder.parent != b1.folder.parent  # a folder per owner
+    assert "visitor" not in str(a1.folder) and "visitor" not in str(b1.folder)  # the id never reaches the disk
+    assert custom.saved_models("visitor-b") == [b1.folder]
+    assert set(custom.saved_models()) == {a1.folder, a2.folder, b1.folder}
+    assert attnviz.load_model(str(a2.folder)).family == "custom"
+
+
+def test_saved_models_keep_to_each_owners_count_and_bytes(tmp_path, monkeypatch):
+    """The oldest of an owner's models are removed (and named) to keep a count and a byte
+    budget; another owner's models are never touched; a model over the byte budget alone is
+    refused before anything is written."""
+    from attnviz.lab import custom
+
+    monkeypatch.setenv("ATTNVIZ_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ATTNVIZ_SAVED_MODELS", "3")
+    other = custom.save_owned(toy_net(), "theirs", "visitor-b").folder
+    saved = [custom.save_owned(toy_net(i), f"m{i}", "visitor-a") for i in range(5)]
+    assert [s.removed for s in saved] == [(), (), (), ("m0",), ("m1",)]
+    assert "the oldest was removed: 'm0'" in saved[3].message() and "3 models" in saved[3].message()
+    assert [f.name for f in custom.saved_models("visitor-a")] == ["m4", "m3", "m2"] and other.exists()
+
+    size = custom.folder_bytes(saved[-1].folder)
+    monkeypatch.setenv("ATTNVIZ_SAVED_MODELS", "100")
+    monkeypatch.setenv("ATTNVIZ_SAVED_BYTES", str(int(3.5 * size)))
+    done = custom.save_owned(toy_net(9), "m9", "visitor-a")
+    assert done.removed == ("m2",)  # four would be 4 x size: the oldest goes
+    assert [f.name for f in custom.saved_models("visitor-a")] == ["m9", "m4", "m3"] and other.exists()
+    with pytest.raises(attnviz.AttnvizError, match="at most .* MB of saved models"):
+        custom.save_owned(toy_net(d_model=256), "big", "visitor-a")
+    assert [f.name for f in custom.saved_models("visitor-a")] == ["m9", "m4", "m3"]
+
+
+def test_hosted_saves_on_the_train_page_are_each_sessions_own(hosted, monkeypatch):
+    """Two visitors save on Build your own: each one's names are numbered among their own saves;
+    past the count budget the page says which model was removed, and the removed one is no longer
+    offered."""
+    from attnviz.lab import custom
+
+    monkeypatch.setenv("ATTNVIZ_SAVED_MODELS", "2")
+
+    def trained():
+        at = open_page("pages/train.py")
+        at.number_input(key="train_steps").set_value(2)
+        at.button(key="train_start").click().run()
+        assert_clean(at)
+        return at
+
+    mine, theirs = trained(), trained()
+    for _ in range(3):
+        mine.button(key="train_save").click().run()
+        assert_clean(mine)
+    theirs.button(key="train_save").click().run()
+    assert_clean(theirs)
+    base = "reverse-global-2x4"
+    assert mine.selectbox(key="train_inspect").value == f"saved:{base}-3"
+    assert theirs.selectbox(key="train_inspect").value == f"saved:{base}"  # not numbered after mine
+    assert any(f"the oldest was removed: '{base}'" in w.value for w in mine.warning)
+    assert f"saved:{base}" not in mine.selectbox(key="train_inspect").options
+    assert len(custom.saved_models()) == 3
