@@ -330,3 +330,43 @@ def test_hosted_saves_on_the_train_page_are_each_sessions_own(hosted, monkeypatc
     assert any(f"the oldest was removed: '{base}'" in w.value for w in mine.warning)
     assert f"saved:{base}" not in mine.selectbox(key="train_inspect").options
     assert len(custom.saved_models()) == 3
+
+
+# -- CSV downloads hold no spreadsheet formula ---------------------------------------------------
+def test_csv_cells_cannot_be_spreadsheet_formulas():
+    import numpy as np
+
+    from attnviz.viz.text import csv_cell
+
+    for start in ("=", "+", "-", "@", "\t", "\r"):
+        cell = csv_cell(f"{start}HYPERLINK(\"http://x\")")
+        assert cell.lstrip('"').startswith("'" + start), cell
+    assert csv_cell("=1,2") == "\"'=1,2\"" and csv_cell("-") == "'-" and csv_cell("cat") == "cat"
+    assert [csv_cell(v) for v in (3, -2, -0.5, np.float32(-1.5), np.int64(-7))] == ["3", "-2", "-0.5", "-1.5", "-7"]
+
+
+def test_every_text_view_csv_keeps_typed_formulas_inert():
+    """A text whose words are formulas, captured, through each view's CSV: every cell that is not a
+    number starts with none of = + - @ tab or CR, and the numbers stay numbers."""
+    import csv
+
+    from attnviz.viz import text as tviz
+
+    result = attnviz.capture(attnviz.load_model("minilm-l6"), "=HYPERLINK(1) +cmd -x @SUM(A1) cat")
+    options = tviz.TextOptions()
+    thumbs = tviz.thumbnails(result, "encoder", options)
+    writers = [tviz.head_heatmap(result, "encoder", 0, 0, options)[1], tviz.overview(result, "encoder", thumbs, options)[1],
+               tviz.token_lines(result, "encoder", 0, [0, 1], options)[1],
+               *tviz.token_focus(result, "encoder", 0, options, query=1, key=1)[2:]]
+    formulas = 0
+    for write in writers:
+        for row in csv.reader(io.StringIO(write())):
+            for cell in row:
+                try:
+                    float(cell)
+                    continue
+                except ValueError:
+                    pass
+                assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), (cell, row)
+                formulas += cell[1:2] in ("=", "+", "-", "@")
+    assert formulas >= 4  # the typed formulas are there, made inert
