@@ -199,7 +199,7 @@ def tiny_bert(folder: Path, positions: int = 64) -> Path:
     return folder
 
 
-def tiny_gpt_neo(folder: Path) -> Path:
+def tiny_gpt_neo(folder: Path, positions: int = 64) -> Path:
     """A real 2-layer GPT-Neo (hidden 16, 64 positions), saved as safetensors; its causal-mask
     buffers grow with max_position_embeddings squared."""
     import torch
@@ -207,7 +207,7 @@ def tiny_gpt_neo(folder: Path) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     config = GPTNeoConfig(vocab_size=len(TINY_VOCAB), hidden_size=16, num_layers=2, num_heads=2, window_size=8,
-                          attention_types=[[["global", "local"], 1]], max_position_embeddings=64,
+                          attention_types=[[["global", "local"], 1]], max_position_embeddings=positions,
                           bos_token_id=2, eos_token_id=3)
     torch.manual_seed(0)
     GPTNeoForCausalLM(config).save_pretrained(folder, safe_serialization=True)
