@@ -62,6 +62,25 @@ def read_text(data: bytes, name: str = "the file") -> str:
     return clean_text(text)
 
 
+def image_size(data: bytes, name: str = "the file") -> tuple[int, int]:
+    """The (width, height) an image file declares, read from its header alone (nothing is
+    decoded), so that a bound can be checked before the pixels are; AttnvizError when the
+    bytes are not an image."""
+    if not data:
+        raise AttnvizError(f"{name} is empty (0 bytes).")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the caller's bound applies
+            with Image.open(io.BytesIO(data)) as img:
+                return img.size
+    except Image.DecompressionBombError:
+        raise AttnvizError(f"{name} claims far more pixels than any photo: refused as a possible decompression bomb.") from None
+    except UnidentifiedImageError:
+        raise AttnvizError(f"{name} is not an image that attnviz can read (PNG, JPEG, WebP, BMP, GIF, TIFF).") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise AttnvizError(f"{name} could not be read ({e}); it may be truncated or damaged.") from None
+
+
 def open_image(data: bytes, name: str = "the file") -> Image.Image:
     """Open image bytes as an RGB PIL image, upright, at most MAX_IMAGE_SIDE pixels a side.
 

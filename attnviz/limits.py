@@ -19,6 +19,9 @@ variable                      local      hosted     bounds
 ``ATTNVIZ_UPLOAD_BYTES``      2 GiB      512 MiB    what one model upload may unpack to on disk
 ``ATTNVIZ_DOWNLOAD_BYTES``    8 GB       256 MB     a result offered as a .npz download (the file
                                                     is built in the server's memory when clicked)
+``ATTNVIZ_SAVED_MODELS``      100        10         Build-your-own models one visitor keeps saved
+                                                    (the oldest are removed first)
+``ATTNVIZ_SAVED_BYTES``       4 GB       50 MB      what one visitor's saved models take on disk
 ``ATTNVIZ_MAX_TOKENS``        unset      unset      a further cap on every input's length
 ============================  =========  =========  ===============================================
 
@@ -44,6 +47,8 @@ CACHE_BYTES = ("ATTNVIZ_CACHE_BYTES", 4 * GB, 1 * GB)
 UPLOAD_BYTES = ("ATTNVIZ_UPLOAD_BYTES", 2 << 30, 512 << 20)
 DOWNLOAD_BYTES = ("ATTNVIZ_DOWNLOAD_BYTES", 8 * GB, 256 * 10**6)
 MAX_CAPTURES = ("ATTNVIZ_MAX_CAPTURES", 2, 2)
+SAVED_MODELS = ("ATTNVIZ_SAVED_MODELS", 100, 10)  # per visitor (attnviz.lab.custom.save_owned)
+SAVED_BYTES = ("ATTNVIZ_SAVED_BYTES", 4 * GB, 50 * 10**6)
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}

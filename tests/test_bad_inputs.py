@@ -86,12 +86,18 @@ def of_kind(corpus: list[Case], *kinds: str) -> list[Case]:
 def test_corpus_is_large_and_covers_every_way_in(corpus):
     assert len(corpus) >= MIN_CASES
     kinds = {c.kind for c in corpus}
-    assert kinds == {"image", "text_file", "typed", "upload", "folder", "name"}
+    assert kinds == {"image", "text_file", "typed", "upload", "folder", "name", "dataset"}
     assert {c.expect for c in corpus} == {"ok", "error"}
 
 
 def test_images(corpus):
     check_all(of_kind(corpus, "image"), lambda c: open_image(c.data(), c.path.name))
+
+
+def test_image_datasets(corpus):
+    from attnviz.lab.datasets import read_image_zip
+
+    check_all(of_kind(corpus, "dataset"), lambda c: read_image_zip(c.data(), c.path.name))
 
 
 def test_text_files(corpus):
@@ -233,6 +239,25 @@ def test_image_page_uploads(corpus, monkeypatch):
     assert image_page_ready(at)
     cases = accepted_by(at.file_uploader(key="image_upload"), of_kind(corpus, "image"))
     check_page(at, cases, give, recover, image_page_ready)
+
+
+def test_train_page_image_datasets(corpus):
+    """Zips of class folders into Build your own's image-classifier uploader."""
+    at = open_page("pages/train.py")
+    at.radio(key="train_kind").set_value("image").run()
+    at.radio(key="train_image_data").set_value("images").run()
+
+    def give(at, case):
+        at.file_uploader(key="train_images_file").set_value((case.path.name, case.data(), "application/zip"))
+
+    def recover(at):
+        at.file_uploader(key="train_images_file").set_value(None)
+
+    def ready(at):
+        return any("Upload a file" in i.value for i in at.info) or any("held-out examples" in c.value for c in at.caption)
+
+    cases = accepted_by(at.file_uploader(key="train_images_file"), of_kind(corpus, "dataset"))
+    check_page(at, cases, give, recover, ready)
 
 
 def test_train_page_model_uploads(corpus, tmp_path, monkeypatch):

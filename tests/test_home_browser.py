@@ -47,3 +47,27 @@ def test_a_deep_link_on_a_fresh_server_runs_inside_the_app(browser_page):
         nav.get_by_text("Text explorer").wait_for(timeout=30_000)
         assert nav.get_by_text("train", exact=True).count() == 0, "legacy pages/ titles shown"
         screenshot(browser_page, "deep-link-lab")
+
+
+@pytest.mark.browser
+def test_no_page_makes_the_browser_ask_another_host(streamlit_server, browser_page):
+    """Every page, loaded to the end of its first run: no request leaves for a host other than
+    the app's server, and the favicon (which Chromium fetches outside Playwright's sight) is
+    served by the app itself too."""
+    from urllib.parse import urlsplit
+
+    from attnviz.ui.home import PAGES
+
+    local = urlsplit(streamlit_server).netloc
+    outside = []
+    browser_page.on("request", lambda r: outside.append(r.url) if urlsplit(r.url).scheme in ("http", "https", "ws", "wss")
+                    and urlsplit(r.url).netloc != local else None)
+    for path in ["pages/home.py"] + [p for p, *_ in PAGES]:
+        slug = "" if path == "pages/home.py" else path.split("/")[-1].removesuffix(".py")
+        browser_page.goto(f"{streamlit_server}/{slug}")
+        wait_for_app(browser_page)
+        icon = browser_page.locator("link[rel='shortcut icon']").get_attribute("href")
+        where = urlsplit(browser_page.evaluate("h => new URL(h, document.baseURI).href", icon))
+        assert where.scheme == "data" or where.netloc == local, (slug, icon)
+        assert not outside, (slug, outside)
+    assert browser_page.locator('[data-testid="stException"]').count() == 0

@@ -254,3 +254,170 @@ def test_a_result_over_the_download_budget_is_not_offered(monkeypatch):
     assert_clean(at)
     button = npz_button(at)
     assert button.proto.disabled and "more than this server offers (10 kB)" in button.proto.help
+
+
+# -- saved models: per visitor, bounded, named without telling of others ------------------------
+def toy_net(seed: int = 0, d_model: int = 16):
+    from attnviz.lab.custom import CustomConfig, CustomNet
+
+    return CustomNet(CustomConfig(length=6, d_model=d_model, n_heads=2), seed=seed)
+
+
+def test_saved_names_are_numbered_per_owner_and_reveal_no_other(tmp_path, monkeypatch):
+    from attnviz.lab import custom
+
+    monkeypatch.setenv("ATTNVIZ_HOME", str(tmp_path / "home"))
+    a1 = custom.save_owned(toy_net(), "my model", "visitor-a")
+    a2 = custom.save_owned(toy_net(), "my model", "visitor-a")
+    b1 = custom.save_owned(toy_net(), "my model", "visitor-b")
+    assert (a1.folder.name, a2.folder.name, b1.folder.name) == ("my-model", "my-model-2", "my-model")
+    assert a1.folder.parent == a2.folder.parent != b1.folder.parent  # a folder per owner
+    assert "visitor" not in str(a1.folder) and "visitor" not in str(b1.folder)  # the id never reaches the disk
+    assert custom.saved_models("visitor-b") == [b1.folder]
+    assert set(custom.saved_models()) == {a1.folder, a2.folder, b1.folder}
+    assert attnviz.load_model(str(a2.folder)).family == "custom"
+
+
+def test_saved_models_keep_to_each_owners_count_and_bytes(tmp_path, monkeypatch):
+    """The oldest of an owner's models are removed (and named) to keep a count and a byte
+    budget; another owner's models are never touched; a model over the byte budget alone is
+    refused before anything is written."""
+    from attnviz.lab import custom
+
+    monkeypatch.setenv("ATTNVIZ_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ATTNVIZ_SAVED_MODELS", "3")
+    other = custom.save_owned(toy_net(), "theirs", "visitor-b").folder
+    saved = [custom.save_owned(toy_net(i), f"m{i}", "visitor-a") for i in range(5)]
+    assert [s.removed for s in saved] == [(), (), (), ("m0",), ("m1",)]
+    assert "the oldest was removed: 'm0'" in saved[3].message() and "3 models" in saved[3].message()
+    assert [f.name for f in custom.saved_models("visitor-a")] == ["m4", "m3", "m2"] and other.exists()
+
+    size = custom.folder_bytes(saved[-1].folder)
+    monkeypatch.setenv("ATTNVIZ_SAVED_MODELS", "100")
+    monkeypatch.setenv("ATTNVIZ_SAVED_BYTES", str(int(3.5 * size)))
+    done = custom.save_owned(toy_net(9), "m9", "visitor-a")
+    assert done.removed == ("m2",)  # four would be 4 x size: the oldest goes
+    assert [f.name for f in custom.saved_models("visitor-a")] == ["m9", "m4", "m3"] and other.exists()
+    with pytest.raises(attnviz.AttnvizError, match="at most .* MB of saved models"):
+        custom.save_owned(toy_net(d_model=256), "big", "visitor-a")
+    assert [f.name for f in custom.saved_models("visitor-a")] == ["m9", "m4", "m3"]
+
+
+def test_hosted_saves_on_the_train_page_are_each_sessions_own(hosted, monkeypatch):
+    """Two visitors save on Build your own: each one's names are numbered among their own saves;
+    past the count budget the page says which model was removed, and the removed one is no longer
+    offered."""
+    from attnviz.lab import custom
+
+    monkeypatch.setenv("ATTNVIZ_SAVED_MODELS", "2")
+
+    def trained():
+        at = open_page("pages/train.py")
+        at.number_input(key="train_steps").set_value(2)
+        at.button(key="train_start").click().run()
+        assert_clean(at)
+        return at
+
+    mine, theirs = trained(), trained()
+    for _ in range(3):
+        mine.button(key="train_save").click().run()
+        assert_clean(mine)
+    theirs.button(key="train_save").click().run()
+    assert_clean(theirs)
+    base = "reverse-global-2x4"
+    assert mine.selectbox(key="train_inspect").value == f"saved:{base}-3"
+    assert theirs.selectbox(key="train_inspect").value == f"saved:{base}"  # not numbered after mine
+    assert any(f"the oldest was removed: '{base}'" in w.value for w in mine.warning)
+    assert f"saved:{base}" not in mine.selectbox(key="train_inspect").options
+    assert len(custom.saved_models()) == 3
+
+
+# -- CSV downloads hold no spreadsheet formula ---------------------------------------------------
+def test_csv_cells_cannot_be_spreadsheet_formulas():
+    import numpy as np
+
+    from attnviz.viz.text import csv_cell
+
+    for start in ("=", "+", "-", "@", "\t", "\r"):
+        cell = csv_cell(f"{start}HYPERLINK(\"http://x\")")
+        assert cell.lstrip('"').startswith("'" + start), cell
+    assert csv_cell("=1,2") == "\"'=1,2\"" and csv_cell("-") == "'-" and csv_cell("cat") == "cat"
+    assert [csv_cell(v) for v in (3, -2, -0.5, np.float32(-1.5), np.int64(-7))] == ["3", "-2", "-0.5", "-1.5", "-7"]
+
+
+def test_every_text_view_csv_keeps_typed_formulas_inert():
+    """A text whose words are formulas, captured, through each view's CSV: every cell that is not a
+    number starts with none of = + - @ tab or CR, and the numbers stay numbers."""
+    import csv
+
+    from attnviz.viz import text as tviz
+
+    result = attnviz.capture(attnviz.load_model("minilm-l6"), "=HYPERLINK(1) +cmd -x @SUM(A1) cat")
+    options = tviz.TextOptions()
+    thumbs = tviz.thumbnails(result, "encoder", options)
+    writers = [tviz.head_heatmap(result, "encoder", 0, 0, options)[1], tviz.overview(result, "encoder", thumbs, options)[1],
+               tviz.token_lines(result, "encoder", 0, [0, 1], options)[1],
+               *tviz.token_focus(result, "encoder", 0, options, query=1, key=1)[2:]]
+    formulas = 0
+    for write in writers:
+        for row in csv.reader(io.StringIO(write())):
+            for cell in row:
+                try:
+                    float(cell)
+                    continue
+                except ValueError:
+                    pass
+                assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), (cell, row)
+                formulas += cell[1:2] in ("=", "+", "-", "@")
+    assert formulas >= 4  # the typed formulas are there, made inert
+
+
+# -- estimates against measured peaks ------------------------------------------------------------
+PEAK_SCRIPT = """
+import json, sys
+def status(key):
+    for line in open('/proc/self/status'):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+{setup}
+base = status('VmRSS')
+open('/proc/self/clear_refs', 'w').write('5')  # the peak (VmHWM) counts from here
+{run}
+print(json.dumps({{'peak': status('VmHWM') - base, 'estimate': estimate}}))
+"""
+
+
+def measured_peak(setup: str, run: str) -> tuple[int, int]:
+    """(peak RSS of ``run`` above the RSS before it, the ``estimate`` it sets), in a fresh
+    interpreter after ``setup`` (imports and warm-up, not counted)."""
+    import json
+    import subprocess
+    import textwrap
+
+    code = PEAK_SCRIPT.format(setup=textwrap.dedent(setup), run=textwrap.dedent(run))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    return out["peak"], out["estimate"]
+
+
+def test_the_load_estimate_counts_position_sized_buffers(tmp_path):
+    """GPT-Neo builds a causal mask of positions^2 booleans per layer: with 8,000 positions its
+    two layers hold 128 MB of buffers, and building them peaks at about twice that. The
+    estimate the model budget is checked against (loader.load_bytes) is at most 25% below the
+    measured peak of the load."""
+    from make_corpus import tiny_gpt_neo
+
+    folder = tiny_gpt_neo(tmp_path / "neo-8000", positions=8_000)
+    peak, estimate = measured_peak(
+        f"""
+        import attnviz, transformers
+        from attnviz.models import loader
+        attnviz.load_model('minilm-l6')  # imports and the loading code, warmed
+        config = transformers.AutoConfig.from_pretrained({str(folder)!r})
+        estimate = loader.load_bytes(loader.check_size(config, transformers.GPTNeoForCausalLM, {str(folder)!r},
+                                                       'neo', True))
+        """,
+        f"attnviz.load_model({str(folder)!r})")
+    assert peak > 200e6  # the buffers' construction, not the 1.5 MB of weights
+    assert estimate >= 0.75 * peak, (estimate, peak)

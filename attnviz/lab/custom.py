@@ -13,14 +13,20 @@ On disk a model is a folder with ``model.safetensors`` and ``config.json``, whic
 ``"attnviz_custom": true``, the architecture (:class:`CustomConfig`, or for a classifier
 ``"model": "classifier"``, its :class:`~attnviz.lab.classify.ClassifierConfig`, labels and
 vocabulary) and notes on its training;
-:func:`attnviz.load_model` on that folder calls :func:`load`. The app saves them under
-``store.home()/custom/<name>`` and never overwrites one (a loaded model is cached by its
-folder), so a new save takes a new name.
+:func:`attnviz.load_model` on that folder calls :func:`load`. The app saves them with
+:func:`save_owned` under ``store.home()/custom/<owner>/<name>``, where ``<owner>`` is a digest
+of the visitor's opaque id, so names are numbered per visitor and tell nobody about another's
+saves. A save never overwrites one (a loaded model is cached by its folder), so a new save
+takes a new name; each visitor keeps at most ``limits.SAVED_MODELS`` models of at most
+``limits.SAVED_BYTES`` together, the oldest removed first.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import shutil
+import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -29,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from attnviz import limits
 from attnviz.errors import AttnvizError
 from attnviz.lab.blocks import ATTENTIONS, Block
 from attnviz.lab.classify import Classifier, ClassifierConfig, WordTokenizer
@@ -126,26 +133,93 @@ class CustomNet(nn.Module):
 
 
 def saved_dir() -> Path:
-    """Where the app saves custom models: ``store.home()/custom``."""
+    """Where the app saves custom models: ``store.home()/custom`` (a folder per owner inside)."""
     return store.home() / "custom"
 
 
-def free_name(name: str) -> str:
+def owner_dir(owner: str) -> Path:
+    """The folder of one owner's saved models: ``saved_dir()/<digest of owner>``. ``owner`` is
+    an opaque string (the visitor's id); the digest keeps it out of paths and off the disk."""
+    return saved_dir() / hashlib.sha256(str(owner).encode()).hexdigest()[:24]
+
+
+def free_name(name: str, folder: Path) -> str:
     """``name`` made a safe folder name (letters, digits, '-', '_'), with "-2", "-3"... added
-    when a saved model already has it."""
+    when ``folder`` (one owner's, so the numbers count that owner's saves alone) has it."""
     base = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")[:64] or "model"
     candidate, i = base, 1
-    while (saved_dir() / candidate).exists():
+    while (folder / candidate).exists():
         i += 1
         candidate = f"{base}-{i}"
     return candidate
 
 
-def saved_models() -> list[Path]:
-    """Folders of custom models saved here (not uploads: those belong to the session that sent
-    them), newest first."""
-    custom = [p.parent for p in saved_dir().glob(f"*/{CONFIG}") if is_custom(p.parent)]
-    return sorted(custom, key=lambda f: f.stat().st_mtime, reverse=True)
+def saved_models(owner: str | None = None) -> list[Path]:
+    """Folders of custom models saved here, newest first: ``owner``'s, or every owner's (a local
+    server, where all visitors are one). Uploads are not among them: those belong to the
+    session that sent them."""
+    pattern = f"{owner_dir(owner).name}/*/{CONFIG}" if owner is not None else f"*/*/{CONFIG}"
+    custom = [p.parent for p in saved_dir().glob(pattern) if is_custom(p.parent)]
+    return sorted(custom, key=_mtime, reverse=True)
+
+
+def _mtime(folder: Path) -> float:
+    try:
+        return folder.stat().st_mtime
+    except OSError:  # removed meanwhile
+        return 0.0
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files in ``folder``."""
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What :func:`save_owned` did: the folder written, and the names of the owner's older
+    models it removed to stay within the owner's budget (oldest first)."""
+
+    folder: Path
+    removed: tuple[str, ...] = ()
+
+    def message(self) -> str:
+        """One line for the visitor: the name saved under, and what was removed, and why."""
+        line = f"Saved as '{self.folder.name}': model.safetensors and config.json."
+        if self.removed:
+            names = ", ".join(f"'{n}'" for n in self.removed)
+            line += (f" To keep within {limits.budget(limits.SAVED_MODELS)} models and "
+                     f"{limits.budget(limits.SAVED_BYTES) / 1e6:,.0f} MB of saved models per visitor, the oldest "
+                     f"{'was' if len(self.removed) == 1 else 'were'} removed: {names}.")
+        return line
+
+
+_SAVING = threading.Lock()  # one save and prune at a time, so two tabs of one owner never race
+
+
+def save_owned(net: CustomNet | Classifier, name: str, owner: str) -> Saved:
+    """Save ``net`` as one of ``owner``'s models (``owner``: an opaque visitor id) under
+    ``name``, numbered within the owner's models when taken, then remove the owner's oldest
+    models until at most ``limits.SAVED_MODELS`` of at most ``limits.SAVED_BYTES`` together are
+    left (the new one always stays). A model larger than the byte budget alone is refused
+    before anything is written."""
+    size = sum(t.numel() * t.element_size() for t in net.state_dict().values())
+    room = limits.budget(limits.SAVED_BYTES)
+    if size > room:
+        raise AttnvizError(f"This model's weights take {size / 1e6:,.1f} MB; a visitor may keep at most "
+                           f"{room / 1e6:,.0f} MB of saved models. Make it smaller to save it.")
+    with _SAVING:
+        home = owner_dir(owner)
+        folder = save(net, home / free_name(name, home))
+        most, kept, total, removed = limits.budget(limits.SAVED_MODELS), 0, 0, []
+        for old in [folder] + [f for f in saved_models(owner) if f != folder]:  # newest first
+            size = folder_bytes(old)
+            if old == folder or (not removed and kept < most and total + size <= room):
+                kept, total = kept + 1, total + size
+            else:  # it and every older one go
+                shutil.rmtree(old, ignore_errors=True)
+                removed.append(old.name)
+    return Saved(folder, tuple(reversed(removed)))
 
 
 def is_classifier(folder: Path) -> bool:

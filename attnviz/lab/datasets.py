@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from attnviz.errors import AttnvizError
-from attnviz.inputs import open_image
+from attnviz.inputs import image_size, open_image
 from attnviz.lab.classify import PAD, SPECIALS, UNK, words
 from attnviz.models import upload
 
@@ -41,6 +41,8 @@ MAX_VOCAB = 20_000
 MAX_CLASSES = 50
 MAX_ZIP_BYTES = 50 << 20
 MAX_IMAGES = 5_000
+MAX_IMAGE_PIXELS = 25_000_000  # one image of a class-folder dataset (each is shrunk to a few dozen px)
+MAX_DATASET_PIXELS = 250_000_000  # all the images of one dataset together, as their headers declare them
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 JUNK = ("__MACOSX/", ".DS_Store", "Thumbs.db")
 
@@ -245,9 +247,11 @@ def digits(side: int = 32, seed: int = 0) -> ImageData:
 
 
 def image_folders(files: list[tuple[str, bytes]], side: int, source: str, seed: int = 0) -> ImageData:
-    """Images in class folders, ``files`` as (path 'class/name.png', bytes): every image read
-    (attnviz.inputs.open_image: bombs and damaged files refused) and squashed to ``side`` px."""
-    classes: dict[str, list[np.ndarray]] = {}
+    """Images in class folders, ``files`` as (path 'class/name.png', bytes): every image's
+    declared size checked first (at most MAX_IMAGE_PIXELS each and MAX_DATASET_PIXELS
+    together, before any is decoded), then every image read (attnviz.inputs.open_image: bombs
+    and damaged files refused) and squashed to ``side`` px."""
+    total = 0
     for path, data in files:
         parts = path.split("/")
         if len(parts) != 2:
@@ -256,7 +260,20 @@ def image_folders(files: list[tuple[str, bytes]], side: int, source: str, seed: 
         if not parts[1].lower().endswith(IMAGE_SUFFIXES):
             raise AttnvizError(f"{source}: '{path}' is not an image ({', '.join(IMAGE_SUFFIXES)}); "
                                "the folders may hold images only.")
+        w, h = image_size(data, path)
+        if w * h > MAX_IMAGE_PIXELS:
+            raise AttnvizError(f"{source}: '{path}' is {w:,} x {h:,} pixels ({w * h / 1e6:,.0f} megapixels); an image "
+                               f"of a dataset may have at most {MAX_IMAGE_PIXELS / 1e6:,.0f} megapixels (each is shrunk "
+                               f"to {side} x {side} px): make the images smaller.")
+        total += w * h
+    if total > MAX_DATASET_PIXELS:
+        raise AttnvizError(f"{source}: its images hold {total / 1e6:,.0f} megapixels together; a dataset may hold at "
+                           f"most {MAX_DATASET_PIXELS / 1e6:,.0f} (each image is shrunk to {side} x {side} px): "
+                           "send fewer or smaller images.")
+    classes: dict[str, list[np.ndarray]] = {}
+    for path, data in files:
         image = open_image(data, path).resize((side, side), Image.Resampling.BICUBIC)
+        parts = path.split("/")
         classes.setdefault(parts[0], []).append(np.asarray(image, dtype=np.uint8))
     if len(classes) < 2:
         raise AttnvizError(f"{source} holds {len(classes)} class folder(s); a classifier needs at least two.")

@@ -263,10 +263,11 @@ def check_size(config, cls, source: str, name: str, local: bool) -> torch.nn.Mod
     """Refuse, before any weight is allocated, a config whose model would be too large or larger
     than its weights; return the model built on the meta device (shapes only).
 
-    Counted: parameters **and** buffers (a causal-mask buffer grows with max_position_embeddings
-    squared: a 9 kB GPT-Neo config claiming 30,000 positions asks for gigabytes of them), against
-    the model budget (``limits.MODEL_BYTES``); depth against MAX_LAYERS, before even the empty
-    model is built. Transformers fills weights missing from the checkpoint with fresh random
+    Counted (:func:`load_bytes`): parameters **and** buffers, and what building the largest
+    buffer takes beside them (a causal-mask buffer grows with max_position_embeddings squared: a
+    9 kB GPT-Neo config claiming 30,000 positions asks for gigabytes of them), against the model
+    budget (``limits.MODEL_BYTES``); depth against MAX_LAYERS, before even the empty model is
+    built. Transformers fills weights missing from the checkpoint with fresh random
     ones, so a config describing more parameters than its safetensors hold is refused too.
     """
     depths = [v for k, v in _flat_items(config.to_dict()) if str(k).endswith(("layers", "layer")) and isinstance(v, int)]
@@ -280,11 +281,12 @@ def check_size(config, cls, source: str, name: str, local: bool) -> torch.nn.Mod
         raise AttnvizError(f"The config.json of '{name}' does not describe a model that can be built: "
                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     params = sum(p.numel() for p in empty.parameters())
-    held = model_bytes(empty)
+    held = load_bytes(empty)
     room = limits.budget(limits.MODEL_BYTES)
     if held > room:
-        raise AttnvizError(f"The config.json of '{name}' describes a model of {held / 1e9:,.2f} GB (parameters and "
-                           f"buffers); this server loads at most {room / 1e9:,.2f} GB. Refused before loading anything.")
+        raise AttnvizError(f"The config.json of '{name}' describes a model that takes {held / 1e9:,.2f} GB to load "
+                           f"(parameters and buffers); this server loads at most {room / 1e9:,.2f} GB. Refused before "
+                           "loading anything.")
     weights = _weights_params(source, local)
     if weights is not None and params > 1.02 * weights + 1_000_000:
         raise AttnvizError(f"The config.json of '{name}' describes {params / 1e6:,.0f} million parameters but its "
@@ -298,6 +300,20 @@ def model_bytes(net: torch.nn.Module) -> int:
     own dtype); works on a model built on the meta device."""
     params = sum(p.numel() for p in net.parameters()) * 4
     return params + sum(b.numel() * b.element_size() for b in net.buffers())
+
+
+BUFFER_TEMPORARIES = 2  # building a buffer holds up to this many temporaries of its size beside it
+
+
+def load_bytes(net: torch.nn.Module) -> int:
+    """The peak memory of loading ``net`` (an upper estimate): :func:`model_bytes`, plus the
+    temporaries of the largest buffer while it is built, BUFFER_TEMPORARIES of its size (GPT-Neo
+    builds its causal mask of max_positions^2 booleans per layer as ones, then their lower
+    triangle, and a local layer's band as a second triangle and their exclusive or).
+    Parameters are not counted twice: safetensors are mapped, not copied. Checked against a
+    measured peak in tests/test_hosted.py; works on a model built on the meta device."""
+    largest = max((b.numel() * b.element_size() for b in net.buffers()), default=0)
+    return model_bytes(net) + BUFFER_TEMPORARIES * largest
 
 
 WINDOWED_TYPES = ("swin", "swinv2", "donut-swin")  # captured block by block, with dense maps per stage

@@ -1,18 +1,36 @@
 """Small Streamlit helpers every page uses: remembered choices, URL state, error display."""
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+import numpy as np
 import streamlit as st
+from PIL import Image
 
 import attnviz.limits as limits
 from attnviz.errors import AttnvizError
 
 log = logging.getLogger("attnviz")
+
+
+@functools.cache
+def favicon() -> Image.Image:
+    """The app's icon, 32 x 32 px: a causal 4 x 4 attention map (each row a query, its weights
+    over the keys it sees, darker for more). Given to ``st.set_page_config`` as an image, the
+    app serves it itself; a Material icon name would make every visitor's browser fetch it
+    from a font host."""
+    weights = np.tril(np.ones((4, 4)))
+    weights /= weights.sum(axis=1, keepdims=True)
+    icon = np.zeros((32, 32, 4), np.uint8)  # transparent, then a 7 px tile per (query, key) seen
+    for (query, key), w in np.ndenumerate(weights):
+        if w:
+            icon[1 + 8 * query: 8 + 8 * query, 1 + 8 * key: 8 + 8 * key] = (int(220 - 200 * w), int(235 - 150 * w), 255, 255)
+    return Image.fromarray(icon, "RGBA")
 
 
 def remember(key: str, default):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import html
 import io
+import secrets
 import time
 import zipfile
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ CLASSIFIER_RUN_KEY = "train_cls_run"
 KINDS = {"toy": "a sequence-to-sequence toy model", "text": "a text classifier", "image": "an image classifier"}
 SHOWN_EXAMPLES = 12  # held-out texts or images shown with their attention
 PICK_KEY = "train_inspect"  # widget key of the model being inspected
+OWNER_KEY = "train_owner"  # this session's opaque owner id of saved models (see owner())
 REDRAW_S = 0.5  # seconds between two updates of the live chart
 JUST_TRAINED = "the model trained above"
 OPEN_TEXT = (("pages/text.py", "Open in the text explorer", ":material/notes:"),
@@ -176,16 +178,42 @@ def _draw(run: TrainRun, status, chart) -> None:
 
 
 # -- saving and uploading --------------------------------------------------------------------
+def owner() -> str:
+    """Whom this session's saved models belong to, an opaque id (attnviz.lab.custom.save_owned
+    keeps each owner's models apart, numbers their names per owner, and holds each owner to a
+    count and a byte budget). A local server has one owner, its user. A hosted one has one per
+    visitor: for now a random id kept in this session's state; the hosted mode's visitor id
+    (kept by a cookie, so that a visitor's tabs share it) plugs in here."""
+    if not limits.hosted():
+        return "local"
+    return st.session_state.setdefault(OWNER_KEY, secrets.token_hex(16))
+
+
+def save_model(net: CustomNet | Classifier, name: str) -> str | None:
+    """Save ``net`` under ``name`` as this session's owner's; say what was saved (and which of
+    the owner's oldest models made room) and return its label, or say why not and return None."""
+    try:
+        saved = custom.save_owned(net, name, owner())
+    except AttnvizError as e:
+        st.error(for_visitor(str(e)))
+        return None
+    for old in saved.removed:
+        forget_own_model(f"saved:{old}")
+    (st.warning if saved.removed else st.success)(saved.message())
+    return add_own_model(saved.folder, "saved")
+
+
 def save_block(run: TrainRun) -> None:
     """Name and save the model just trained (then it is the one inspected below)."""
     cfg = run.net.config
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-    name = c1.text_input("Name", custom.free_name(f"{cfg.task}-{cfg.attention}-{cfg.n_layers}x{cfg.n_heads}"),
-                         key="train_name", help="Letters, digits, '-' and '_'; saved models are never overwritten.")
+    default = custom.free_name(f"{cfg.task}-{cfg.attention}-{cfg.n_layers}x{cfg.n_heads}", custom.owner_dir(owner()))
+    name = c1.text_input("Name", default, key="train_name",
+                         help="Letters, digits, '-' and '_'; saved models are never overwritten.")
     if c2.button("Save", icon=":material/save:", key="train_save"):
-        folder = custom.save(run.net, custom.saved_dir() / custom.free_name(name))
-        st.session_state[PICK_KEY] = add_own_model(folder, "saved")  # the picker below is not drawn yet
-        st.success(f"Saved as '{folder.name}': model.safetensors and config.json.")
+        label = save_model(run.net, name)
+        if label is not None:
+            st.session_state[PICK_KEY] = label  # the picker below is not drawn yet
 
 
 def upload_block() -> None:
@@ -439,15 +467,14 @@ def classifier_save(run: TrainRun) -> None:
     """Name and save the classifier; then buttons open it in the explorers."""
     cfg = run.net.config
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-    name = c1.text_input("Name", custom.free_name(f"{cfg.task}-{cfg.arch}"), key="train_cls_name",
-                         help="Letters, digits, '-' and '_'; saved models are never overwritten.")
+    name = c1.text_input("Name", custom.free_name(f"{cfg.task}-{cfg.arch}", custom.owner_dir(owner())),
+                         key="train_cls_name", help="Letters, digits, '-' and '_'; saved models are never overwritten.")
     saved = st.session_state.get("train_cls_saved")
     if c2.button("Save", icon=":material/save:", key="train_cls_save"):
-        folder = custom.save(run.net, custom.saved_dir() / custom.free_name(name))
-        saved = (id(run), add_own_model(folder, "saved"))
+        label = save_model(run.net, name)
+        saved = (id(run), label) if label is not None else saved
         st.session_state["train_cls_saved"] = saved
-    if saved is not None and saved[0] == id(run):
+    if saved is not None and saved[0] == id(run) and saved[1] in own_models():
         label = saved[1]
-        st.success(f"Saved as '{label.split(':', 1)[1]}': model.safetensors and config.json.")
         text = None if run.data.kind == "image" else " ".join(run.data.test_words[0])
         open_buttons(label, text, image=run.data.kind == "image", key="classifier")

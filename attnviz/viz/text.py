@@ -61,15 +61,26 @@ class Matrix:
     def csv(self) -> str:
         """Comma-separated: a header (row_header + column labels), then one row per row."""
         out = io.StringIO()
-        out.write(",".join(_csv_cell(c) for c in [*self.row_header, *self.cols]) + "\n")
+        out.write(",".join(csv_cell(c) for c in [*self.row_header, *self.cols]) + "\n")
         for label, row in zip(self.rows, np.asarray(self.values, dtype=np.float32)):
-            out.write(",".join([*(_csv_cell(c) for c in label), *(f"{v:.6g}" for v in row)]) + "\n")
+            out.write(",".join([*(csv_cell(c) for c in label), *(f"{v:.6g}" for v in row)]) + "\n")
         return out.getvalue()
 
 
-def _csv_cell(value) -> str:
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a text cell starting so as a formula
+
+
+def csv_cell(value) -> str:
+    """One CSV cell, as every CSV attnviz writes has it: a number as it is; a text (a token, a
+    label) made inert for spreadsheets, a leading apostrophe before a first character of
+    FORMULA_STARTS (so "=HYPERLINK(...)" typed into the text stays text), and quoted when it
+    holds a comma, a quote or a line break. Zero-width spaces (the views' label padding) go."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return str(value)
     text = str(value).replace("\u200b", "")
-    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+    if text.startswith(FORMULA_STARTS):
+        text = "'" + text
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n\r') else text
 
 
 def _unit_rows(axis: Axis) -> list[tuple]:

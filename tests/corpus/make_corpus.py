@@ -13,6 +13,7 @@ expression, must be found in the one-line AttnvizError message). The kinds:
 - ``upload``     files sent as a model upload  -> attnviz.models.upload.extract, then load_model on its folder
 - ``folder``     a local model folder          -> attnviz.load_model(path)
 - ``name``       a model name typed in         -> attnviz.load_model(name)
+- ``dataset``    a zip of class folders        -> attnviz.lab.datasets.read_image_zip, Build your own's image uploader
 
 For ``upload`` cases ``path`` is a folder of the files sent, each as one uploaded file under
 the name listed in its names.json (a .zip among them is unpacked by the extractor).
@@ -41,7 +42,7 @@ class Case:
     """One bad (or odd) input and the outcome it must have."""
 
     name: str
-    kind: str  # image | text_file | typed | upload | folder | name
+    kind: str  # image | text_file | typed | upload | folder | name | dataset
     about: str
     expect: str  # "ok" or "error"
     match: str = ""  # for "error": a regex the message must contain
@@ -81,6 +82,16 @@ def png_claiming(width: int, height: int, bad_crc: bool = False) -> bytes:
     if bad_crc:
         ihdr = ihdr[:-4] + b"\0\0\0\0"
     return b"\x89PNG\r\n\x1a\n" + ihdr + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(b"IEND", b"")
+
+
+def blank_png(width: int, height: int) -> bytes:
+    """A real black-and-white PNG of width x height pixels, all black: a few kB however large
+    (its rows are zeros, deflated), and it decodes in full."""
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte, then 1 bit a pixel
+    compress = zlib.compressobj(9)
+    data = b"".join(compress.compress(row) for _ in range(height)) + compress.flush()
+    ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + ihdr + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
 
 
 def gif_claiming(width: int, height: int) -> bytes:
@@ -188,7 +199,7 @@ def tiny_bert(folder: Path, positions: int = 64) -> Path:
     return folder
 
 
-def tiny_gpt_neo(folder: Path) -> Path:
+def tiny_gpt_neo(folder: Path, positions: int = 64) -> Path:
     """A real 2-layer GPT-Neo (hidden 16, 64 positions), saved as safetensors; its causal-mask
     buffers grow with max_position_embeddings squared."""
     import torch
@@ -196,7 +207,7 @@ def tiny_gpt_neo(folder: Path) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     config = GPTNeoConfig(vocab_size=len(TINY_VOCAB), hidden_size=16, num_layers=2, num_heads=2, window_size=8,
-                          attention_types=[[["global", "local"], 1]], max_position_embeddings=64,
+                          attention_types=[[["global", "local"], 1]], max_position_embeddings=positions,
                           bos_token_id=2, eos_token_id=3)
     torch.manual_seed(0)
     GPTNeoForCausalLM(config).save_pretrained(folder, safe_serialization=True)
@@ -320,6 +331,13 @@ def warns_on_capture(pattern):
         from attnviz import capture
 
         assert any(re.search(pattern, w) for w in capture(model, "the cat sat on the mat").warnings)
+    return check
+
+
+def labels_are(*labels):
+    """Check an ImageData: its classes."""
+    def check(data):
+        assert data.labels == list(labels), data.labels
     return check
 
 
@@ -614,6 +632,20 @@ def build(out: Path) -> list[Case]:
               **up("custom-absurd", zipped(with_config(custom_files, d_model=10**9)))),
         error("upload-custom-mismatch", about="attnviz custom weights of another width", match="do not match",
               **up("custom-mismatch", zipped(with_config(custom_files, d_model=32)))),
+    ]
+
+    # zips of class folders (Build your own's image classifier) --------------------------------
+    dataset = lambda name, files: dict(kind="dataset", path=file(name, zip_of(files)))  # noqa: E731
+    small = {f"{c}/{i}.png": encode(noise((24, 16), seed=i), "PNG") for c in ("cat", "dog") for i in range(3)}
+    cases += [
+        ok("dataset-small", about="two class folders of small PNGs", check=labels_are("cat", "dog"),
+           **dataset("small.zip", small)),
+        error("dataset-12000px-png", about="a real 12,000 x 12,000 PNG (a few kB): refused before it is decoded",
+              match="12,000 x 12,000 pixels.*at most 25 megapixels",
+              **dataset("huge.zip", {**small, "dog/huge.png": blank_png(12_000, 12_000)})),
+        error("dataset-many-large-pngs", about="eleven real 5,000 x 5,000 PNGs: within the bound each, over it together",
+              match="275 megapixels together",
+              **dataset("many.zip", {**small, **{f"cat/big{i}.png": blank_png(5_000, 5_000) for i in range(11)}})),
     ]
 
     # local folders and names ----------------------------------------------------------------
