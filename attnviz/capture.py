@@ -20,7 +20,7 @@ Inputs by family:
 
 Attention is always taken in eval mode and without gradients, with the model's default
 attention implementation: SDPA where transformers supports it for the model (the loader loads
-eager attention; :func:`_default_attention` switches it for the capture, under the model's
+eager attention; :func:`default_attention` switches it for the capture, under the model's
 lock). SDPA runs are recorded by :class:`attnviz.recorder.record_attention` with
 ``lazy=True``: the queries, keys, scale and masks of every call, from which the maps are
 computed on demand (attnviz.lazy). A model without SDPA whose attention still goes through
@@ -68,9 +68,9 @@ def capture(model: Model, input, *, target: str | None = None, generate: int = 0
     check_options(model, input, target=target, generate=generate, size=size, prompt=prompt)
     cut: list[str] = []  # before any lock: a huge text is cut here, so tokenising it blocks nobody
     if not isinstance(input, Image.Image):
-        input = (tuple(_bound_text(t, model, cut) for t in input) if isinstance(input, tuple)
-                 else _bound_text(input, model, cut))
-        target = _bound_text(target, model, cut) if target is not None else None
+        input = (tuple(bound_text(t, model, cut) for t in input) if isinstance(input, tuple)
+                 else bound_text(input, model, cut))
+        target = bound_text(target, model, cut) if target is not None else None
     with model.lock, limits.SLOTS, torch.inference_mode():
         if model.family == "vision-language":
             if not isinstance(input, Image.Image):
@@ -99,7 +99,7 @@ def capture(model: Model, input, *, target: str | None = None, generate: int = 0
     return result
 
 
-def _bound_text(text, model: Model, warnings: list[str]):
+def bound_text(text, model: Model, warnings: list[str]):
     """``text`` cut to ``model.max_tokens * CHARS_PER_TOKEN`` characters, more than the model
     reads, with a line in ``warnings`` when it was cut: two million zero-width joiners, pasted,
     would otherwise take seconds to tokenise while other sessions wait."""
@@ -153,7 +153,7 @@ def _a(family: str) -> str:
 
 # -- recording ------------------------------------------------------------------------------
 @contextmanager
-def _default_attention(net: torch.nn.Module):
+def default_attention(net: torch.nn.Module):
     """Within: the model runs its default attention in a way that record_attention(lazy=True)
     records (yields whether it does): SDPA when transformers supports it for the model; else,
     for a model that calls its attention through transformers' registry, the recording eager
@@ -226,7 +226,7 @@ def _forward(model: Model, stacks: tuple[str, ...], progress: Progress | None, n
         if progress is not None and total:
             progress(min(n / total, 1.0), f"Running {model.name}: attention call {n} of {total}")
 
-    with _default_attention(net) as sdpa:
+    with default_attention(net) as sdpa:
         if sdpa and counts:
             with record_attention(lazy=True, on_call=on_call) as rec:
                 net(**inputs)
@@ -259,13 +259,19 @@ def _one_text(input: TextInput, model: Model) -> str:
     return clean_text(str(input))
 
 
-def _encode(model: Model, text, pair=None, limit: int | None = None):
-    """Tokenise with the model's tokenizer, truncating to ``limit`` tokens with a warning.
+def encode_text(model: Model, text, pair=None, limit: int | None = None):
+    """``(encoding, warnings)``: ``text``, and ``pair`` (an encoder's second segment; blank or
+    None for none), cleaned (attnviz.inputs.clean_text) and tokenised with the model's
+    tokenizer exactly as capture reads them (the encoding is the tokenizer's BatchEncoding of
+    one sequence, with ``special_tokens_mask``, and ``token_type_ids`` for a pair), truncated
+    to ``limit`` tokens (default ``model.max_tokens``) with a warning.
 
     Special-token strings the user typed ("[SEP]", "<|im_start|>") are split like any text
     (``split_special_tokens``), so that they stay the user's words; where the tokenizer still
     reads one as a special token (T5's "</s>"), a warning says so. Text of which most tokens
     are the unknown token (a model uploaded without its vocabulary) gets a warning too."""
+    text = clean_text(str(text))
+    pair = clean_text(str(pair)) if pair is not None and str(pair).strip() else None
     limit = limit or model.max_tokens
     kwargs = dict(return_tensors="pt", return_special_tokens_mask=True, return_token_type_ids=pair is not None,
                   split_special_tokens=True)
@@ -334,17 +340,15 @@ def _stack(attentions) -> np.ndarray:
 
 def _capture_encoder(model: Model, input: TextInput, progress: Progress | None = None) -> AttentionResult:
     a, b = (input if isinstance(input, tuple) else (input, None))
-    a = clean_text(str(a))
-    b = clean_text(str(b)) if b is not None and str(b).strip() else None
     t0 = time.perf_counter()
-    enc, warnings = _encode(model, a, b)
+    enc, warnings = encode_text(model, a, b)
     ids = enc["input_ids"][0].tolist()
     t1 = time.perf_counter()
     inputs = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     attn, notes = _forward(model, ("encoder",), progress, **inputs)
     warnings += notes
     t2 = time.perf_counter()
-    segments = enc["token_type_ids"][0].tolist() if b is not None else None
+    segments = enc["token_type_ids"][0].tolist() if "token_type_ids" in enc else None
     return AttentionResult(
         kind="text", model=model.name, attn=attn, tokens=_tokens(model, ids),
         special=_special(model, ids, enc), word_spans=_word_spans(enc, len(ids)), segments=segments,
@@ -355,7 +359,7 @@ def _capture_encoder(model: Model, input: TextInput, progress: Progress | None =
 def _capture_decoder(model: Model, prompt: str, generate: int, progress: Progress | None = None) -> AttentionResult:
     generate = max(0, min(int(generate), GENERATE_CAP))
     t0 = time.perf_counter()
-    enc, warnings = _encode(model, prompt, limit=max(1, model.max_tokens - generate))
+    enc, warnings = encode_text(model, prompt, limit=max(1, model.max_tokens - generate))
     ids = enc["input_ids"].to(model.device)
     prompt_len = ids.shape[1]
     t1 = time.perf_counter()
@@ -380,14 +384,13 @@ def _capture_decoder(model: Model, prompt: str, generate: int, progress: Progres
 
 def _capture_seq2seq(model: Model, source: str, target: str | None,
                      progress: Progress | None = None) -> AttentionResult:
-    source = clean_text(str(source))
     t0 = time.perf_counter()
-    enc, warnings = _encode(model, source)
+    enc, warnings = encode_text(model, source)
     src = enc["input_ids"].to(model.device)
     start = _decoder_start(model.net)
     t1 = time.perf_counter()
     if target is not None and str(target).strip():
-        tgt_enc, tgt_warn = _encode(model, clean_text(str(target)))
+        tgt_enc, tgt_warn = encode_text(model, target)
         warnings += tgt_warn
         tgt = torch.cat([torch.tensor([[start]]), tgt_enc["input_ids"]], dim=1).to(model.device)
     else:
@@ -433,7 +436,7 @@ def _capture_text_tower(model: Model, text: str) -> AttentionResult:
     """A text through the text tower of a two-tower model (CLIP, SigLIP). CLIP's text tower is
     causal: the result says so when every map is zero above the diagonal."""
     t0 = time.perf_counter()
-    enc, warnings = _encode(model, text)
+    enc, warnings = encode_text(model, text)
     ids = enc["input_ids"][0].tolist()
     t1 = time.perf_counter()
     out = model.text_tower(input_ids=enc["input_ids"].to(model.device), output_attentions=True)
@@ -491,7 +494,7 @@ def image_pixels(model: Model, image: Image.Image, size: int | None) -> tuple[to
     per_cell = (spec.step // spec.patch) ** 2
     w, h = image_input_size(*image.size, size, spec.step, model.max_patches or None, per_cell=per_cell)
     seen = to_rgb(image).resize((w, h), Image.Resampling.BICUBIC)
-    return _pixel_values(seen, model), seen
+    return pixel_values(seen, model), seen
 
 
 def _capture_image(model: Model, image: Image.Image, size: int | None,
@@ -504,7 +507,7 @@ def _capture_image(model: Model, image: Image.Image, size: int | None,
     if spec.align:
         return _capture_windowed(model, seen, pixel_values, t1 - t0)
     net = model.vision_tower
-    kwargs = {"interpolate_pos_encoding": True} if _accepts(net, "interpolate_pos_encoding") else {}
+    kwargs = {"interpolate_pos_encoding": True} if accepts(net, "interpolate_pos_encoding") else {}
     attn, warnings = _forward(model, ("encoder",), progress, net=net, pixel_values=pixel_values, **kwargs)
     t2 = time.perf_counter()
     rows, cols = h // spec.patch, w // spec.patch
@@ -518,7 +521,7 @@ def _capture_image(model: Model, image: Image.Image, size: int | None,
         timings={"preprocess_s": t1 - t0, "forward_s": t2 - t1})
 
 
-def _pixel_values(seen: Image.Image, model: Model) -> torch.Tensor:
+def pixel_values(seen: Image.Image, model: Model) -> torch.Tensor:
     """An RGB image as the model reads it: float32 [1, 3, height, width], scaled to [0, 1] and
     normalised by the model's mean and std."""
     spec = model.image
@@ -699,9 +702,8 @@ def prefix_names(net: torch.nn.Module, prefix: int) -> list[str]:
     return names + [f"[REG{i + 1}]" for i in range(prefix - len(names))]
 
 
-def _accepts(net: torch.nn.Module, arg: str) -> bool:
-    import inspect
-
+def accepts(net: torch.nn.Module, arg: str) -> bool:
+    """Whether ``net``'s forward takes an argument named ``arg`` (``interpolate_pos_encoding``)."""
     return arg in inspect.signature(net.forward).parameters
 
 
@@ -727,8 +729,7 @@ def _capture_recorded(model: Model, input, size: int | None) -> AttentionResult:
         side = model.image.size
         if size is not None and int(size) != side:
             warnings.append(f"{model.name} reads {side} x {side} px images only; the image was resized to that.")
-        seen = to_rgb(input).resize((side, side), Image.Resampling.BICUBIC)
-        x = _pixel_values(seen, model)
+        x, seen = square_pixels(model, input)
         rows = side // model.image.patch
         tokens = ["[CLS]"] + [f"({r},{c})" for r in range(rows) for c in range(rows)]
         special = [i == 0 for i in range(len(tokens))]
@@ -755,6 +756,15 @@ def _capture_recorded(model: Model, input, size: int | None) -> AttentionResult:
         kind="image", model=model.name, attn={"encoder": attn}, tokens=tokens, special=special,
         grid=PatchGrid(rows=rows, cols=rows, patch_px=model.image.patch, prefix=1),
         image=np.asarray(seen, dtype=np.uint8), timings=timings, warnings=warnings)
+
+
+def square_pixels(model: Model, image: Image.Image) -> tuple[torch.Tensor, Image.Image]:
+    """(pixel_values [1, 3, side, side], the picture the model sees) for a model that reads
+    square images of one side only (``model.image.size``; attnviz's own ViT): the image
+    resized to that square."""
+    side = model.image.size
+    seen = to_rgb(image).resize((side, side), Image.Resampling.BICUBIC)
+    return pixel_values(seen, model), seen
 
 
 def _recorded_stack(maps: list[torch.Tensor], n: int, pooled: bool) -> np.ndarray:

@@ -46,7 +46,7 @@ from PIL import Image
 from torch.overrides import TorchFunctionMode
 
 from attnviz.analysis import faithfulness as faith
-from attnviz.capture import _accepts, _encode, _special, _tokens, _word_spans, image_pixels
+from attnviz.capture import _special, _tokens, _word_spans, accepts, encode_text, image_pixels
 from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text
 from attnviz.lab.toy_tasks import AGREEMENT_WORDS, MASK, STOP, encode
@@ -171,11 +171,11 @@ def _text_problem(model: Model, text: str, target: str | None) -> _Problem:
     if isinstance(text, tuple):
         raise AttnvizError("explain takes one text, not a pair.")
     text = clean_text(str(text))
-    enc, warnings = _encode(model, text)
+    enc, warnings = encode_text(model, text)
     if enc["input_ids"].shape[1] > MAX_TOKENS:
         warnings = [f"The input has {enc['input_ids'].shape[1]} tokens; explain reads at most {MAX_TOKENS} (blank-out "
                     f"runs the model once per token), so it was cut to the first {MAX_TOKENS}."]
-        enc, _ = _encode(model, text, limit=MAX_TOKENS)
+        enc, _ = encode_text(model, text, limit=MAX_TOKENS)
     ids = enc["input_ids"].to(model.device)
     id_list = ids[0].tolist()
     special = _special(model, id_list)
@@ -303,7 +303,7 @@ def _seq2seq_target(model: Model, ids: torch.Tensor, target: str | None) -> torc
     included), the given target or the model's greedy output."""
     start = model.net.config.decoder_start_token_id
     if target is not None and str(target).strip():
-        enc, _ = _encode(model, clean_text(str(target)))
+        enc, _ = encode_text(model, clean_text(str(target)))
         return torch.cat([torch.tensor([[start]]), enc["input_ids"]], dim=1).to(model.device)
     with torch.no_grad():
         return model.net.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=SEQ2SEQ_GENERATE,
@@ -332,7 +332,7 @@ def _image_problem(model: Model, image: Image.Image, size: int | None, target: s
     if rows * cols > MAX_TOKENS:
         raise AttnvizError(f"At this size {model.name} sees {rows * cols} patches; explain reads at most {MAX_TOKENS} "
                            "(blank-out runs the model once per patch): choose a smaller input size.")
-    kwargs = {"interpolate_pos_encoding": True} if _accepts(net, "interpolate_pos_encoding") else {}
+    kwargs = {"interpolate_pos_encoding": True} if accepts(net, "interpolate_pos_encoding") else {}
 
     def forward(x, attentions=False):
         return net(pixel_values=x, output_attentions=attentions, **kwargs)

@@ -48,7 +48,7 @@ def child(mode: str, name: str, size: int, views: bool) -> dict:
     from skimage import data
 
     import attnviz
-    from attnviz.capture import _default_attention, image_input_size
+    from attnviz.capture import default_attention, image_input_size
 
     model = attnviz.load_model(name)
     if model.family == "image":
@@ -70,14 +70,14 @@ def child(mode: str, name: str, size: int, views: bool) -> dict:
         if model.family == "decoder":
             inputs["use_cache"] = False
     out = {"tokens": None}
-    with _default_attention(model.net), torch.inference_mode():  # one-time set-up, for both modes alike
+    with default_attention(model.net), torch.inference_mode():  # one-time set-up, for both modes alike
         warm = {k: v[..., :16] if k == "input_ids" or k == "attention_mask" else v for k, v in inputs.items()}
         if model.family == "image":
             warm["pixel_values"] = inputs["pixel_values"][..., :4 * model.image.patch, :4 * model.image.patch]
         model.net(**warm)
     start_mb = peak_mb()
     if mode == "forward":
-        with _default_attention(model.net) as sdpa, torch.inference_mode():
+        with default_attention(model.net) as sdpa, torch.inference_mode():
             assert sdpa
             t = time.perf_counter()
             model.net(**inputs)

@@ -55,7 +55,7 @@ def eager_maps(net, stacks, **inputs) -> dict[str, np.ndarray]:
 
 def sdpa_maps(net, **inputs) -> list[np.ndarray]:
     """torch's reference probabilities of every SDPA call the model makes by default."""
-    with capture_module._default_attention(net) as sdpa, torch.inference_mode(), attnviz.record_attention() as rec:
+    with capture_module.default_attention(net) as sdpa, torch.inference_mode(), attnviz.record_attention() as rec:
         assert sdpa
         net(**inputs)
     return [m[0].numpy() for m in rec.maps]
@@ -240,7 +240,7 @@ def test_bundled_image_models(request, fixture):
     model = request.getfixturevalue(fixture)
     torch.manual_seed(0)
     pixels = torch.randn(1, 3, 224, 224)
-    kwargs = {"interpolate_pos_encoding": True} if capture_module._accepts(model.net, "interpolate_pos_encoding") else {}
+    kwargs = {"interpolate_pos_encoding": True} if capture_module.accepts(model.net, "interpolate_pos_encoding") else {}
     check(model.net, ("encoder",), pixel_values=pixels, **kwargs)
 
 
@@ -339,7 +339,7 @@ def test_eager_recording_is_per_thread(decoder_tokens):
         with torch.inference_mode():
             outputs.append(net(input_ids=ids, use_cache=False).logits)
 
-    with capture_module._default_attention(net) as recordable, torch.inference_mode():
+    with capture_module.default_attention(net) as recordable, torch.inference_mode():
         assert recordable
         with attnviz.record_attention(lazy=True) as rec:
             thread = threading.Thread(target=other)
