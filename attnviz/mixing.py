@@ -304,7 +304,8 @@ def _layer_mixing(layer: Layer, run: LayerRun, alpha: torch.Tensor, methods: lis
     h = run.h.float()
     for rows in _rows(n, 4 * n * d * (1 + 3 * heads * head_parts)):
         index = torch.from_numpy(rows)
-        mixed = torch.einsum("hbj,hjd->bjd", alpha[:, index], f)  # [B, N, d]: sum_h alpha^h_ij f^h(x_j)
+        # [B, N, d]: sum_h alpha^h_ij f^h(x_j), as N products [B, H] x [H, d] (one per key j)
+        mixed = torch.bmm(alpha[:, index].permute(2, 1, 0), f.permute(1, 0, 2)).permute(1, 0, 2)
         if "attention_norm" in want:
             want["attention_norm"][rows] = arithmetic.rownorm(mixed.norm(dim=-1).numpy())
         whole = h[index] + mixed.sum(dim=1) + layer.b_o  # the attention's output plus the residual

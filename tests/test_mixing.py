@@ -16,7 +16,9 @@ largest value norm.
 from __future__ import annotations
 
 import importlib
+import json
 import operator
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 import arch_zoo  # noqa: E402
+from conftest import ROOT  # noqa: E402
 
 import attnviz  # noqa: E402
 from attnviz.capture import accepts, image_pixels, square_pixels  # noqa: E402
@@ -433,3 +436,71 @@ def test_alti_heads_are_kept_only_within_their_bound(zoo, monkeypatch):
     smaller = attnviz.mixing(bert, TEXT, methods=("alti",))
     assert smaller.alti_heads is None and any("per-head" in w for w in smaller.warnings)
     np.testing.assert_allclose(smaller.matrices["alti"], mixed.matrices["alti"], atol=1e-6)
+
+
+# -- the command line and the .npz contract -------------------------------------------------
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "attnviz", "mixing", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_the_command_writes_the_npz_contract(tmp_path, minilm):
+    out = tmp_path / "cat.npz"
+    done = cli("--model", "minilm-l6", "--text", TEXT, "--pair", "It was good.", "--methods",
+               "attention_norm,value_zeroing,alti,globenc", "--out", str(out), "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    with np.load(out, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        layers, heads, n = 6, 12, len(meta["tokens"])
+        assert set(z.files) == {"meta", "mixing_attention", "mixing_attention_norm", "mixing_value_zeroing",
+                                "mixing_alti", "mixing_globenc", "mixing_value_norms", "mixing_alti_heads"}
+        for method in ("attention", "attention_norm", "value_zeroing", "alti", "globenc"):
+            a = z[f"mixing_{method}"]
+            assert a.dtype == np.float32 and a.shape == (layers, n, n), method
+            np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-5, err_msg=method)
+        assert z["mixing_value_norms"].dtype == np.float32 and z["mixing_value_norms"].shape == (layers, heads, n)
+        assert z["mixing_alti_heads"].dtype == np.float32 and z["mixing_alti_heads"].shape == (layers, heads, n, n)
+        saved = {k: z[k] for k in z.files if k != "meta"}
+    assert meta["format"] == 3 and meta["tokens"][0] == "[CLS]" and meta["tokens"].count("[SEP]") == 2
+    assert len(meta["special"]) == n and meta["special"][0] and not meta["special"][1]
+    assert meta["methods"] == ["attention", "attention_norm", "globenc", "alti", "value_zeroing"]
+    assert summary["tokens"] == meta["tokens"] and summary["capture_digest"] == meta["capture_digest"]
+    loaded = mixing_module.Mixing.load(out)
+    assert loaded.tokens == meta["tokens"] and loaded.digest == meta["capture_digest"]
+    np.testing.assert_array_equal(loaded.matrices["alti"], saved["mixing_alti"])
+    np.testing.assert_array_equal(loaded.alti_heads, saved["mixing_alti_heads"])
+
+
+def test_the_command_on_an_image_and_a_decoder(tmp_path, smollm):
+    photo = tmp_path / "photo.png"
+    y, x = np.mgrid[0:48, 0:64]
+    Image.fromarray(np.stack([x * 3, y * 5, x + y], -1).astype(np.uint8)).save(photo)
+    out = tmp_path / "photo.npz"
+    done = cli("--model", "dinov2-small", "--image", str(photo), "--size", "56", "--methods", "alti", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    with np.load(out, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        assert meta["grid"]["rows"] * meta["grid"]["cols"] + meta["grid"]["prefix"] == len(meta["tokens"])
+        assert z["image"].dtype == np.uint8 and z["mixing_alti"].shape == (12, len(meta["tokens"]), len(meta["tokens"]))
+    out = tmp_path / "decoder.npz"
+    done = cli("--model", "smollm2-135m", "--text", "Hi there", "--methods", "alti,globenc", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "globenc skipped" in done.stderr and "Traceback" not in done.stderr
+    with np.load(out, allow_pickle=False) as z:
+        assert "mixing_globenc" not in z.files and "globenc" in json.loads(str(z["meta"]))["skipped"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--model", "minilm-l6", "--text", "x", "--methods", "alti,rollout"], ["Unknown mixing method 'rollout'"]),
+    (["--model", "smollm2-135m", "--text", "x", "--methods", "globenc"], ["GlobEnc", "pre-norm"]),
+    (["--model", "minilm-l6", "--image", "missing.png"], ["cannot read"]),
+    (["--model", "minilm-l6", "--text", "   "], ["empty"]),
+    (["--model", "no-such-model-here", "--text", "x"], []),
+])
+def test_the_command_refuses_bad_input_in_one_line(tmp_path, args, words):
+    done = cli(*args, "--out", str(tmp_path / "x.npz"))
+    assert done.returncode == 1, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in done.stderr, done.stderr
+    assert all(w in lines[0] for w in words), lines[0]

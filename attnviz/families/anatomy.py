@@ -84,7 +84,7 @@ class Layer:
         value vector of j in the key/value head that h reads (value bias included) carried
         through h's slice of the output projection (output bias excluded), times the layer
         scale where there is one."""
-        v = torch.einsum("nd,gde->gne", x.float(), self.w_v) + self.b_v[:, None]  # [G, N, dh]
+        v = torch.matmul(x.float(), self.w_v) + self.b_v[:, None]  # [G, N, dh]
         v = v.repeat_interleave(self.heads // v.shape[0], dim=0)  # [H, N, dh]
         f = torch.bmm(v, self.w_o)
         return f * self.scale if self.scale is not None else f
