@@ -324,9 +324,7 @@ def _layer_mixing(layer: Layer, run: LayerRun, alpha: torch.Tensor, methods: lis
                     parts = arithmetic.norm_parts(parts, first.weight.numpy(), std[:, None, None])
                     out["alti_heads"][:, rows] = arithmetic.head_contributions(parts, residual, y, rows)[1].transpose(1, 0, 2)
             if "globenc" in want:
-                u = run.u[index].float()
-                std2 = torch.sqrt(u.var(dim=-1, unbiased=False) + second.eps).numpy()
-                want["globenc"][rows] = arithmetic.globenc(transformed, second.weight.numpy(), std2[:, None])
+                want["globenc"][rows] = arithmetic.globenc(transformed, second.weight.numpy())
         elif "alti" in want:
             token, by_head = arithmetic.head_contributions(parts, h[index].numpy(), whole.numpy(), rows)
             want["alti"][rows] = token

@@ -93,12 +93,14 @@ def test_alti_and_globenc_rows_by_hand():
     transformed = np.array([[[1.0, -1.0, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0]]], np.float32)
     whole = transformed[:, 0]
     np.testing.assert_allclose(mx.alti(transformed, whole), [[1.0, 0.0]])
-    # globenc: norms of w * (t - mean t) / std; token 0: mean 0.5 -> [0.5, -1.5, -0.5, 1.5] * 2 / 2
-    got = mx.globenc(transformed, np.full(4, 2.0, np.float32), np.array([2.0], np.float32))
-    np.testing.assert_allclose(got, [[1.0, 0.0]])
-    two = np.array([[[3.0, 0.0], [0.0, 4.0]]], np.float32)  # norms 3 and 4 after a plain norm
-    np.testing.assert_allclose(mx.globenc(two, np.ones(2, np.float32), np.ones(1, np.float32)), [[3 / 7, 4 / 7]],
-                               rtol=1e-6)
+    # globenc: norms of w * (t - mean t), rows normalised: token 1's is 0
+    np.testing.assert_allclose(mx.globenc(transformed, np.full(4, 2.0, np.float32)), [[1.0, 0.0]])
+    # centred [-1, 0, 1] and [-1, -1, 2]: Euclidean norms sqrt(2) and sqrt(6)
+    two = np.array([[[1.0, 2.0, 3.0], [0.0, 0.0, 3.0]]], np.float32)
+    expected = np.array([np.sqrt(2), np.sqrt(6)]) / (np.sqrt(2) + np.sqrt(6))
+    np.testing.assert_allclose(mx.globenc(two, np.ones(3, np.float32)), [expected], rtol=1e-6)
+    np.testing.assert_allclose(mx.globenc(two, np.array([1.0, 2.0, 1.0], np.float32))[0, 0],
+                               np.sqrt(2) / (np.sqrt(2) + 3), rtol=1e-6)  # times w: [-1, 0, 1] and [-1, -2, 2]
 
 
 def test_head_contributions_by_hand():

@@ -87,14 +87,29 @@ TINY = ["bert", "roberta", "xlm-roberta", "distilbert", "electra", "gpt2", "gpt2
 NOT_COVERED = ["albert", "deberta-v2", "modernbert", "gpt-neox", "opt", "gemma2", "phi3", "falcon", "beit", "swin"]
 
 
+def spread_vectors(net: torch.nn.Module, seed: int = 0) -> None:
+    """Redraw every vector parameter away from its initial value (biases 0, norm weights and
+    layer scales 1), so that a formula that leaves out a bias, a norm's weight or the layer
+    scale is caught: biases N(0, 0.3^2), the others 1 + N(0, 0.3^2)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(net.named_parameters()):
+            if p.dim() == 1:
+                noise = torch.randn(p.shape, generator=g) * 0.3
+                p.copy_(noise if name.endswith("bias") else 1 + noise)
+
+
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    """``zoo(name)`` -> attnviz Model of a tiny checkpoint, built, saved and loaded once."""
+    """``zoo(name)`` -> attnviz Model of a tiny checkpoint (arch_zoo's, its vectors spread),
+    built, saved and loaded once."""
     root, tokenizers, built = tmp_path_factory.mktemp("mixing-zoo"), {}, {}
 
     def get(name: str):
         if name not in built:
-            built[name] = attnviz.load_model(str(arch_zoo.save(arch_zoo.BY_NAME[name], root / name, tokenizers)))
+            model = attnviz.load_model(str(arch_zoo.save(arch_zoo.BY_NAME[name], root / name, tokenizers)))
+            spread_vectors(model.net)
+            built[name] = model
         return built[name]
     return get
 

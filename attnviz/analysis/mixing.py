@@ -94,12 +94,14 @@ def alti(transformed: np.ndarray, whole: np.ndarray) -> np.ndarray:
     return rownorm(proximity(transformed, whole))
 
 
-def globenc(transformed: np.ndarray, weight: np.ndarray, std: np.ndarray) -> np.ndarray:
+def globenc(transformed: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """GlobEnc's layer matrix rows ``[B, N]`` (Modarressi et al. 2022): each token's transformed
     vector after the first norm, ``transformed [B, N, d]``, carried through the second norm's
-    linear part (``weight [d]``, the whole's ``std [B]``; the feed-forward block itself is left
-    out, only its residual kept), its Euclidean norm, rows normalised."""
-    return rownorm(np.linalg.norm(norm_parts(transformed, weight, std), axis=-1))
+    linear part (its ``weight [d]``; the feed-forward block itself is left out, only its
+    residual kept), its Euclidean norm, rows normalised. The second norm divides every vector
+    of row i by the same ``sqrt(var + eps)`` of what it normalises, which the row
+    normalisation cancels, so it is not needed."""
+    return rownorm(np.linalg.norm(norm_parts(transformed, weight, np.ones(transformed.shape[:-2], np.float32)), axis=-1))
 
 
 def head_contributions(head_parts: np.ndarray, residual: np.ndarray, whole: np.ndarray,

@@ -41,13 +41,11 @@ def not_covered(name: str, what: str) -> AttnvizError:
 @dataclass(frozen=True)
 class Norm:
     """A LayerNorm as data: ``y = weight * (z - mean(z)) / sqrt(var(z) + eps) + bias`` over the
-    last axis (weight and bias float32 [d]); ``module`` is the torch module, whose input a
-    recording keeps."""
+    last axis (weight and bias float32 [d])."""
 
     weight: torch.Tensor
     bias: torch.Tensor
     eps: float
-    module: nn.Module
 
 
 @dataclass
@@ -141,8 +139,7 @@ def layer_norm(module: nn.Module) -> Norm:
     """A torch LayerNorm as a :class:`Norm`."""
     if not isinstance(module, nn.LayerNorm):
         raise AttnvizError(f"attnviz reads post-norm layers with LayerNorm, not {type(module).__name__}.")
-    return Norm(weight=module.weight.detach().float(), bias=module.bias.detach().float(), eps=float(module.eps),
-                module=module)
+    return Norm(weight=module.weight.detach().float(), bias=module.bias.detach().float(), eps=float(module.eps))
 
 
 def build(spec: Spec, where: nn.Module, heads: int) -> list[Layer]:
@@ -183,13 +180,11 @@ def config_heads(config) -> int:
 class LayerRun:
     """One layer as a forward pass ran it (batch item 0). h [N, d]: its input (the residual
     stream); x [N, d]: its attention's input (its value projection's input; the output of the
-    pre-attention norm in a pre-norm layer, h itself in a post-norm one); u [N, d]: for a
-    post-norm layer, the input of its second norm (the feed-forward output plus its residual);
-    args, kwargs: the call, so that :func:`run_layer` can run it again."""
+    pre-attention norm in a pre-norm layer, h itself in a post-norm one); args, kwargs: the
+    call, so that :func:`run_layer` can run it again."""
 
     h: torch.Tensor
     x: torch.Tensor
-    u: torch.Tensor | None
     args: tuple
     kwargs: dict = field(default_factory=dict)
 
@@ -209,22 +204,19 @@ def record(anatomy: Anatomy, forward: Callable[[], object]) -> list[LayerRun]:
             seen[i].update(h=_first_input(args, kwargs)[0], args=args, kwargs=kwargs)
         return hook
 
-    def on_input(i, key):
+    def on_value(i):
         def hook(module, args, kwargs):
-            seen[i][key] = _first_input(args, kwargs)[0]
+            seen[i]["x"] = _first_input(args, kwargs)[0]
         return hook
 
     with ExitStack() as hooks:
         for i, layer in enumerate(anatomy.layers):
             hooks.callback(layer.module.register_forward_pre_hook(on_layer(i), with_kwargs=True).remove)
-            hooks.callback(layer.value.register_forward_pre_hook(on_input(i, "x"), with_kwargs=True).remove)
-            if layer.post_norms:
-                norm = layer.post_norms[1].module
-                hooks.callback(norm.register_forward_pre_hook(on_input(i, "u"), with_kwargs=True).remove)
+            hooks.callback(layer.value.register_forward_pre_hook(on_value(i), with_kwargs=True).remove)
         forward()
     if any("h" not in s or "x" not in s for s in seen):
         raise AttnvizError(f"{anatomy.name}: a layer did not run as attnviz expects, so its mixing cannot be read.")
-    return [LayerRun(h=s["h"], x=s["x"], u=s.get("u"), args=s["args"], kwargs=s["kwargs"]) for s in seen]
+    return [LayerRun(h=s["h"], x=s["x"], args=s["args"], kwargs=s["kwargs"]) for s in seen]
 
 
 def attention_inputs(anatomy: Anatomy, forward: Callable[[], object],

@@ -33,8 +33,6 @@ def _kind(model: Model) -> str:
 
 def anatomy(model: Model) -> Anatomy:
     kind = _kind(model)
-    if model.image.align:
-        raise not_covered(model.name, f"a windowed {kind} image model")
     if kind not in ARCHITECTURES:
         raise not_covered(model.name, f"a {kind} image model")
     tower = model.vision_tower
