@@ -69,9 +69,9 @@ def capture(model: Model, input, *, target: str | None = None, generate: int = 0
     check_options(model, input, target=target, generate=generate, size=size, prompt=prompt)
     cut: list[str] = []  # before any lock: a huge text is cut here, so tokenising it blocks nobody
     if not isinstance(input, Image.Image):
-        input = (tuple(_bound_text(t, model, cut) for t in input) if isinstance(input, tuple)
-                 else _bound_text(input, model, cut))
-        target = _bound_text(target, model, cut) if target is not None else None
+        input = (tuple(bound_text(t, model, cut) for t in input) if isinstance(input, tuple)
+                 else bound_text(input, model, cut))
+        target = bound_text(target, model, cut) if target is not None else None
     with model.lock, limits.SLOTS, torch.inference_mode():
         if model.family == "vision-language":
             if not isinstance(input, Image.Image):
@@ -100,7 +100,7 @@ def capture(model: Model, input, *, target: str | None = None, generate: int = 0
     return result
 
 
-def _bound_text(text, model: Model, warnings: list[str]):
+def bound_text(text, model: Model, warnings: list[str]):
     """``text`` cut to ``model.max_tokens * CHARS_PER_TOKEN`` characters, more than the model
     reads, with a line in ``warnings`` when it was cut: two million zero-width joiners, pasted,
     would otherwise take seconds to tokenise while other sessions wait."""
@@ -235,8 +235,6 @@ def _stack(attentions) -> np.ndarray:
 
 def _capture_encoder(model: Model, input: TextInput, progress: Progress | None = None) -> AttentionResult:
     a, b = (input if isinstance(input, tuple) else (input, None))
-    a = clean_text(str(a))
-    b = clean_text(str(b)) if b is not None and str(b).strip() else None
     t0 = time.perf_counter()
     enc, warnings = tokenize(model, a, b)
     ids = enc["input_ids"][0].tolist()
@@ -245,7 +243,7 @@ def _capture_encoder(model: Model, input: TextInput, progress: Progress | None =
     attn, notes = _forward(model, ("encoder",), progress, **inputs)
     warnings += notes
     t2 = time.perf_counter()
-    segments = enc["token_type_ids"][0].tolist() if b is not None else None
+    segments = enc["token_type_ids"][0].tolist() if "token_type_ids" in enc else None
     return AttentionResult(
         kind="text", model=model.name, attn=attn, tokens=token_strings(model, ids),
         special=special_flags(model, ids, enc), word_spans=word_spans(enc, len(ids)), segments=segments,
@@ -281,14 +279,13 @@ def _capture_decoder(model: Model, prompt: str, generate: int, progress: Progres
 
 def _capture_seq2seq(model: Model, source: str, target: str | None,
                      progress: Progress | None = None) -> AttentionResult:
-    source = clean_text(str(source))
     t0 = time.perf_counter()
     enc, warnings = tokenize(model, source)
     src = enc["input_ids"].to(model.device)
     start = _decoder_start(model.net)
     t1 = time.perf_counter()
     if target is not None and str(target).strip():
-        tgt_enc, tgt_warn = tokenize(model, clean_text(str(target)))
+        tgt_enc, tgt_warn = tokenize(model, target)
         warnings += tgt_warn
         tgt = torch.cat([torch.tensor([[start]]), tgt_enc["input_ids"]], dim=1).to(model.device)
     else:
@@ -392,7 +389,7 @@ def image_pixels(model: Model, image: Image.Image, size: int | None) -> tuple[to
     per_cell = (spec.step // spec.patch) ** 2
     w, h = image_input_size(*image.size, size, spec.step, model.max_patches or None, per_cell=per_cell)
     seen = to_rgb(image).resize((w, h), Image.Resampling.BICUBIC)
-    return _pixel_values(seen, model), seen
+    return pixel_values(seen, model), seen
 
 
 def _capture_image(model: Model, image: Image.Image, size: int | None,
@@ -419,7 +416,7 @@ def _capture_image(model: Model, image: Image.Image, size: int | None,
         timings={"preprocess_s": t1 - t0, "forward_s": t2 - t1})
 
 
-def _pixel_values(seen: Image.Image, model: Model) -> torch.Tensor:
+def pixel_values(seen: Image.Image, model: Model) -> torch.Tensor:
     """An RGB image as the model reads it: float32 [1, 3, height, width], scaled to [0, 1] and
     normalised by the model's mean and std."""
     spec = model.image
@@ -628,8 +625,7 @@ def _capture_recorded(model: Model, input, size: int | None) -> AttentionResult:
         side = model.image.size
         if size is not None and int(size) != side:
             warnings.append(f"{model.name} reads {side} x {side} px images only; the image was resized to that.")
-        seen = to_rgb(input).resize((side, side), Image.Resampling.BICUBIC)
-        x = _pixel_values(seen, model)
+        x, seen = square_pixels(model, input)
         rows = side // model.image.patch
         tokens = ["[CLS]"] + [f"({r},{c})" for r in range(rows) for c in range(rows)]
         special = [i == 0 for i in range(len(tokens))]
@@ -669,6 +665,13 @@ def _pooled_stack(pooling: torch.Tensor, n: int) -> np.ndarray:
     attn[0, :, 0, 1:] = pool
     attn[0, :, 1:, 1:] = torch.eye(n)
     return attn.to(torch.float16).numpy()
+def square_pixels(model: Model, image: Image.Image) -> tuple[torch.Tensor, Image.Image]:
+    """(pixel_values [1, 3, side, side], the picture the model sees) for a model that reads
+    square images of one side only (``model.image.size``; attnviz's own ViT): the image
+    resized to that square."""
+    side = model.image.size
+    seen = to_rgb(image).resize((side, side), Image.Resampling.BICUBIC)
+    return pixel_values(seen, model), seen
 
 
 # -- token ids ------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ message on bad input.
     models list                         bundled models and whether each is ready here
     models fetch [NAME ...|--all]       fetch and convert, with a progress bar
     capture --model NAME (--text T | --text-file F | --image F) --out R.npz
+    mixing --model M (--text T | --image F) [--methods attention_norm,value_zeroing,alti,globenc] --out F.npz [--json]
+                                        context mixing per layer (docs/mixing.md)
     stats R.npz --json                  per-head entropy, mean distance (+ units), sink mass
     flow R.npz --from I --method rollout|flow --json     weights over the input tokens
     app [--port P]                      start the dashboard (Streamlit) in the browser
@@ -53,18 +55,24 @@ def _parser() -> argparse.ArgumentParser:
     fetch.set_defaults(run=_models_fetch)
 
     cap = sub.add_parser("capture", help="run a model on an input and save every attention map")
-    cap.add_argument("--model", required=True, help="bundled name, local folder or hub id")
-    src = cap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text", help="the text (the prompt, for decoders; the source, for encoder-decoders)")
-    src.add_argument("--text-file", type=Path, help="a UTF-8 text file")
-    src.add_argument("--image", type=Path, help="an image file (PNG, JPEG, WebP, BMP, GIF, TIFF)")
-    cap.add_argument("--pair", help="second segment, for text encoders (sentence pairs)")
+    _input_options(cap)
     cap.add_argument("--target", help="target text, for encoder-decoders (generated when absent)")
     cap.add_argument("--generate", type=int, default=0, help="tokens to generate, for decoders")
-    cap.add_argument("--size", type=int, help="image: shorter side in pixels, a multiple of the patch size")
     cap.add_argument("--prompt", help="vision-language models: the text read with --image")
     cap.add_argument("--out", required=True, type=Path, help="the .npz to write")
     cap.set_defaults(run=_capture)
+
+    from attnviz.analysis.mixing import METHODS
+
+    mix = sub.add_parser("mixing", help="context mixing per layer (attention_norm, alti, globenc, value_zeroing) "
+                                        "beside the attention weights, to .npz")
+    _input_options(mix)
+    mix.add_argument("--methods", default="attention_norm,alti,globenc",
+                     help=f"comma-separated, of {', '.join(METHODS)} (default attention_norm,alti,globenc; "
+                          "attention is always included; value_zeroing runs one layer pass per token per layer)")
+    mix.add_argument("--out", required=True, type=Path, help="the .npz to write")
+    mix.add_argument("--json", action="store_true", help="print a JSON summary")
+    mix.set_defaults(run=_mixing)
 
     stats = sub.add_parser("stats", help="per-head statistics of a saved result")
     stats.add_argument("result", type=Path)
@@ -192,8 +200,20 @@ def _progress_bar(label: str):
     return show
 
 
-def _capture(args) -> int:
-    import attnviz
+def _input_options(parser: argparse.ArgumentParser) -> None:
+    """The input options of the commands that run a model on one input (capture, mixing): the
+    model, a text, a text file or an image, a second segment, an image size."""
+    parser.add_argument("--model", required=True, help="bundled name, local folder or hub id")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="the text (the prompt, for decoders; the source, for encoder-decoders)")
+    src.add_argument("--text-file", type=Path, help="a UTF-8 text file")
+    src.add_argument("--image", type=Path, help="an image file (PNG, JPEG, WebP, BMP, GIF, TIFF)")
+    parser.add_argument("--pair", help="second segment, for text encoders (sentence pairs)")
+    parser.add_argument("--size", type=int, help="image: shorter side in pixels, a multiple of the patch size")
+
+
+def _read_input(args):
+    """The input that :func:`_input_options` describes: a PIL image, a text, or a pair of texts."""
     from attnviz.inputs import clean_text, open_image, read_text
 
     if args.image is not None:
@@ -202,8 +222,13 @@ def _capture(args) -> int:
         input = read_text(_read(args.text_file), args.text_file.name)
     else:
         input = clean_text(args.text)
-    if args.pair:
-        input = (input, args.pair)
+    return (input, args.pair) if args.pair else input
+
+
+def _capture(args) -> int:
+    import attnviz
+
+    input = _read_input(args)
     model = attnviz.load_model(args.model, progress=_progress_bar(args.model))
     progress = _progress_bar("attention") if sys.stderr.isatty() else None  # a bar per layer on a terminal
     result = attnviz.capture(model, input, target=args.target, generate=args.generate, size=args.size,
@@ -215,6 +240,37 @@ def _capture(args) -> int:
     result.save(args.out)
     shapes = ", ".join(f"{s} {list(result.attn[s].shape)}" for s in result.stacks)
     print(f"wrote {args.out}: {shapes} in {result.timings['total_s']:.2f} s")
+    return 0
+
+
+def _mixing(args) -> int:
+    import attnviz
+    from attnviz.mixing import check_methods
+
+    methods = check_methods(args.methods.split(","))  # before the model loads
+    input = _read_input(args)
+    model = attnviz.load_model(args.model, progress=_progress_bar(args.model))
+    progress = _progress_bar("mixing") if sys.stderr.isatty() else None
+    mixed = attnviz.mixing(model, input, methods=methods, size=args.size, progress=progress)
+    if progress is not None:
+        sys.stderr.write("\n")
+    for w in mixed.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    for method, why in mixed.skipped.items():
+        print(f"warning: {method} skipped: {why}", file=sys.stderr)
+    try:
+        mixed.save(args.out)
+    except OSError as e:
+        raise AttnvizError(f"cannot write {args.out}: {e.strerror}") from None
+    layers, heads, n = mixed.value_norms.shape
+    if args.json:
+        print(json.dumps({"model": mixed.model, "out": str(args.out), "methods": mixed.methods,
+                          "skipped": mixed.skipped, "layers": layers, "heads": heads, "tokens": mixed.tokens,
+                          "special": mixed.special, "causal": mixed.causal, "alti_heads": mixed.alti_heads is not None,
+                          "capture_digest": mixed.digest, "timings": mixed.timings, "warnings": mixed.warnings}))
+        return 0
+    print(f"wrote {args.out}: {', '.join(mixed.methods)} over {layers} layers x {n} tokens "
+          f"in {mixed.timings['total_s']:.2f} s")
     return 0
 
 

@@ -41,6 +41,12 @@ lazy one is written as what was recorded, uncompressed: per stack ``q_<stack>`` 
 its masks and key biases ``mask_<stack>_<i>``, and per layer scale, causal flag, window, mask
 index, soft-cap and key bias index in ``meta["recorded"][stack]``; loading it recomputes the
 maps on demand.
+
+Format 4 adds the context-mixing file that :meth:`attnviz.mixing.Mixing.save` writes (same
+``meta`` text with ``tokens`` and ``special``, and ``image``): ``mixing_<method>`` float32
+``[layers, N, N]`` per method (rows sum to 1; ``mixing_attention`` always),
+``mixing_value_norms`` float32 ``[layers, heads, N]`` and, when kept, ``mixing_alti_heads``
+float32 ``[layers, heads, N, N]`` (docs/mixing.md).
 """
 from __future__ import annotations
 
@@ -58,7 +64,8 @@ from attnviz.lazy import Call, LazyStack
 
 STACKS = ("encoder", "decoder", "cross")
 STAGE = re.compile(r"^stage[1-9][0-9]*$")  # windowed, hierarchical image models: one stack per stage
-FORMAT_VERSION = 3  # 1: attn_<stack> arrays only; 2: also recorded stacks (see the module docstring); 3: key biases
+FORMAT_VERSION = 4  # 1: attn_<stack> arrays only; 2: also recorded stacks (see the module docstring); 3: key biases;
+# 4: also context-mixing files (attnviz.mixing)
 NPZ_MAPS_MAX = 2 ** 26  # attention weights in all up to which the maps themselves are saved (128 MB float16)
 
 

@@ -8,6 +8,7 @@ length with a warning, the user's special-token strings kept as text), :func:`to
 """
 from __future__ import annotations
 
+from attnviz.inputs import clean_text
 from attnviz.models.model import Model
 
 
@@ -15,12 +16,15 @@ def tokenize(model: Model, text: str, pair: str | None = None, limit: int | None
     """(the tokenizer's encoding of ``text``, or of the pair ``(text, pair)``, as torch tensors
     with its special-tokens mask and, for a pair, its token type ids; warnings): tokenised with
     the model's tokenizer, cut to ``limit`` tokens (the model's ``max_tokens`` by default) with
-    a warning.
+    a warning. ``text`` and ``pair`` are cleaned first (attnviz.inputs.clean_text); a blank
+    ``pair`` is none.
 
     Special-token strings the user typed ("[SEP]", "<|im_start|>") are split like any text
     (``split_special_tokens``), so that they stay the user's words; where the tokenizer still
     reads one as a special token (T5's "</s>"), a warning says so. Text of which most tokens
     are the unknown token (a model uploaded without its vocabulary) gets a warning too."""
+    text = clean_text(str(text))
+    pair = clean_text(str(pair)) if pair is not None and str(pair).strip() else None
     limit = limit or model.max_tokens
     kwargs = dict(return_tensors="pt", return_special_tokens_mask=True, return_token_type_ids=pair is not None,
                   split_special_tokens=True)

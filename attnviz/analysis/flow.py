@@ -200,7 +200,14 @@ def rollout_spread(attn: np.ndarray, source: int, fusion: str = "mean", top_k: i
 def flow_capacities(attn: np.ndarray, fusion: str = "mean") -> np.ndarray:
     """Integer capacities ``C[layer, i, j]`` = A'_(layer+1)[i, j] * FLOW_SCALE rounded (int64):
     ``C[l - 1]`` holds the edges (l, i) -> (l - 1, j)."""
-    return np.stack([np.rint(augmented_layer(a, fusion) * FLOW_SCALE).astype(np.int64) for a in attn])
+    return np.stack([capacities(augmented_layer(a, fusion)) for a in attn])
+
+
+def check_flow_size(layers: int, n: int) -> None:
+    """Refuse a graph of more than MAX_FLOW_EDGES edges (layers * n * n) with one line."""
+    if layers * n * n > MAX_FLOW_EDGES:
+        raise AttnvizError(f"Exact attention flow over {n} tokens and {layers} layers is too big a graph "
+                           f"({layers * n * n:,} edges, at most {MAX_FLOW_EDGES:,}); use rollout, or a shorter input.")
 
 
 def attention_flow(attn: np.ndarray, source: int, fusion: str = "mean",
@@ -208,12 +215,24 @@ def attention_flow(attn: np.ndarray, source: int, fusion: str = "mean",
     """Exact attention flow from output token ``source`` to every input token: ``[n]``
     float64 summing to 1 (see the module docstring). ``progress(fraction)`` is called as the
     input tokens are done."""
-    layers, _, n, _ = attn.shape
-    if layers * n * n > MAX_FLOW_EDGES:
-        raise AttnvizError(f"Exact attention flow over {n} tokens and {layers} layers is too big a graph "
-                           f"({layers * n * n:,} edges, at most {MAX_FLOW_EDGES:,}); use rollout, or a shorter input.")
-    values = max_flow_values(flow_capacities(attn, fusion), source, progress)
-    return values / values.sum()
+    check_flow_size(attn.shape[0], attn.shape[-1])
+    return matrix_flow(np.stack([augmented_layer(a, fusion) for a in attn]), source, progress)
+
+
+def matrix_flow(matrices: np.ndarray, source: int, progress: Progress | None = None) -> np.ndarray:
+    """Exact flow from output token ``source`` to every input token through layers given as
+    matrices ``[layers, n, n]`` (row i of layer l: how token i after layer l draws on the
+    tokens before it, each row summing to at most 1), used as the capacities in place of
+    A'_l: ``[n]`` float64 summing to 1 (all zero when nothing reaches the input)."""
+    check_flow_size(matrices.shape[0], matrices.shape[-1])
+    values = max_flow_values(capacities(matrices), source, progress)
+    total = values.sum()
+    return values / total if total else values.astype(np.float64)
+
+
+def capacities(matrices: np.ndarray) -> np.ndarray:
+    """Integer capacities ``rint(matrices * FLOW_SCALE)`` (int64)."""
+    return np.rint(np.asarray(matrices, dtype=np.float64) * FLOW_SCALE).astype(np.int64)
 
 
 def max_flow_values(capacities: np.ndarray, source: int, progress: Progress | None = None) -> np.ndarray:

@@ -1,0 +1,40 @@
+"""Text encoders with post-norm layers: BERT and the models built like it (RoBERTa, XLM-RoBERTa,
+ELECTRA, MiniLM; DistilBERT with its own names). Each layer is
+
+    y = LN1(h + Attention(h)),   out = LN2(y + FFN(y))
+
+so the attention's input x is the layer input h, and both norms come after their residuals.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from attnviz.capture import TextInput
+from attnviz.families.anatomy import Anatomy, Spec, build, config_heads, not_covered
+from attnviz.models.model import Model
+from attnviz.tokens import tokenize
+
+BERT = Spec(layers="encoder.layer", value="attention.self.value", out="attention.output.dense",
+            post_norms=("attention.output.LayerNorm", "output.LayerNorm"))
+ARCHITECTURES = {
+    "bert": BERT, "roberta": BERT, "xlm-roberta": BERT, "electra": BERT,
+    "distilbert": Spec(layers="transformer.layer", value="attention.v_lin", out="attention.out_lin",
+                       post_norms=("sa_layer_norm", "output_layer_norm")),
+}
+
+
+def anatomy(model: Model) -> Anatomy:
+    kind = model.net.config.model_type
+    if kind not in ARCHITECTURES:
+        raise not_covered(model.name, f"a {kind} text encoder")
+    base = model.net.base_model
+    return Anatomy(name=f"{model.name} (a {kind} encoder)", root=model.net,
+                   layers=build(ARCHITECTURES[kind], base, config_heads(model.net.config)), norm="post-norm LayerNorm")
+
+
+def forward(model: Model, input: TextInput, size: int | None = None) -> Callable[[], object]:
+    """Runs the encoder on ``input`` (a text or a pair of texts) tokenised as capture does."""
+    a, b = input if isinstance(input, tuple) else (input, None)
+    enc, _ = tokenize(model, a, b)
+    inputs = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    return lambda: model.net.base_model(**inputs)
