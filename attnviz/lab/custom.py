@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from attnviz import limits
+import attnviz.limits as limits
 from attnviz.errors import AttnvizError
 from attnviz.lab.blocks import ATTENTIONS, Block
 from attnviz.lab.classify import Classifier, ClassifierConfig, WordTokenizer
