@@ -1,4 +1,4 @@
-"""Information-flow routes (attnviz.analysis.routes) against direct
+"""Information-flow routes (attnviz.analysis.routes, attnviz.viz.routes) against direct
 computations: the kept edges by a graph search in networkx over every edge at or above the
 threshold, shares by the explicit matrix product, the routed share by summing over every path,
 and a hand-made graph worked out by hand (docs/routes.md has the definitions)."""
@@ -10,9 +10,12 @@ import json
 import networkx as nx
 import numpy as np
 import pytest
+from PIL import Image
 
 from attnviz.analysis.routes import MAX_EDGES, default_threshold, layer_matrices, routes, routes_json
 from attnviz.errors import AttnvizError
+from attnviz.result import PatchGrid
+from attnviz.viz.routes import EDGE_HOVER, GAPS, MAX_DRAWN_EDGES, NODES, columns, routes_figure
 
 # -- direct computations ----------------------------------------------------------------------
 
@@ -202,3 +205,55 @@ def test_bad_input_gets_one_clear_message(call, message):
     m = random_mixing(np.random.default_rng(0), 2, 5)
     with pytest.raises(AttnvizError, match=message.replace("(", r"\(").replace("]", r"\]")):
         call(m)
+
+
+# -- the figure ---------------------------------------------------------------------------------
+def test_collapsed_runs_become_thin_gaps():
+    x, runs = columns(np.array([False, True, True, False, True, False]))
+    assert [a for a, b, _ in runs] == [1, 4] and [b for a, b, _ in runs] == [2, 4]
+    assert x[0] == 0 and x[3] == pytest.approx(1.4) and x[5] == pytest.approx(2.8)
+    assert x[1] == x[2] == pytest.approx(0.7)  # the run's centre, between its neighbours
+
+
+def traces(fig, name):
+    return [t for t in fig.data if t.name == name]
+
+
+def test_figure_draws_every_kept_edge_and_node():
+    rng = np.random.default_rng(19)
+    m = random_mixing(rng, 4, 12)
+    heads = rng.random((4, 3, 12, 12))
+    r = routes(m, "alti", 11, threshold=0.12, heads=heads)
+    fig = routes_figure(r, [f"tok{k}" for k in range(12)], title="test")
+    lines = [t for t in fig.data if t.mode == "lines"]
+    assert sum(np.count_nonzero(np.isnan(np.asarray(t.x, dtype=float))) for t in lines) == len(r.edges)
+    (hover,), (nodes,) = traces(fig, EDGE_HOVER), traces(fig, NODES)
+    assert len(hover.x) == len(r.edges) and all("heads h" in t for t in hover.text)
+    assert len(nodes.x) == int(r.kept_nodes.sum())
+    assert {tuple(c) for c in np.asarray(nodes.customdata).tolist()} == {
+        (int(a), int(b)) for a, b in zip(*np.nonzero(r.kept_nodes))}
+    idle = r.idle_tokens()
+    runs = int(np.sum(idle[1:] & ~idle[:-1]) + idle[0])
+    assert len(traces(fig, GAPS)[0].x if runs else []) == runs
+    bare = routes_figure(routes(m, "globenc", 11, threshold=0.12), [f"tok{k}" for k in range(12)])
+    assert all("no per-head values" in t for t in traces(bare, EDGE_HOVER)[0].text)
+
+
+def test_image_routes_show_the_photo_and_the_grid_rows():
+    rng = np.random.default_rng(23)
+    grid = PatchGrid(rows=3, cols=4, patch_px=14, prefix=1)
+    m = random_mixing(rng, 2, 13)
+    r = routes(m, "alti", 0, threshold=0.05)
+    photo = Image.fromarray(rng.integers(0, 255, (42, 56, 3), dtype=np.uint8))
+    fig = routes_figure(r, ["[CLS]"] + [f"({a},{b})" for a in range(3) for b in range(4)], photo=photo, grid=grid)
+    assert len(fig.layout.images) == 1 and fig.layout.images[0].source.startswith("data:image/jpeg;base64,")
+    assert len([s for s in fig.layout.shapes if s.type == "line"]) == grid.rows - 1
+
+
+def test_too_many_edges_to_draw_is_refused():
+    m = np.full((2, 180, 180), 1 / 180)
+    r = routes(m, "alti", list(range(180)), threshold=1 / 200)
+    assert len(r.edges) > MAX_DRAWN_EDGES
+    with pytest.raises(AttnvizError, match="raise the threshold"):
+        routes_figure(r, ["t"] * 180)
+
