@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from attnviz import figures
+from attnviz.analysis.flow import fuse_heads
 from attnviz.analysis.routes import MAX_EDGES, default_threshold, layer_matrices, routes, routes_json
 from attnviz.errors import AttnvizError
 from attnviz.result import PatchGrid
@@ -257,3 +259,16 @@ def test_too_many_edges_to_draw_is_refused():
     with pytest.raises(AttnvizError, match="raise the threshold"):
         routes_figure(r, ["t"] * 180)
 
+
+def test_notebook_routes_follow_the_captured_attention(minilm):
+    import attnviz
+
+    result = attnviz.capture(minilm, "The cat sat on the mat because it was warm.")
+    attn = np.asarray(result.attn["encoder"], dtype=np.float64)
+    mp = direct_matrices(np.stack([fuse_heads(a) for a in attn]), "attention")
+    fig = figures.routes(result, token=0, threshold=0.05)
+    edges, nodes = networkx_routes(mp, [0], 0.05)
+    assert len(traces(fig, EDGE_HOVER)[0].x) == len(edges)
+    assert len(traces(fig, NODES)[0].x) == len(nodes)
+    pooled = figures.routes(result, pooled=True, threshold=0.05)
+    assert len(traces(pooled, EDGE_HOVER)[0].x) == len(networkx_routes(mp, range(attn.shape[-1]), 0.05)[0])
