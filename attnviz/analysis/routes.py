@@ -133,24 +133,31 @@ def kept_count(m: np.ndarray, outputs: np.ndarray, threshold: float) -> int:
 
 def default_threshold(m: np.ndarray, outputs: np.ndarray, fraction: float = DEFAULT_FRACTION,
                       max_edges: int | None = None) -> float:
-    """The largest edge weight of ``M'`` that, as the threshold, keeps at least
-    ``min(fraction * L * N * N, max_edges)`` edges (routes from ``outputs``); the smallest
-    positive weight when no threshold keeps that many. Found by bisection over the sorted
+    """The threshold the routes of ``M'`` (``[L, N, N]``) from ``outputs`` start at: the
+    largest edge weight that keeps at least ``fraction`` of the L x N x N edges (the smallest
+    positive weight when none keeps that many); when that keeps more than ``max_edges``, the
+    smallest weight that keeps at most ``max_edges``. Found by bisection over the sorted
     weights, since the count only falls as the threshold rises."""
-    target = max(1, round(fraction * m.size))
-    if max_edges is not None:
-        target = min(target, max_edges)
     values = np.unique(m[m > 0])
     if len(values) == 0:
         raise AttnvizError("Every weight is 0: there is no route to follow.")
-    lo, hi = 0, len(values) - 1  # the answer is in values[lo..hi]
+    at = max(last_keeping(m, outputs, values, max(1, round(fraction * m.size))), 0)
+    if max_edges is not None and kept_count(m, outputs, values[at]) > max_edges:
+        at = min(last_keeping(m, outputs, values, max_edges + 1) + 1, len(values) - 1)
+    return float(values[at])
+
+
+def last_keeping(m: np.ndarray, outputs: np.ndarray, values: np.ndarray, count: int) -> int:
+    """The largest index i of the sorted ``values`` whose threshold keeps at least ``count``
+    edges, or -1 when none does."""
+    lo, hi = -1, len(values) - 1  # the answer is in lo..hi
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if kept_count(m, outputs, values[mid]) >= target:
+        if kept_count(m, outputs, values[mid]) >= count:
             lo = mid
         else:
             hi = mid - 1
-    return float(values[lo])
+    return lo
 
 
 def routes(matrices: np.ndarray, method: str, outputs, *, threshold: float | None = None,
