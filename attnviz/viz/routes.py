@@ -5,9 +5,10 @@ in token order (for an image: the prefix tokens, then the patches row by row, a 
 between two rows of the grid). Tokens with no kept node are collapsed: each run of them
 becomes a thin gap, marked on the input row with how many tokens it holds. Edges are drawn as
 lines, wider for a larger weight, grouped into a few widths (one trace each); nodes are dots
-coloured by their share of the output, on a log scale, with the output nodes ringed.
+coloured by their share of the output, on a log scale, with the output nodes ringed. An edge
+from a token to itself (the residual stream's share) is grey, an edge across tokens dark red.
 
-Traces, in order: the edge lines (one per width drawn, hover off), ``EDGE_HOVER`` (one
+Traces, in order: the edge lines (one per width and colour drawn, hover off), ``EDGE_HOVER`` (one
 invisible point per kept edge, two thirds of the way up it, whose hover lists the heads that
 carry it), ``NODES`` (one point per kept node, ``customdata = [layer, token]`` so that a
 click can open that layer's heatmap with the token selected), and ``GAPS`` (one point per
@@ -29,6 +30,7 @@ from attnviz.viz.image import data_uri, fit_size
 EDGE_HOVER, NODES, GAPS = "edges", "nodes", "collapsed tokens"
 MAX_DRAWN_EDGES = 30_000  # more lines than a browser draws smoothly, and than anyone can read
 WIDTHS = 6  # line widths drawn, from the threshold to the strongest edge
+RESIDUAL_RGB, MIXING_RGB = "160, 160, 175", "150, 30, 70"  # a token to itself (grey), across tokens (wine)
 FAINT_EDGES = 200  # the thinnest lines fade as the edges outnumber this (opacity 0.6 down to 0.1)
 GAP = 0.4  # the width of a collapsed run of tokens, in columns
 HEADS_LISTED = 6  # heads named on an edge's hover, the strongest first
@@ -103,14 +105,18 @@ def routes_figure(r: Routes, tokens: list[str], *, title: str = "", photo: Image
 
     layer, i, j = r.edges.T
     faint = float(np.clip(FAINT_EDGES / max(len(r.edges), 1), 0.1, 0.6))  # the thinnest lines' opacity
+    residual = i == j
     for w, pick in enumerate(width_classes(r.weights, r.threshold)):
-        if not pick.any():
-            continue
-        xs = np.stack([x[j[pick]], x[i[pick]], np.full(pick.sum(), np.nan)], axis=1).ravel()
-        ys = np.stack([layer[pick], layer[pick] + 1, np.full(pick.sum(), np.nan)], axis=1).ravel()
         step = (w / (WIDTHS - 1)) ** 2
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
-                                 line=dict(width=0.4 + 4.6 * step, color=f"rgba(40, 40, 80, {faint + (0.8 - faint) * step:.2f})")))
+        for own, rgb in ((True, RESIDUAL_RGB), (False, MIXING_RGB)):
+            chosen = pick & (residual == own)
+            if not chosen.any():
+                continue
+            xs = np.stack([x[j[chosen]], x[i[chosen]], np.full(chosen.sum(), np.nan)], axis=1).ravel()
+            ys = np.stack([layer[chosen], layer[chosen] + 1, np.full(chosen.sum(), np.nan)], axis=1).ravel()
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+                                     line=dict(width=0.4 + 4.6 * step,
+                                               color=f"rgba({rgb}, {faint + (0.8 - faint) * step:.2f})")))
 
     heads = head_lines(r.heads, len(r.edges))
     text = [f"layer {l + 1}: {labels[b]} ({b}) → {labels[a]} ({a})<br>weight {w:.4f}<br>{h}"
