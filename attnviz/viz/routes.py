@@ -133,7 +133,7 @@ def routes_figure(r: Routes, tokens: list[str], *, title: str = "", photo: Image
     fig.add_trace(go.Scatter(
         x=x[node_token], y=node_layer, mode="markers", name=NODES, showlegend=False,
         customdata=np.stack([node_layer, node_token], axis=1),
-        text=[f"{'output · ' if o else ''}layer {l} · {labels[t]} ({t})<br>share {s:.4f}"
+        text=[f"{'output · ' if o else ''}{'input' if l == 0 else f'layer {l}'} · {labels[t]} ({t})<br>share {s:.4f}"
               for l, t, s, o in zip(node_layer.tolist(), node_token.tolist(), share.tolist(), is_output.tolist())],
         hovertemplate="%{text}<extra></extra>",
         marker=dict(size=size, color=np.log10(np.maximum(share, SHARE_FLOOR)), colorscale="Viridis",
