@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
                       "lines: every head)")
     plot.add_argument("--stack", help="encoder, decoder or cross (default: the first present)")
     plot.add_argument("--token", type=int, help="query token (focus, overlay, lines) or output token (rollout, "
-                      "flow, highlight)")
+                      "flow, highlight, routes)")
     plot.add_argument("--out", required=True, type=Path, help="the figure to write: .png (3x), .svg or .pdf")
     plot.set_defaults(run=_plot)
 
@@ -392,7 +392,7 @@ def _plot(args) -> int:
         fig = figures.overlay_figure(result, args.layer, head, query=args.token or 0)
     elif view == "distance":
         fig = figures.distance(result, **common)
-    else:  # rollout, flow, highlight: from one output token
+    else:  # rollout, flow, highlight, routes: from one output token
         fig = getattr(figures, view)(result, token=args.token, **common)
     write(fig, args.out)
     print(f"wrote {args.out}")

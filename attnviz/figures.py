@@ -30,6 +30,7 @@ import plotly.graph_objects as go
 from PIL import Image
 
 from attnviz.analysis import flow as flow_analysis
+from attnviz.analysis import routes as routes_analysis
 from attnviz.analysis.flow import FUSIONS
 from attnviz.analysis.stats import head_stats
 from attnviz.analysis.tokens import last_content_unit
@@ -37,10 +38,11 @@ from attnviz.errors import AttnvizError
 from attnviz.result import AttentionResult
 from attnviz.viz import flow as flow_viz
 from attnviz.viz import image as image_viz
+from attnviz.viz import routes as routes_viz
 from attnviz.viz import text as text_viz
 from attnviz.viz.highlight import token_highlight
 
-VIEWS = ("heatmap", "overview", "lines", "focus", "overlay", "rollout", "distance", "flow", "highlight")
+VIEWS = ("heatmap", "overview", "lines", "focus", "overlay", "rollout", "distance", "flow", "highlight", "routes")
 
 Resultish = AttentionResult | str | Path
 
@@ -188,6 +190,30 @@ def flow(result: Resultish, token: int | None = None, *, stack: str | None = Non
     if layers * n * n <= flow_analysis.MAX_FLOW_EDGES:
         weights["flow"] = flow_analysis.attention_flow(attn, source, fusion)
     return flow_viz.method_figure(result, stack, source, weights, merge=merge, hide_special=hide_special)
+
+
+def routes(result: Resultish, token: int | None = None, *, stack: str | None = None, pooled: bool = False,
+           threshold: float | None = None) -> go.Figure:
+    """The information-flow routes of the attention down to output ``token`` (every token,
+    read as their mean, when ``pooled``): a layered graph of the edges whose weight in the
+    residual-augmented attention (heads' mean, as rollout) is at least ``threshold`` and that
+    reach the output (docs/routes.md); by default the threshold keeps about 5% of the edges.
+    An edge's hover gives each head's own attention weight on it."""
+    result = load(result)
+    stack = _self_stack(result, stack)
+    attn = result.attn[stack]
+    n_layers, n_heads, n, _ = attn.shape
+    outputs = np.arange(n) if pooled else source_token(result, stack, token)
+    fused = np.stack([flow_analysis.fuse_stream((result.attention(layer, h, stack) for h in range(n_heads)), "mean")
+                      for layer in range(n_layers)])
+    found = routes_analysis.routes(fused, "attention", outputs, threshold=threshold, heads=attn,
+                                   max_edges=routes_viz.MAX_DRAWN_EDGES)
+    tokens = result.key_tokens(stack)
+    what = "every token (mean)" if pooled else f"token {int(outputs)} ({tokens[int(outputs)]!r})"
+    image = result.kind == "image" and result.image is not None
+    return routes_viz.routes_figure(found, tokens, title=f"{result.model} · attention routes to {what}",
+                                    photo=Image.fromarray(result.image) if image else None,
+                                    grid=result.grid if result.kind == "image" else None)
 
 
 def distance(result: Resultish, *, stack: str | None = None, window: int = 2) -> go.Figure:

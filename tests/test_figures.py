@@ -56,9 +56,9 @@ def test_heatmap_shows_the_asked_head_or_the_fused_heads(text_result, saved):
 
 
 def test_every_view_of_a_text_and_an_image(text_result, image_result):
-    for view in ("heatmap", "overview", "lines", "focus", "rollout", "distance", "flow", "highlight"):
+    for view in ("heatmap", "overview", "lines", "focus", "rollout", "distance", "flow", "highlight", "routes"):
         assert isinstance(getattr(figures, view)(text_result), go.Figure), view
-    for view in ("heatmap", "overview", "rollout", "distance"):
+    for view in ("heatmap", "overview", "rollout", "distance", "routes"):
         assert isinstance(getattr(figures, view)(image_result), go.Figure), view
     picture = figures.overlay(image_result, layer=-1, head=0)
     assert isinstance(picture, Image.Image) and picture.size == image_result.image.shape[1::-1]
@@ -118,6 +118,9 @@ def test_plot_writes_svg_pdf_and_png(saved, tmp_path, capsys):
     assert main(["plot", str(text), "--view", "rollout", "--out", str(png)]) == 0
     with Image.open(png) as im:
         assert im.width == 3000  # 1000 px figure at 3x
+    routes = tmp_path / "routes.svg"
+    assert main(["plot", str(text), "--view", "routes", "--token", "0", "--out", str(routes)]) == 0
+    assert "attention routes to token 0" in _svg_text(routes.read_bytes())
     assert main(["plot", str(text), "--view", "lines", "--out", str(tmp_path / "f.gif")]) == 1
     assert "--out must end in .png, .svg or .pdf" in capsys.readouterr().err
     assert main(["plot", str(image), "--view", "highlight", "--out", str(tmp_path / "h.svg")]) == 1

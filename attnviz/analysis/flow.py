@@ -135,7 +135,15 @@ def augmented_layer(attn_layer: np.ndarray, fusion: str = "mean", discard_ratio:
         raise ValueError(f"rollout and flow need a square stack (queries = keys), got {fused.shape}")
     if discard_ratio:
         fused = discard_lowest(fused, discard_ratio)
-    a = 0.5 * fused + 0.5 * np.eye(fused.shape[0])
+    return residual_augmented(fused)
+
+
+def residual_augmented(matrix: np.ndarray) -> np.ndarray:
+    """rownorm(0.5 * matrix + 0.5 * I) as float64, for one square matrix ``[n, n]`` or a stack
+    ``[..., n, n]``: the residual stream added as half of every row, rows renormalised."""
+    a = 0.5 * np.asarray(matrix, dtype=np.float64)
+    diagonal = np.arange(a.shape[-1])
+    a[..., diagonal, diagonal] += 0.5
     return a / a.sum(axis=-1, keepdims=True)
 
 
