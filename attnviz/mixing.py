@@ -167,7 +167,7 @@ def check_methods(methods) -> list[str]:
     return ["attention"] + [m for m in METHODS[1:] if m in methods]
 
 
-def max_tokens(layers: int) -> int:
+def max_mixing_tokens(layers: int) -> int:
     """The longest input mixing reads for a model of ``layers`` layers: one method's
     float32 [layers, N, N] within MATRIX_BYTES."""
     return math.isqrt(MATRIX_BYTES // (4 * layers))
@@ -225,9 +225,9 @@ def mixing(model: Model, input, *, methods=DEFAULT_METHODS, pair: str | None = N
     captured = time.perf_counter()
     stack = result.stacks[0]
     n, n_layers = len(result.key_tokens(stack)), len(anatomy.layers)
-    if n > max_tokens(n_layers):
+    if n > max_mixing_tokens(n_layers):
         raise AttnvizError(f"Context mixing keeps a [layers, tokens, tokens] matrix per method: {model.name} reads "
-                           f"{n} tokens here, and at most {max_tokens(n_layers):,} fit (value_norms() reads any length).")
+                           f"{n} tokens here, and at most {max_mixing_tokens(n_layers):,} fit (value_norms() reads any length).")
     skipped = {}
     if "globenc" in methods and not anatomy.post_norm:
         skipped["globenc"] = (f"GlobEnc decomposes the two LayerNorms of a post-norm layer (BERT-like); "
@@ -280,7 +280,7 @@ def mixing(model: Model, input, *, methods=DEFAULT_METHODS, pair: str | None = N
     return Mixing(model=model.name, kind=result.kind, tokens=list(result.key_tokens(stack)),
                   special=list(result.key_special(stack)), matrices=matrices, value_norms=value_norms,
                   digest=result.digest, alti_heads=alti_heads, skipped=skipped,
-                  warnings=warnings + list(result.warnings), causal=result.is_causal(stack),
+                  warnings=warnings + [w for w in result.warnings if w not in warnings], causal=result.is_causal(stack),
                   grid=result.grid, image=result.image, timings=timings)
 
 
