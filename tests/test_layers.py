@@ -69,7 +69,7 @@ def test_no_import_cycle_inside_attnviz():
 # and those below it. Modules not listed (the command line, the lab, notebooks' helpers) sit on
 # top of the backend: they may import any of it, but not the Streamlit blocks of attnviz.ui.
 LAYERS = {"attnviz.ui": 3, "attnviz.viz": 2, "attnviz.analysis": 1,
-          **{f"attnviz.{m}": 0 for m in ("result", "capture", "recorder", "models", "inputs", "limits", "cache",
+          **{f"attnviz.{m}": 0 for m in ("result", "capture", "recorder", "models", "inputs", "limits", "jobs", "cache",
                                          "errors", "device", "samples")}}
 
 

@@ -1,4 +1,5 @@
-"""Small Streamlit helpers every page uses: remembered choices, URL state, error display."""
+"""Small Streamlit helpers every page uses: remembered choices, URL state, error display, the
+progress bar, and the one way a page runs a heavy computation (:func:`job`)."""
 from __future__ import annotations
 
 import logging
@@ -9,8 +10,10 @@ from typing import Callable, Iterator
 
 import streamlit as st
 
+import attnviz.jobs as jobs
 import attnviz.limits as limits
 from attnviz.errors import AttnvizError
+from attnviz.ui.visitor import visitor
 
 log = logging.getLogger("attnviz")
 
@@ -79,6 +82,55 @@ def progress_bar(text: str, *, after: float = 0.0) -> Iterator[Callable[..., Non
         yield update
     finally:
         slot.empty()
+
+
+CANCELLED = "_jobs_cancelled"  # session state: the keys of the requests this session cancelled
+
+
+@contextmanager
+def job(what: str, nbytes: int, *, key: str, seconds: float | None = None) -> Iterator[Callable[..., None]]:
+    """Run the block as a job of this session's visitor (attnviz.jobs; ``nbytes``: what it
+    will need, ``seconds``: its expected length when known), and yield the progress bar's
+    ``update`` for the backend's ``progress`` callback. While the job waits, its place in line
+    and an estimate are shown; once it has waited or run for PROGRESS_AFTER_S, a Cancel button.
+    ``key`` names the request (its cache key): a cancelled request shows "cancelled" and a
+    "Run again" button on the page's next runs instead of running again. The job is also
+    ended when the page reruns while it waits or runs (Streamlit stops the run at its next
+    message), as a capture always was."""
+    cancelled = st.session_state.setdefault(CANCELLED, set())
+    if key in cancelled:
+        st.info(f"{what}: cancelled.")
+        if st.button("Run again", key=f"_again_{key}"):
+            cancelled.discard(key)
+            st.rerun()
+        st.stop()
+    outer = st.empty()
+    box = outer.container()
+    message = box.empty()
+    started = time.perf_counter()
+    button: list = []
+
+    def offer_cancel() -> None:
+        if not button and time.perf_counter() - started >= PROGRESS_AFTER_S:
+            button.append(box.button("Cancel", key=f"_cancel_{key}", on_click=cancelled.add, args=(key,),
+                                     help="Stop this computation; the page keeps what it showed before."))
+
+    def on_wait(status: jobs.Status) -> None:
+        message.info(status.text(), icon="⏳")
+        offer_cancel()
+
+    try:
+        with jobs.SCHEDULER.job(visitor(), what, nbytes, seconds=seconds, on_wait=on_wait):
+            message.empty()
+            with box, progress_bar(f"{what}…", after=PROGRESS_AFTER_S) as update:
+                def progress(fraction: float, text: str | None = None) -> None:
+                    message.empty()  # a pause between steps is over
+                    update(fraction, text)
+                    offer_cancel()
+
+                yield progress
+    finally:
+        outer.empty()
 
 
 @contextmanager
