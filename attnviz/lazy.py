@@ -36,6 +36,7 @@ SMALL_ELEMENTS = 2 ** 26  # weights of a stack kept materialised (128 MB in floa
 SLICE_ELEMENTS = 2 ** 28  # most weights one whole-array selection may materialise (512 MB in float16)
 ROW_BLOCK_ELEMENTS = 2 ** 22  # scores computed at once: rows per block = this / keys (16 MB float32)
 CACHE_BYTES = 64 * 2 ** 20  # rows kept by LazyStack.rows' cache, per stack
+READ_BYTES = 4 * ROW_BLOCK_ELEMENTS * 4  # working memory of one reader of a head (a block of scores, its softmax, rows), generous
 
 
 @dataclass

@@ -2,20 +2,23 @@
 progress bar, and the one way a page runs a heavy computation (:func:`job`)."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Hashable, Iterator, TypeVar
 
 import streamlit as st
 
 import attnviz.jobs as jobs
 import attnviz.limits as limits
+from attnviz.cache import ByteCache
 from attnviz.errors import AttnvizError
 from attnviz.ui.visitor import visitor
 
 log = logging.getLogger("attnviz")
+V = TypeVar("V")
 
 
 def remember(key: str, default):
@@ -88,7 +91,7 @@ CANCELLED = "_jobs_cancelled"  # session state: the keys of the requests this se
 
 
 @contextmanager
-def job(what: str, nbytes: int, *, key: str, seconds: float | None = None) -> Iterator[Callable[..., None]]:
+def job(what: str, nbytes: int, *, key: Hashable, seconds: float | None = None) -> Iterator[Callable[..., None]]:
     """Run the block as a job of this session's visitor (attnviz.jobs; ``nbytes``: what it
     will need, ``seconds``: its expected length when known), and yield the progress bar's
     ``update`` for the backend's ``progress`` callback. While the job waits, its place in line
@@ -96,7 +99,10 @@ def job(what: str, nbytes: int, *, key: str, seconds: float | None = None) -> It
     ``key`` names the request (its cache key): a cancelled request shows "cancelled" and a
     "Run again" button on the page's next runs instead of running again. The job is also
     ended when the page reruns while it waits or runs (Streamlit stops the run at its next
-    message), as a capture always was."""
+    message), as a capture always was. The progress callback is a checkpoint of the job
+    (attnviz.jobs): the backend calls it between steps, where it holds nothing shared but the
+    model's gate."""
+    key = hashlib.sha256(repr(key).encode("utf-8", "surrogatepass")).hexdigest()[:20]
     cancelled = st.session_state.setdefault(CANCELLED, set())
     if key in cancelled:
         st.info(f"{what}: cancelled.")
@@ -127,10 +133,30 @@ def job(what: str, nbytes: int, *, key: str, seconds: float | None = None) -> It
                     message.empty()  # a pause between steps is over
                     update(fraction, text)
                     offer_cancel()
+                    jobs.checkpoint(fraction)
 
                 yield progress
     finally:
         outer.empty()
+
+
+def cached_job(cache: ByteCache[V], key: Hashable, what: str, nbytes: int, compute: Callable[[Callable[..., None]], V],
+               *, seconds: float | None = None) -> V:
+    """``cache``'s value of ``key``; when missing, ``compute(progress)`` run as a job of this
+    visitor (:func:`job`, admitted for ``nbytes``) and kept. A session asking for a value that
+    another session is computing waits for that one, and says so: the job runs inside the
+    cache's computation, never the other way round, so no job waits for another's value while
+    it holds a worker."""
+    def run() -> V:
+        with job(what, nbytes, key=key, seconds=seconds) as progress:
+            return compute(progress)
+
+    notice = st.empty()
+    try:
+        return cache.get(key, run, waiting=lambda: notice.info(
+            f"{what}: the same is being computed for another tab or visitor; it shows here when done.", icon="⏳"))
+    finally:
+        notice.empty()
 
 
 @contextmanager

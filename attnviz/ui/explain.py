@@ -22,7 +22,7 @@ from attnviz.models.bundled import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from attnviz.models.loader import Model
 from attnviz.samples import SAMPLES, sample_bytes
 from attnviz.ui.charts import show_chart
-from attnviz.ui.common import job, progress_bar
+from attnviz.ui.common import cached_job, progress_bar
 from attnviz.ui.inputs import MANY_TEXTS, TEXT_FAMILIES, input_size_picker, photo_input
 from attnviz.ui.models import get_model, model_picker
 from attnviz.ui.overlay import style_controls
@@ -76,18 +76,8 @@ def run_explain(name: str, model: Model, input, digest: str, *, target: str | No
     """The explanation of ``input`` (named by ``digest``) by model ``name``, cached across
     sessions per (model, input, output, size, methods); one not in the cache runs as a job of
     this visitor (``ui.common.job``: its place in line, a Cancel button)."""
-    key = hashlib.sha256(repr((name, digest, target, size, tuple(methods))).encode()).hexdigest()
-
-    def compute() -> Explanation:
-        with job(f"Explaining with {name}", job_bytes(), key=key):
-            return explain(model, input, target=target, size=size, methods=tuple(methods))
-
-    notice = st.empty()
-    try:
-        return EXPLANATIONS.get(key, compute, waiting=lambda: notice.info(
-            f"{name}: the same explanation is being made for another tab or visitor; it shows here.", icon="⏳"))
-    finally:
-        notice.empty()
+    return cached_job(EXPLANATIONS, (name, digest, target, size, tuple(methods)), f"Explaining with {name}", job_bytes(),
+                      lambda progress: explain(model, input, target=target, size=size, methods=tuple(methods)))
 
 
 def text_digest(text: str) -> str:

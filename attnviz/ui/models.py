@@ -36,7 +36,7 @@ from attnviz.models import store, upload
 from attnviz.models.bundled import BUNDLED
 from attnviz.result import AttentionResult
 from attnviz.ui import keys
-from attnviz.ui.common import job, progress_bar, remember
+from attnviz.ui.common import cached_job, progress_bar, remember
 
 OWN_MODEL = "your own model…"
 OWN_KEY = "own_models"  # session state: {label: folder} of this session's uploads and saved models
@@ -174,18 +174,12 @@ def run_capture(name: str, text: str | None = None, *, pair: str | None = None, 
         input = (text, pair) if pair else text
     need = estimate_bytes(model, input, target=target or None, generate=int(generate), size=size, prompt=prompt)
 
-    def compute() -> AttentionResult:
-        what = f"{model.name} on your {'photo' if image_sha is not None else 'text'}"
-        with job(what, need, key=key) as progress:
-            if image_sha is not None and prompt is not None:  # a vision-language model: image and prompt
-                return attnviz.capture(model, image, prompt=prompt, generate=int(generate))
-            if image_sha is not None:
-                return attnviz.capture(model, image, size=size, progress=progress)
-            return attnviz.capture(model, input, target=target or None, generate=int(generate), progress=progress)
+    def compute(progress) -> AttentionResult:
+        if image_sha is not None and prompt is not None:  # a vision-language model: image and prompt
+            return attnviz.capture(model, image, prompt=prompt, generate=int(generate))
+        if image_sha is not None:
+            return attnviz.capture(model, image, size=size, progress=progress)
+        return attnviz.capture(model, input, target=target or None, generate=int(generate), progress=progress)
 
-    notice = st.empty()
-    try:
-        return RESULTS.get(key, compute, waiting=lambda: notice.info(
-            f"{model.name}: the same input is being run for another tab or visitor; its result shows here.", icon="⏳"))
-    finally:
-        notice.empty()
+    what = f"{model.name} on your {'photo' if image_sha is not None else 'text'}"
+    return cached_job(RESULTS, key, what, need, compute)
