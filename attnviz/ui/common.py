@@ -90,6 +90,21 @@ def progress_bar(text: str, *, after: float = 0.0) -> Iterator[Callable[..., Non
 CANCELLED = "_jobs_cancelled"  # session state: the keys of the requests this session cancelled
 
 
+def _tag(key: Hashable) -> str:
+    """A request's key as a short string for widget keys."""
+    return hashlib.sha256(repr(key).encode("utf-8", "surrogatepass")).hexdigest()[:20]
+
+
+def take_cancelled(key: Hashable) -> bool:
+    """Whether this session cancelled the request ``key`` (see :func:`job`), forgetting it: for
+    a caller that handles Cancel itself (training stops as with its Stop button)."""
+    cancelled = st.session_state.setdefault(CANCELLED, set())
+    tag = _tag(key)
+    found = tag in cancelled
+    cancelled.discard(tag)
+    return found
+
+
 @contextmanager
 def job(what: str, nbytes: int, *, key: Hashable, seconds: float | None = None) -> Iterator[Callable[..., None]]:
     """Run the block as a job of this session's visitor (attnviz.jobs; ``nbytes``: what it
@@ -102,7 +117,7 @@ def job(what: str, nbytes: int, *, key: Hashable, seconds: float | None = None) 
     message), as a capture always was. The progress callback is a checkpoint of the job
     (attnviz.jobs): the backend calls it between steps, where it holds nothing shared but the
     model's gate."""
-    key = hashlib.sha256(repr(key).encode("utf-8", "surrogatepass")).hexdigest()[:20]
+    key = _tag(key)
     cancelled = st.session_state.setdefault(CANCELLED, set())
     if key in cancelled:
         st.info(f"{what}: cancelled.")
