@@ -559,7 +559,7 @@ def _gb(n: int) -> str:
 # -- the process's scheduler and the calls the backend makes ---------------------------------------
 SCHEDULER = Scheduler(limits.job_bytes, lambda: limits.budget(limits.WORKERS),
                       lambda: limits.budget(limits.VISITOR_SECONDS))
-_local = threading.local()  # .job: the job this thread runs
+_local = threading.local()  # .job: the job this thread runs; .visitor: whom it acts for
 
 
 def current() -> Job | None:
@@ -585,11 +585,24 @@ def hold(gate: Gate, mode: Hashable, setup: Callable[[], ContextManager] | None 
 
 @contextmanager
 def within(what: str, nbytes: int) -> Iterator[Job]:
-    """The current job (the caller's: its declared bytes cover this work), or a new job of
-    ``LOCAL`` admitted for ``nbytes`` on :data:`SCHEDULER`."""
+    """The current job (the caller's: its declared bytes cover this work), or a new job
+    admitted for ``nbytes`` on :data:`SCHEDULER`, of the visitor this thread acts for
+    (:func:`acting_for`; ``LOCAL`` by default)."""
     job = current()
     if job is not None:
         yield job
         return
-    with SCHEDULER.job(LOCAL, what, nbytes) as job:
+    with SCHEDULER.job(getattr(_local, "visitor", LOCAL), what, nbytes) as job:
         yield job
+
+
+@contextmanager
+def acting_for(visitor: Hashable) -> Iterator[None]:
+    """Within the block, jobs that :func:`within` starts on this thread are ``visitor``'s (work
+    the app does for a visitor on a thread of its own, such as a download made when clicked)."""
+    before = getattr(_local, "visitor", LOCAL)
+    _local.visitor = visitor
+    try:
+        yield
+    finally:
+        _local.visitor = before

@@ -174,6 +174,18 @@ def cached_job(cache: ByteCache[V], key: Hashable, what: str, nbytes: int, compu
         notice.empty()
 
 
+def for_this_visitor(make: Callable[[], V]) -> Callable[[], V]:
+    """``make`` for a download built when clicked: Streamlit calls it on a thread of its own,
+    outside the page, where it runs as this session's visitor (its jobs take the visitor's
+    turns and quota; the browser shows the download waiting, the page cannot)."""
+    who = visitor()
+
+    def run() -> V:
+        with jobs.acting_for(who):
+            return make()
+    return run
+
+
 @contextmanager
 def friendly_errors():
     """Show bad input as a clear message and any other failure as a short note, never a
