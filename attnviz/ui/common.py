@@ -190,9 +190,11 @@ def for_this_visitor(make: Callable[[], V]) -> Callable[[], V]:
 def friendly_errors():
     """Show bad input as a clear message and any other failure as a short note, never a
     traceback; the page below the block keeps working. AttnvizError is the user's to fix;
-    anything else is logged with its traceback on the server."""
+    anything else is logged with its traceback on the server. Jobs the backend starts within
+    the block (attnviz.jobs.within) are this session's visitor's."""
     try:
-        yield
+        with jobs.acting_for(visitor()):
+            yield
     except AttnvizError as e:
         st.error(for_visitor(str(e)))
         st.stop()
