@@ -37,8 +37,9 @@ holds at most one gate. So the only waits are (a) queued jobs for memory held by
 (b) admitted jobs for a worker and (c) for a gate held in another mode by admitted jobs. Every
 job holding a worker runs to its next checkpoint without waiting and gives it back; a job
 holding a gate needs nothing but a worker to go on (it already holds its gate), and once a job
-waits for a gate in another mode, no job that does not hold the gate enters it, so its holders
-drain; jobs that hold memory finish and free it. No cycle, and nothing waits for ever. (A
+waits for a gate in another mode, new holders of the gate's mode may join only while a holder
+that entered before it asked is still in (so a short request need not wait for a long forward
+pass of its mode), so the holders drain; jobs that hold memory finish and free it. No cycle, and nothing waits for ever. (A
 mode's setup is run by the gate's first holder while no one else may enter; other holders never
 wait for it while holding a worker: they are not let in until it is done.)
 
@@ -220,6 +221,8 @@ class Job:
         self.started = False  # has had a turn
         self.cancelled = False
         self.want: tuple[Gate, Hashable] | None = None  # the gate (and mode) asked for with the next turn
+        self.want_seq = 0  # when it asked (the scheduler's sequence)
+        self.gate_seq = 0  # when it entered its gate
         self.gate: Gate | None = None  # the gate held (or reserved by the scheduler)
         self.gate_mode: Hashable | None = None
         self.gate_first = False  # the job must set the gate's mode up
@@ -268,11 +271,12 @@ class Job:
             if self.cancelled:
                 raise Cancelled(f"{self.what}: cancelled.")
             gate._schedulers.add(s)
-            with gate._cond:
-                if gate.open_for(mode) and not s._wanted_otherwise(gate, mode):
+            with gate._cond:  # checked and entered at once (holders outside any job use the gate too)
+                if s._may_enter(gate, mode):
                     self.gate, self.gate_mode, self.gate_first = gate, mode, gate._enter(mode)
+                    self.gate_seq = next(s._seq)
             if self.gate is None:
-                self.want = (gate, mode)
+                self.want, self.want_seq = (gate, mode), next(s._seq)
                 s._give_back(self, now)
         if self.gate is None:
             try:
@@ -460,28 +464,35 @@ class Scheduler:
 
     def _candidates(self, now: float, besides: Job | None = None) -> Iterator[Job]:
         """The waiting jobs that could get a worker now, in turn order: within quota, and
-        their gate open for their mode (once a job waits for a gate, no later one enters it)."""
-        blocked: set[int] = set()
+        their gate open to them (see :meth:`_may_enter`)."""
         for job in self._turn_order():
             if job is besides or self._quota_wait(job.visitor, now) > 0:
                 continue
-            if job.want is not None:
-                gate, mode = job.want
-                if id(gate) in blocked:
-                    continue
-                with gate._cond:
-                    if not gate.open_for(mode):
-                        blocked.add(id(gate))
-                        continue
+            if job.want is not None and not self._may_enter(*job.want):
+                continue
             yield job
 
     def _next_ready(self, now: float, besides: Job | None = None) -> Job | None:
         return next(self._candidates(now, besides), None)
 
-    def _wanted_otherwise(self, gate: Gate, mode: Hashable) -> bool:
-        """Whether a waiting job wants ``gate`` in another mode (then no new holder enters it)."""
-        return any(j.want is not None and j.want[0] is gate and j.want[1] != mode and not j.cancelled
-                   for j in self._jobs)
+    def _may_enter(self, gate: Gate, mode: Hashable) -> bool:
+        """Whether a new holder may enter ``gate`` in ``mode`` now: the gate is open for the mode,
+        and it is not being drained. A gate is drained for a job that waits for it in another
+        mode once none of its holders entered before that job asked: new holders of the same
+        mode may join while an older holder is still in (they delay the waiting job by no more
+        than their own step, and a short request is not held back by a long one's forward
+        pass), but no longer, so the waiting job gets the gate once the holders that were there
+        leave."""
+        with gate._cond:
+            if not gate.open_for(mode):
+                return False
+            if not gate.holders:  # an empty gate goes to whoever comes first (in turn order)
+                return True
+        asked = [j.want_seq for j in self._jobs
+                 if j.want is not None and j.want[0] is gate and j.want[1] != mode and not j.cancelled]
+        if not asked:
+            return True
+        return any(j.gate is gate and j.gate_seq < min(asked) for j in self._jobs)
 
     def _dispatch(self) -> None:
         """Admit what fits, then give the free workers to the next jobs in turn order."""
@@ -489,15 +500,19 @@ class Scheduler:
         self._admit()
         free = max(1, int(self._workers())) - sum(j.granted for j in self._jobs)
         granted = False
+        missed: set[int] = set()
         while free > 0:
-            job = self._next_ready(now)
+            job = next((j for j in self._candidates(now) if id(j) not in missed), None)
             if job is None:
                 break
             if job.want is not None:
                 gate, mode = job.want
-                with gate._cond:
+                with gate._cond:  # checked again and entered at once (holders outside any job use it too)
+                    if not self._may_enter(gate, mode):
+                        missed.add(id(job))
+                        continue
                     job.gate, job.gate_mode, job.gate_first = gate, mode, gate._enter(mode)
-                job.want = None
+                job.want, job.gate_seq = None, next(self._seq)
             self._grant(job, now)
             free -= 1
             granted = True

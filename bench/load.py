@@ -318,7 +318,7 @@ async def send(page, group: str, kind: str, name: str, data, ref) -> tuple[float
     line that shows its result)."""
     timeout = LONG_TIMEOUT_MS if group in ("long", "explain", "train") else TIMEOUT_MS
     if group == "train":
-        steps = page.get_by_label("Steps")
+        steps = page.get_by_label("Steps", exact=True)
         await steps.fill(str(data), timeout=timeout)
         await steps.press("Enter")
         await page.wait_for_function(NO_STATUS_WIDGET, timeout=timeout)

@@ -110,13 +110,18 @@ def job(what: str, nbytes: int, *, key: Hashable, seconds: float | None = None) 
     """Run the block as a job of this session's visitor (attnviz.jobs; ``nbytes``: what it
     will need, ``seconds``: its expected length when known), and yield the progress bar's
     ``update`` for the backend's ``progress`` callback. While the job waits, its place in line
-    and an estimate are shown; once it has waited or run for PROGRESS_AFTER_S, a Cancel button.
+    and an estimate are shown; while it runs, a spinner (for work that reports no progress,
+    such as generation) and the progress bar; once it has waited or run for PROGRESS_AFTER_S,
+    a Cancel button.
     ``key`` names the request (its cache key): a cancelled request shows "cancelled" and a
     "Run again" button on the page's next runs instead of running again. The job is also
     ended when the page reruns while it waits or runs (Streamlit stops the run at its next
     message), as a capture always was. The progress callback is a checkpoint of the job
     (attnviz.jobs): the backend calls it between steps, where it holds nothing shared but the
-    model's gate."""
+    model's gate. Inside another job, the block is part of that one."""
+    if jobs.current() is not None:  # inside another job (its declared bytes cover this): part of it
+        yield lambda fraction, text=None: jobs.checkpoint()
+        return
     key = _tag(key)
     cancelled = st.session_state.setdefault(CANCELLED, set())
     if key in cancelled:
@@ -143,7 +148,7 @@ def job(what: str, nbytes: int, *, key: Hashable, seconds: float | None = None) 
     try:
         with jobs.SCHEDULER.job(visitor(), what, nbytes, seconds=seconds, on_wait=on_wait):
             message.empty()
-            with box, progress_bar(f"{what}…", after=PROGRESS_AFTER_S) as update:
+            with box, st.spinner(f"{what}…"), progress_bar(f"{what}…", after=PROGRESS_AFTER_S) as update:
                 def progress(fraction: float, text: str | None = None) -> None:
                     message.empty()  # a pause between steps is over
                     update(fraction, text)
