@@ -14,6 +14,7 @@ from collections import OrderedDict
 from typing import Callable, Generic, Hashable, TypeVar
 
 V = TypeVar("V")
+WAIT_POLL_S = 0.5
 
 
 class ByteCache(Generic[V]):
@@ -29,9 +30,10 @@ class ByteCache(Generic[V]):
         self._guard = threading.Lock()  # guards _values and _pending
         self._pending: dict[Hashable, threading.Lock] = {}  # one lock per key being computed
 
-    def get(self, key: Hashable, compute: Callable[[], V]) -> V:
+    def get(self, key: Hashable, compute: Callable[[], V], waiting: Callable[[], None] | None = None) -> V:
         """The value of ``key``: cached, or computed by ``compute()`` (once, while other callers
-        of the same key wait for it) and kept when it fits."""
+        of the same key wait for it) and kept when it fits. ``waiting`` is called every
+        WAIT_POLL_S while this caller waits for another's computation of the key (to say so)."""
         while True:
             with self._guard:
                 if key in self._values:
@@ -42,8 +44,10 @@ class ByteCache(Generic[V]):
                     pending = self._pending[key] = threading.Lock()
                     pending.acquire()
                     break
-            with pending:  # another caller computes it: wait, then look again
-                pass
+            while not pending.acquire(timeout=WAIT_POLL_S):  # another caller computes it: wait, then look again
+                if waiting is not None:
+                    waiting()
+            pending.release()
         try:
             value = compute()
             self._put(key, value)

@@ -20,10 +20,10 @@ Inputs by family:
 
 Attention is always taken in eval mode and without gradients, with the model's default
 attention implementation: SDPA where transformers supports it for the model (the loader loads
-eager attention; :func:`attnviz.recorder.default_attention` switches it for the capture, under
-the model's lock). SDPA runs are recorded by :class:`attnviz.recorder.record_attention` with
-``lazy=True``: the queries, keys, scale, masks and additive biases of every call, from which
-the maps are computed on demand (attnviz.lazy). A model without SDPA whose attention still goes
+eager attention; :func:`attnviz.recorder.default_attention` switches it for the capture, as
+the setup of the model's gate in the recorded mode, see attnviz.jobs). SDPA runs are
+recorded by :class:`attnviz.recorder.record_attention` with ``lazy=True``: the queries,
+keys, scale, masks and additive biases of every call, from which the maps are computed on demand (attnviz.lazy). A model without SDPA whose attention still goes
 through transformers' attention registry (Gemma2, which soft-caps its logits) is recorded the
 same way by a registered eager function; one whose eager attention is written out in torch
 operations (BLOOM and MPT, with ALiBi) is traced by the recorder into the same calls. A model
@@ -41,13 +41,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+import attnviz.jobs as jobs
 import attnviz.limits as limits
 from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text, to_rgb
 from attnviz.lazy import LazyStack
 from attnviz.limits import token_cap
 from attnviz.models.converters.common import Progress  # (fraction in [0, 1], message), the store's too
-from attnviz.models.model import Model
+from attnviz.models.loader import capture_shape
+from attnviz.models.model import AS_LOADED, Model
 from attnviz.recorder import default_attention, record_attention
 from attnviz.result import AttentionResult, PatchGrid, grid_tokens
 from attnviz.tokens import special_flags, token_strings, tokenize, word_spans
@@ -56,6 +58,7 @@ TextInput = Union[str, tuple[str, str]]
 MAX_IMAGE_TOKENS = 4096  # patches; each head a view reads is 4096 x 4096 (attention is recorded, see attnviz.lazy)
 CHARS_PER_TOKEN = 20  # a text is cut at max_tokens * this many characters before it is tokenised
 GENERATE_CAP = 256
+SEQ2SEQ_GENERATE = 48  # tokens an encoder-decoder writes as its target when none is given
 
 
 def capture(model: Model, input, *, target: str | None = None, generate: int = 0,
@@ -64,7 +67,11 @@ def capture(model: Model, input, *, target: str | None = None, generate: int = 0
 
     Options that do not apply to the model's family or to the input are refused with an
     AttnvizError, never ignored. progress: called after each attention call of the recorded
-    forward pass (one per layer and stack) with the fraction done and a message."""
+    forward pass (one per layer and stack) with the fraction done and a message.
+
+    It runs as a job (attnviz.jobs): the caller's, or one of its own admitted for
+    :func:`estimate_bytes`; each attention call ends a step, and the model is used through its
+    gate, so captures on one model interleave layer by layer."""
     started = time.perf_counter()
     check_options(model, input, target=target, generate=generate, size=size, prompt=prompt)
     cut: list[str] = []  # before any lock: a huge text is cut here, so tokenising it blocks nobody
@@ -72,7 +79,8 @@ def capture(model: Model, input, *, target: str | None = None, generate: int = 0
         input = (tuple(bound_text(t, model, cut) for t in input) if isinstance(input, tuple)
                  else bound_text(input, model, cut))
         target = bound_text(target, model, cut) if target is not None else None
-    with model.lock, limits.SLOTS, torch.inference_mode():
+    need = estimate_bytes(model, input, target=target, generate=generate, size=size, prompt=prompt)
+    with jobs.within(f"{model.name} on your input", need), torch.inference_mode():
         if model.family == "vision-language":
             if not isinstance(input, Image.Image):
                 raise AttnvizError(f"{model.name} is a vision-language model: give it an image, and the text as prompt=.")
@@ -115,6 +123,40 @@ def bound_text(text, model: Model, warnings: list[str]):
     return text[:limit]
 
 
+def estimate_bytes(model: Model, input, *, target: str | None = None, generate: int = 0, size: int | None = None,
+                   prompt: str | None = None) -> int:
+    """An upper estimate of the memory a capture of ``input`` takes beyond the model's weights
+    (``limits.capture_bytes``), made before anything is tokenised: a text of b UTF-8 bytes is
+    at most 2b + 8 tokens (no tokenizer makes more than a token a byte, and a SentencePiece
+    word-start piece, and the special tokens, come on top), plus the tokens to generate, at
+    most the model's cap; an image is its patches at the chosen size (plus a few prefix
+    tokens); a vision-language model's sequence, its cap."""
+    layers, heads, hidden, stacks, recorded = _shape(model)
+    if isinstance(input, Image.Image):
+        if model.family == "vision-language" or model.image is None:
+            n = model.max_tokens
+        else:
+            spec = model.image
+            step = int(size or spec.size) if model.family != "custom" else spec.size
+            w, h = image_input_size(*input.size, max(step, spec.step), spec.step, model.max_patches or None,
+                                    per_cell=(spec.step // spec.patch) ** 2)
+            n = (w // spec.patch) * (h // spec.patch) + 8
+    else:
+        texts = [t for t in (input if isinstance(input, tuple) else (input,)) + (target, prompt) if t is not None]
+        source = sum(2 * len(str(t).encode("utf-8", "surrogatepass")) + 8 for t in texts)
+        n = source + max(0, min(int(generate), GENERATE_CAP)) + (SEQ2SEQ_GENERATE if model.family == "encoder-decoder" else 0)
+    return limits.capture_bytes(max(1, min(n, model.max_tokens)), layers, heads, hidden, stacks, recorded)
+
+
+def _shape(model: Model) -> tuple[int, int, int, int, bool]:
+    """(layers, heads, hidden, stacks, recorded) of ``model`` for limits.capture_bytes; attnviz's
+    own models keep every map they record (not recorded lazily)."""
+    if model.family == "custom":
+        cfg = model.net.config
+        return int(cfg.n_layers), int(cfg.n_heads), int(cfg.d_model), 1, False
+    return capture_shape(model.net.config, model.family, type(model.net))
+
+
 def check_options(model: Model, input, *, target=None, generate: int = 0, size: int | None = None,
                   prompt: str | None = None) -> None:
     """Refuse, in one line each, options that do not apply to ``model``'s family or to ``input``:
@@ -153,6 +195,9 @@ def _a(family: str) -> str:
 
 
 # -- recording ------------------------------------------------------------------------------
+RECORDED = "recorded"  # the gate's mode of a capture's forward pass (with the net it switches: one mode per net)
+
+
 def _layer_counts(net: torch.nn.Module, stacks: tuple[str, ...]) -> dict[str, int] | None:
     """Layers per stack from the model's config, or None when the config does not say."""
     config = getattr(net, "config", None)
@@ -184,11 +229,12 @@ def _forward(model: Model, stacks: tuple[str, ...], progress: Progress | None, n
     counts = _layer_counts(net, stacks)
     total = sum(counts.values()) if counts else 0
 
-    def on_call(n: int) -> None:
+    def on_call(n: int) -> None:  # a step ends with each attention call
         if progress is not None and total:
             progress(min(n / total, 1.0), f"Running {model.name}: attention call {n} of {total}")
+        jobs.checkpoint(min(n / total, 1.0) if total else None)
 
-    with default_attention(net):
+    with jobs.hold(model.gate, (RECORDED, id(net)), lambda: default_attention(net)):
         if counts:
             with record_attention(lazy=True, on_call=on_call) as rec:
                 net(**inputs)
@@ -198,7 +244,8 @@ def _forward(model: Model, stacks: tuple[str, ...], progress: Progress | None, n
                     return {s: LazyStack(split[s], rec.masks) for s in stacks}, []
             except ValueError:
                 pass
-    out = net(**inputs, output_attentions=True)
+    with jobs.hold(model.gate, AS_LOADED):
+        out = net(**inputs, output_attentions=True)
     names = {"encoder": "encoder_attentions" if len(stacks) > 1 else "attentions",
              "decoder": "decoder_attentions" if len(stacks) > 1 else "attentions", "cross": "cross_attentions"}
     warning = (f"{model.name} computes attention in a way attnviz does not recompute from its inputs, so its "
@@ -260,8 +307,9 @@ def _capture_decoder(model: Model, prompt: str, generate: int, progress: Progres
     t1 = time.perf_counter()
     if generate:
         pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.tokenizer.eos_token_id
-        ids = model.net.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=generate,
-                                 do_sample=False, pad_token_id=pad)
+        with jobs.hold(model.gate, AS_LOADED):
+            ids = model.net.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=generate,
+                                     do_sample=False, pad_token_id=pad)
     t2 = time.perf_counter()
     attn, notes = _forward(model, ("decoder",), progress, input_ids=ids, attention_mask=torch.ones_like(ids),
                            use_cache=False, **_last_logits_only(model.net))
@@ -290,8 +338,9 @@ def _capture_seq2seq(model: Model, source: str, target: str | None,
         tgt = torch.cat([torch.tensor([[start]]), tgt_enc["input_ids"]], dim=1).to(model.device)
     else:
         tgt_enc = None
-        tgt = model.net.generate(src, attention_mask=torch.ones_like(src), max_new_tokens=48, do_sample=False,
-                                 decoder_start_token_id=start)
+        with jobs.hold(model.gate, AS_LOADED):
+            tgt = model.net.generate(src, attention_mask=torch.ones_like(src), max_new_tokens=SEQ2SEQ_GENERATE,
+                                     do_sample=False, decoder_start_token_id=start)
     t2 = time.perf_counter()
     attn, notes = _forward(model, ("encoder", "decoder", "cross"), progress, input_ids=src,
                            attention_mask=torch.ones_like(src), decoder_input_ids=tgt, use_cache=False)
@@ -334,7 +383,8 @@ def _capture_text_tower(model: Model, text: str) -> AttentionResult:
     enc, warnings = tokenize(model, text)
     ids = enc["input_ids"][0].tolist()
     t1 = time.perf_counter()
-    out = model.text_tower(input_ids=enc["input_ids"].to(model.device), output_attentions=True)
+    with jobs.hold(model.gate, AS_LOADED):
+        out = model.text_tower(input_ids=enc["input_ids"].to(model.device), output_attentions=True)
     t2 = time.perf_counter()
     attn = _stack(_attentions(out, model))
     causal = len(ids) > 1 and not np.triu(attn.astype(np.float32), k=1).any()
@@ -432,19 +482,23 @@ def _capture_windowed(model: Model, seen: Image.Image, pixel_values: torch.Tenso
     stage outputs carry only each stage's last block)."""
     net, spec = model.net, model.image
     t1 = time.perf_counter()
-    hidden, dims = net.embeddings(pixel_values)[:2]
+    with jobs.hold(model.gate, AS_LOADED):
+        hidden, dims = net.embeddings(pixel_values)[:2]
     stacks, grids = {}, {}
     for s, stage in enumerate(net.encoder.layers, start=1):
         maps = []
         for block in stage.blocks:
-            hidden, weights = block(hidden, dims)[:2]
+            jobs.checkpoint()  # a step per block
+            with jobs.hold(model.gate, AS_LOADED):
+                hidden, weights = block(hidden, dims)[:2]
             if weights is None:
                 raise AttnvizError(f"{model.name} returned no attention maps from its windowed blocks.")
             maps.append(unwindow(weights, dims, int(block.window_size), int(block.shift_size)))
         stacks[f"stage{s}"] = torch.stack(maps).to(torch.float16).numpy()
         grids[f"stage{s}"] = PatchGrid(rows=dims[0], cols=dims[1], patch_px=spec.patch * 2 ** (s - 1), prefix=0)
         if stage.downsample is not None:
-            hidden = stage.downsample(hidden, dims)
+            with jobs.hold(model.gate, AS_LOADED):
+                hidden = stage.downsample(hidden, dims)
             dims = ((dims[0] + 1) // 2, (dims[1] + 1) // 2)
     t2 = time.perf_counter()
     first = grids["stage1"]
@@ -497,15 +551,16 @@ def _capture_vision_language(model: Model, image: Image.Image, prompt: str, gene
                            f"{model.name} is run on at most {model.max_tokens}. Shorten the prompt.")
     inputs = {k: v.to(model.device) for k, v in enc.items() if k != "labels"}
     t1 = time.perf_counter()
-    if generate:
-        pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.tokenizer.eos_token_id
-        ids = net.generate(**inputs, max_new_tokens=generate, do_sample=False, pad_token_id=pad)
-        new = ids.shape[1] - prompt_len
-        inputs.update(input_ids=ids, attention_mask=torch.ones_like(ids))
-        if "token_type_ids" in inputs:  # PaliGemma: 0 for the prefix (image and prompt), 1 for what follows
-            inputs["token_type_ids"] = torch.cat([inputs["token_type_ids"], torch.ones_like(ids[:, :new])], dim=1)
-    t2 = time.perf_counter()
-    out = net(**inputs, output_attentions=True, use_cache=False)
+    with jobs.hold(model.gate, AS_LOADED):
+        if generate:
+            pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.tokenizer.eos_token_id
+            ids = net.generate(**inputs, max_new_tokens=generate, do_sample=False, pad_token_id=pad)
+            new = ids.shape[1] - prompt_len
+            inputs.update(input_ids=ids, attention_mask=torch.ones_like(ids))
+            if "token_type_ids" in inputs:  # PaliGemma: 0 for the prefix (image and prompt), 1 for what follows
+                inputs["token_type_ids"] = torch.cat([inputs["token_type_ids"], torch.ones_like(ids[:, :new])], dim=1)
+        t2 = time.perf_counter()
+        out = net(**inputs, output_attentions=True, use_cache=False)
     t3 = time.perf_counter()
     attn = _stack(_attentions(out, model))
     causal = not np.triu(attn.astype(np.float32), k=1).any()  # PaliGemma reads its prefix both ways
@@ -636,7 +691,7 @@ def _capture_recorded(model: Model, input, size: int | None) -> AttentionResult:
         x = torch.tensor([encoded.ids], device=model.device)
         tokens, special, warnings = list(encoded.tokens), list(encoded.special), list(encoded.warnings)
     t1 = time.perf_counter()
-    with record_attention() as rec:
+    with jobs.hold(model.gate, AS_LOADED), record_attention() as rec:
         model.net(x)
     t2 = time.perf_counter()
     pooled = bool(getattr(model.net, "pools", False))
@@ -686,7 +741,9 @@ def capture_ids(model: Model, ids: list[int]) -> AttentionResult:
     if not ids or len(ids) > model.max_tokens:
         raise AttnvizError(f"{model.name} reads 1 to {model.max_tokens} tokens; got {len(ids)}.")
     started = time.perf_counter()
-    with model.lock, torch.inference_mode():
+    need = limits.capture_bytes(len(ids), *_shape(model)[:3], recorded=False)
+    with jobs.within(f"{model.name} on {len(ids)} token ids", need), jobs.hold(model.gate, AS_LOADED), \
+            torch.inference_mode():
         x = torch.tensor([ids], device=model.device)
         kwargs = {"use_cache": False} if model.family == "decoder" else {}
         out = model.net(input_ids=x, attention_mask=torch.ones_like(x), output_attentions=True, **kwargs)

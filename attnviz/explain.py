@@ -45,12 +45,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.overrides import TorchFunctionMode
 
+import attnviz.jobs as jobs
 from attnviz.analysis import faithfulness as faith
 from attnviz.capture import accepts, image_pixels
 from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text
 from attnviz.lab.toy_tasks import AGREEMENT_WORDS, MASK, STOP, encode
 from attnviz.models.loader import Model
+from attnviz.models.model import AS_LOADED
 from attnviz.recorder import sdpa_probabilities
 from attnviz.result import PatchGrid
 from attnviz.tokens import special_flags, token_strings, tokenize, word_spans
@@ -519,6 +521,17 @@ def _group_values(attribution: torch.Tensor, p: _Problem) -> np.ndarray:
     return np.concatenate([np.zeros(g.prefix), patches])
 
 
+def stepped(run: Callable, model: Model) -> Callable:
+    """``run`` (a problem's forward pass) as a step of the current job (attnviz.jobs): a
+    checkpoint first, then the pass with the model's gate held as loaded, so that other jobs'
+    steps, on this model too, run between the passes of a long method."""
+    def step(x, attentions=False):
+        jobs.checkpoint()
+        with jobs.hold(model.gate, AS_LOADED):
+            return run(x, attentions)
+    return step
+
+
 def explain(model: Model, input, *, target: str | None = None, size: int | None = None,
             methods: tuple[str, ...] = METHODS, ig_steps: int = IG_STEPS) -> Explanation:
     """Importance of every input token for the model's output on ``input`` by each of
@@ -527,9 +540,11 @@ def explain(model: Model, input, *, target: str | None = None, size: int | None 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise AttnvizError(f"Unknown method {unknown[0]!r}; the methods are {', '.join(METHODS)}.")
-    with model.lock, torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad():
         started = time.perf_counter()
-        p = problem_for(model, input, target=target, size=size)
+        with jobs.hold(model.gate, AS_LOADED):
+            p = problem_for(model, input, target=target, size=size)
+        p.run = stepped(p.run, model)
         out = Explanation(model=model.name, kind=p.kind, tokens=p.tokens, special=p.special,
                           output={"model": model.name, **p.output}, word_spans=p.word_spans, grid=p.grid,
                           image=p.image, warnings=p.warnings)

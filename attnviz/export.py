@@ -3,18 +3,19 @@ high-resolution PNG, rendered by kaleido in a headless Chrome or Chromium.
 
 kaleido drives the browser at ``$BROWSER_PATH`` when set, else Debian's ``/usr/bin/chromium``
 when present, else whatever Chrome it finds itself. It loads plotly.js from the plotly
-package and never MathJax, so rendering needs no network. One render runs at a time per
-process (each starts a browser: about a second and a few hundred MB).
+package and never MathJax, so rendering needs no network. Each render is a job
+(attnviz.jobs) admitted for RENDER_BYTES: it starts a browser, about a second and a few
+hundred MB.
 """
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import plotly.graph_objects as go
 from PIL import Image
 
+import attnviz.jobs as jobs
 from attnviz.errors import AttnvizError
 
 FORMATS = ("png", "svg", "pdf")
@@ -23,7 +24,7 @@ CHROMIUM = "/usr/bin/chromium"
 PNG_SCALE = 3  # a PNG has 3 pixels per CSS pixel of the figure: 3000 px across at the default width
 DEFAULT_WIDTH = 1000  # px, for figures that take their width from the page
 DEFAULT_HEIGHT = 600
-_render_lock = threading.Lock()
+RENDER_BYTES = 500 * 10**6  # a render's headless browser and the picture, generous
 
 
 def browser_path() -> str | None:
@@ -60,7 +61,7 @@ def figure_bytes(fig: go.Figure | Image.Image, fmt: str, *, width: int | None = 
     try:
         import kaleido
 
-        with _render_lock:
+        with jobs.within(f"A figure as {fmt.upper()}", RENDER_BYTES):
             return kaleido.calc_fig_sync(fig, opts=opts, kopts=kopts)
     except Exception as e:  # no browser, a browser that died, a render timeout
         raise AttnvizError(f"could not render the figure as {fmt.upper()} in a headless browser "

@@ -1,5 +1,6 @@
-"""The server's budgets: how much memory a model, a capture and the result cache may take, how
-many captures run at once, and whether attnviz runs as a hosted demo.
+"""The server's budgets: how much memory a model, a capture, the computations running at once
+and the result cache may take, how many computations run at once and for how long a visitor,
+and whether attnviz runs as a hosted demo.
 
 Each is read from the environment when it is used (so a test or an operator can change it
 without a restart of the backend code); sizes take a number of bytes or a unit: ``512MB``,
@@ -15,7 +16,12 @@ variable                      local      hosted     bounds
                                                     each model's token cap, see
                                                     :func:`tokens_within`)
 ``ATTNVIZ_CACHE_BYTES``       4 GB       1 GB       cached results, all sessions together
-``ATTNVIZ_MAX_CAPTURES``      2          2          captures running at once, across all models
+``ATTNVIZ_JOB_BYTES``         16 GB      4 GB       every computation admitted at once, running or
+                                                    waiting (default: workers x capture budget;
+                                                    see attnviz.jobs)
+``ATTNVIZ_WORKERS``           2          2          computations running at once, across models
+``ATTNVIZ_VISITOR_SECONDS``   none       60         worker seconds one visitor's computations may
+                                                    take per minute
 ``ATTNVIZ_UPLOAD_BYTES``      2 GiB      512 MiB    what one model upload may unpack to on disk
 ``ATTNVIZ_DOWNLOAD_BYTES``    8 GB       256 MB     a result offered as a .npz download (the file
                                                     is built in the server's memory when clicked)
@@ -33,7 +39,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 
 HOSTED_ENV = "ATTNVIZ_HOSTED"
 OPERATOR_MODELS_ENV = "ATTNVIZ_MODELS"
@@ -46,9 +51,11 @@ CAPTURE_BYTES = ("ATTNVIZ_CAPTURE_BYTES", 8 * GB, 2 * GB)
 CACHE_BYTES = ("ATTNVIZ_CACHE_BYTES", 4 * GB, 1 * GB)
 UPLOAD_BYTES = ("ATTNVIZ_UPLOAD_BYTES", 2 << 30, 512 << 20)
 DOWNLOAD_BYTES = ("ATTNVIZ_DOWNLOAD_BYTES", 8 * GB, 256 * 10**6)
-MAX_CAPTURES = ("ATTNVIZ_MAX_CAPTURES", 2, 2)
 SAVED_MODELS = ("ATTNVIZ_SAVED_MODELS", 100, 10)  # per visitor (attnviz.lab.custom.save_owned)
 SAVED_BYTES = ("ATTNVIZ_SAVED_BYTES", 4 * GB, 50 * 10**6)
+JOB_BYTES = ("ATTNVIZ_JOB_BYTES", 0, 0)  # 0: workers x capture budget, see job_bytes()
+WORKERS = ("ATTNVIZ_WORKERS", 2, 2)
+VISITOR_SECONDS = ("ATTNVIZ_VISITOR_SECONDS", 0, 60)  # 0: no quota
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
@@ -75,6 +82,13 @@ def budget(which: tuple[str, int, int]) -> int:
     name, local, hosted_default = which
     value = parse_bytes(os.environ.get(name, ""))
     return value if value and value > 0 else (hosted_default if hosted() else local)
+
+
+def job_bytes() -> int:
+    """The memory budget of every computation admitted at once (attnviz.jobs): the
+    environment's ``ATTNVIZ_JOB_BYTES``, else ``WORKERS`` x ``CAPTURE_BYTES``, so that as many
+    captures at their longest input fit as run at once."""
+    return budget(JOB_BYTES) or budget(WORKERS) * budget(CAPTURE_BYTES)
 
 
 def token_cap(limit: int) -> int:
@@ -115,28 +129,3 @@ def tokens_within(limit: int, layers: int, heads: int, hidden: int, stacks: int 
         else:
             hi = mid - 1
     return lo
-
-
-# -- captures at once --------------------------------------------------------------------------
-class CaptureSlots:
-    """At most ``budget(MAX_CAPTURES)`` captures run at once in this process, across models:
-    ``with SLOTS:`` waits for a free slot. The bound is read when the first slot is taken."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._slots: threading.BoundedSemaphore | None = None
-
-    def _semaphore(self) -> threading.BoundedSemaphore:
-        with self._guard:
-            if self._slots is None:
-                self._slots = threading.BoundedSemaphore(max(1, budget(MAX_CAPTURES)))
-            return self._slots
-
-    def __enter__(self) -> None:
-        self._semaphore().acquire()
-
-    def __exit__(self, *exc) -> None:
-        self._semaphore().release()
-
-
-SLOTS = CaptureSlots()

@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 import attnviz.analysis.mixing as arithmetic
-import attnviz.limits as limits
+import attnviz.jobs as jobs
 from attnviz.analysis.mixing import METHODS
-from attnviz.capture import bound_text, capture
+from attnviz.capture import bound_text, capture, estimate_bytes
 from attnviz.errors import AttnvizError
 from attnviz.families import family_of
 from attnviz.families.anatomy import Anatomy, Layer, LayerRun, attention_inputs, record, run_layer
@@ -181,6 +181,12 @@ def _bounded(model: Model, input, warnings: list[str]):
     return tuple(bound_text(t, model, warnings) for t in input) if isinstance(input, tuple) else bound_text(input, model, warnings)
 
 
+def _hooked(model: Model, anatomy: Anatomy):
+    """The model's gate held in a mode of this run's own, so no other run shares the model
+    while mixing's hooks are on it, with its default attention switched on (as a capture's)."""
+    return jobs.hold(model.gate, ("mixing", object()), lambda: default_attention(anatomy.root))
+
+
 class _Steps:
     """Progress over a known number of steps after the capture, and the cancel check between them."""
 
@@ -193,6 +199,7 @@ class _Steps:
 
     def step(self, message: str) -> None:
         self.done += 1
+        jobs.checkpoint()
         if self.progress is not None:
             self.progress(CAPTURE_SHARE + (1 - CAPTURE_SHARE) * min(self.done / self.total, 1.0), message)
         self.check(message)
@@ -254,7 +261,9 @@ def mixing(model: Model, input, *, methods=DEFAULT_METHODS, pair: str | None = N
     value_norms = np.zeros((n_layers, heads, n), np.float32)
     alti_heads = np.zeros((n_layers, heads, n, n), np.float32) if keep_heads else None
     timings = {"capture_s": captured - started}
-    with model.lock, limits.SLOTS, torch.inference_mode(), default_attention(anatomy.root):
+    need = (estimate_bytes(model, input, size=size) + sum(a.nbytes for a in matrices.values()) + value_norms.nbytes
+            + (alti_heads.nbytes if alti_heads is not None else 0) + BLOCK_BYTES + (ZEROED_BYTES if zeroing else 0))
+    with jobs.within(f"{model.name}: context mixing", need), _hooked(model, anatomy), torch.inference_mode():
         t0 = time.perf_counter()
         runs = record(anatomy, forward)
         if runs[0].h.shape[0] != n:
@@ -393,6 +402,7 @@ def value_norms(model: Model, input, *, pair: str | None = None, size: int | Non
         if progress is not None:
             progress(len(norms) / len(anatomy.layers), f"Value norms: layer {len(norms)} of {len(anatomy.layers)}")
 
-    with model.lock, limits.SLOTS, torch.inference_mode(), default_attention(anatomy.root):
+    need = estimate_bytes(model, input, size=size) + BLOCK_BYTES
+    with jobs.within(f"{model.name}: value norms", need), _hooked(model, anatomy), torch.inference_mode():
         attention_inputs(anatomy, forward, each)
     return np.stack(norms).astype(np.float32)

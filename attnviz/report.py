@@ -18,10 +18,13 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 import attnviz.figures as figures
+import attnviz.jobs as jobs
 from attnviz.analysis.stats import head_stats
+from attnviz.lazy import READ_BYTES
 from attnviz.result import AttentionResult
 from attnviz.viz.image import data_uri
 
+REPORT_BYTES = READ_BYTES + 200 * 10**6  # reading heads, the figures' data and the page (plotly.js: 4.7 MB), generous
 CONFIG = {"displaylogo": False, "responsive": True}  # no "Produced with Plotly" link
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
@@ -45,15 +48,19 @@ def input_digest(result: AttentionResult) -> str:
 
 
 def report_html(result: AttentionResult, *, source: str | None = None) -> str:
-    """The whole report as one HTML string; ``source`` names the file the result came from."""
+    """The whole report as one HTML string; ``source`` names the file the result came from.
+    Built as a job (attnviz.jobs, admitted for REPORT_BYTES), each view and table a step."""
     import attnviz
 
-    sections = [_provenance(result, source, attnviz.__version__)]
-    for title, view in _views(result):
-        sections.append(f"<h2>{html.escape(title)}</h2>\n{view}")
-    for stack in result.stacks:
-        if stack != "cross":
-            sections.append(_stats_table(result, stack))
+    with jobs.within(f"The report of {result.model}", REPORT_BYTES) as job:
+        sections = [_provenance(result, source, attnviz.__version__)]
+        for title, view in _views(result):
+            sections.append(f"<h2>{html.escape(title)}</h2>\n{view}")
+            job.checkpoint()
+        for stack in result.stacks:
+            if stack != "cross":
+                sections.append(_stats_table(result, stack))
+                job.checkpoint()
     title = f"attnviz report · {result.model}"
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{STYLE}</style>"

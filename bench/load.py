@@ -1,11 +1,16 @@
 """Many users at once: concurrent browser sessions against one attnviz server on 127.0.0.1.
 
     .venv/bin/python bench/load.py [--sessions 8] [--requests 13] [--long 0] [--long-requests 1]
-                                   [--hostile 0] [--rss-bound-gb 4.5]
+                                   [--explain 0] [--explain-requests 1] [--explain-model smollm2-135m]
+                                   [--explain-words 560] [--train 0] [--train-requests 1]
+                                   [--train-steps 2000] [--hostile 0] [--rss-bound-gb 4.5]
+                                   [--sentence-bound-s 30] [--silent-bound-s 5]
 
 Starts `streamlit run app.py` with the demo's settings (.streamlit/config.toml and
 ATTNVIZ_MAX_TOKENS=8192, as in the Dockerfile), then drives ``--sessions`` browser contexts
-of one headless chromium at the same time. Session i plays USERS[i % 4]: three type sentences
+(each its own browser, so its own visitor) of one headless chromium at the same time.
+
+The first sessions are the *normal* ones: session i plays USERS[i % 4]: three type sentences
 on the text page (an encoder, an encoder-decoder, a decoder), the fourth uploads photos on the
 image page (dinov2-small). Each does ``--requests`` requests of its own, one after another;
 each input is new to the server (no cache hit): sentences grow by three words, photos are
@@ -14,27 +19,42 @@ the result line naming its input, downloads the result (.npz) and compares it wi
 of the same input made in this process: tokens equal and every attention weight within 1e-3.
 A result equal to another request's capture counts as cross-talk.
 
-With ``--long N`` the last N sessions instead read long documents on smollm2-135m, cut to
-its 8,192 tokens, ``--long-requests`` of them each. Their results (about 750 MB of recorded
-queries and keys) are over the demo's download bound, so these sessions download the head
-heatmap's CSV (the default head, block-aggregated) and compare it with the same view of the
-reference capture, every number within 1e-3.
+The last sessions play the heavy visitors, in this order:
 
-With ``--hostile N`` the same run is made twice on fresh servers, first without and then with
-N hostile sessions beside the normal ones, each repeating (until the normal sessions are done,
-at most HOSTILE_ROUNDS times) what an attacker tried against the demo: a model upload whose
-config claims 100,000 positions, a pasted text of two million zero-width joiners, a zip that
-expands to gigabytes, and ``?model=`` probes of server paths. The hostile sessions must get a
-refusal or a warning each time, and the normal sessions' p95 latency with them is compared
-with the run without them.
+- ``--long N``: read long documents on smollm2-135m, cut to its 8,192 tokens,
+  ``--long-requests`` each. Their results (about 750 MB of recorded queries and keys) are over
+  the demo's download bound, so these sessions download the head heatmap's CSV (the default
+  head, block-aggregated) and compare it with the same view of the reference capture, every
+  number within 1e-3.
+- ``--explain N``: "Which picture to trust" on ``--explain-model`` with a text of
+  ``--explain-words`` words (more than explain's 512 tokens: it is cut), the page's seven
+  methods, ``--explain-requests`` each; the output explained (its token and log-probability)
+  must be the one a forward pass in this process gives.
+- ``--train N``: Build your own, the default toy model trained for ``--train-steps`` steps,
+  ``--train-requests`` runs each; the held-out accuracy shown must be that of the same
+  training in this process (seeded, one thread).
 
-Prints sessions, requests, errors, the cross-talk check, latency percentiles (from sending the
-input to the new result on screen), and the server's resident memory (now and peak, from
-/proc) against the bound stated in docs/deploy.md. Exits 1 on any error, cross-talk, a peak
-above the bound, or (with hostile sessions) a p95 more than twice the run without them.
-Requests are bounded (sessions x requests, hostile rounds) and the server stops at the end.
-The server runs the demo profile, as in the Dockerfile: ATTNVIZ_HOSTED=1,
-ATTNVIZ_MAX_TOKENS=8192 and glibc's MALLOC_ARENA_MAX=2 and MALLOC_MMAP_THRESHOLD_=4194304.
+With ``--hostile N``, N hostile sessions run beside them, each repeating (until the others are
+done, at most HOSTILE_ROUNDS times) what an attacker tried against the demo: a model upload
+whose config claims 100,000 positions, a pasted text of two million zero-width joiners, a zip
+that expands to gigabytes, and ``?model=`` probes of server paths. They must get a refusal or
+a warning each time.
+
+When any heavy or hostile session is asked for, the same normal sessions first run alone on a
+fresh server, then the whole mix on another: the table puts the two side by side, and the
+normal sessions' p95 in the mix is compared with theirs alone.
+
+Prints, per group (sentences and photos, one-sentence requests alone, documents, explanations,
+trainings), requests, errors, the wait from sending the input to the new result on screen
+(p50, p95, max), and the longest stretch of a wait with nothing on the page saying why (no
+queue message, progress bar or spinner); then cross-talk, attacks and the server's resident
+memory (now and peak, from /proc) against the bound stated in docs/deploy.md. Exits 1 on any
+error or wrong result, cross-talk, a peak above the bound, a normal p95 in the mix more than
+twice the one alone, a one-sentence request waiting longer than ``--sentence-bound-s``, or a
+silent stretch longer than ``--silent-bound-s``. Requests are bounded (sessions x requests,
+hostile rounds) and the servers stop at the end. The server runs the demo profile, as in the
+Dockerfile: ATTNVIZ_HOSTED=1, ATTNVIZ_MAX_TOKENS=8192 and glibc's MALLOC_ARENA_MAX=2 and
+MALLOC_MMAP_THRESHOLD_=4194304.
 """
 from __future__ import annotations
 
@@ -106,23 +126,47 @@ def document(session: int, request: int) -> str:
     return f"Visitor {session} reads document {request}. " + PARAGRAPH * 120
 
 
-def user(args, session: int) -> tuple[str, str, bool]:
-    """(page, model, long) of a session: the last ``args.long`` sessions read long documents."""
-    if session >= args.sessions - args.long:
-        return (*LONG_USER, True)
-    return (*USERS[session % len(USERS)], False)
+def groups(args) -> list[str]:
+    """Each session's group: "normal" for the first ones, then "long", "explain", "train"."""
+    heavy = ["long"] * args.long + ["explain"] * args.explain + ["train"] * args.train
+    return ["normal"] * (args.sessions - len(heavy)) + heavy
+
+
+def user(args, session: int) -> tuple[str, str, str]:
+    """(page, model, group) of a session."""
+    group = groups(args)[session]
+    if group == "long":
+        return (*LONG_USER, group)
+    if group == "explain":
+        return "explain", args.explain_model, group
+    if group == "train":
+        return "train", "", group
+    return (*USERS[session % len(USERS)], group)
 
 
 def request_input(args, session: int, request: int):
-    """What the session sends: a sentence (text users), a document (long sessions) or a photo."""
-    page, _, long = user(args, session)
-    if long:
+    """What the session sends: a sentence or photo (normal), a document, a text to explain, or
+    a number of training steps."""
+    page, _, group = user(args, session)
+    if group == "long":
         return document(session, request)
+    if group == "explain":
+        return explain_text(session, request, args.explain_words)
+    if group == "train":
+        return args.train_steps
     return sentence(session, request) if page == "text" else photo(session, request)
 
 
+def explain_text(session: int, request: int, words: int) -> str:
+    """A text of ``words`` words to explain, unique per request, ending mid-sentence."""
+    rng = np.random.default_rng(5000 + 1000 * session + request)
+    return f"Visitor {session} explains text {request}: " + " ".join(rng.choice(WORDS, words)) + " and the"
+
+
 def requests_of(args, session: int) -> int:
-    return args.long_requests if user(args, session)[2] else args.requests
+    group = user(args, session)[2]
+    return {"long": args.long_requests, "explain": args.explain_requests, "train": args.train_requests}.get(
+        group, args.requests)
 
 
 def rss_gb(pid: int) -> tuple[float, float]:
@@ -131,24 +175,54 @@ def rss_gb(pid: int) -> tuple[float, float]:
     return (int(fields["VmRSS"].split()[0]) / 1e6, int(fields["VmHWM"].split()[0]) / 1e6)
 
 
-def references(args) -> dict[tuple[int, int], AttentionResult | str]:
-    """What each request must give: the same capture, made here (for long sessions, the CSV
-    of its head heatmap, see :func:`heatmap_csv`)."""
+def references(args, sessions: range):
+    """What each request of ``sessions`` must give, made here: the same capture (for long
+    sessions, the CSV of its head heatmap, see :func:`heatmap_csv`); for explanations, the
+    output explained (:func:`explained_output`); for trainings, the held-out accuracy."""
     os.environ.update(DEMO_ENV)  # the server's token caps and budgets
     models = {}
     refs = {}
-    for i in range(args.sessions):
-        page, name, long = user(args, i)
+    for i in sessions:
+        page, name, group = user(args, i)
+        if group == "train":
+            refs.update({(i, j): trained_accuracy(args.train_steps) for j in range(requests_of(args, i))})
+            continue
         model = models.get(name) or models.setdefault(name, attnviz.load_model(name))
         for j in range(requests_of(args, i)):
             data = request_input(args, i, j)
-            if long:
+            if group == "long":
                 refs[i, j] = heatmap_csv(attnviz.capture(model, data))
+            elif group == "explain":
+                refs[i, j] = explained_output(model, data)
             elif page == "text":
                 refs[i, j] = attnviz.capture(model, data)
             else:
                 refs[i, j] = attnviz.capture(model, open_image(data[1], data[0]), size=IMAGE_SIZE)
     return refs
+
+
+def explained_output(model, text: str) -> str:
+    """What the explain page's "Explained:" line must name: the token and its log-probability
+    (to 3 decimals) for a decoder, else what is explained."""
+    from attnviz.explain import problem_for
+
+    out = problem_for(model, text).output
+    return f"“{out['token']}” (log p = {out['log_prob']:.3f}" if "token" in out else out["what"]
+
+
+def trained_accuracy(steps: int) -> tuple[str, str]:
+    """What the train page's status line must hold after training its default toy model for
+    ``steps`` steps (the page's defaults: reverse, the first attention kind, length 12, window
+    2, 2 layers, 4 heads, d_model 64, seed 0): the last step, and the held-out accuracy of the
+    same training made here."""
+    from attnviz.lab.custom import ATTENTIONS, CustomConfig, CustomNet
+    from attnviz.lab.train import Trainer, evaluate
+
+    config = CustomConfig(task="reverse", length=12, d_model=64, n_heads=4, n_layers=2,
+                          attention=list(ATTENTIONS)[0], window=2)
+    trainer = Trainer(CustomNet(config, seed=0), seed=0)
+    trainer.run(steps)
+    return f"step {steps} of {steps} · ", f"held-out accuracy {evaluate(trainer.net):.1%}"
 
 
 def heatmap_csv(result: AttentionResult) -> str:
@@ -195,57 +269,128 @@ async def download_result(page, button: str, attempts: int = 3) -> AttentionResu
             await page.wait_for_function(NO_STATUS_WIDGET, timeout=TIMEOUT_MS)
 
 
-async def send(page, kind: str, name: str, data, ref: AttentionResult | str) -> None:
-    """Send one input (a sentence, a document, or a photo's file name and bytes) and return
-    when the result line names it."""
-    timeout = LONG_TIMEOUT_MS if isinstance(ref, str) else TIMEOUT_MS
+# What a page shows while a request waits or runs: a queue message (attnviz.jobs' status, with its
+# place in line), a progress bar, or a spinner. A stretch of a wait with none of them is silent.
+SAYS_WHY = ('[data-testid="stProgress"], [data-testid="stSpinner"], [data-testid="stAlertContentInfo"]')
+POLL_MS = 500
+
+
+async def until_shown(page, done_js: str, arg, timeout_ms: int) -> float:
+    """Poll until ``done_js(arg)`` holds on the page; returns the longest stretch (s) during
+    which nothing on the page said why it waited (see SAYS_WHY)."""
+    check = f"""(arg) => {{ const done = ({done_js})(arg);
+        return [done, done || !!document.querySelector('{SAYS_WHY}')]; }}"""
+    started = time.perf_counter()
+    silent_since, longest = None, 0.0
+    while True:
+        done, said = await page.evaluate(check, arg)
+        now = time.perf_counter()
+        if done:
+            return max(longest, now - silent_since if silent_since is not None else 0.0)
+        if said:
+            longest = max(longest, now - silent_since) if silent_since is not None else longest
+            silent_since = None
+        elif silent_since is None:
+            silent_since = now
+        if (now - started) * 1000 > timeout_ms:
+            raise TimeoutError(f"no result after {timeout_ms / 1000:.0f} s")
+        await page.wait_for_timeout(POLL_MS)
+
+
+CAPTION_CHANGED = """([shown, before]) => [...document.querySelectorAll('[data-testid="stCaptionContainer"]')]
+    .some(e => e.innerText.includes(shown) && e.innerText !== before)"""
+TEXT_SHOWN = "([shown]) => document.body.innerText.includes(shown)"
+LINE_CHANGED = """([start, before]) => [...document.querySelectorAll('[data-testid="stMarkdownContainer"]')]
+    .some(e => e.innerText.includes(start) && e.innerText !== before)"""
+
+
+async def line_before(page, selector: str, contains: str) -> str | None:
+    """The text of the first element ``selector`` holding ``contains``, if any (to tell the
+    new result from the one shown before)."""
+    return await page.evaluate("([sel, c]) => [...document.querySelectorAll(sel)].map(e => e.innerText)"
+                               ".find(t => t.includes(c)) ?? null", [selector, contains])
+
+
+async def send(page, group: str, kind: str, name: str, data, ref) -> tuple[float, str | None]:
+    """Send one request (a sentence, a document, a photo's file name and bytes, a text to
+    explain, a number of training steps) and return when its result is shown: (the longest
+    silent stretch of the wait, see :func:`until_shown`; for an explanation or a training, the
+    line that shows its result)."""
+    timeout = LONG_TIMEOUT_MS if group in ("long", "explain", "train") else TIMEOUT_MS
+    if group == "train":
+        steps = page.get_by_label("Steps", exact=True)
+        await steps.fill(str(data), timeout=timeout)
+        await steps.press("Enter")
+        await page.wait_for_function(NO_STATUS_WIDGET, timeout=timeout)
+        before = await line_before(page, '[data-testid="stMarkdownContainer"]', "held-out accuracy")
+        await page.get_by_role("button", name="Train").click(timeout=timeout)
+        silent = await until_shown(page, LINE_CHANGED, ["held-out accuracy", before], timeout)
+        return silent, await line_before(page, '[data-testid="stMarkdownContainer"]', "held-out accuracy")
+    if group == "explain":
+        before = await line_before(page, '[data-testid="stMarkdownContainer"]', "Explained:")
+        box = page.locator('textarea[aria-label="Text"]')
+        await box.fill(data, timeout=timeout)
+        await box.press("Control+Enter")
+        silent = await until_shown(page, LINE_CHANGED, ["Explained:", before], timeout)
+        return silent, await line_before(page, '[data-testid="stMarkdownContainer"]', "Explained:")
     if kind == "text":
         tokens = int(TOKEN_CAP) if isinstance(ref, str) else len(ref.tokens)  # documents fill the cap
         shown = f"{name} · {tokens} tokens ·"
-        line = page.get_by_text(shown)
-        before = await line.first.inner_text() if await line.count() else None  # a document's line names
-        box = page.locator('textarea[aria-label="Text"]')                       # no input: wait for a new one
+        before = await line_before(page, '[data-testid="stCaptionContainer"]', shown)  # a document's line names
+        box = page.locator('textarea[aria-label="Text"]')                               # no input: wait for a new one
         await box.fill(data, timeout=timeout)
         await box.press("Control+Enter")
-        if before is not None:
-            await page.wait_for_function(
-                "([shown, before]) => [...document.querySelectorAll('[data-testid=\"stCaptionContainer\"]')]"
-                ".some(e => e.innerText.includes(shown) && e.innerText !== before)", arg=[shown, before],
-                timeout=timeout)
-            return
-    else:
-        file_name, png = data
-        await page.locator('[data-testid="stFileUploaderDropzone"] input[type="file"]').set_input_files(
-            {"name": file_name, "mimeType": "image/png", "buffer": png})
-        (width, height), (seen_h, seen_w) = Image.open(io.BytesIO(png)).size, ref.image.shape[:2]
-        shown = f"{file_name} ({width} x {height} px) → {name} saw {seen_w} x {seen_h} px"
-    await page.get_by_text(shown).first.wait_for(timeout=timeout)
+        return await until_shown(page, CAPTION_CHANGED, [shown, before], timeout), None
+    file_name, png = data
+    await page.locator('[data-testid="stFileUploaderDropzone"] input[type="file"]').set_input_files(
+        {"name": file_name, "mimeType": "image/png", "buffer": png})
+    (width, height), (seen_h, seen_w) = Image.open(io.BytesIO(png)).size, ref.image.shape[:2]
+    shown = f"{file_name} ({width} x {height} px) → {name} saw {seen_w} x {seen_h} px"
+    return await until_shown(page, TEXT_SHOWN, [shown], timeout), None
+
+
+def start_url(base: str, kind: str, name: str) -> str:
+    return f"{base}/{kind}" + (f"?model={name}" if name else "")
 
 
 async def session(browser, base: str, i: int, args, refs, out: dict) -> None:
-    """One user: its page and model, its inputs, each result checked."""
-    kind, name, long = user(args, i)
+    """One visitor (a browser context of its own): its page and model, its requests, each
+    result checked."""
+    kind, name, group = user(args, i)
+    results = out["groups"].setdefault(group, {"latency": [], "silent": 0.0, "requests": 0})
     context = await browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     page = await context.new_page()
     page_errors: list[str] = []
     page.on("pageerror", lambda e: page_errors.append(str(e)))
     try:
-        await page.goto(f"{base}/{kind}?model={name}", timeout=TIMEOUT_MS)
-        await page.wait_for_selector(SCRIPT_DONE, timeout=TIMEOUT_MS)  # the first run has drawn the page
+        await page.goto(start_url(base, kind, name), timeout=TIMEOUT_MS)
+        await page.wait_for_selector(SCRIPT_DONE, timeout=LONG_TIMEOUT_MS)  # the first run has drawn the page
+        await page.wait_for_function(NO_STATUS_WIDGET, timeout=LONG_TIMEOUT_MS)
         for j in range(requests_of(args, i)):
             ref = refs[i, j]
             try:
                 started = time.perf_counter()
-                await send(page, kind, name, request_input(args, i, j), ref)
-                out["long_latency" if long else "latency"].append(time.perf_counter() - started)
-                out["requests"] += 1
-                await page.wait_for_function(NO_STATUS_WIDGET, timeout=TIMEOUT_MS)  # the rest of the page drawn
+                silent, line = await send(page, group, kind, name, request_input(args, i, j), ref)
+                waited = time.perf_counter() - started
+                results["latency"].append(waited)
+                results["silent"] = max(results["silent"], silent)
+                results["requests"] += 1
+                if group == "normal" and kind == "text":
+                    out["sentence_max"] = max(out["sentence_max"], waited)
+                await page.wait_for_function(NO_STATUS_WIDGET, timeout=LONG_TIMEOUT_MS)  # the rest of the page drawn
                 shown = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
                 if await shown.count():
                     out["errors"].append(f"session {i} request {j}: {await shown.first.inner_text()}")
-                got = await download_result(page, "Matrix .csv" if long else DOWNLOAD[kind])
+                if group in ("explain", "train"):  # checked by the line that shows the result
+                    expected = [ref] if group == "explain" else list(ref)
+                    if line is not None and all(e in line for e in expected):
+                        out["own"] += 1
+                    else:
+                        out["errors"].append(f"session {i} ({group}) request {j}: {line!r} lacks {expected!r}")
+                    continue
+                got = await download_result(page, "Matrix .csv" if group == "long" else DOWNLOAD[kind])
             except Exception as e:  # noqa: BLE001 - an error of this request; the session goes on
-                out["errors"].append(f"session {i} request {j}: {type(e).__name__}: {str(e).splitlines()[0]}")
+                out["errors"].append(f"session {i} ({group}) request {j}: {type(e).__name__}: {str(e).splitlines()[0]}")
                 continue
             if same(got, ref):
                 out["own"] += 1
@@ -254,7 +399,7 @@ async def session(browser, base: str, i: int, args, refs, out: dict) -> None:
                 out["crosstalk" if others else "errors"].append(
                     f"session {i} request {j}: the result is {'that of ' + str(others[0]) if others else 'wrong'}")
     except Exception as e:  # noqa: BLE001 - the session could not go on: an error, the others go on
-        out["errors"].append(f"session {i}: {type(e).__name__}: {str(e).splitlines()[0]}")
+        out["errors"].append(f"session {i} ({group}): {type(e).__name__}: {str(e).splitlines()[0]}")
     finally:
         out["errors"] += [f"session {i}: page error {e}" for e in page_errors]
         await context.close()
@@ -320,24 +465,24 @@ async def hostile(browser, base: str, k: int, files: dict[str, bytes], normal_do
         await context.close()
 
 
-async def drive(base: str, args, refs, n_hostile: int = 0, files: dict[str, bytes] | None = None) -> dict:
+async def drive(base: str, args, refs, sessions: range, n_hostile: int = 0,
+                files: dict[str, bytes] | None = None) -> dict:
     from playwright.async_api import async_playwright
 
-    out = {"requests": 0, "own": 0, "latency": [], "long_latency": [], "errors": [], "crosstalk": [], "attacks": 0,
-           "breaches": []}
+    out = {"groups": {}, "sentence_max": 0.0, "own": 0, "errors": [], "crosstalk": [], "attacks": 0, "breaches": []}
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         done = asyncio.Event()
 
-        async def normal():
-            await asyncio.gather(*(session(browser, base, i, args, refs, out) for i in range(args.sessions)))
+        async def visitors():
+            await asyncio.gather(*(session(browser, base, i, args, refs, out) for i in sessions))
             done.set()
-        await asyncio.gather(normal(), *(hostile(browser, base, k, files, done, out) for k in range(n_hostile)))
+        await asyncio.gather(visitors(), *(hostile(browser, base, k, files, done, out) for k in range(n_hostile)))
         await browser.close()
     return out
 
 
-def serve_and_drive(args, refs, n_hostile: int, files) -> tuple[dict, float, float, float]:
+def serve_and_drive(args, refs, sessions: range, n_hostile: int, files) -> tuple[dict, float, float, float]:
     """A fresh server with the demo profile, driven; (out, wall seconds, RSS, peak RSS in GB)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -345,7 +490,7 @@ def serve_and_drive(args, refs, n_hostile: int, files) -> tuple[dict, float, flo
     try:
         wait_healthy(base)
         started = time.perf_counter()
-        out = asyncio.run(drive(base, args, refs, n_hostile, files))
+        out = asyncio.run(drive(base, args, refs, sessions, n_hostile, files))
         wall = time.perf_counter() - started
         rss, peak = rss_gb(server.pid)
     finally:
@@ -359,76 +504,97 @@ def p95(latencies: list[float]) -> float:
     return lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
 
 
-def report(args, out: dict, wall: float, rss: float, peak: float, n_hostile: int) -> tuple[list, bool]:
+GROUP_LABELS = {"normal": "sentences and photos", "long": "8,192-token documents", "explain": "explanations",
+                "train": "trainings"}
+
+
+def report(args, out: dict, wall: float, rss: float, peak: float, n_hostile: int, sessions: range) -> tuple[list, bool]:
     """The table's rows for one run, and whether the run passed."""
-    lat = sorted(out["latency"]) or [float("nan")]
-    crosstalk_ok = not out["crosstalk"] and out["own"] == out["requests"]
-    rows = [
-        ("sessions (concurrent browser contexts)", f"{args.sessions} normal, {n_hostile} hostile"),
-        ("users", ", ".join(f"{kind} page on {name}" for kind, name in USERS[: min(args.sessions - args.long, len(USERS))])
-         + (f"; {args.long} reading 8,192-token documents on {LONG_USER[1]}" if args.long else "")),
-        ("requests (new inputs captured)", f"{out['requests']} of {sum(requests_of(args, i) for i in range(args.sessions))}"),
-        ("errors", f"{len(out['errors'])}"),
-        ("cross-talk check", f"{'pass' if crosstalk_ok else 'FAIL'}: {out['own']} of {out['requests']} "
-                             f"downloads equal their own input's capture, {len(out['crosstalk'])} another's"),
-        ("attacks (refused or warned as they should)", f"{out['attacks'] - len(out['breaches'])} of {out['attacks']}"),
-        ("latency p50 (s)", f"{statistics.median(lat):.2f}"),
-        ("latency p95 (s)", f"{p95(out['latency']):.2f}"),
-        ("latency max (s)", f"{lat[-1]:.2f}"),
-        ("8,192-token documents: latency p50, max (s)",
-         f"{statistics.median(out['long_latency']):.1f}, {max(out['long_latency']):.1f}" if out["long_latency"] else "none"),
-        ("wall time (s)", f"{wall:.0f}"),
-        ("server RSS after (GB)", f"{rss:.2f}"),
-        ("server peak RSS (GB)", f"{peak:.2f}  (bound {args.rss_bound_gb:.1f}: "
-                                 f"{'within' if peak <= args.rss_bound_gb else 'EXCEEDED'})"),
-    ]
-    ok = not out["errors"] and crosstalk_ok and peak <= args.rss_bound_gb and not out["breaches"]
+    asked = sum(requests_of(args, i) for i in sessions)
+    done = sum(g["requests"] for g in out["groups"].values())
+    present = [groups(args)[i] for i in sessions]
+    rows = [("sessions (browsers)", ", ".join(f"{present.count(g)} {g}" for g in GROUP_LABELS if g in present)
+             + (f", {n_hostile} hostile" if n_hostile else "")),
+            ("requests (new inputs)", f"{done} of {asked}"),
+            ("errors or wrong results", f"{len(out['errors'])}"),
+            ("cross-talk check", f"{'pass' if not out['crosstalk'] else 'FAIL'}: {out['own']} of {done} their own, "
+                                 f"{len(out['crosstalk'])} another's")]
+    for group, label in GROUP_LABELS.items():
+        g = out["groups"].get(group)
+        if g is None:
+            continue
+        lat = sorted(g["latency"]) or [float("nan")]
+        rows.append((f"{label}: wait p50 / p95 / max (s)", f"{statistics.median(lat):.1f} / {p95(lat):.1f} / {lat[-1]:.1f}"))
+        rows.append((f"{label}: longest silent stretch (s)", f"{g['silent']:.1f}"))
+    rows += [("one-sentence requests: longest wait (s)", f"{out['sentence_max']:.1f}  (bound {args.sentence_bound_s:.0f})"),
+             ("attacks refused or warned as they should", f"{out['attacks'] - len(out['breaches'])} of {out['attacks']}"),
+             ("wall time (s)", f"{wall:.0f}"),
+             ("server RSS after (GB)", f"{rss:.2f}"),
+             ("server peak RSS (GB)", f"{peak:.2f}  (bound {args.rss_bound_gb:.1f}: "
+                                      f"{'within' if peak <= args.rss_bound_gb else 'EXCEEDED'})")]
+    silent = max((g["silent"] for g in out["groups"].values()), default=0.0)
+    ok = (not out["errors"] and not out["crosstalk"] and done == asked and peak <= args.rss_bound_gb
+          and not out["breaches"] and out["sentence_max"] <= args.sentence_bound_s and silent <= args.silent_bound_s)
     return rows, ok
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sessions", type=int, default=8)
-    ap.add_argument("--requests", type=int, default=13, help="inputs per session")
-    ap.add_argument("--hostile", type=int, default=0, help="hostile sessions beside the normal ones "
-                                                            "(then a run without them is made first)")
-    ap.add_argument("--long", type=int, default=0, help="sessions (the last ones) reading 8,192-token documents")
+    ap.add_argument("--sessions", type=int, default=8, help="browsers in all, heavy ones included (not the hostile)")
+    ap.add_argument("--requests", type=int, default=13, help="inputs per normal session")
+    ap.add_argument("--long", type=int, default=0, help="sessions reading 8,192-token documents")
     ap.add_argument("--long-requests", type=int, default=1, help="documents per long session")
+    ap.add_argument("--explain", type=int, default=0, help="sessions explaining long texts")
+    ap.add_argument("--explain-requests", type=int, default=1, help="texts per explain session")
+    ap.add_argument("--explain-model", default="smollm2-135m", help="the model the explain sessions use")
+    ap.add_argument("--explain-words", type=int, default=560, help="words of each text to explain")
+    ap.add_argument("--train", type=int, default=0, help="sessions training the default toy model")
+    ap.add_argument("--train-requests", type=int, default=1, help="trainings per train session")
+    ap.add_argument("--train-steps", type=int, default=2000, help="steps of each training")
+    ap.add_argument("--hostile", type=int, default=0, help="hostile sessions beside the others")
     ap.add_argument("--rss-bound-gb", type=float, default=4.5, help="the bound docs/deploy.md states")
+    ap.add_argument("--sentence-bound-s", type=float, default=30.0, help="the longest a one-sentence request may wait")
+    ap.add_argument("--silent-bound-s", type=float, default=5.0, help="the longest a wait may say nothing")
     args = ap.parse_args()
 
-    args.long = min(max(args.long, 0), args.sessions)
-    print(f"reference captures for {args.sessions} sessions' inputs…", flush=True)
+    heavy = args.long + args.explain + args.train
+    if heavy >= args.sessions:
+        ap.error("--sessions counts the long, explain and train sessions too: leave room for normal ones")
+    everyone = range(args.sessions)
+    normal = range(args.sessions - heavy)
+    print(f"references for {args.sessions} sessions' requests…", flush=True)
     t0 = time.perf_counter()
-    refs = references(args)
+    refs = references(args, everyone)
     print(f"… {time.perf_counter() - t0:.0f} s", flush=True)
     import tempfile
 
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         files = hostile_files(Path(tmp)) if args.hostile else None
-        runs = [(0, serve_and_drive(args, refs, 0, None))]
-        if args.hostile:
-            runs.append((args.hostile, serve_and_drive(args, refs, args.hostile, files)))
+        if heavy or args.hostile:
+            runs.append(("normal sessions alone", normal, 0, serve_and_drive(args, refs, normal, 0, None)))
+        runs.append(("the whole mix", everyone, args.hostile, serve_and_drive(args, refs, everyone, args.hostile, files)))
     ok = True
     tables = []
-    for n_hostile, (out, wall, rss, peak) in runs:
-        rows, passed = report(args, out, wall, rss, peak, n_hostile)
+    for title, sessions, n_hostile, (out, wall, rss, peak) in runs:
+        rows, passed = report(args, out, wall, rss, peak, n_hostile, sessions)
         ok &= passed
-        tables.append((rows, out))
-    width = max(len(k) for k, _ in tables[0][0])
-    header = ["without hostile sessions"] + ([f"with {args.hostile} hostile"] if args.hostile else [])
-    print(f"\n{'what':<{width}}  " + "  ".join(f"{h:<44}" for h in header))
-    print(f"{'-' * width}  " + "  ".join("-" * 44 for _ in header))
-    for r, (k, _) in enumerate(tables[0][0]):
-        print(f"{k:<{width}}  " + "  ".join(f"{rows[r][1]:<44}" for rows, _ in tables))
-    if args.hostile:
-        ratio = p95(tables[1][1]["latency"]) / p95(tables[0][1]["latency"])
-        print(f"{'p95 with / without hostile sessions':<{width}}  {ratio:.2f}x  (target <= 2x: "
+        tables.append((title, dict(rows), out))
+    keys = list(dict.fromkeys(k for _, rows, _ in tables for k in rows))
+    width = max(len(k) for k in keys)
+    print(f"\n{'what':<{width}}  " + "  ".join(f"{t:<40}" for t, _, _ in tables))
+    print(f"{'-' * width}  " + "  ".join("-" * 40 for _ in tables))
+    for k in keys:
+        print(f"{k:<{width}}  " + "  ".join(f"{rows.get(k, ''):<40}" for _, rows, _ in tables))
+    if len(tables) == 2:
+        alone, mixed = (p95(t[2]["groups"].get("normal", {"latency": []})["latency"]) for t in tables)
+        ratio = mixed / alone
+        print(f"{'sentences and photos: p95 in the mix / alone':<{width}}  {ratio:.2f}x  (target <= 2x: "
               f"{'met' if ratio <= 2 else 'MISSED'})")
         ok &= ratio <= 2
-    for _, out in tables:
+    for title, _, out in tables:
         for line in (out["errors"] + out["crosstalk"] + out["breaches"])[:20]:
-            print("  ", line)
+            print(f"   [{title}]", line)
     return 0 if ok else 1
 
 

@@ -1,5 +1,5 @@
 """The hosted demo's bounds at their root: budgets read from the environment, a result cache
-bounded by bytes, a bound on captures running at once, uploads private to the session that
+bounded by bytes, a bound on computations running at once, uploads private to the session that
 sent them, and (ATTNVIZ_HOSTED=1) an allow-list of models and no server path in any message.
 
 The bad-input corpus (test_bad_inputs.py) holds the per-input findings (huge position claims,
@@ -20,7 +20,7 @@ from apptest_tools import assert_clean, open_page  # noqa: E402
 from make_corpus import tiny_bert  # noqa: E402
 
 import attnviz  # noqa: E402
-from attnviz import limits  # noqa: E402
+from attnviz import jobs, limits  # noqa: E402
 from attnviz.cache import ByteCache  # noqa: E402
 from attnviz.inputs import MAX_MODEL_UPLOAD_MB  # noqa: E402
 from attnviz.ui import models as ui_models  # noqa: E402
@@ -108,20 +108,21 @@ def test_the_apps_result_cache_stays_within_its_byte_budget(monkeypatch):
     assert len(ui_models.RESULTS) == 2
 
 
-def test_captures_wait_for_a_free_slot_across_models(monkeypatch):
-    """With ATTNVIZ_MAX_CAPTURES=1, a capture waits while another holds the only slot (here
-    the test holds it), whichever model it runs."""
-    monkeypatch.setenv("ATTNVIZ_MAX_CAPTURES", "1")
-    monkeypatch.setattr(limits, "SLOTS", limits.CaptureSlots())
+def test_captures_wait_for_a_free_worker_across_models(monkeypatch):
+    """With ATTNVIZ_WORKERS=1, a capture waits while another job holds the only worker (here
+    the test's, which has not reached a checkpoint), whichever model it runs."""
+    monkeypatch.setenv("ATTNVIZ_WORKERS", "1")
     model = attnviz.load_model("minilm-l6")
     done = []
     worker = threading.Thread(target=lambda: done.append(attnviz.capture(model, "the cat sat")))
-    with limits.SLOTS:
+    with jobs.SCHEDULER.job("another visitor", "a test holding the worker", 0):
         worker.start()
         worker.join(3)
-        assert worker.is_alive() and not done  # waiting for the slot
+        assert worker.is_alive() and not done  # waiting for the worker
+        (waiting, status), = [(j, s) for j, s in jobs.SCHEDULER.jobs() if j.visitor == jobs.LOCAL]
+        assert status.state == jobs.WAITING and status.place == 1
     worker.join(60)
-    assert len(done) == 1
+    assert len(done) == 1 and jobs.SCHEDULER.jobs() == []
 
 
 # -- uploads belong to their session -------------------------------------------------------------

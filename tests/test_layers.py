@@ -69,20 +69,21 @@ def test_no_import_cycle_inside_attnviz():
 # the layers of docs/architecture.md, top to bottom: a module may import its own layer and those
 # below it. A name places the module of that name and, when it is a package (a folder), every
 # module under it (the deepest name that matches wins; the root package places only itself).
-# attnviz.families, attnviz.mixing and attnviz.jobs are placed ahead of their arrival (the
-# per-family anatomy, the context-mixing backend, the job scheduler).
+# attnviz.jobs (the one scheduler every heavy computation runs in) is base: capture, mixing,
+# explain and the lab all submit to it.
 LAYERS = [
     ("ui", ["attnviz.ui"]),  # Streamlit blocks and pages' views
     ("command line", ["attnviz.cli", "attnviz.__main__"]),
     ("outputs", ["attnviz.figures", "attnviz.export", "attnviz.report"]),  # figures for notebooks, files
     ("viz", ["attnviz.viz"]),  # pure figure builders
     ("runs", ["attnviz", "attnviz.batch", "attnviz.compare", "attnviz.probes", "attnviz.explain", "attnviz.lab",
-              "attnviz.mixing", "attnviz.jobs"]),
+              "attnviz.mixing"]),
     ("analysis", ["attnviz.analysis"]),  # pure numpy
     ("capture", ["attnviz.capture", "attnviz.families", "attnviz.tokens", "attnviz.recorder"]),
     ("models", ["attnviz.models"]),  # registry, store, converters, loader: never the lab above
     ("results", ["attnviz.result", "attnviz.lazy"]),
-    ("base", ["attnviz.errors", "attnviz.inputs", "attnviz.limits", "attnviz.cache", "attnviz.device", "attnviz.samples"]),
+    ("base", ["attnviz.errors", "attnviz.inputs", "attnviz.limits", "attnviz.cache", "attnviz.device", "attnviz.samples",
+              "attnviz.jobs"]),
 ]
 LEVEL = {name: len(LAYERS) - i for i, (_, names) in enumerate(LAYERS) for name in names}
 LAYER_NAME = {name: layer for layer, names in LAYERS for name in names}

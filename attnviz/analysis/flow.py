@@ -37,6 +37,7 @@ from attnviz.errors import AttnvizError
 FUSIONS = ("mean", "max", "min")
 FLOW_SCALE = 2 ** 24  # integer capacity units per unit of attention
 MAX_FLOW_EDGES = 20_000_000  # layers * tokens**2: 1290 tokens over 12 layers
+FLOW_BYTES_PER_EDGE = 32  # exact flow's memory per edge: the int64 capacities, the fused weights, the network's arrays
 
 Progress = Callable[[float], None]
 

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+import attnviz.jobs as jobs
 from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text
 from attnviz.models.loader import Model
+from attnviz.models.model import AS_LOADED
 
 MAX_LAB_TOKENS = 32  # the lab shows every matrix with its numbers: longer texts are cut
 
@@ -45,7 +47,7 @@ def bert_layer_qkv(model: Model, text: str, layer: int = 0) -> LayerQKV:
         raise AttnvizError(f"{model.name} has layers 0 to {len(layers) - 1}, not {layer}.")
     enc = model.tokenizer(clean_text(text), return_tensors="pt", truncation=True, max_length=MAX_LAB_TOKENS)
     heads = net.config.num_attention_heads
-    with model.lock, torch.inference_mode():
+    with jobs.hold(model.gate, AS_LOADED), torch.inference_mode():
         out = net(**{k: v.to(model.device) for k, v in enc.items()}, output_hidden_states=True, output_attentions=True)
         hidden = out.hidden_states[layer]  # [1, tokens, d_model], the input of `layer`
         attn = layers[layer].attention

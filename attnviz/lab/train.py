@@ -64,6 +64,17 @@ class Trainer:
         self.history: list[Step] = []
         self.seconds = 0.0
 
+    def memory_bytes(self) -> int:
+        """An upper estimate of what a step takes beyond the data: the parameters with their
+        gradients and AdamW's two moments (4 float32 copies), and the batch's activations kept
+        for the backward pass: per layer, 16 float32 arrays [batch, tokens, d_model] and 3 of
+        the attention maps [batch, heads, tokens, tokens] (tokens: the most the model reads)."""
+        cfg = self.net.config
+        n = (cfg.length // cfg.patch) ** 2 + 1 if getattr(cfg, "arch", None) == "vit" else cfg.length + 1
+        params = sum(p.numel() for p in self.net.parameters()) * 4 * 4
+        per_layer = self.batch_size * (16 * n * cfg.d_model + 3 * cfg.n_heads * n * n) * 4
+        return params + max(1, getattr(cfg, "n_layers", 1)) * per_layer
+
     def step(self) -> Step:
         """One update on a fresh batch."""
         started = time.perf_counter()

@@ -338,8 +338,21 @@ def token_limit(config, family: str, name: str, cls=None) -> int:
     else:
         limit = positions(cfg) or DECODER_TOKEN_CAP
         limit = min(limit, DECODER_TOKEN_CAP if family != "encoder-decoder" else SEQ2SEQ_TOKEN_CAP)
+    fits = limits.tokens_within(int(limit), *capture_shape(config, family, cls))
+    if fits < MIN_TOKENS:
+        raise AttnvizError(f"A capture of '{name}' would need more memory than this server allows even for "
+                           f"{MIN_TOKENS} tokens; it was not loaded.")
+    return token_cap(fits)
+
+
+def capture_shape(config, family: str, cls=None) -> tuple[int, int, int, int, bool]:
+    """What a capture's memory grows with, read from a transformers ``config`` (the vision
+    tower's for image models): (layers, heads, hidden size, stacks, recorded), the arguments
+    of ``limits.capture_bytes`` after the length. ``recorded``: the model class ``cls`` runs
+    SDPA or transformers' attention registry, so its attention is recorded, not materialised."""
+    text = getattr(config, "text_config", None) if family == "image" else None
     vision = getattr(config, "vision_config", None) if family == "image" else None
-    sizes = vision or cfg
+    sizes = vision or text or config
     found = list(_flat_items(sizes.to_dict()))
     layers = _largest(found, ("num_hidden_layers", "num_layers", "n_layer", "encoder_layers"), ("depths",))
     heads = _largest(found, ("num_attention_heads", "num_heads", "n_head", "encoder_attention_heads"))
@@ -347,11 +360,7 @@ def token_limit(config, family: str, name: str, cls=None) -> int:
     stacks = 3 if family == "encoder-decoder" else 1
     recorded = (bool(getattr(cls, "_supports_sdpa", False) or getattr(cls, "_supports_attention_backend", False))
                 and family != "vision-language" and config.model_type not in WINDOWED_TYPES)
-    fits = limits.tokens_within(int(limit), int(layers), int(heads), int(hidden), stacks, recorded)
-    if fits < MIN_TOKENS:
-        raise AttnvizError(f"A capture of '{name}' would need more memory than this server allows even for "
-                           f"{MIN_TOKENS} tokens; it was not loaded.")
-    return token_cap(fits)
+    return int(layers), int(heads), int(hidden), stacks, recorded
 
 
 def _largest(found: list[tuple[str, object]], keys: tuple[str, ...], summed: tuple[str, ...] = ()) -> int:

@@ -6,11 +6,14 @@ import another to name it.
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from attnviz.jobs import Gate
+
+AS_LOADED = "as loaded"  # the gate's mode of code that runs the model as the loader left it (see Model.gate)
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,10 @@ class Model:
     (longer text is truncated with a warning); tokenizer: a transformers tokenizer, or for
     attnviz's own models (family "custom") the object whose ``encode(text)`` gives their token
     ids (see :mod:`attnviz.lab`); image: how an image model wants its pixels (None for text);
-    lock: held while the model runs, so that sessions sharing it never interleave.
+    gate: what every run of the model goes through (attnviz.jobs.hold): code that runs it as
+    loaded (eager attention, ``output_attentions``) holds it in mode ``AS_LOADED``; a capture
+    holds it in the mode that switches its attention to the recorded implementation. Runs in
+    one mode share the model, step by step; no run changes the model under another's forward.
     """
 
     name: str
@@ -51,7 +57,7 @@ class Model:
     max_tokens: int
     tokenizer: Any = None
     image: ImageSpec | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    gate: Gate = field(default_factory=Gate, repr=False, compare=False)
     processor: Any = None  # vision-language models: the processor that places image tokens in the prompt
     max_patches: int = 0
 

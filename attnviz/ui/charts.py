@@ -11,6 +11,7 @@ import streamlit as st
 import attnviz.limits as limits
 from attnviz.export import MIME, PNG_SCALE, can_render, figure_bytes
 from attnviz.result import AttentionResult
+from attnviz.ui.common import for_this_visitor
 from attnviz.viz.heatmap import png_config, safe_filename
 
 FORMAT_LABELS = {"svg": "SVG (vector)", "pdf": "PDF (vector)", "png": f"PNG ({PNG_SCALE}× resolution)"}
@@ -29,7 +30,7 @@ def show_chart(fig, name: str, *, key: str | None = None, where=None, **kwargs):
                        "camera button above the chart saves a PNG.")
             return event
         for fmt, label in FORMAT_LABELS.items():
-            st.download_button(label, lambda fmt=fmt: figure_bytes(fig, fmt), file_name=f"{stem}.{fmt}",
+            st.download_button(label, for_this_visitor(lambda fmt=fmt: figure_bytes(fig, fmt)), file_name=f"{stem}.{fmt}",
                                mime=MIME[fmt], on_click="ignore", key=f"fig_{fmt}_{key or stem}",
                                help="Rendered in a headless browser when clicked (a few seconds).")
     return event
@@ -65,7 +66,7 @@ def report_button(result: AttentionResult, key: str = "report_html") -> None:
     per-head statistics and the provenance, that opens with no network."""
     from attnviz.report import report_html
 
-    st.download_button("Report .html", lambda: report_html(result), file_name=safe_filename(
+    st.download_button("Report .html", for_this_visitor(lambda: report_html(result)), file_name=safe_filename(
         f"{result.model}_report") + ".html", mime="text/html", on_click="ignore", key=key,
         icon=":material/description:", help="One self-contained HTML file (about 5 MB): the main views, "
         "every head's statistics and how the result was made. It opens offline, e.g. from an e-mail.")

@@ -1,21 +1,27 @@
-"""Small Streamlit helpers every page uses: remembered choices, URL state, error display."""
+"""Small Streamlit helpers every page uses: remembered choices, URL state, error display, the
+progress bar, and the one way a page runs a heavy computation (:func:`job`)."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import re
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Hashable, Iterator, TypeVar
 
 import numpy as np
 import streamlit as st
 from PIL import Image
 
+import attnviz.jobs as jobs
 import attnviz.limits as limits
+from attnviz.cache import ByteCache
 from attnviz.errors import AttnvizError
+from attnviz.ui.visitor import visitor
 
 log = logging.getLogger("attnviz")
+V = TypeVar("V")
 
 
 @functools.cache
@@ -99,13 +105,119 @@ def progress_bar(text: str, *, after: float = 0.0) -> Iterator[Callable[..., Non
         slot.empty()
 
 
+CANCELLED = "_jobs_cancelled"  # session state: the keys of the requests this session cancelled
+
+
+def _tag(key: Hashable) -> str:
+    """A request's key as a short string for widget keys."""
+    return hashlib.sha256(repr(key).encode("utf-8", "surrogatepass")).hexdigest()[:20]
+
+
+def take_cancelled(key: Hashable) -> bool:
+    """Whether this session cancelled the request ``key`` (see :func:`job`), forgetting it: for
+    a caller that handles Cancel itself (training stops as with its Stop button)."""
+    cancelled = st.session_state.setdefault(CANCELLED, set())
+    tag = _tag(key)
+    found = tag in cancelled
+    cancelled.discard(tag)
+    return found
+
+
+@contextmanager
+def job(what: str, nbytes: int, *, key: Hashable, seconds: float | None = None) -> Iterator[Callable[..., None]]:
+    """Run the block as a job of this session's visitor (attnviz.jobs; ``nbytes``: what it
+    will need, ``seconds``: its expected length when known), and yield the progress bar's
+    ``update`` for the backend's ``progress`` callback. While the job waits, its place in line
+    and an estimate are shown; while it runs, a spinner (for work that reports no progress,
+    such as generation) and the progress bar; once it has waited or run for PROGRESS_AFTER_S,
+    a Cancel button.
+    ``key`` names the request (its cache key): a cancelled request shows "cancelled" and a
+    "Run again" button on the page's next runs instead of running again. The job is also
+    ended when the page reruns while it waits or runs (Streamlit stops the run at its next
+    message), as a capture always was. The progress callback is a checkpoint of the job
+    (attnviz.jobs): the backend calls it between steps, where it holds nothing shared but the
+    model's gate. Inside another job, the block is part of that one."""
+    if jobs.current() is not None:  # inside another job (its declared bytes cover this): part of it
+        yield lambda fraction, text=None: jobs.checkpoint()
+        return
+    key = _tag(key)
+    cancelled = st.session_state.setdefault(CANCELLED, set())
+    if key in cancelled:
+        st.info(f"{what}: cancelled.")
+        if st.button("Run again", key=f"_again_{key}"):
+            cancelled.discard(key)
+            st.rerun()
+        st.stop()
+    outer = st.empty()
+    box = outer.container()
+    message = box.empty()
+    started = time.perf_counter()
+    button: list = []
+
+    def offer_cancel() -> None:
+        if not button and time.perf_counter() - started >= PROGRESS_AFTER_S:
+            button.append(box.button("Cancel", key=f"_cancel_{key}", on_click=cancelled.add, args=(key,),
+                                     help="Stop this computation; the page keeps what it showed before."))
+
+    def on_wait(status: jobs.Status) -> None:
+        message.info(status.text(), icon="⏳")
+        offer_cancel()
+
+    try:
+        with jobs.SCHEDULER.job(visitor(), what, nbytes, seconds=seconds, on_wait=on_wait):
+            message.empty()
+            with box, st.spinner(f"{what}…"), progress_bar(f"{what}…", after=PROGRESS_AFTER_S) as update:
+                def progress(fraction: float, text: str | None = None) -> None:
+                    message.empty()  # a pause between steps is over
+                    update(fraction, text)
+                    offer_cancel()
+                    jobs.checkpoint(fraction)
+
+                yield progress
+    finally:
+        outer.empty()
+
+
+def cached_job(cache: ByteCache[V], key: Hashable, what: str, nbytes: int, compute: Callable[[Callable[..., None]], V],
+               *, seconds: float | None = None) -> V:
+    """``cache``'s value of ``key``; when missing, ``compute(progress)`` run as a job of this
+    visitor (:func:`job`, admitted for ``nbytes``) and kept. A session asking for a value that
+    another session is computing waits for that one, and says so: the job runs inside the
+    cache's computation, never the other way round, so no job waits for another's value while
+    it holds a worker."""
+    def run() -> V:
+        with job(what, nbytes, key=key, seconds=seconds) as progress:
+            return compute(progress)
+
+    notice = st.empty()
+    try:
+        return cache.get(key, run, waiting=lambda: notice.info(
+            f"{what}: the same is being computed for another tab or visitor; it shows here when done.", icon="⏳"))
+    finally:
+        notice.empty()
+
+
+def for_this_visitor(make: Callable[[], V]) -> Callable[[], V]:
+    """``make`` for a download built when clicked: Streamlit calls it on a thread of its own,
+    outside the page, where it runs as this session's visitor (its jobs take the visitor's
+    turns and quota; the browser shows the download waiting, the page cannot)."""
+    who = visitor()
+
+    def run() -> V:
+        with jobs.acting_for(who):
+            return make()
+    return run
+
+
 @contextmanager
 def friendly_errors():
     """Show bad input as a clear message and any other failure as a short note, never a
     traceback; the page below the block keeps working. AttnvizError is the user's to fix;
-    anything else is logged with its traceback on the server."""
+    anything else is logged with its traceback on the server. Jobs the backend starts within
+    the block (attnviz.jobs.within) are this session's visitor's."""
     try:
-        yield
+        with jobs.acting_for(visitor()):
+            yield
     except AttnvizError as e:
         st.error(for_visitor(str(e)))
         st.stop()

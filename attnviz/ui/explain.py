@@ -2,8 +2,9 @@
 seven methods, the faithfulness scoreboard beside the maps (text highlighting, or one overlay
 per method on the photo), and the scoreboard averaged over many inputs.
 
-Explanations are cached across sessions per (model, input, output, size, methods)
-(``st.cache_data``, bounded): moving a display control never reruns the model.
+Explanations are cached across sessions per (model, input, output, size, methods) in a cache
+bounded by bytes (``EXPLANATIONS``): moving a display control never reruns the model. An
+explanation not in the cache runs as a job of the visitor (attnviz.jobs), one per input.
 """
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ import hashlib
 
 import streamlit as st
 
+import attnviz.limits as limits
 from attnviz.analysis import faithfulness as faith
 from attnviz.analysis.tokens import token_axis
+from attnviz.cache import ByteCache
 from attnviz.explain import METHODS, Explanation, explain
 from attnviz.inputs import clean_text, open_image
 from attnviz.models.bundled import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from attnviz.models.loader import Model
 from attnviz.samples import SAMPLES, sample_bytes
 from attnviz.ui.charts import show_chart
-from attnviz.ui.common import progress_bar
+from attnviz.ui.common import cached_job, progress_bar
 from attnviz.ui.inputs import MANY_TEXTS, TEXT_FAMILIES, input_size_picker, photo_input
 from attnviz.ui.models import get_model, model_picker
 from attnviz.ui.overlay import style_controls
@@ -31,7 +34,7 @@ DEFAULT_TEXTS = {"decoder": "The keys to the old cabinet are on the", "encoder-d
 DEFAULT_TEXT = "The keys to the old cabinet are on the table."
 FAST_METHODS = tuple(m for m in METHODS if m != "integrated_gradients")  # the many-inputs default
 MAX_MANY = 64  # inputs averaged over at most
-EXPLAIN_CACHE_ENTRIES = 256
+EXPLAIN_CACHE_SHARE = 16  # explanations keep at most this share of the result cache's budget
 
 
 def has_class_head(model: Model) -> bool:
@@ -53,17 +56,28 @@ def target_input(model: Model) -> str | None:
     return st.text_input(label, key=f"explain_target_{model.family}", placeholder=hint) or None
 
 
-@st.cache_data(max_entries=EXPLAIN_CACHE_ENTRIES, show_spinner=False)
-def _explain(name: str, digest: str, _model: Model, _input, target: str | None, size: int | None,
-             methods: tuple[str, ...]) -> Explanation:
-    return explain(_model, _input, target=target, size=size, methods=methods)
+def explanation_bytes(e: Explanation) -> int:
+    """What an explanation holds: its scores and the picture the model saw."""
+    return sum(v.nbytes for v in e.scores.values()) + (e.image.nbytes if e.image is not None else 0) + 1000
+
+
+EXPLANATIONS: ByteCache[Explanation] = ByteCache(lambda: limits.budget(limits.CACHE_BYTES) // EXPLAIN_CACHE_SHARE,
+                                                 explanation_bytes)
+
+
+def job_bytes() -> int:
+    """The memory an explanation is admitted for (attnviz.jobs): one capture budget, as for a
+    capture at a model's longest input."""
+    return limits.budget(limits.CAPTURE_BYTES)
 
 
 def run_explain(name: str, model: Model, input, digest: str, *, target: str | None = None, size: int | None = None,
                 methods: tuple[str, ...] = METHODS) -> Explanation:
-    """The (cached) explanation of ``input`` (named by ``digest``) by model ``name``."""
-    with st.spinner(f"Explaining with {name}: attention, gradients and one forward pass per token…"):
-        return _explain(name, digest, model, input, target, size, tuple(methods))
+    """The explanation of ``input`` (named by ``digest``) by model ``name``, cached across
+    sessions per (model, input, output, size, methods); one not in the cache runs as a job of
+    this visitor (``ui.common.job``: its place in line, a Cancel button)."""
+    return cached_job(EXPLANATIONS, (name, digest, target, size, tuple(methods)), f"Explaining with {name}", job_bytes(),
+                      lambda progress: explain(model, input, target=target, size=size, methods=tuple(methods)))
 
 
 def text_digest(text: str) -> str:

@@ -24,11 +24,12 @@ from attnviz.analysis import flow
 from attnviz.analysis.stats import GLOBAL_MIN, LOCAL_MIN, HeadStats, average_stats, head_stats
 from attnviz.analysis.tokens import display_label
 from attnviz.batch import read_uploaded, spread_from_table
+from attnviz.capture import estimate_bytes
 from attnviz.inputs import MAX_IMAGE_UPLOAD_MB, MAX_TEXT_UPLOAD_MB, open_image, read_text
 from attnviz.result import AttentionResult
 from attnviz.samples import SAMPLES, sample_bytes
 from attnviz.ui.charts import show_chart
-from attnviz.ui.common import PROGRESS_AFTER_S, progress_bar
+from attnviz.ui.common import job
 from attnviz.ui.inputs import MANY_TEXTS, UPLOAD_TYPES
 from attnviz.ui.models import get_model
 from attnviz.ui.overlay import show_overlay, style_controls
@@ -77,7 +78,9 @@ def exact_flow(key: str, attn: np.ndarray, stack: str, source: int, fusion: str)
     """Exact attention flow from token ``source`` to every input token: [keys], summing to 1
     (cached per session); a progress bar once it takes over a second."""
     def compute():
-        with progress_bar("Exact attention flow…", after=PROGRESS_AFTER_S) as update:
+        layers, _, n, _ = attn.shape
+        need = flow.FLOW_BYTES_PER_EDGE * layers * n * n
+        with job("Exact attention flow", need, key=("flow", key, stack, source, fusion)) as update:
             return flow.attention_flow(attn, source, fusion, progress=update)
 
     return remembered(("flow", key, stack, source, fusion), compute)
@@ -240,7 +243,9 @@ def many_view(captured: Captured) -> None:
     else:
         model = get_model(result.model)
         per_input = []
-        with progress_bar(f"Statistics of {len(inputs)} inputs…") as update:
+        need = max(estimate_bytes(model, value, size=captured.size or None) for _, _, value in inputs)
+        key = ("flow_many", result.model, captured.size, captured.stack, window, tuple(d for _, d, _ in inputs))
+        with job(f"Statistics of {len(inputs)} inputs", need, key=key) as update:  # one job, an input a step
             for i, (_, digest, value) in enumerate(inputs):
                 per_input.append(input_stats(result.model, model, digest, value, captured.size, captured.stack, window,
                                              captured.stage))

@@ -18,7 +18,7 @@ from attnviz.lab import cost
 from attnviz.lab.qkv import bert_layer_qkv
 from attnviz.limits import token_cap
 from attnviz.ui.charts import show_chart
-from attnviz.ui.common import friendly_errors, progress_bar
+from attnviz.ui.common import friendly_errors, job, take_cancelled
 from attnviz.ui.models import get_model
 from attnviz.viz import mechanics as viz
 
@@ -286,7 +286,10 @@ def cost_view() -> None:
     lengths = [n for n in COST_LENGTHS if n <= longest]
     settings = dict(d=d, window=window, top=top)
     if st.button("Measure on this machine", icon=":material/timer:", key="lab_cost_run"):
-        with friendly_errors(), progress_bar("Starting…") as update:
+        key = ("lab_cost", tuple(lengths), d, window, top)
+        take_cancelled(key)  # a click asks for it again
+        need = max(min(cost.expected_bytes(m, n, d, window), cost.MEMORY_BUDGET) for m in cost.METHODS for n in lengths)
+        with friendly_errors(), job("Measuring attention's cost", int(need), key=key) as update:
             try:
                 st.session_state["lab_cost"] = (settings, cost.measure(lengths, d=d, window=window, top=top,
                                                                        progress=update))

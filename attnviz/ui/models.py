@@ -10,8 +10,10 @@
   progress bar while a bundled model is fetched.
 - :func:`run_capture`: one AttentionResult per (model, input, options), kept in a cache shared
   by sessions and bounded by bytes (:class:`attnviz.cache.ByteCache`, ``ATTNVIZ_CACHE_BYTES``):
-  every session gets the same object without copying; results are never mutated. A progress
-  bar per attention layer shows once a capture has run a second.
+  every session gets the same object without copying; results are never mutated. A capture
+  runs as a job of the visitor (attnviz.jobs through ``ui.common.job``): its place in line
+  while it waits, a Cancel button, and a progress bar per attention layer once it has run a
+  second.
 
 A session's uploads and saved models are its own: they are listed in its session state only,
 labelled ``upload:<id>`` / ``saved:<name>`` (never by their path), and :func:`resolve` refuses
@@ -28,12 +30,13 @@ import streamlit as st
 import attnviz
 import attnviz.limits as limits
 from attnviz.cache import ByteCache
+from attnviz.capture import estimate_bytes
 from attnviz.errors import AttnvizError
 from attnviz.models import store, upload
 from attnviz.models.bundled import BUNDLED
 from attnviz.result import AttentionResult
 from attnviz.ui import keys
-from attnviz.ui.common import PROGRESS_AFTER_S, progress_bar, remember
+from attnviz.ui.common import cached_job, progress_bar, remember
 
 OWN_MODEL = "your own model…"
 OWN_KEY = "own_models"  # session state: {label: folder} of this session's uploads and saved models
@@ -156,19 +159,27 @@ def run_capture(name: str, text: str | None = None, *, pair: str | None = None, 
 
     For images give the PIL ``image`` and the uploaded ``image_bytes`` it came from (their
     hash is the cache key); for a vision-language model also the ``prompt`` (and ``generate``).
+    A capture not in the cache runs as a job of this visitor (``ui.common.job``: its place in
+    line while it waits, a Cancel button, a bar per attention layer), admitted for
+    ``capture.estimate_bytes``; a session asking for a capture another is making waits for
+    that one, and says so.
     """
     model = get_model(name)  # resolved once: its name is the label, one per model file set
     image_sha = hashlib.sha256(image_bytes).hexdigest() if image_bytes is not None else None
     key = hashlib.sha256(repr((model.name, text, pair or None, image_sha, target or None, int(generate), size, prompt))
                          .encode("utf-8", "surrogatepass")).hexdigest()
-    def compute() -> AttentionResult:
+    if image_sha is not None:
+        input = image
+    else:
+        input = (text, pair) if pair else text
+    need = estimate_bytes(model, input, target=target or None, generate=int(generate), size=size, prompt=prompt)
+
+    def compute(progress) -> AttentionResult:
         if image_sha is not None and prompt is not None:  # a vision-language model: image and prompt
             return attnviz.capture(model, image, prompt=prompt, generate=int(generate))
         if image_sha is not None:
             return attnviz.capture(model, image, size=size, progress=progress)
-        return attnviz.capture(model, (text, pair) if pair else text, target=target or None, generate=int(generate),
-                               progress=progress)
+        return attnviz.capture(model, input, target=target or None, generate=int(generate), progress=progress)
 
-    # a bar per attention layer, once a run takes a second (compute reads `progress` when called)
-    with st.spinner(f"Running {model.name}…"), progress_bar(f"Running {model.name}…", after=PROGRESS_AFTER_S) as progress:
-        return RESULTS.get(key, compute)
+    what = f"{model.name} on your {'photo' if image_sha is not None else 'text'}"
+    return cached_job(RESULTS, key, what, need, compute)

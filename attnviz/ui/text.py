@@ -11,14 +11,16 @@ import streamlit as st
 
 from attnviz.analysis.tokens import last_content_unit
 from attnviz.cache import ByteCache
+from attnviz.lazy import READ_BYTES
 from attnviz.result import AttentionResult
 from attnviz.ui import keys
 from attnviz.ui.charts import report_button, result_download, show_chart
-from attnviz.ui.common import PROGRESS_AFTER_S, progress_bar, url_int
+from attnviz.ui.common import cached_job, job, url_int
 from attnviz.ui.selectors import HEAD_FUSIONS, head_select, layer_slider
 from attnviz.ui.views import Captured, TextRequest, View
 from attnviz.viz import text as viz
 from attnviz.viz.heatmap import safe_filename
+from attnviz.viz.tiles import tile_px
 
 OVERVIEW_CACHE_BYTES = 64 << 20  # thumbnails of every head: at most [L, H, 64, 64] float32 each
 COLOUR_RANGES = ("0 … row max", "0 … 1")
@@ -121,11 +123,15 @@ OVERVIEWS: ByteCache[viz.Thumbnails] = ByteCache(lambda: OVERVIEW_CACHE_BYTES, l
 
 def thumbnails(result: AttentionResult, stack: str, options: viz.TextOptions) -> viz.Thumbnails:
     """The overview's thumbnails, computed once per result (named by its digest) and shared by
-    sessions (a cache bounded by bytes), with a progress bar over the layers while they are
-    computed (the heads of a layer together; see docs/performance.md). Not a Streamlit cache: the bar is
-    drawn while the function runs, which Streamlit's caches would replay on every hit."""
-    with progress_bar("Going through every head…", after=PROGRESS_AFTER_S) as update:
-        return OVERVIEWS.get((result.digest, stack, options), lambda: viz.thumbnails(result, stack, options, update))
+    sessions (a cache bounded by bytes), as a job of the visitor with a progress bar over the
+    layers, each layer a step (the heads of a layer together; see docs/performance.md). Not a
+    Streamlit cache: the bar is drawn while the function runs, which Streamlit's caches would
+    replay on every hit."""
+    n_layers, n_heads = result.attn[stack].shape[:2]
+    side = tile_px(n_layers * n_heads, max(result.shape(stack)[2:]))
+    need = READ_BYTES + n_layers * n_heads * side * side * 4
+    return cached_job(OVERVIEWS, (result.digest, stack, options), "Every head of the model", need,
+                      lambda progress: viz.thumbnails(result, stack, options, progress))
 
 
 def lines_view(captured: Captured) -> None:
@@ -189,7 +195,8 @@ def focus_view(captured: Captured) -> None:
                                format_func=lambda u: f"{u}: {k.labels[u]}")
         else:
             key = query
-    with progress_bar("Going through every layer…", after=PROGRESS_AFTER_S) as update:
+    with job("Token focus through every layer", READ_BYTES, key=("focus", result.digest, stack, head, query, key, options)) \
+            as update:
         fig_to, fig_by, csv_to, csv_by = viz.token_focus(result, stack, head, options, query=query, key=key,
                                                          progress=update)
     name = f"{_base(result, stack)}_H{head}_focus"

@@ -28,6 +28,7 @@ from PIL import Image
 import attnviz
 import attnviz.limits as limits
 from attnviz.analysis.flow import rollout
+from attnviz.capture import estimate_bytes
 from attnviz.errors import AttnvizError
 from attnviz.inputs import MAX_MODEL_UPLOAD_MB
 from attnviz.lab import custom, datasets, tasks
@@ -37,7 +38,7 @@ from attnviz.lab.toy_tasks import TASKS, VOCAB, example, target
 from attnviz.lab.train import Data, Evaluation, Trainer, evaluate, evaluate_classifier
 from attnviz.models import upload
 from attnviz.ui.charts import show_chart
-from attnviz.ui.common import for_visitor
+from attnviz.ui.common import for_visitor, job, take_cancelled
 from attnviz.ui.home import PAGES
 from attnviz.ui.inputs import open_with
 from attnviz.ui.models import add_own_model, forget_own_model, get_model, own_models
@@ -142,22 +143,26 @@ def _training(make: Callable[[], Trainer], steps: int, key: str, prefix: str) ->
         c3.caption("Press Train: a few seconds on the CPU for the default design.")
         return None
     status, chart = c3.empty(), st.empty()
+    if take_cancelled((prefix, id(run))):  # Cancel while it trained: as Stop
+        run.target = len(run.trainer.history)
     if len(run.trainer.history) < run.target:
         run.held_out = None
+    if run.held_out is None:  # training and the held-out evaluation: one job, each training step a step
         last = [0.0]
+        first, remaining = len(run.trainer.history), run.target - len(run.trainer.history)
+        with job(f"Training {run.title()}", run.trainer.memory_bytes(), key=(prefix, id(run))) as progress:
+            def on_step(step) -> None:
+                if time.monotonic() - last[0] > REDRAW_S or step.step == run.target:
+                    _draw(run, status, chart)
+                    last[0] = time.monotonic()
+                progress((step.step - first) / remaining, f"Training: step {step.step} of {run.target}")
 
-        def on_step(step) -> None:
-            if time.monotonic() - last[0] > REDRAW_S or step.step == run.target:
-                _draw(run, status, chart)
-                last[0] = time.monotonic()
-
-        run.trainer.run(run.target - len(run.trainer.history), on_step=on_step)
-    if run.held_out is None:
-        if run.data is None:
-            run.held_out = evaluate(run.net)
-        else:
-            run.evaluation = evaluate_classifier(run.net, run.data)
-            run.held_out = run.evaluation.accuracy
+            run.trainer.run(remaining, on_step=on_step)
+            if run.data is None:
+                run.held_out = evaluate(run.net)
+            else:
+                run.evaluation = evaluate_classifier(run.net, run.data)
+                run.held_out = run.evaluation.accuracy
     _draw(run, status, chart)
     return run
 
@@ -453,8 +458,14 @@ def _image_examples(run: TrainRun) -> None:
                "(heads averaged, the residual added).")
     model = custom.as_model(net, "trained")
     shown, captions = [], []
-    for i in range(min(SHOWN_EXAMPLES // 2, len(data.test_y))):
-        result = attnviz.capture(model, Image.fromarray(data.test[i]))
+    examples = range(min(SHOWN_EXAMPLES // 2, len(data.test_y)))
+    need = max(estimate_bytes(model, Image.fromarray(data.test[i])) for i in examples)
+    with job("Attention of the held-out images", need, key=("examples", id(run))) as progress:
+        results = []
+        for i in examples:
+            results.append(attnviz.capture(model, Image.fromarray(data.test[i])))
+            progress((i + 1) / len(examples))
+    for i, result in zip(examples, results):
         rolled = rollout(result.attn["encoder"].astype(np.float32))[0, 1:]
         shown += [cviz.image_overlay(data.test[i], ev.weights[i].reshape(grid, grid)),
                   cviz.image_overlay(data.test[i], rolled.reshape(grid, grid))]
