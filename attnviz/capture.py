@@ -20,18 +20,17 @@ Inputs by family:
 
 Attention is always taken in eval mode and without gradients, with the model's default
 attention implementation: SDPA where transformers supports it for the model (the loader loads
-eager attention; :func:`attnviz.recorder.default_attention` switches it for the capture, as
-the setup of the model's gate in the recorded mode, see attnviz.jobs). SDPA runs are
-recorded by :class:`attnviz.recorder.record_attention` with ``lazy=True``: the queries,
-keys, scale, masks and additive biases of every call, from which the maps are computed on demand (attnviz.lazy). A model without SDPA whose attention still goes
-through transformers' attention registry (Gemma2, which soft-caps its logits) is recorded the
-same way by a registered eager function; one whose eager attention is written out in torch
-operations (BLOOM and MPT, with ALiBi) is traced by the recorder into the same calls. A model
-whose attention none of these records (DeBERTa's disentangled terms, a bias per query and
-key computed in each layer) is run again eagerly with ``output_attentions=True`` and its maps
-materialised, which the result's warnings say.
-"""
-from __future__ import annotations
+eager attention; :func:`attnviz.recorder.default_attention` switches it for the capture, as the
+setup of the model's gate in the recorded mode, see attnviz.jobs). SDPA runs are recorded by
+:class:`attnviz.recorder.record_attention` with ``lazy=True``: the queries, keys, scale, masks
+and additive biases of every call, from which the maps are computed on demand (attnviz.lazy). A
+model without SDPA whose attention still goes through transformers' attention registry (Gemma2,
+which soft-caps its logits) is recorded the same way by a registered eager function; one whose
+eager attention is written out in torch operations (BLOOM and MPT, with ALiBi) is traced by the
+recorder into the same calls. A model whose attention none of these records (DeBERTa's
+disentangled terms, a bias per query and key computed in each layer) is run again eagerly with
+``output_attentions=True`` and its maps materialised, which the result's warnings say. """ from
+__future__ import annotations
 
 import inspect
 import time
