@@ -132,10 +132,12 @@ def estimate_bytes(model: Model, input, *, target: str | None = None, generate: 
     most the model's cap; an image is its patches at the chosen size (plus a few prefix
     tokens); a vision-language model's sequence, its cap."""
     layers, heads, hidden, stacks, recorded = _shape(model)
+    cap = model.max_tokens
     if isinstance(input, Image.Image):
         if model.family == "vision-language" or model.image is None:
             n = model.max_tokens
         else:
+            cap = (model.max_patches or MAX_IMAGE_TOKENS) + 8
             spec = model.image
             step = int(size or spec.size) if model.family != "custom" else spec.size
             w, h = image_input_size(*input.size, max(step, spec.step), spec.step, model.max_patches or None,
@@ -145,7 +147,7 @@ def estimate_bytes(model: Model, input, *, target: str | None = None, generate: 
         texts = [t for t in (input if isinstance(input, tuple) else (input,)) + (target, prompt) if t is not None]
         source = sum(2 * len(str(t).encode("utf-8", "surrogatepass")) + 8 for t in texts)
         n = source + max(0, min(int(generate), GENERATE_CAP)) + (SEQ2SEQ_GENERATE if model.family == "encoder-decoder" else 0)
-    return limits.capture_bytes(max(1, min(n, model.max_tokens)), layers, heads, hidden, stacks, recorded)
+    return limits.capture_bytes(max(1, min(n, cap)), layers, heads, hidden, stacks, recorded)
 
 
 def _shape(model: Model) -> tuple[int, int, int, int, bool]:
