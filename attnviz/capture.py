@@ -132,22 +132,21 @@ def estimate_bytes(model: Model, input, *, target: str | None = None, generate: 
     most the model's cap; an image is its patches at the chosen size (plus a few prefix
     tokens); a vision-language model's sequence, its cap."""
     layers, heads, hidden, stacks, recorded = _shape(model)
-    cap = model.max_tokens
     if isinstance(input, Image.Image):
         if model.family == "vision-language" or model.image is None:
             n = model.max_tokens
         else:
-            cap = (model.max_patches or MAX_IMAGE_TOKENS) + 8
             spec = model.image
             step = int(size or spec.size) if model.family != "custom" else spec.size
             w, h = image_input_size(*input.size, max(step, spec.step), spec.step, model.max_patches or None,
                                     per_cell=(spec.step // spec.patch) ** 2)
-            n = (w // spec.patch) * (h // spec.patch) + 8
+            n = (w // spec.patch) * (h // spec.patch) + 8  # within the model's patch cap already
     else:
         texts = [t for t in (input if isinstance(input, tuple) else (input,)) + (target, prompt) if t is not None]
         source = sum(2 * len(str(t).encode("utf-8", "surrogatepass")) + 8 for t in texts)
         n = source + max(0, min(int(generate), GENERATE_CAP)) + (SEQ2SEQ_GENERATE if model.family == "encoder-decoder" else 0)
-    return limits.capture_bytes(max(1, min(n, cap)), layers, heads, hidden, stacks, recorded)
+        n = min(n, model.max_tokens or n)  # an image model's text tower has no token cap of its own here
+    return limits.capture_bytes(max(1, n), layers, heads, hidden, stacks, recorded)
 
 
 def _shape(model: Model) -> tuple[int, int, int, int, bool]:
