@@ -15,6 +15,7 @@ KIND = "kind"  # ui.inputs.kind_picker: text or image input (flow and explain pa
 STACK = "stack"  # ui.inputs.stack_picker: encoder, decoder or cross attention
 SAMPLE = "sample"  # ui.inputs.photo_input: the sample photo (absent while an upload is shown)
 SHOW = "show"  # ui.mixing.show_picker: what the text and image explorers show (attention, a mixing method)
+METHOD = "method"  # ui.flow: the matrix the flow page's rollout and flow views carry (attention or a mixing method)
 SIZE = "size"  # ui.inputs.input_size_picker: the shorter side of an image model's input, px
 
 # -- session state --------------------------------------------------------------------------------

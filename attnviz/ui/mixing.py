@@ -65,7 +65,7 @@ def show_picker(captured: Captured) -> Captured:
     if show == ATTENTION:
         return captured
     result = captured.result
-    why = _refusal(captured, show)
+    why = refusal(captured, show)
     if why:
         st.info(why)
         return captured
@@ -84,8 +84,9 @@ def show_picker(captured: Captured) -> Captured:
     return replace(captured, result=shown, stack=result.stacks[0])
 
 
-def _refusal(captured: Captured, show: str) -> str | None:
-    """Why ``show`` does not apply to this capture (naming what applies), or None."""
+def refusal(captured: Captured, show: str) -> str | None:
+    """Why ``show`` (a key of SHOW other than attention) does not apply to this capture (naming
+    what applies), or None."""
     result = captured.result
     model = get_model(result.model)
     refused = refusals(model)
@@ -120,10 +121,20 @@ def _derive(captured: Captured, show: str, progress) -> AttentionResult:
     input, options = _input(captured)
     if show == VALUE_NORM:
         return scaled_by_value_norms(result, value_norms(model, input, progress=progress, **options))
-    methods = ("value_zeroing",) if show == "value_zeroing" else DEFAULT_METHODS
+    return mixing_of(captured, show, progress).as_result(show, result)
+
+
+def mixing_of(captured: Captured, method: str, progress) -> Mixing:
+    """The context mixing of the capture that holds ``method`` (cached in MIXINGS: the cheap
+    methods are computed together, value zeroing alone); an AttnvizError when it was skipped.
+    Call :func:`refusal` first."""
+    result = captured.result
+    model = get_model(result.model)
+    input, options = _input(captured)
+    methods = ("value_zeroing",) if method == "value_zeroing" else DEFAULT_METHODS
     methods = tuple(m for m in methods if m not in refusals(model))
     mixed = MIXINGS.get((result.digest, methods), lambda: mixing(model, input, methods=methods, result=result,
                                                                  progress=progress, **options))
-    if show not in mixed.matrices:
-        raise AttnvizError(mixed.skipped.get(show, f"{SHOW[show]} was not computed for this input."))
-    return mixed.as_result(show, result)
+    if method not in mixed.matrices:
+        raise AttnvizError(mixed.skipped.get(method, f"{SHOW[method]} was not computed for this input."))
+    return mixed
