@@ -202,7 +202,7 @@ def refusals(model: Model) -> dict[str, str]:
         return {m: str(e) for m in METHODS}
 
 
-def max_tokens(layers: int) -> int:
+def max_mixing_tokens(layers: int) -> int:
     """The longest input mixing reads for a model of ``layers`` layers: one method's
     float32 [layers, N, N] within MATRIX_BYTES."""
     return math.isqrt(MATRIX_BYTES // (4 * layers))
@@ -260,9 +260,9 @@ def mixing(model: Model, input, *, methods=DEFAULT_METHODS, pair: str | None = N
     captured = time.perf_counter()
     stack = result.stacks[0]
     n, n_layers = len(result.key_tokens(stack)), len(anatomy.layers)
-    if n > max_tokens(n_layers):
+    if n > max_mixing_tokens(n_layers):
         raise AttnvizError(f"Context mixing keeps a [layers, tokens, tokens] matrix per method: {model.name} reads "
-                           f"{n} tokens here, and at most {max_tokens(n_layers):,} fit (value_norms() reads any length).")
+                           f"{n} tokens here, and at most {max_mixing_tokens(n_layers):,} fit (value_norms() reads any length).")
     skipped = {m: why for m, why in _refusals(anatomy).items() if m in methods}
     if "value_zeroing" in methods and n > VALUE_ZEROING_MAX_TOKENS:
         skipped["value_zeroing"] = (f"value zeroing runs every layer once per token, so it is capped at "
@@ -312,7 +312,7 @@ def mixing(model: Model, input, *, methods=DEFAULT_METHODS, pair: str | None = N
     return Mixing(model=model.name, kind=result.kind, tokens=list(result.key_tokens(stack)),
                   special=list(result.key_special(stack)), matrices=matrices, value_norms=value_norms,
                   digest=result.digest, alti_heads=alti_heads, skipped=skipped,
-                  warnings=warnings + list(result.warnings), causal=result.is_causal(stack),
+                  warnings=warnings + [w for w in result.warnings if w not in warnings], causal=result.is_causal(stack),
                   grid=result.grid, image=result.image, timings=timings)
 
 
@@ -322,44 +322,56 @@ def _rows(n: int, bytes_per_row: int) -> list[np.ndarray]:
     return [np.arange(s, min(n, s + size)) for s in range(0, n, size)]
 
 
+def _sum_heads(alpha: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """``[B, N, d]``: ``sum_h alpha[h, b, j] vectors[h, j]`` for ``alpha [H, B, N]`` and
+    ``vectors [H, N, d]``, as N matrix products [B, H] x [H, d], one per key j."""
+    return torch.bmm(alpha.permute(2, 1, 0), vectors.permute(1, 0, 2)).permute(1, 0, 2)
+
+
 def _layer_mixing(layer: Layer, run: LayerRun, alpha: torch.Tensor, methods: list[str],
                   keep_heads: bool) -> dict[str, np.ndarray]:
     """One layer's rows of every method but value zeroing, its value norms and (keep_heads)
-    ALTI's per-head contributions, from its recorded run and ``alpha`` [H, N, N]."""
+    ALTI's per-head contributions, from its recorded run and ``alpha`` [H, N, N].
+
+    In a post-norm layer the first norm's linear part is linear in its input, so the vector a
+    head brings from token j to row i, carried through it, is ``alpha^h_ij g^h_j / std_i`` with
+    ``g = weight * (f - mean f)`` computed once per layer (attnviz.analysis.mixing.norm_parts)."""
     f = layer.values(run.x)  # [H, N, d]
     heads, n, d = f.shape
     out = {"value_norms": f.norm(dim=-1).numpy(), "attention": arithmetic.rownorm(alpha.mean(dim=0).numpy())}
     want = {m: np.zeros((n, n), np.float32) for m in methods if m not in ("attention", "value_zeroing")}
     if keep_heads:
         out["alti_heads"] = np.zeros((heads, n, n), np.float32)
+    post = layer.post_norms is not None and ("alti" in want or "globenc" in want)
     head_parts = keep_heads or ("alti" in want and layer.post_norms is None)
     h = run.h.float()
+    if post:
+        first, second = layer.post_norms
+        centred = torch.from_numpy(arithmetic.norm_parts(f.numpy(), first.weight.numpy(), np.ones((heads, n), np.float32)))
     for rows in _rows(n, 4 * n * d * (1 + 3 * heads * head_parts)):
         index = torch.from_numpy(rows)
-        # [B, N, d]: sum_h alpha^h_ij f^h(x_j), as N products [B, H] x [H, d] (one per key j)
-        mixed = torch.bmm(alpha[:, index].permute(2, 1, 0), f.permute(1, 0, 2)).permute(1, 0, 2)
+        a = alpha[:, index]  # [H, B, N]
+        mixed = _sum_heads(a, f)  # [B, N, d]: sum_h alpha^h_ij f^h(x_j)
         if "attention_norm" in want:
             want["attention_norm"][rows] = arithmetic.rownorm(mixed.norm(dim=-1).numpy())
         whole = h[index] + mixed.sum(dim=1) + layer.b_o  # the attention's output plus the residual
-        parts = (alpha[:, index].permute(1, 2, 0)[..., None] * f.permute(1, 0, 2)[None]).numpy() if head_parts else None
-        if layer.post_norms is not None and ("alti" in want or "globenc" in want):
-            first, second = layer.post_norms
-            std = torch.sqrt(whole.var(dim=-1, unbiased=False) + first.eps).numpy()
-            tokens = mixed.clone()
-            tokens[torch.arange(len(rows)), index] += h[index]
-            transformed = arithmetic.norm_parts(tokens.numpy(), first.weight.numpy(), std[:, None])
-            y = F.layer_norm(whole, (d,), first.weight, first.bias, first.eps).numpy()
+        vectors, scale, target, residual = f, torch.ones(len(rows)), whole, h[index]
+        if post:  # alti (2022) and globenc: the residual joins token i, all through the first norm
+            std = torch.sqrt(whole.var(dim=-1, unbiased=False) + first.eps)
+            residual = torch.from_numpy(arithmetic.norm_parts(h[index].numpy(), first.weight.numpy(), std.numpy()))
+            transformed = _sum_heads(a, centred) / std[:, None, None]
+            transformed[torch.arange(len(rows)), index] += residual
+            target = F.layer_norm(whole, (d,), first.weight, first.bias, first.eps)
             if "alti" in want:
-                want["alti"][rows] = arithmetic.alti(transformed, y)
-                if keep_heads:
-                    residual = arithmetic.norm_parts(h[index].numpy(), first.weight.numpy(), std)
-                    parts = arithmetic.norm_parts(parts, first.weight.numpy(), std[:, None, None])
-                    out["alti_heads"][:, rows] = arithmetic.head_contributions(parts, residual, y, rows)[1].transpose(1, 0, 2)
+                want["alti"][rows] = arithmetic.alti(transformed.numpy(), target.numpy())
             if "globenc" in want:
-                want["globenc"][rows] = arithmetic.globenc(transformed, second.weight.numpy())
-        elif "alti" in want:
-            token, by_head = arithmetic.head_contributions(parts, h[index].numpy(), whole.numpy(), rows)
-            want["alti"][rows] = token
+                want["globenc"][rows] = arithmetic.globenc(transformed.numpy(), second.weight.numpy())
+            vectors, scale = centred, 1 / std
+        if head_parts:  # each head's vector from each token, and the residual: ALTI's decoder form
+            parts = a.permute(1, 2, 0)[..., None] * vectors.permute(1, 0, 2)[None] * scale[:, None, None, None]
+            token, by_head = arithmetic.head_contributions(parts.numpy(), residual.numpy(), target.numpy(), rows)
+            if layer.post_norms is None and "alti" in want:
+                want["alti"][rows] = token
             if keep_heads:
                 out["alti_heads"][:, rows] = by_head.transpose(1, 0, 2)
     return {**out, **want}

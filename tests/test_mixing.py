@@ -519,3 +519,16 @@ def test_the_command_refuses_bad_input_in_one_line(tmp_path, args, words):
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in done.stderr, done.stderr
     assert all(w in lines[0] for w in words), lines[0]
+
+
+def test_long_inputs_are_cut_once_and_past_the_matrix_bound_refused(zoo, monkeypatch):
+    bert = zoo("bert")  # reads at most 64 tokens
+    long = " ".join(["word"] * 400)  # past the characters capture reads, and past the tokens
+    for result in (None, attnviz.capture(bert, long)):
+        mixed = attnviz.mixing(bert, long, methods=("attention_norm",), result=result)
+        assert len(mixed.tokens) == 64
+        assert sum("characters" in w for w in mixed.warnings) == 1 and sum("cut to" in w for w in mixed.warnings) == 1
+    monkeypatch.setattr(mixing_module, "MATRIX_BYTES", 4 * 2 * 63 * 63)  # two layers of 63 x 63
+    with pytest.raises(AttnvizError, match="at most 63 fit.*value_norms"):
+        attnviz.mixing(bert, long)
+    assert attnviz.value_norms(bert, long).shape == (2, 4, 64)
