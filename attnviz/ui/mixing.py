@@ -19,7 +19,16 @@ from attnviz.analysis.mixing import METHODS
 from attnviz.cache import ByteCache
 from attnviz.errors import AttnvizError
 from attnviz.lazy import ScaledStack
-from attnviz.mixing import DEFAULT_METHODS, VALUE_ZEROING_MAX_TOKENS, Mixing, mixing, refusals, scaled_by_value_norms, value_norms
+from attnviz.mixing import (
+    DEFAULT_METHODS,
+    VALUE_ZEROING_MAX_TOKENS,
+    Mixing,
+    max_mixing_tokens,
+    mixing,
+    refusals,
+    scaled_by_value_norms,
+    value_norms,
+)
 from attnviz.result import AttentionResult
 from attnviz.ui import keys
 from attnviz.ui.common import PROGRESS_AFTER_S, progress_bar, url_choice
@@ -101,6 +110,10 @@ def refusal(captured: Captured, show: str) -> str | None:
     if result.prompt_len is not None and result.prompt_len < len(result.tokens):
         return f"{SHOW[show]} reads the prompt alone: set the tokens to generate to 0 to see it."
     n = len(result.key_tokens(result.stacks[0]))
+    layers = result.attn[result.stacks[0]].shape[0]
+    if show != VALUE_NORM and n > max_mixing_tokens(layers):
+        return (f"{SHOW[show]} keeps a [layers, tokens, tokens] matrix: at most {max_mixing_tokens(layers):,} tokens "
+                f"for this model, and this input has {n:,}. Attention × value norm applies at any length.")
     if show == "value_zeroing" and n > VALUE_ZEROING_MAX_TOKENS:
         return (f"Value zeroing runs each layer once per token, so it is capped at {VALUE_ZEROING_MAX_TOKENS} "
                 f"tokens; this input has {n:,}. Attention × value norm and the other per-layer methods apply.")
