@@ -6,9 +6,11 @@ and one method besides ``attention`` (always computed); ``value_norms`` is the l
 norms alone (attention x value norm). Time: the median of --repeats runs, seconds. Peak: the
 process's peak resident memory during the call above its resident memory before it (Linux:
 the peak is reset through /proc/self/clear_refs before each run), MB. Value zeroing runs every
-layer once per token, so it is the slow row; at 512 tokens it is at its cap.
+layer once per token, so it is the slow row; at 512 tokens it is at its cap. One CPU thread
+(torch.set_num_threads(1)), as the other benches, so that a shared machine's figures hold.
 
-    python bench/mixing.py [--repeats 3] [--quick]     (--quick: 128 tokens and 224 px only)
+    python bench/mixing.py [--repeats 3] [--quick] [--models M,..] [--methods value_norms,alti,..]
+    (--quick: 128 tokens and 224 px only)
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
 
 import attnviz  # noqa: E402
 from attnviz.inputs import open_image  # noqa: E402
@@ -68,10 +72,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="128 tokens and 224 px only")
+    parser.add_argument("--models", help="comma-separated: only these models")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated: only these rows")
     args = parser.parse_args()
+    torch.set_num_threads(1)
     cases = [("minilm-l6", 128), ("smollm2-135m", 128), ("dinov2-small", 224)]
     if not args.quick:
         cases[2:2] = [("minilm-l6", 512), ("smollm2-135m", 512)]
+    if args.models:
+        cases = [c for c in cases if c[0] in args.models.split(",")]
     print(f"{'model':<14} {'input':>9} {'method':<15} {'median s':>9} {'peak MB':>8}")
     for name, size in cases:
         model = attnviz.load_model(name)
@@ -82,7 +91,7 @@ def main() -> int:
         result = attnviz.capture(model, input, **options)
         what = what if model.family == "image" else f"{len(result.tokens)} tok"
         refused = refusals(model)
-        for method in METHODS:
+        for method in (m for m in METHODS if m in args.methods.split(",")):
             if method in refused:
                 print(f"{name:<14} {what:>9} {method:<15} {'n/a':>9} {'':>8}  ({refused[method][:60]}…)")
                 continue
