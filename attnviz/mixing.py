@@ -293,7 +293,7 @@ def mixing(model: Model, input, *, methods=DEFAULT_METHODS, pair: str | None = N
                                "input: give the capture of this input.")
         t1 = time.perf_counter()
         for index, (layer, run) in enumerate(zip(anatomy.layers, runs)):
-            alpha = torch.from_numpy(np.stack([result.attention(index, h, stack) for h in range(heads)]))
+            alpha = torch.from_numpy(np.stack([result.attention(index, h, stack) for h in range(heads)])).to(model.device)
             out = _layer_mixing(layer, run, alpha, methods, keep_heads)
             value_norms[index] = out.pop("value_norms")
             if keep_heads:
@@ -314,6 +314,11 @@ def mixing(model: Model, input, *, methods=DEFAULT_METHODS, pair: str | None = N
                   digest=result.digest, alti_heads=alti_heads, skipped=skipped,
                   warnings=warnings + [w for w in result.warnings if w not in warnings], causal=result.is_causal(stack),
                   grid=result.grid, image=result.image, timings=timings)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A tensor on any device as a numpy array (on the CPU)."""
+    return t.detach().cpu().numpy()
 
 
 def _rows(n: int, bytes_per_row: int) -> list[np.ndarray]:
@@ -338,7 +343,7 @@ def _layer_mixing(layer: Layer, run: LayerRun, alpha: torch.Tensor, methods: lis
     ``g = weight * (f - mean f)`` computed once per layer (attnviz.analysis.mixing.norm_parts)."""
     f = layer.values(run.x)  # [H, N, d]
     heads, n, d = f.shape
-    out = {"value_norms": f.norm(dim=-1).numpy(), "attention": arithmetic.rownorm(alpha.mean(dim=0).numpy())}
+    out = {"value_norms": _np(f.norm(dim=-1)), "attention": arithmetic.rownorm(_np(alpha.mean(dim=0)))}
     want = {m: np.zeros((n, n), np.float32) for m in methods if m not in ("attention", "value_zeroing")}
     if keep_heads:
         out["alti_heads"] = np.zeros((heads, n, n), np.float32)
@@ -347,29 +352,29 @@ def _layer_mixing(layer: Layer, run: LayerRun, alpha: torch.Tensor, methods: lis
     h = run.h.float()
     if post:
         first, second = layer.post_norms
-        centred = torch.from_numpy(arithmetic.norm_parts(f.numpy(), first.weight.numpy(), np.ones((heads, n), np.float32)))
+        centred = f.new_tensor(arithmetic.norm_parts(_np(f), _np(first.weight), np.ones((heads, n), np.float32)))
     for rows in _rows(n, 4 * n * d * (1 + 3 * heads * head_parts)):
-        index = torch.from_numpy(rows)
+        index = torch.from_numpy(rows).to(f.device)
         a = alpha[:, index]  # [H, B, N]
         mixed = _sum_heads(a, f)  # [B, N, d]: sum_h alpha^h_ij f^h(x_j)
         if "attention_norm" in want:
-            want["attention_norm"][rows] = arithmetic.rownorm(mixed.norm(dim=-1).numpy())
+            want["attention_norm"][rows] = arithmetic.rownorm(_np(mixed.norm(dim=-1)))
         whole = h[index] + mixed.sum(dim=1) + layer.b_o  # the attention's output plus the residual
-        vectors, scale, target, residual = f, torch.ones(len(rows)), whole, h[index]
+        vectors, scale, target, residual = f, f.new_ones(len(rows)), whole, h[index]
         if post:  # alti (2022) and globenc: the residual joins token i, all through the first norm
             std = torch.sqrt(whole.var(dim=-1, unbiased=False) + first.eps)
-            residual = torch.from_numpy(arithmetic.norm_parts(h[index].numpy(), first.weight.numpy(), std.numpy()))
+            residual = f.new_tensor(arithmetic.norm_parts(_np(h[index]), _np(first.weight), _np(std)))
             transformed = _sum_heads(a, centred) / std[:, None, None]
-            transformed[torch.arange(len(rows)), index] += residual
+            transformed[torch.arange(len(rows), device=f.device), index] += residual
             target = F.layer_norm(whole, (d,), first.weight, first.bias, first.eps)
             if "alti" in want:
-                want["alti"][rows] = arithmetic.alti(transformed.numpy(), target.numpy())
+                want["alti"][rows] = arithmetic.alti(_np(transformed), _np(target))
             if "globenc" in want:
-                want["globenc"][rows] = arithmetic.globenc(transformed.numpy(), second.weight.numpy())
+                want["globenc"][rows] = arithmetic.globenc(_np(transformed), _np(second.weight))
             vectors, scale = centred, 1 / std
         if head_parts:  # each head's vector from each token, and the residual: ALTI's decoder form
             parts = a.permute(1, 2, 0)[..., None] * vectors.permute(1, 0, 2)[None] * scale[:, None, None, None]
-            token, by_head = arithmetic.head_contributions(parts.numpy(), residual.numpy(), target.numpy(), rows)
+            token, by_head = arithmetic.head_contributions(_np(parts), _np(residual), _np(target), rows)
             if layer.post_norms is None and "alti" in want:
                 want["alti"][rows] = token
             if keep_heads:
@@ -394,7 +399,7 @@ def _zeroed_distances(layer: Layer, run: LayerRun, batch: int, steps: _Steps, wh
     for start in range(0, n, batch):
         tokens = list(range(start, min(n, start + batch)))
         zeroed = run_layer(layer, run, tokens).double()  # [B, N, d]
-        distances[:, tokens] = (1.0 - F.cosine_similarity(zeroed, y[None], dim=-1)).T.numpy()
+        distances[:, tokens] = _np(1.0 - F.cosine_similarity(zeroed, y[None], dim=-1)).T
         steps.step(f"Value zeroing, {where}: tokens {tokens[-1] + 1} of {n}")
     return distances
 
@@ -415,7 +420,7 @@ def value_norms(model: Model, input, *, pair: str | None = None, size: int | Non
     def each(index: int, x: torch.Tensor) -> None:
         layer = anatomy.layers[index]
         rows = _rows(x.shape[0], 4 * layer.heads * layer.w_o.shape[-1])
-        norms.append(np.concatenate([layer.values(x[r[0]:r[-1] + 1]).norm(dim=-1).numpy() for r in rows], axis=1))
+        norms.append(np.concatenate([_np(layer.values(x[r[0]:r[-1] + 1]).norm(dim=-1)) for r in rows], axis=1))
         if progress is not None:
             progress(len(norms) / len(anatomy.layers), f"Value norms: layer {len(norms)} of {len(anatomy.layers)}")
 
