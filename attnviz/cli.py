@@ -17,7 +17,7 @@ message on bad input.
                                         with induction and duplicate_token
     batch --model M --inputs FILE.jsonl|FOLDER --out stats.parquet [--engine local|ray] [--resume]
                                         per input and head: statistics and roles, to Parquet
-    explain --model M (--text T | --image F) [--target T] [--json]   per-token importance by method
+    explain --model M (--text T | --image F) [--target T] [--methods M,..] [--json]   per-token importance by method
 """
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--window", type=int, default=2, help="local window, in tokens or patches")
     batch.add_argument("--address", help="ray: the cluster address for ray.init (default: a local instance)")
     batch.set_defaults(run=_batch)
-    exp = sub.add_parser("explain", help="importance of each input token for one output, by seven methods, "
+    exp = sub.add_parser("explain", help="importance of each input token for one output, by eleven methods, "
                                          "and each method's agreement with blank-out")
     exp.add_argument("--model", required=True, help="bundled name, local folder or hub id")
     src = exp.add_mutually_exclusive_group(required=True)
@@ -157,6 +157,9 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--target", help="decoders: the next token (default: the top prediction); encoder-decoders: "
                                       "the target text (default: generated); classifiers: the class")
     exp.add_argument("--size", type=int, help="image: shorter side in pixels, a multiple of the patch size")
+    exp.add_argument("--methods", help="comma-separated: attention, rollout, flow, attn_x_grad, grad_x_input, "
+                                       "integrated_gradients, blankout, attention_norm, globenc, alti, value_zeroing "
+                                       "(default: all but value_zeroing, which runs every layer once per token)")
     exp.add_argument("--json", action="store_true", help="print JSON (default: a table)")
     exp.set_defaults(run=_explain)
     return p
@@ -484,12 +487,13 @@ def _batch(args) -> int:
 
 def _explain(args) -> int:
     import attnviz
-    from attnviz.explain import explain
+    from attnviz.explain import DEFAULT_METHODS, explain
     from attnviz.inputs import clean_text, open_image
 
     input = open_image(_read(args.image), args.image.name) if args.image is not None else clean_text(args.text)
     model = attnviz.load_model(args.model, progress=_progress_bar(args.model))
-    result = explain(model, input, target=args.target, size=args.size)
+    methods = DEFAULT_METHODS if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    result = explain(model, input, target=args.target, size=args.size, methods=methods)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if args.json:

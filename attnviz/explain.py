@@ -22,7 +22,13 @@ The explained output, per family:
 Methods (``METHODS``): ``attention``, ``rollout``, ``flow`` and ``attn_x_grad`` read the
 attention probabilities (attnviz.analysis.faithfulness); ``grad_x_input``,
 ``integrated_gradients`` and ``blankout`` are Captum's InputXGradient, IntegratedGradients and
-FeatureAblation on the input embeddings (text) or the pixels (images). Blank-out replaces one
+FeatureAblation on the input embeddings (text) or the pixels (images). ``attention_norm``,
+``globenc``, ``alti`` and ``value_zeroing`` are the context-mixing methods of attnviz.mixing
+(docs/mixing.md), each carried to the explained output as rollout is: the output's mix vector
+(the weights of the output positions, as attention and rollout use it) times the method's
+rollout (attention_norm rolled out as rownorm(0.5 M + 0.5 I), the others as they are); an
+encoder-decoder's mixing is its encoder's, carried by the last cross-attention layer's
+weights, as attention is. The default (``DEFAULT_METHODS``) leaves value zeroing out. Blank-out replaces one
 token by the tokenizer's mask token (else unk, else pad, else eos), or one patch by the mean
 colour of the image, and measures the drop of the output: the log-probability lost, or
 1 - cos(embedding, embedding blanked) for an embedding. Special tokens are never blanked: their
@@ -57,7 +63,10 @@ from attnviz.recorder import sdpa_probabilities
 from attnviz.result import PatchGrid
 from attnviz.tokens import special_flags, token_strings, tokenize, word_spans
 
-METHODS = ("attention", "rollout", "flow", "attn_x_grad", "grad_x_input", "integrated_gradients", "blankout")
+MIXING_METHODS = ("attention_norm", "globenc", "alti", "value_zeroing")  # context mixing (attnviz.mixing)
+METHODS = ("attention", "rollout", "flow", "attn_x_grad", "grad_x_input", "integrated_gradients", "blankout",
+           *MIXING_METHODS)
+DEFAULT_METHODS = METHODS[:-1]  # value zeroing (one layer pass per token per layer) runs when asked for
 IG_STEPS = 32  # integrated gradients: points on the path from the baseline to the input
 BATCH = 16  # inputs per forward pass for blank-out and integrated gradients
 SEQ2SEQ_GENERATE = 48  # tokens of an encoder-decoder's own target when none is given
@@ -532,8 +541,40 @@ def stepped(run: Callable, model: Model) -> Callable:
     return step
 
 
+def _mixing_methods(model: Model, input, size: int | None, p: _Problem, methods: tuple[str, ...],
+                    out: Explanation) -> None:
+    """attention_norm, globenc, alti and value_zeroing: the rollout of each method's matrices
+    (attnviz.mixing) carried to the output by its mix vector; a method that does not apply,
+    or an input mixing reads otherwise than explain does, is in ``skipped`` with the reason."""
+    from attnviz.mixing import mixing
+
+    asked = tuple(m for m in MIXING_METHODS if m in methods)
+    if not asked:
+        return
+    started = time.perf_counter()
+    try:
+        mixed = mixing(model, input, methods=asked, size=size)
+    except AttnvizError as e:
+        out.skipped.update({m: str(e) for m in asked})
+        return
+    if len(mixed.tokens) != len(p.tokens):
+        out.skipped.update({m: f"context mixing read {len(mixed.tokens)} tokens of this input and explain "
+                               f"{len(p.tokens)}" for m in asked})
+        return
+    with model.lock, torch.no_grad():
+        mix, _ = p.mix(p.run(p.inputs, True)[1], None)
+    shared = time.perf_counter() - started
+    for method in asked:
+        if method in mixed.skipped:
+            out.skipped[method] = mixed.skipped[method]
+            continue
+        t0 = time.perf_counter()
+        out.scores[method] = np.asarray(mix, np.float64) @ mixed.rollout(method)
+        out.timings[method] = time.perf_counter() - t0 + shared
+
+
 def explain(model: Model, input, *, target: str | None = None, size: int | None = None,
-            methods: tuple[str, ...] = METHODS, ig_steps: int = IG_STEPS) -> Explanation:
+            methods: tuple[str, ...] = DEFAULT_METHODS, ig_steps: int = IG_STEPS) -> Explanation:
     """Importance of every input token for the model's output on ``input`` by each of
     ``methods`` (see the module docstring); a method that cannot run on this input is in
     ``skipped`` with the reason."""
@@ -551,5 +592,6 @@ def explain(model: Model, input, *, target: str | None = None, size: int | None 
         out.timings["prepare"] = time.perf_counter() - started
         _attention_methods(p, methods, out)
         _captum_methods(p, methods, out, ig_steps)
+    _mixing_methods(model, input, size, p, methods, out)
     out.scores = {m: out.scores[m] for m in METHODS if m in out.scores}  # the order of METHODS
     return out

@@ -20,6 +20,10 @@ captured stack always was); a larger one computes only the rows asked for, in ro
 and refuses a selection of more than SLICE_ELEMENTS weights. :meth:`LazyStack.rows` is the
 streaming access: float32 ``[queries, keys]`` of one head; :meth:`LazyStack.layer_rows` gives
 every head of a layer, computed together (one batched product per key/value head).
+
+:class:`ScaledStack` is a stack whose every head has its key columns scaled by one number per
+key (attention x value norm, attnviz.mixing): it reads the rows of the stack it wraps and
+multiplies them, so it stays as lazy as that stack.
 """
 from __future__ import annotations
 
@@ -195,6 +199,18 @@ class LazyStack:
         """Bytes of what is recorded (queries, keys, masks)."""
         return sum(c.q.nbytes + c.k.nbytes for c in self.calls) + sum(m.nbytes for m in self.masks)
 
+    @property
+    def recorded(self) -> list[np.ndarray]:
+        """The arrays that define the stack (each call's queries, keys and settings, and the
+        masks): what names it in a digest, and what a saved file holds instead of the maps."""
+        return [x for c in self.calls for x in (c.q, c.k, np.array([c.scale, c.causal, c.window or 0, c.mask,
+                                                                   c.softcap or 0.0, c.key_bias]))] + self.masks
+
+    @property
+    def savable(self) -> bool:
+        """Whether its recorded calls alone define it (AttentionResult.save may write them)."""
+        return True
+
     def rows(self, layer: int, head: int, queries=None) -> np.ndarray:
         """float32 ``[queries, keys]`` of one head: every row (None), a slice or index array."""
         call = self.calls[layer]
@@ -297,6 +313,40 @@ class LazyStack:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+
+class ScaledStack(LazyStack):
+    """The stack ``base`` with key column j of head h of layer l multiplied by
+    ``scale[l, h, j]`` (float32 ``[layers, heads, keys]``): rows and columns are the base's,
+    scaled, so nothing of size queries x keys is kept beyond what the base keeps. Rows no
+    longer sum to 1. Indexing, ``dense`` and ``np.asarray`` work as on any LazyStack."""
+
+    def __init__(self, base: LazyStack, scale: np.ndarray) -> None:
+        super().__init__(base.calls, base.masks)
+        scale = np.asarray(scale, dtype=np.float32)
+        if scale.shape != (self.shape[0], self.shape[1], self.shape[3]):
+            raise ValueError(f"scale must be [layers, heads, keys] = {[self.shape[i] for i in (0, 1, 3)]}, "
+                             f"got {list(scale.shape)}")
+        self.base, self.scale = base, scale
+
+    @property
+    def nbytes(self) -> int:
+        return self.base.nbytes + self.scale.nbytes
+
+    @property
+    def recorded(self) -> list[np.ndarray]:
+        return self.base.recorded + [self.scale]
+
+    @property
+    def savable(self) -> bool:
+        return False
+
+    def rows(self, layer: int, head: int, queries=None) -> np.ndarray:
+        return self.base.rows(layer, head, queries) * self.scale[layer, head]
+
+    def columns(self, layer: int, head: int, keys) -> np.ndarray:
+        keys = np.atleast_1d(np.asarray(keys, dtype=np.int64))
+        return self.base.columns(layer, head, keys) * self.scale[layer, head, keys]
 
 
 def _check_size(elements: int, shape) -> None:

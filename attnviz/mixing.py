@@ -30,7 +30,7 @@ import io
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -46,6 +46,7 @@ from attnviz.capture import bound_text, capture, estimate_bytes
 from attnviz.errors import AttnvizError
 from attnviz.families import family_of
 from attnviz.families.anatomy import Anatomy, Layer, LayerRun, attention_inputs, record, run_layer
+from attnviz.lazy import LazyStack, ScaledStack
 from attnviz.models.model import Model
 from attnviz.recorder import default_attention
 from attnviz.result import FORMAT_VERSION, AttentionResult, PatchGrid
@@ -95,6 +96,12 @@ class Mixing:
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays it holds: what caching it costs."""
+        return (sum(m.nbytes for m in self.matrices.values()) + self.value_norms.nbytes
+                + (0 if self.alti_heads is None else self.alti_heads.nbytes))
+
+    @property
     def methods(self) -> list[str]:
         return list(self.matrices)
 
@@ -113,6 +120,17 @@ class Mixing:
         """float64 ``[N]``: the exact max-flow from output token ``source`` to each input token,
         the method's layers (as :meth:`rollout` takes them) as capacities."""
         return arithmetic.flow(self._method(method), method, source, progress)
+
+    def as_result(self, method: str, result: AttentionResult) -> AttentionResult:
+        """The method's per-layer matrices as an AttentionResult that every view reads like
+        attention: ``result`` (the capture this mixing was computed from) with its first stack,
+        the one mixing reads, replaced by float16 ``[layers, 1, N, N]``: one "head" per layer,
+        that layer's mixing (row i: how token i's output of the layer draws on each token of its
+        input). Its other stacks (an encoder-decoder's decoder and cross-attention) are left out."""
+        if result.digest != self.digest:
+            raise AttnvizError(f"This mixing was computed from another capture than the one given ({result.model}).")
+        stack = result.stacks[0]
+        return replace(result, attn={stack: self._method(method)[:, None]})
 
     def meta(self) -> dict:
         """Everything but the arrays, as plain JSON-able values."""
@@ -166,6 +184,23 @@ def check_methods(methods) -> list[str]:
     if unknown:
         raise AttnvizError(f"Unknown mixing method {unknown[0]!r}; the methods are {', '.join(METHODS)}.")
     return ["attention"] + [m for m in METHODS[1:] if m in methods]
+
+
+def _refusals(anatomy: Anatomy) -> dict[str, str]:
+    """method -> why it does not apply to the model of ``anatomy`` (whatever the input)."""
+    if anatomy.post_norm:
+        return {}
+    return {"globenc": f"GlobEnc decomposes the two LayerNorms of a post-norm layer (BERT-like); "
+                       f"{anatomy.name} is {anatomy.norm}."}
+
+
+def refusals(model: Model) -> dict[str, str]:
+    """method -> why it does not apply to ``model`` (every method, with the same reason, when
+    mixing does not cover the model at all); the methods not named apply."""
+    try:
+        return _refusals(family_of(model).anatomy(model))
+    except AttnvizError as e:
+        return {m: str(e) for m in METHODS}
 
 
 def max_mixing_tokens(layers: int) -> int:
@@ -236,10 +271,7 @@ def mixing(model: Model, input, *, methods=DEFAULT_METHODS, pair: str | None = N
     if n > max_mixing_tokens(n_layers):
         raise AttnvizError(f"Context mixing keeps a [layers, tokens, tokens] matrix per method: {model.name} reads "
                            f"{n} tokens here, and at most {max_mixing_tokens(n_layers):,} fit (value_norms() reads any length).")
-    skipped = {}
-    if "globenc" in methods and not anatomy.post_norm:
-        skipped["globenc"] = (f"GlobEnc decomposes the two LayerNorms of a post-norm layer (BERT-like); "
-                              f"{anatomy.name} is {anatomy.norm}.")
+    skipped = {m: why for m, why in _refusals(anatomy).items() if m in methods}
     if "value_zeroing" in methods and n > VALUE_ZEROING_MAX_TOKENS:
         skipped["value_zeroing"] = (f"value zeroing runs every layer once per token, so it is capped at "
                                     f"{VALUE_ZEROING_MAX_TOKENS} tokens; this input has {n}.")
@@ -406,3 +438,23 @@ def value_norms(model: Model, input, *, pair: str | None = None, size: int | Non
     with jobs.within(f"{model.name}: value norms", need), _hooked(model, anatomy), torch.inference_mode():
         attention_inputs(anatomy, forward, each)
     return np.stack(norms).astype(np.float32)
+
+
+def scaled_by_value_norms(result: AttentionResult, norms: np.ndarray) -> AttentionResult:
+    """Attention x value norm, per head: ``result`` with its first stack (the one mixing and
+    :func:`value_norms` read) replaced by ``alpha^h_ij * norms[l, h, j]``, each head's key
+    column j scaled by the value norm ``||f^h(x_j)||`` (``norms`` float32 ``[layers, heads, N]``
+    from :func:`value_norms` or ``Mixing.value_norms``). A lazy stack stays lazy
+    (attnviz.lazy.ScaledStack: rows are scaled as they are read, at any length); an array is
+    scaled as a whole. Rows no longer sum to 1: they are in the units of the value vectors.
+    Other stacks are left out."""
+    stack = result.stacks[0]
+    a = result.attn[stack]
+    n_layers, n_heads, _, n_keys = a.shape
+    norms = np.asarray(norms, dtype=np.float32)
+    if norms.shape != (n_layers, n_heads, n_keys):
+        raise AttnvizError(f"The value norms are {list(norms.shape)} [layers, heads, tokens], but the capture's "
+                           f"{stack} attention has {n_layers} layers, {n_heads} heads and {n_keys} tokens: give the "
+                           "norms of this very input (without generated tokens).")
+    scaled = ScaledStack(a, norms) if isinstance(a, LazyStack) else np.asarray(a, np.float32) * norms[:, :, None, :]
+    return replace(result, attn={stack: scaled})

@@ -270,9 +270,7 @@ class AttentionResult:
         h.update(json.dumps(meta, sort_keys=True).encode())
         for s in self.stacks:  # array by array, never a stacked copy of the recorded tensors
             a = self.attn[s]
-            parts = ([x for c in a.calls for x in (c.q, c.k, np.array([c.scale, c.causal, c.window or 0, c.mask,
-                                                                      c.softcap or 0.0, c.key_bias]))] + a.masks
-                     if isinstance(a, LazyStack) else [a])
+            parts = a.recorded if isinstance(a, LazyStack) else [a]
             h.update(s.encode())
             for x in parts:
                 h.update(np.ascontiguousarray(x).data)
@@ -308,7 +306,7 @@ class AttentionResult:
         """Whether :meth:`save` writes what was recorded rather than the maps (see the module
         docstring): the result is lazy and has more than NPZ_MAPS_MAX weights."""
         total = sum(int(np.prod(self.attn[s].shape)) for s in self.stacks)
-        return total > NPZ_MAPS_MAX and all(self.is_lazy(s) for s in self.stacks)
+        return total > NPZ_MAPS_MAX and all(self.is_lazy(s) and self.attn[s].savable for s in self.stacks)
 
     def _arrays(self, lazy: bool) -> dict[str, np.ndarray]:
         """The arrays of the .npz (without meta): maps, or recorded tensors when ``lazy``."""

@@ -24,11 +24,11 @@ kind = kind_picker("explain_kind")
 with friendly_errors():
     if kind == "text":
         name, model, text, target = ui.text_choice()
-        explained = ui.run_explain(name, model, text, ui.text_digest(text), target=target)
+        explained = ui.run_explain(name, model, text, ui.text_digest(text), target=target, methods=ui.method_choice())
         photo = size = None
     else:
         name, model, photo, size = ui.image_choice()
-        explained = ui.run_explain(name, model, photo.image, photo.sha, size=size)
+        explained = ui.run_explain(name, model, photo.image, photo.sha, size=size, methods=ui.method_choice())
     ui.output_line(explained)
     maps, board = st.columns([3, 2], gap="large")
     with board:

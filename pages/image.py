@@ -10,6 +10,7 @@ import streamlit as st
 from attnviz.ui import image as ui
 from attnviz.ui.common import friendly_errors, in_app_frame
 from attnviz.ui.inputs import photo_capture
+from attnviz.ui.mixing import show_picker
 from attnviz.ui.views import show_views
 
 in_app_frame()
@@ -22,5 +23,6 @@ st.markdown("Upload a photo and see where the model looks: the **CLS** token's a
 with friendly_errors():
     captured = photo_capture()
     ui.downloads(captured)
+    captured = show_picker(captured)
 
 show_views(ui.VIEWS, captured, key="image_view")

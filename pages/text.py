@@ -5,6 +5,7 @@ from attnviz.ui import keys
 from attnviz.ui import text as ui
 from attnviz.ui.common import friendly_errors, in_app_frame
 from attnviz.ui.inputs import stack_picker, text_capture
+from attnviz.ui.mixing import show_picker
 from attnviz.ui.views import Captured, show_views
 
 in_app_frame()
@@ -16,6 +17,6 @@ st.caption("Every head of every layer on your own text: one head as a heatmap, a
 with friendly_errors():
     request, result = text_capture()
     ui.result_header(result, request)
-    captured = Captured("text", result, stack_picker(result), request, ui.view_options())
+    captured = show_picker(Captured("text", result, stack_picker(result), request, ui.view_options()))
 
 show_views(ui.VIEWS, captured, key=keys.VIEW)

@@ -19,7 +19,7 @@ from scipy.stats import spearmanr
 from attnviz.analysis import faithfulness as faith
 from attnviz.analysis.flow import attention_flow, augmented_layer, flow_capacities, rollout
 from attnviz.errors import AttnvizError
-from attnviz.explain import METHODS, explain, replacement_token
+from attnviz.explain import DEFAULT_METHODS, METHODS, explain, replacement_token
 from attnviz.models.loader import Model
 
 TEXT = "The keys to the old cabinet are on the table."
@@ -263,7 +263,7 @@ def test_classification_head_explains_the_class_log_probability(minilm):
 
 def test_encoder_decoder_explains_the_target_sequence(t5):
     e = explain(t5, "attention maps show where a model looks", target="Attention maps", methods=METHODS, ig_steps=4)
-    assert set(e.scores) == set(METHODS) and not e.skipped
+    assert set(e.scores) == set(METHODS) - {"globenc"} and list(e.skipped) == ["globenc"]  # T5 is pre-norm
     tok = t5.tokenizer
     src = tok("attention maps show where a model looks", return_tensors="pt")["input_ids"]
     tgt = torch.cat([torch.tensor([[t5.net.config.decoder_start_token_id]]),
@@ -303,8 +303,8 @@ def test_cli_json_contract(minilm):
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert set(out) == {"tokens", "special", "output", "scores", "spearman", "skipped"}
-    assert list(out["scores"]) == list(METHODS) and out["skipped"] == {}
-    assert set(out["spearman"]) == set(METHODS) - {"blankout"}
+    assert list(out["scores"]) == list(DEFAULT_METHODS) and out["skipped"] == {}
+    assert set(out["spearman"]) == set(DEFAULT_METHODS) - {"blankout"}
     n = len(out["tokens"])
     assert len(out["special"]) == n and all(len(v) == n for v in out["scores"].values())
     assert out["output"]["model"] == "minilm-l6" and out["output"]["blankout"]["replacement"] == "[MASK]"
@@ -381,8 +381,8 @@ def test_custom_agreement_model_blankout_attention_and_gradient_by_hand(agreemen
 
     net = agreement_model.net
     text = "1 3 4 1 2 0 7 9 9 9"  # the keys of the key [MASK] old . . .
-    e = explain(agreement_model, text, methods=METHODS, ig_steps=8)
-    assert set(e.scores) == set(METHODS) and e.tokens[:6] == ["the", "keys", "of", "the", "key", "[MASK]"]
+    e = explain(agreement_model, text, methods=METHODS[:7], ig_steps=8)  # a bare net: no tokenizer to capture with
+    assert set(e.scores) == set(METHODS[:7]) and e.tokens[:6] == ["the", "keys", "of", "the", "key", "[MASK]"]
     assert e.special == [False] * 5 + [True, False, True, True, True]
     ids = torch.tensor([[int(c) for c in text.split()]])
     with torch.no_grad(), record_attention() as rec:

@@ -15,6 +15,11 @@ draws on the tokens before layer l.
   output token u to input token v is the max-flow value from (L, u) to (0, v). The vector over v
   is normalised to sum to 1.
 
+A stack of mixing matrices (attnviz.mixing: one "head" per layer, ``[layers, 1, n, n]``) is rolled
+out and flowed the same way; with ``residual=False`` each layer is taken as it is (A'_l =
+fuse(attn[l - 1])), for the methods that already contain the residual (alti, globenc,
+value_zeroing; docs/mixing.md).
+
 Max-flow needs integer capacities: each A'_l[i, j] is rounded to a multiple of 1 / FLOW_SCALE
 (2**-24, about 6e-8). The source (L, u) sends at most 1 in total, so an edge of capacity under
 half a unit carries nothing worth reporting and is dropped; a flow value differs from the one
@@ -86,25 +91,27 @@ def head_rows(attn, layer: int, head: int, queries) -> np.ndarray:
 ROLLOUT_ROWS = 512  # rows of a layer read at once by the streamed rollout
 
 
-def augmented_rows(attn, layer: int, queries: np.ndarray, fusion: str = "mean") -> np.ndarray:
-    """Rows ``queries`` of A'_l = rownorm(0.5 * fuse(attn[layer]) + 0.5 * I), float64
-    ``[len(queries), n]``, reading only those rows of each head."""
+def augmented_rows(attn, layer: int, queries: np.ndarray, fusion: str = "mean", residual: bool = True) -> np.ndarray:
+    """Rows ``queries`` of A'_l = rownorm(0.5 * fuse(attn[layer]) + 0.5 * I) (or fuse(attn[layer])
+    without ``residual``), float64 ``[len(queries), n]``, reading only those rows of each head."""
     fused = fuse_stream((head_rows(attn, layer, h, queries) for h in range(attn.shape[1])), fusion)
     if fused.shape[1] != attn.shape[2]:
         raise ValueError(f"rollout and flow need a square stack (queries = keys), got {tuple(attn.shape[2:])}")
+    if not residual:
+        return fused
     a = 0.5 * fused
     a[np.arange(len(queries)), queries] += 0.5
     return a / a.sum(axis=-1, keepdims=True)
 
 
-def _rollout_step(attn, layer: int, r: np.ndarray, fusion: str, each=None) -> np.ndarray:
+def _rollout_step(attn, layer: int, r: np.ndarray, fusion: str, each=None, residual: bool = True) -> np.ndarray:
     """r A'_layer for a vector r ``[n]``, over the rows where r is not zero, a block at a time;
     ``each(rows, block_of_A')`` sees every block read."""
     out = np.zeros(attn.shape[-1])
     nonzero = np.flatnonzero(r)
     for start in range(0, len(nonzero), ROLLOUT_ROWS):
         rows = nonzero[start:start + ROLLOUT_ROWS]
-        a = augmented_rows(attn, layer, rows, fusion)
+        a = augmented_rows(attn, layer, rows, fusion, residual)
         if each is not None:
             each(rows, a)
         out += r[rows] @ a
@@ -128,15 +135,17 @@ def discard_lowest(fused: np.ndarray, ratio: float) -> np.ndarray:
     return out
 
 
-def augmented_layer(attn_layer: np.ndarray, fusion: str = "mean", discard_ratio: float = 0.0) -> np.ndarray:
-    """A'_l = rownorm(0.5 * fuse(attn_layer) + 0.5 * I) as float64 ``[n, n]``, the lowest
-    ``discard_ratio`` of the fused weights zeroed first (see :func:`discard_lowest`)."""
+def augmented_layer(attn_layer: np.ndarray, fusion: str = "mean", discard_ratio: float = 0.0,
+                    residual: bool = True) -> np.ndarray:
+    """A'_l = rownorm(0.5 * fuse(attn_layer) + 0.5 * I) as float64 ``[n, n]`` (fuse(attn_layer)
+    without ``residual``), the lowest ``discard_ratio`` of the fused weights zeroed first (see
+    :func:`discard_lowest`)."""
     fused = fuse_heads(attn_layer, fusion)
     if fused.shape[0] != fused.shape[1]:
         raise ValueError(f"rollout and flow need a square stack (queries = keys), got {fused.shape}")
     if discard_ratio:
         fused = discard_lowest(fused, discard_ratio)
-    return residual_augmented(fused)
+    return residual_augmented(fused) if residual else fused
 
 
 def residual_augmented(matrix: np.ndarray) -> np.ndarray:
@@ -149,11 +158,12 @@ def residual_augmented(matrix: np.ndarray) -> np.ndarray:
 
 
 def rollout(attn: np.ndarray, fusion: str = "mean", discard_ratio: float = 0.0,
-            source: int | None = None, layers: int | None = None) -> np.ndarray:
+            source: int | None = None, layers: int | None = None, residual: bool = True) -> np.ndarray:
     """Attention rollout of ``attn[layer, head, n, n]``: ``R[i, j]``, how much output token i
     draws on input token j (rows sum to 1). With ``source``, only row ``source`` (``[n]``),
     computed with vector-matrix products, which is what a long text needs. ``layers``: only
     the first that many layers (the rollout up to layer ``layers - 1``); None for all.
+    ``residual=False``: the layers as they are (mixing matrices that contain the residual).
 
     Layers are fused one at a time from the top: R = (((I A'_L) A'_(L-1)) ... A'_1). With a
     ``source`` and no discarding, each layer is read a block of rows at a time (only the rows
@@ -164,11 +174,11 @@ def rollout(attn: np.ndarray, fusion: str = "mean", discard_ratio: float = 0.0,
     if source is not None and not discard_ratio:
         r = np.eye(n)[source]
         for layer in reversed(range(n_layers)):
-            r = _rollout_step(attn, layer, r, fusion)
+            r = _rollout_step(attn, layer, r, fusion, residual=residual)
         return r
     r = np.eye(n) if source is None else np.eye(n)[source]
     for layer in reversed(range(n_layers)):
-        r = r @ augmented_layer(attn[layer], fusion, discard_ratio)
+        r = r @ augmented_layer(attn[layer], fusion, discard_ratio, residual)
     return r
 
 
@@ -178,7 +188,8 @@ def last_layer_attention(attn: np.ndarray, source: int, fusion: str = "mean") ->
     return fuse_stream((head_rows(attn, last, h, [source])[0] for h in range(attn.shape[1])), fusion)
 
 
-def rollout_spread(attn: np.ndarray, source: int, fusion: str = "mean", top_k: int = 5) -> np.ndarray:
+def rollout_spread(attn: np.ndarray, source: int, fusion: str = "mean", top_k: int = 5,
+                   residual: bool = True) -> np.ndarray:
     """How output token ``source`` spreads down the layers under rollout, strongest edges only.
 
     The source's share at layer L is r_L = e_source; passing layer l, the edge from token i
@@ -198,7 +209,7 @@ def rollout_spread(attn: np.ndarray, source: int, fusion: str = "mean", top_k: i
             i, j = np.unravel_index(top, share.shape)
             found.append(np.stack([share[i, j], block_rows[i], j], axis=1))
 
-        r_next = _rollout_step(attn, layer, r, fusion, each=strongest)
+        r_next = _rollout_step(attn, layer, r, fusion, each=strongest, residual=residual)
         edges = np.concatenate(found)
         edges = edges[np.argsort(-edges[:, 0], kind="stable")[:top_k]]
         rows.append(np.stack([np.full(len(edges), layer + 1), edges[:, 1], edges[:, 2], edges[:, 0]], axis=1))
@@ -220,12 +231,12 @@ def check_flow_size(layers: int, n: int) -> None:
 
 
 def attention_flow(attn: np.ndarray, source: int, fusion: str = "mean",
-                   progress: Progress | None = None) -> np.ndarray:
+                   progress: Progress | None = None, residual: bool = True) -> np.ndarray:
     """Exact attention flow from output token ``source`` to every input token: ``[n]``
     float64 summing to 1 (see the module docstring). ``progress(fraction)`` is called as the
     input tokens are done."""
     check_flow_size(attn.shape[0], attn.shape[-1])
-    return matrix_flow(np.stack([augmented_layer(a, fusion) for a in attn]), source, progress)
+    return matrix_flow(np.stack([augmented_layer(a, fusion, residual=residual) for a in attn]), source, progress)
 
 
 def matrix_flow(matrices: np.ndarray, source: int, progress: Progress | None = None) -> np.ndarray:

@@ -16,7 +16,7 @@ import attnviz.limits as limits
 from attnviz.analysis import faithfulness as faith
 from attnviz.analysis.tokens import token_axis
 from attnviz.cache import ByteCache
-from attnviz.explain import METHODS, Explanation, explain
+from attnviz.explain import DEFAULT_METHODS, METHODS, Explanation, explain
 from attnviz.inputs import clean_text, open_image
 from attnviz.models.bundled import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from attnviz.models.loader import Model
@@ -32,7 +32,6 @@ from attnviz.viz import explain as viz
 DEFAULT_TEXTS = {"decoder": "The keys to the old cabinet are on the", "encoder-decoder": MANY_TEXTS[0],
                  "custom": "1 2 4 1 3 0 7 9"}  # a Build-your-own agreement model: the key of the keys [MASK] old .
 DEFAULT_TEXT = "The keys to the old cabinet are on the table."
-FAST_METHODS = tuple(m for m in METHODS if m != "integrated_gradients")  # the many-inputs default
 MAX_MANY = 64  # inputs averaged over at most
 EXPLAIN_CACHE_SHARE = 16  # explanations keep at most this share of the result cache's budget
 
@@ -71,8 +70,17 @@ def job_bytes() -> int:
     return limits.budget(limits.CAPTURE_BYTES)
 
 
+def method_choice() -> tuple[str, ...]:
+    """The methods explained: DEFAULT_METHODS, and value zeroing when its checkbox is ticked."""
+    slow = st.checkbox("Include value zeroing (slow)", key="explain_value_zeroing",
+                       help="Value zeroing runs every layer once per input token (a 12-layer model on 20 tokens: "
+                            "240 layer passes, seconds on a CPU; at most 512 tokens); the other mixing methods "
+                            "(attention-norm, ALTI, GlobEnc) take one pass.")
+    return DEFAULT_METHODS + ("value_zeroing",) * slow
+
+
 def run_explain(name: str, model: Model, input, digest: str, *, target: str | None = None, size: int | None = None,
-                methods: tuple[str, ...] = METHODS) -> Explanation:
+                methods: tuple[str, ...] = DEFAULT_METHODS) -> Explanation:
     """The explanation of ``input`` (named by ``digest``) by model ``name``, cached across
     sessions per (model, input, output, size, methods); one not in the cache runs as a job of
     this visitor (``ui.common.job``: its place in line, a Cancel button)."""
@@ -189,7 +197,7 @@ def many_block(kind: str, name: str, model: Model, e: Explanation, *, size: int 
     if not inputs:
         st.info("Add a few texts to average over.")
         return
-    methods = METHODS if slow else FAST_METHODS
+    methods = tuple(m for m in METHODS if (m in e.scores or m in e.skipped) and (slow or m != "integrated_gradients"))
     per_input = []
     with progress_bar(f"Explaining {len(inputs)} inputs…") as update:
         for i, (digest, value) in enumerate(inputs):

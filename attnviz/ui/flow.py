@@ -15,12 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 import attnviz
 from attnviz.analysis import flow
+from attnviz.analysis.mixing import RESIDUAL_LEFT_OUT
 from attnviz.analysis.stats import GLOBAL_MIN, LOCAL_MIN, HeadStats, average_stats, head_stats
 from attnviz.analysis.tokens import display_label
 from attnviz.batch import read_uploaded, spread_from_table
@@ -28,9 +31,12 @@ from attnviz.capture import estimate_bytes
 from attnviz.inputs import MAX_IMAGE_UPLOAD_MB, MAX_TEXT_UPLOAD_MB, open_image, read_text
 from attnviz.result import AttentionResult
 from attnviz.samples import SAMPLES, sample_bytes
+from attnviz.ui import keys
 from attnviz.ui.charts import show_chart
-from attnviz.ui.common import job
+from attnviz.ui.common import PROGRESS_AFTER_S, job, progress_bar, url_choice
 from attnviz.ui.inputs import MANY_TEXTS, UPLOAD_TYPES
+from attnviz.ui.mixing import SHOW, mixing_of
+from attnviz.ui.mixing import refusal as mixing_refusal
 from attnviz.ui.models import get_model
 from attnviz.ui.overlay import show_overlay, style_controls
 from attnviz.ui.views import Captured, View
@@ -42,6 +48,8 @@ from attnviz.viz.heatmap import safe_filename
 FLOW_CACHE_ENTRIES = 16  # rollouts and exact flows kept per session
 MAX_MANY_INPUTS = 128  # files read by "over many inputs" (the ViT paper averaged 128 images)
 MAX_TABLE_UPLOAD_MB = 200  # a batch table's parts, uploaded to "over many inputs"
+MATRICES = {"attention": "Attention weights", **{m: label for m, label in SHOW.items() if m not in ("attention", "value_norm")}}
+METHOD_KEY = "flow_method"  # widget key of the matrix carried by the rollout and flow views
 
 
 # -- caches -----------------------------------------------------------------------------------
@@ -74,16 +82,17 @@ def remembered(what: tuple, compute):
     return cache[what]
 
 
-def exact_flow(key: str, attn: np.ndarray, stack: str, source: int, fusion: str) -> np.ndarray:
-    """Exact attention flow from token ``source`` to every input token: [keys], summing to 1
-    (cached per session); a progress bar once it takes over a second."""
+def exact_flow(key: str, picked: "Traced", stack: str) -> np.ndarray:
+    """Exact flow from the traced token to every input token through the picked matrices:
+    [keys], summing to 1 (cached per session); a progress bar once it takes over a second."""
     def compute():
-        layers, _, n, _ = attn.shape
+        layers, _, n, _ = picked.attn.shape
         need = flow.FLOW_BYTES_PER_EDGE * layers * n * n
-        with job("Exact attention flow", need, key=("flow", key, stack, source, fusion)) as update:
-            return flow.attention_flow(attn, source, fusion, progress=update)
+        with job("Exact flow", need, key=("flow", key, stack, picked.source, picked.fusion, picked.method)) as update:
+            return flow.attention_flow(picked.attn, picked.source, picked.fusion, progress=update,
+                                       residual=picked.residual)
 
-    return remembered(("flow", key, stack, source, fusion), compute)
+    return remembered(("flow", key, stack, picked.source, picked.fusion, picked.method), compute)
 
 
 # -- controls ---------------------------------------------------------------------------------
@@ -108,18 +117,60 @@ def thresholds(stats: HeadStats) -> tuple[float, float]:
     return local_min, global_min
 
 
-def _one_token(captured: Captured, fusion_key: str, refusal: str):
-    """The layout of the views that follow one output token down a stack: (controls column,
-    shown column, the token traced, how heads are fused, widget ``fusion_key``); None, with
-    ``refusal`` said, on cross-attention, which is no stack to follow."""
+@dataclass(frozen=True)
+class Traced:
+    """What the views that follow one output token down a stack draw: the ``controls`` and
+    ``shown`` columns, the ``source`` token, the ``method`` whose matrices are carried
+    (attention, or a context-mixing method of attnviz.mixing), ``attn`` the stack they are
+    read from (the attention ``[layers, heads, n, n]``, or the method's ``[layers, 1, n, n]``),
+    how heads are fused, and ``residual``: whether each layer gets the residual added
+    (0.5 A + 0.5 I, for attention and attention_norm) or is taken as it is."""
+
+    controls: DeltaGenerator
+    shown: DeltaGenerator
+    source: int
+    method: str
+    attn: object
+    fusion: str
+    residual: bool
+
+
+def method_picker(captured: Captured) -> str:
+    """The matrix the rollout and flow views carry (``?method=``): attention or a per-layer
+    context-mixing method."""
+    default = url_choice(keys.METHOD, list(MATRICES), "attention")
+    if st.session_state.get(METHOD_KEY) not in MATRICES:
+        st.session_state[METHOD_KEY] = default
+    method = st.selectbox("Matrix carried", list(MATRICES), format_func=MATRICES.get, key=METHOD_KEY,
+                          help="What each layer's matrix is: the attention weights (heads fused), or how much each "
+                               "token's output of the layer takes from each token of its input by a context-mixing "
+                               "method (docs/mixing.md). Attention and attention-norm get the residual added "
+                               "(0.5 M + 0.5 I); ALTI, GlobEnc and value zeroing contain it already.")
+    st.query_params[keys.METHOD] = method
+    return method
+
+
+def _one_token(captured: Captured, fusion_key: str, refusal: str) -> Traced | None:
+    """The layout and controls of the views that follow one output token down a stack; None,
+    with ``refusal`` said, on cross-attention, which is no stack to follow."""
     if captured.stack == "cross":
         st.info(refusal)
         return None
     controls, shown = st.columns([1, 3], gap="medium")
     with controls:
         source = source_picker(captured.result, captured.stack)
-        fusion = st.selectbox("Heads fused by", flow.FUSIONS, key=fusion_key)
-    return controls, shown, source, fusion
+        method = method_picker(captured)
+        why = None if method == "attention" else mixing_refusal(captured, method)
+        if why:
+            st.info(why)
+            method = "attention"
+        fusion = st.selectbox("Heads fused by", flow.FUSIONS, key=fusion_key, disabled=method != "attention",
+                              help=None if method == "attention" else "A mixing method has one matrix per layer.")
+    if method == "attention":
+        return Traced(controls, shown, source, method, captured.result.attn[captured.stack], fusion, True)
+    with progress_bar(f"{MATRICES[method]}…", after=PROGRESS_AFTER_S) as update:
+        matrices = mixing_of(captured, method, update).matrices[method]
+    return Traced(controls, shown, source, method, matrices[:, None], "mean", method in RESIDUAL_LEFT_OUT)
 
 
 def source_picker(result: AttentionResult, stack: str) -> int:
@@ -289,8 +340,7 @@ def flow_view(captured: Captured) -> None:
                         "Rollout and flow follow self-attention down a stack: choose the encoder or the decoder.")
     if picked is None:
         return
-    controls, shown, source, fusion = picked
-    attn = result.attn[stack]
+    controls, shown, source, fusion, attn = picked.controls, picked.shown, picked.source, picked.fusion, picked.attn
     with controls:
         if kind == "text":
             merge = st.toggle("Merge sub-words into words", key="flow_merge")
@@ -298,10 +348,12 @@ def flow_view(captured: Captured) -> None:
         else:
             style = style_controls()
     layers, n = attn.shape[0], attn.shape[-1]
-    rolled = remembered(("rollout", key, stack, source, fusion), lambda: flow.rollout(attn, fusion, source=source))
-    weights = {"raw attention": flow.last_layer_attention(attn, source, fusion), "rollout": rolled}
+    rolled = remembered(("rollout", key, stack, source, fusion, picked.method),
+                        lambda: flow.rollout(attn, fusion, source=source, residual=picked.residual))
+    last = "raw attention" if picked.method == "attention" else f"last layer's {picked.method}"
+    weights = {last: flow.last_layer_attention(attn, source, fusion), "rollout": rolled}
     if layers * n * n <= flow.MAX_FLOW_EDGES:
-        weights["flow"] = exact_flow(key, attn, stack, source, fusion)
+        weights["flow"] = exact_flow(key, picked, stack)
     else:
         with shown:
             st.info(f"Exact flow over {n} tokens and {layers} layers is too big a graph; shown: raw attention and rollout.")
@@ -313,7 +365,11 @@ def flow_view(captured: Captured) -> None:
         show_chart(fig, f"{result.model}_flow_from_{source}", key="flow_methods")
         st.caption("Raw attention: the last layer only. Rollout: every layer's heads fused, the residual added "
                    "(0.5 A + 0.5 I), rows renormalised, layers multiplied. Flow: the same matrices as capacities "
-                   "of a layered graph, max-flow from the output token to each input token, normalised to sum 1.")
+                   "of a layered graph, max-flow from the output token to each input token, normalised to sum 1."
+                   if picked.method == "attention" else
+                   f"Carried: {MATRICES[picked.method]}, one matrix per layer"
+                   + (" with the residual added (0.5 M + 0.5 I)" if picked.residual else " as it is (it contains the "
+                      "residual)") + ". Rollout: the layers multiplied; flow: max-flow with them as capacities.")
 
 
 def spread_view(captured: Captured) -> None:
@@ -323,15 +379,15 @@ def spread_view(captured: Captured) -> None:
     picked = _one_token(captured, "flow_spread_fusion", "The layer-by-layer view is for the self-attention of a text.")
     if picked is None:
         return
-    controls, shown, source, fusion = picked
-    attn = result.attn[stack]
+    controls, shown, source, fusion, attn = picked.controls, picked.shown, picked.source, picked.fusion, picked.attn
     with controls:
         top_k = st.slider("Strongest edges per layer", 1, 20, 5, key="flow_top_k")
-    edges = flow.rollout_spread(attn, source, fusion, top_k)
+    edges = flow.rollout_spread(attn, source, fusion, top_k, residual=picked.residual)
     labels = [display_label(t) for t in result.key_tokens(stack)]
     with shown:
         show_chart(viz.spread_sankey(edges, labels, attn.shape[0],
-                                     title=f"How “{labels[source]}” spreads, layer by layer (rollout shares)"),
+                                     title=f"How “{labels[source]}” spreads, layer by layer (rollout shares"
+                                           + ("" if picked.method == "attention" else f", {picked.method}") + ")"),
                    f"{result.model}_spread_{source}", key="flow_sankey")
         st.caption("Left: the output token; right: the input. An edge from token i to token j across a layer carries "
                    "the share of the output token's rollout that passes from i to j there; only the strongest "

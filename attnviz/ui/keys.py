@@ -14,6 +14,8 @@ HEADS_VIEW = "heads_view"  # ui.views.show_views on the head atlas page (its own
 KIND = "kind"  # ui.inputs.kind_picker: text or image input (flow and explain pages)
 STACK = "stack"  # ui.inputs.stack_picker: encoder, decoder or cross attention
 SAMPLE = "sample"  # ui.inputs.photo_input: the sample photo (absent while an upload is shown)
+SHOW = "show"  # ui.mixing.show_picker: what the text and image explorers show (attention, a mixing method)
+METHOD = "method"  # ui.flow: the matrix the flow page's rollout and flow views carry (attention or a mixing method)
 SIZE = "size"  # ui.inputs.input_size_picker: the shorter side of an image model's input, px
 
 # -- session state --------------------------------------------------------------------------------

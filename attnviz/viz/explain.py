@@ -32,6 +32,10 @@ METHOD_LABELS = {
     "grad_x_input": "input × gradient",
     "integrated_gradients": "integrated gradients",
     "blankout": "blank-out (reference)",
+    "attention_norm": "attention-norm rollout",
+    "globenc": "GlobEnc rollout",
+    "alti": "ALTI rollout",
+    "value_zeroing": "value zeroing rollout",
 }
 POSITIVE, NEGATIVE = (214, 39, 40), (31, 119, 180)  # backgrounds of positive and negative scores
 
