@@ -98,7 +98,9 @@ class Mixing:
     def methods(self) -> list[str]:
         return list(self.matrices)
 
-    def _method(self, method: str) -> np.ndarray:
+    def method_matrices(self, method: str) -> np.ndarray:
+        """float32 ``[layers, N, N]``: ``matrices[method]``, or one clear message saying why the
+        method is not in this result (skipped, or not asked for)."""
         if method not in self.matrices:
             why = f": {self.skipped[method]}" if method in self.skipped else ""
             raise AttnvizError(f"No {method!r} mixing in this result{why}; it has {', '.join(self.matrices)}.")
@@ -107,12 +109,12 @@ class Mixing:
     def rollout(self, method: str) -> np.ndarray:
         """float64 ``[N, N]``: the method's layers multiplied from the output down to the input
         (attention and attention_norm with the residual added, ``rownorm(0.5 M + 0.5 I)``)."""
-        return arithmetic.rollout(self._method(method), method)
+        return arithmetic.rollout(self.method_matrices(method), method)
 
     def flow(self, method: str, source: int, progress: Callable[[float], None] | None = None) -> np.ndarray:
         """float64 ``[N]``: the exact max-flow from output token ``source`` to each input token,
         the method's layers (as :meth:`rollout` takes them) as capacities."""
-        return arithmetic.flow(self._method(method), method, source, progress)
+        return arithmetic.flow(self.method_matrices(method), method, source, progress)
 
     def meta(self) -> dict:
         """Everything but the arrays, as plain JSON-able values."""
