@@ -160,6 +160,36 @@ class Mixing:
                        image=z["image"] if "image" in z.files else None, timings=meta["timings"])
 
 
+class AttentionTimesNorm:
+    """Attention x value norm per head, ``[layers, heads, N, N]`` computed a layer at a time:
+    ``[l]`` is float32 ``[heads, N, N]``, head h's attention of the capture ``result`` with
+    column j scaled by ``value_norms[l, h, j]`` (``||alpha^h_ij f^h(x_j)||``, attention_norm's
+    own per-head contribution, before the heads are summed and the rows normalised)."""
+
+    def __init__(self, result: AttentionResult, value_norms: np.ndarray) -> None:
+        self.result, self.value_norms = result, value_norms
+        layers, heads, n = value_norms.shape
+        self.shape = (layers, heads, n, n)
+
+    def __getitem__(self, layer: int) -> np.ndarray:
+        return self.result.layer_attention(layer, self.result.stacks[0]) * self.value_norms[layer][:, None, :]
+
+
+def head_contributions(mixed: Mixing, method: str, result: AttentionResult | None = None):
+    """Each head's own contribution to the method's mixing, ``[layers, heads, N, N]`` (read a
+    layer at a time), or None where the method has none: ALTI's ``alti_heads`` (None when they
+    were not kept), attention_norm's :class:`AttentionTimesNorm` of the capture ``result`` that
+    ``mixed`` used (None without it); attention, globenc and value_zeroing have none."""
+    mixed.method_matrices(method)
+    if method == "alti":
+        return mixed.alti_heads
+    if method == "attention_norm" and result is not None:
+        if result.digest != mixed.digest:
+            raise AttnvizError("The capture given is not the one this mixing used.")
+        return AttentionTimesNorm(result, mixed.value_norms)
+    return None
+
+
 def check_methods(methods) -> list[str]:
     """The methods asked for, known and in order, with ``attention`` first (it is always
     computed, for comparison); an AttnvizError names an unknown one."""
