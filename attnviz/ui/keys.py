@@ -15,6 +15,7 @@ KIND = "kind"  # ui.inputs.kind_picker: text or image input (flow and explain pa
 STACK = "stack"  # ui.inputs.stack_picker: encoder, decoder or cross attention
 SAMPLE = "sample"  # ui.inputs.photo_input: the sample photo (absent while an upload is shown)
 SIZE = "size"  # ui.inputs.input_size_picker: the shorter side of an image model's input, px
+TOKEN = "token"  # ui.flow.routes_view: the token of the routes' node opened in its layer's heatmap or overlay
 
 # -- session state --------------------------------------------------------------------------------
 TEXT = "text_text"  # ui.inputs.text_input: the text box's text, kept across pages
