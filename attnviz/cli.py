@@ -6,6 +6,8 @@ message on bad input.
     capture --model NAME (--text T | --text-file F | --image F) --out R.npz
     mixing --model M (--text T | --image F) [--methods attention_norm,value_zeroing,alti,globenc] --out F.npz [--json]
                                         context mixing per layer (docs/mixing.md)
+    routes --model M (--text T | --image F) [--method alti] [--threshold X] [--output default|I|pooled] --json
+                                        information-flow routes to the output (docs/routes.md)
     stats R.npz --json                  per-head entropy, mean distance (+ units), sink mass
     flow R.npz --from I --method rollout|flow --json     weights over the input tokens
     app [--port P]                      start the dashboard (Streamlit) in the browser
@@ -73,6 +75,20 @@ def _parser() -> argparse.ArgumentParser:
     mix.add_argument("--out", required=True, type=Path, help="the .npz to write")
     mix.add_argument("--json", action="store_true", help="print a JSON summary")
     mix.set_defaults(run=_mixing)
+
+    rts = sub.add_parser("routes", help="information-flow routes: the token x layer edges of a mixing method "
+                                        "that carry at least a threshold and reach the output")
+    _input_options(rts)
+    rts.add_argument("--method", default="alti", help=f"the mixing method followed, of {', '.join(METHODS)} "
+                                                       "(default alti)")
+    rts.add_argument("--threshold", type=float, help="the least weight of a kept edge, in (0, 1] (default: where "
+                                                      "about 5%% of the layers x tokens x tokens edges are kept)")
+    rts.add_argument("--output", default="default", help="the output rows: default (as explain's: the last "
+                                                          "token of a decoder, CLS of an image or class model, "
+                                                          "every token of a text encoder), a token index, or "
+                                                          "pooled (every token, their mean)")
+    rts.add_argument("--json", action="store_true", help="print the routes as JSON (default: a summary)")
+    rts.set_defaults(run=_routes)
 
     stats = sub.add_parser("stats", help="per-head statistics of a saved result")
     stats.add_argument("result", type=Path)
@@ -165,6 +181,55 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _routes(args) -> int:
+    import attnviz
+    from attnviz.analysis.routes import check_threshold, routes, routes_json
+    from attnviz.mixing import check_methods, head_contributions
+
+    check_methods([args.method])  # known, before the model loads
+    threshold = None if args.threshold is None else check_threshold(args.threshold)
+    input = _read_input(args)
+    model = attnviz.load_model(args.model, progress=_progress_bar(args.model))
+    progress = _progress_bar("mixing") if sys.stderr.isatty() else None
+    result = attnviz.capture(model, input, size=args.size)
+    mixed = attnviz.mixing(model, input, methods=(args.method,), size=args.size, result=result, progress=progress)
+    if progress is not None:
+        sys.stderr.write("\n")
+    for w in mixed.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    rows, output = _output_rows(args.output, model, mixed.tokens)
+    found = routes(mixed.method_matrices(args.method), args.method, rows, threshold=threshold,
+                   heads=head_contributions(mixed, args.method, result))
+    if args.json:
+        print(json.dumps(routes_json(found, mixed.tokens, output)))
+        return 0
+    print(f"{args.method} routes of {model.name} to {output['what']}: {len(found.edges):,} edges and "
+          f"{int(found.kept_nodes.sum()):,} nodes kept at threshold {found.threshold:.4g}")
+    return 0
+
+
+def _output_rows(output: str, model, tokens: list[str]) -> tuple[list[int], dict]:
+    """The output rows ``--output`` names, and how the JSON describes them."""
+    from attnviz.explain import default_output_rows
+
+    n = len(tokens)
+    word = output.strip().lower()
+    if word == "default":
+        rows = default_output_rows(model, tokens)
+        what = "every token (mean)" if len(rows) > 1 else f"token {rows[0]} ({tokens[rows[0]]!r})"
+        return rows, {"chosen": "default", "what": what}
+    if word in ("pooled", "all"):
+        return list(range(n)), {"chosen": "pooled", "what": "every token (mean)"}
+    try:
+        index = int(word)
+    except ValueError:
+        raise AttnvizError(f"--output is default, pooled or a token index, not {output!r}.") from None
+    if not -n <= index < n:
+        raise AttnvizError(f"Output token {index} is out of range: there are {n} tokens (0..{n - 1}).")
+    index %= n
+    return [index], {"chosen": "token", "what": f"token {index} ({tokens[index]!r})"}
+
+
 def _models_list(args) -> int:
     from attnviz.models import store
     from attnviz.models.bundled import BUNDLED
@@ -204,7 +269,7 @@ def _progress_bar(label: str):
 
 
 def _input_options(parser: argparse.ArgumentParser) -> None:
-    """The input options of the commands that run a model on one input (capture, mixing): the
+    """The input options of the commands that run a model on one input (capture, mixing, routes): the
     model, a text, a text file or an image, a second segment, an image size."""
     parser.add_argument("--model", required=True, help="bundled name, local folder or hub id")
     src = parser.add_mutually_exclusive_group(required=True)

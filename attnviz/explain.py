@@ -595,3 +595,27 @@ def explain(model: Model, input, *, target: str | None = None, size: int | None 
     _mixing_methods(model, input, size, p, methods, out)
     out.scores = {m: out.scores[m] for m in METHODS if m in out.scores}  # the order of METHODS
     return out
+
+
+CLASS_HEADS = ("ForSequenceClassification", "ForImageClassification")  # nets whose logits are [batch, classes]
+
+
+def default_output_rows(model: Model, tokens: list[str]) -> list[int]:
+    """The rows of the last layer that :func:`explain`'s default output reads, for an input of
+    ``tokens`` (as capture and mixing read it): the last position of a decoder; 0 (CLS) of an
+    image model or of a model with a classification head (a net of CLASS_HEADS); every token of
+    a text encoder without one (its sentence embedding is their mean) and of an
+    encoder-decoder's encoder (the decoder reads every row); the masked position of a
+    Build-your-own agreement model. Sorted, never empty."""
+    n = len(tokens)
+    if n == 0:
+        raise AttnvizError("There is no token to read an output from.")
+    if model.family == "decoder":
+        return [n - 1]
+    if model.family == "custom":
+        if AGREEMENT_WORDS[MASK] not in tokens:
+            raise AttnvizError(f"Mask the verb with {MASK}: {model.name}'s output is its answer there.")
+        return [tokens.index(AGREEMENT_WORDS[MASK])]
+    if model.family == "image" or type(model.net).__name__.endswith(CLASS_HEADS):
+        return [0]
+    return list(range(n))

@@ -105,7 +105,9 @@ class Mixing:
     def methods(self) -> list[str]:
         return list(self.matrices)
 
-    def _method(self, method: str) -> np.ndarray:
+    def method_matrices(self, method: str) -> np.ndarray:
+        """float32 ``[layers, N, N]``: ``matrices[method]``, or one clear message saying why the
+        method is not in this result (skipped, or not asked for)."""
         if method not in self.matrices:
             why = f": {self.skipped[method]}" if method in self.skipped else ""
             raise AttnvizError(f"No {method!r} mixing in this result{why}; it has {', '.join(self.matrices)}.")
@@ -114,12 +116,12 @@ class Mixing:
     def rollout(self, method: str) -> np.ndarray:
         """float64 ``[N, N]``: the method's layers multiplied from the output down to the input
         (attention and attention_norm with the residual added, ``rownorm(0.5 M + 0.5 I)``)."""
-        return arithmetic.rollout(self._method(method), method)
+        return arithmetic.rollout(self.method_matrices(method), method)
 
     def flow(self, method: str, source: int, progress: Callable[[float], None] | None = None) -> np.ndarray:
         """float64 ``[N]``: the exact max-flow from output token ``source`` to each input token,
         the method's layers (as :meth:`rollout` takes them) as capacities."""
-        return arithmetic.flow(self._method(method), method, source, progress)
+        return arithmetic.flow(self.method_matrices(method), method, source, progress)
 
     def as_result(self, method: str, result: AttentionResult) -> AttentionResult:
         """The method's per-layer matrices as an AttentionResult that every view reads like
@@ -174,6 +176,36 @@ class Mixing:
                        skipped=meta["skipped"], warnings=meta["warnings"], causal=meta["causal"],
                        grid=PatchGrid(**meta["grid"]) if meta.get("grid") else None,
                        image=z["image"] if "image" in z.files else None, timings=meta["timings"])
+
+
+class AttentionTimesNorm:
+    """Attention x value norm per head, ``[layers, heads, N, N]`` computed a layer at a time:
+    ``[l]`` is float32 ``[heads, N, N]``, head h's attention of the capture ``result`` with
+    column j scaled by ``value_norms[l, h, j]`` (``||alpha^h_ij f^h(x_j)||``, attention_norm's
+    own per-head contribution, before the heads are summed and the rows normalised)."""
+
+    def __init__(self, result: AttentionResult, value_norms: np.ndarray) -> None:
+        self.result, self.value_norms = result, value_norms
+        layers, heads, n = value_norms.shape
+        self.shape = (layers, heads, n, n)
+
+    def __getitem__(self, layer: int) -> np.ndarray:
+        return self.result.layer_attention(layer, self.result.stacks[0]) * self.value_norms[layer][:, None, :]
+
+
+def head_contributions(mixed: Mixing, method: str, result: AttentionResult | None = None):
+    """Each head's own contribution to the method's mixing, ``[layers, heads, N, N]`` (read a
+    layer at a time), or None where the method has none: ALTI's ``alti_heads`` (None when they
+    were not kept), attention_norm's :class:`AttentionTimesNorm` of the capture ``result`` that
+    ``mixed`` used (None without it); attention, globenc and value_zeroing have none."""
+    mixed.method_matrices(method)
+    if method == "alti":
+        return mixed.alti_heads
+    if method == "attention_norm" and result is not None:
+        if result.digest != mixed.digest:
+            raise AttnvizError("The capture given is not the one this mixing used.")
+        return AttentionTimesNorm(result, mixed.value_norms)
+    return None
 
 
 def check_methods(methods) -> list[str]:

@@ -111,19 +111,8 @@ def timing_rows(runs: int) -> list[str]:
     return rows
 
 
-def explained_rows(model, explanation) -> list[int]:
-    """The rows of the last layer that explain's output reads: the last position of a decoder,
-    CLS of an image model or of a class head, every token of a mean-pooled sentence embedding."""
-    n = len(explanation.tokens)
-    if model.family == "decoder":
-        return [n - 1]
-    if explanation.kind == "image" or "class" in explanation.output["what"]:
-        return [0]
-    return list(range(n))
-
-
 def agreement_rows(method: str) -> list[str]:
-    from attnviz.explain import explain
+    from attnviz.explain import default_output_rows, explain
     from attnviz.mixing import mixing
 
     rows = []
@@ -136,7 +125,7 @@ def agreement_rows(method: str) -> list[str]:
             mx = mixing(model, text, methods=(method,))
             if mx.tokens != e.tokens:
                 raise SystemExit(f"{name}: mixing and explain tokenised {text!r} differently")
-            outputs = explained_rows(model, e)
+            outputs = default_output_rows(model, e.tokens)
             mp = layer_matrices(mx.matrices[method], method)
             for f in FRACTIONS:
                 r = routes(mx.matrices[method], method, outputs, threshold=default_threshold(mp, np.array(outputs), f))

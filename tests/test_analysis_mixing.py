@@ -24,11 +24,14 @@ def test_rownorm_divides_rows_and_keeps_zero_rows_zero():
     assert mx.rownorm(np.zeros((2, 3, 3), np.float32)).dtype == np.float32
 
 
-def test_with_residual_is_half_attention_half_identity():
-    m = np.array([[0.0, 1.0, 0.0], [0.5, 0.0, 0.5], [0.2, 0.3, 0.5]])
+def test_layers_of_adds_the_residual_only_where_the_method_leaves_it_out():
+    m = np.array([[[0.0, 1.0, 0.0], [0.5, 0.0, 0.5], [0.2, 0.3, 0.5]]])
     expected = np.array([[0.5, 0.5, 0.0], [0.25, 0.5, 0.25], [0.1, 0.15, 0.75]])
-    np.testing.assert_allclose(mx.with_residual(m), expected)
-    np.testing.assert_allclose(mx.with_residual(2 * m)[0], [1 / 3, 2 / 3, 0.0])  # rows renormalised
+    for method in mx.RESIDUAL_LEFT_OUT:
+        np.testing.assert_allclose(mx.layers_of(m, method)[0], expected)
+    np.testing.assert_allclose(mx.layers_of(2 * m, "attention")[0, 0], [1 / 3, 2 / 3, 0.0])  # rows renormalised
+    for method in set(mx.METHODS) - set(mx.RESIDUAL_LEFT_OUT):
+        np.testing.assert_array_equal(mx.layers_of(m, method), m)
 
 
 def test_rollout_multiplies_from_the_output_down():

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import networkx as nx
 import numpy as np
@@ -18,6 +21,8 @@ from attnviz.analysis.routes import MAX_EDGES, default_threshold, layer_matrices
 from attnviz.errors import AttnvizError
 from attnviz.result import PatchGrid
 from attnviz.viz.routes import EDGE_HOVER, GAPS, MAX_DRAWN_EDGES, NODES, columns, routes_figure
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # -- direct computations ----------------------------------------------------------------------
 
@@ -273,3 +278,99 @@ def test_notebook_routes_follow_the_captured_attention(minilm):
     assert len(traces(fig, NODES)[0].x) == len(nodes)
     pooled = figures.routes(result, pooled=True, threshold=0.05)
     assert len(traces(pooled, EDGE_HOVER)[0].x) == len(networkx_routes(mp, range(attn.shape[-1]), 0.05)[0])
+
+
+# -- the command line, against a direct computation on tiny models ---------------------------------
+def routes_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "attnviz", "routes", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def photo_file(tmp_path_factory):
+    y, x = np.mgrid[0:40, 0:60]
+    path = tmp_path_factory.mktemp("routes-photo") / "photo.png"
+    Image.fromarray(np.stack([x * 4, y * 6, (x + y) * 2], -1).clip(0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("label, method, output, threshold", [
+    ("test-bert", "alti", "default", None),  # every token, per-head ALTI
+    ("test-bert", "globenc", "2", "0.05"),  # one token, no per-head values
+    ("test-gpt2", "attention_norm", "default", None),  # the last token, attention x value norm per head
+    ("test-vit", "alti", "pooled", "0.02"),
+])
+def test_the_command_keeps_exactly_the_edges_that_reach_the_output(tiny_folders, photo_file, label, method, output,
+                                                                   threshold):
+    import attnviz
+
+    folder = str(tiny_folders[label])
+    source = ["--image", str(photo_file)] if label == "test-vit" else ["--text", "The cat sat on the mat because it was warm."]
+    done = routes_cli("--model", folder, *source, "--method", method, "--output", output,
+                      *(["--threshold", threshold] if threshold else []), "--json")
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert list(got) == ["method", "threshold", "output", "tokens", "nodes", "edges"]
+
+    model = attnviz.load_model(folder)
+    input = Image.open(photo_file) if label == "test-vit" else "The cat sat on the mat because it was warm."
+    result = attnviz.capture(model, input)
+    mixed = attnviz.mixing(model, input, methods=(method,), result=result)
+    n = len(mixed.tokens)
+    rows = {"default": {"test-bert": list(range(n)), "test-gpt2": [n - 1]}.get(label), "pooled": list(range(n)),
+            "2": [2]}[output]
+    assert got["method"] == method and got["tokens"] == mixed.tokens and got["output"]["rows"] == rows
+    mp = direct_matrices(mixed.matrices[method], method)
+    if threshold:
+        assert got["threshold"] == float(threshold)
+    else:  # the default keeps about 5% of the L x N x N edges
+        assert 0.01 * mp.size <= len(got["edges"]) <= 0.2 * mp.size
+    edges, nodes = networkx_routes(mp, rows, got["threshold"])
+    assert edges, "the threshold keeps no edge: the test would prove nothing"
+    assert {(e["from"][0], e["to"][1], e["from"][1]) for e in got["edges"]} == edges
+    assert all(e["to"][0] == e["from"][0] + 1 for e in got["edges"])
+    assert {(v["layer"], v["token"]) for v in got["nodes"]} == nodes
+    shares = [np.zeros(n) for _ in range(mp.shape[0] + 1)]
+    shares[-1][rows] = 1 / len(rows)
+    for layer in reversed(range(mp.shape[0])):
+        shares[layer] = shares[layer + 1] @ mp[layer]
+    for v in got["nodes"]:
+        assert v["share"] == pytest.approx(shares[v["layer"]][v["token"]], rel=1e-9, abs=1e-12)
+    heads = mixed.value_norms.shape[1]
+    for e in got["edges"]:
+        (layer, j), (_, i) = e["from"], e["to"]
+        assert e["weight"] == pytest.approx(mp[layer, i, j], rel=1e-12)
+        if method == "alti":
+            expected = mixed.alti_heads[layer, :, i, j]
+        elif method == "attention_norm":
+            expected = [result.attention(layer, h)[i, j] * mixed.value_norms[layer, h, j] for h in range(heads)]
+        else:
+            assert e["heads"] == {}
+            continue
+        assert list(e["heads"]) == [str(h) for h in range(heads)]
+        np.testing.assert_allclose(list(e["heads"].values()), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--method", "rollout"], ["Unknown mixing method 'rollout'"]),
+    (["--threshold", "0"], ["threshold", "(0, 1]"]),
+    (["--output", "first"], ["--output is default, pooled or a token index"]),
+    (["--output", "99"], ["Output token 99 is out of range"]),
+])
+def test_the_command_refuses_bad_input_in_one_line(tiny_folders, args, words):
+    done = routes_cli("--model", str(tiny_folders["test-bert"]), "--text", "The cat sat.", *args, "--json")
+    assert done.returncode == 1, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in done.stderr, done.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+@pytest.mark.parametrize("label", ["test-bert", "test-gpt2", "test-vit"])
+def test_default_output_rows_are_the_rows_explain_reads(tiny_folders, photo_file, label):
+    import attnviz
+    from attnviz.explain import default_output_rows, problem_for
+
+    model = attnviz.load_model(str(tiny_folders[label]))
+    p = problem_for(model, Image.open(photo_file) if label == "test-vit" else "The cat sat on the mat.")
+    mix = p.mix(None, None)[0]
+    assert default_output_rows(model, p.tokens) == np.flatnonzero(mix).tolist()

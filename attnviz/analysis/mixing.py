@@ -5,8 +5,8 @@ A mixing matrix ``M[i, j]`` of one layer says how much token i's output of the l
 from token j of its input; its rows sum to 1 (a row that is all zero stays zero). A stack of
 them is ``[layers, N, N]``, layer 0 first.
 
-- :func:`rownorm`, :func:`with_residual`: rows normalised; ``rownorm(0.5 M + 0.5 I)`` for the
-  methods that leave the residual out (attention, attention_norm).
+- :func:`rownorm`: rows normalised; :func:`layers_of`: a method's matrices as its rollout, flow
+  and routes take them (``rownorm(0.5 M + 0.5 I)`` for the methods in RESIDUAL_LEFT_OUT).
 - :func:`rollout`, :func:`flow`: a method's layers carried from the output down to the input:
   their product, or the exact max-flow of attnviz.analysis.flow with them as capacities.
 - :func:`norm_parts`, :func:`proximity`: LayerNorm split over the vectors of a sum, ALTI's
@@ -20,10 +20,10 @@ from typing import Callable
 
 import numpy as np
 
-from attnviz.analysis.flow import check_flow_size, matrix_flow
+from attnviz.analysis.flow import check_flow_size, matrix_flow, residual_augmented
 
 METHODS = ("attention", "attention_norm", "globenc", "alti", "value_zeroing")
-RESIDUAL_LEFT_OUT = ("attention", "attention_norm")  # rolled out and flowed as rownorm(0.5 M + 0.5 I)
+RESIDUAL_LEFT_OUT = ("attention", "attention_norm")  # rolled out, flowed and routed as rownorm(0.5 M + 0.5 I)
 
 
 def rownorm(m: np.ndarray) -> np.ndarray:
@@ -33,19 +33,14 @@ def rownorm(m: np.ndarray) -> np.ndarray:
     return np.divide(m, sums, out=np.zeros_like(m), where=sums != 0)
 
 
-def with_residual(m: np.ndarray) -> np.ndarray:
-    """``rownorm(0.5 * m + 0.5 * I)`` for square matrices ``[..., N, N]``: the residual
-    connection added with equal weight, as the flow page does for attention."""
-    m = np.asarray(m)
-    return rownorm(0.5 * m + 0.5 * np.eye(m.shape[-1], dtype=m.dtype))
-
-
 def layers_of(matrices: np.ndarray, method: str) -> np.ndarray:
-    """The per-layer matrices a method is rolled out or flowed with: ``with_residual`` for
-    attention and attention_norm (they leave the residual out), the matrices as they are for
-    the others (they contain it). float64 ``[layers, N, N]``."""
-    m = np.asarray(matrices, dtype=np.float64)
-    return with_residual(m) if method in RESIDUAL_LEFT_OUT else m
+    """The per-layer matrices a method is rolled out, flowed and routed with: for attention and
+    attention_norm (they leave the residual out) ``rownorm(0.5 M + 0.5 I)``
+    (attnviz.analysis.flow.residual_augmented, as the flow page does for attention), the
+    matrices as they are for the others (their diagonal holds it). float64 ``[layers, N, N]``."""
+    if method in RESIDUAL_LEFT_OUT:
+        return residual_augmented(matrices)
+    return np.asarray(matrices, dtype=np.float64)
 
 
 def rollout(matrices: np.ndarray, method: str) -> np.ndarray:

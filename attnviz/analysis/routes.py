@@ -31,12 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attnviz.analysis.flow import residual_augmented
+from attnviz.analysis.mixing import METHODS, layers_of
 from attnviz.errors import AttnvizError
 
-AUGMENTED_METHODS = ("attention", "attention_norm")  # rolled out as rownorm(0.5 M + 0.5 I)
-RESIDUAL_METHODS = ("alti", "globenc", "value_zeroing")  # their diagonal holds the residual
-METHODS = AUGMENTED_METHODS + RESIDUAL_METHODS
 DEFAULT_FRACTION = 0.05  # the default threshold keeps about this share of the L x N x N edges
 MAX_EDGES = 8_000_000  # L x N x N at most (30 layers at 516 tokens): 64 MB of float64 matrices
 
@@ -81,7 +78,8 @@ class Routes:
 
 def layer_matrices(matrices: np.ndarray, method: str) -> np.ndarray:
     """The matrices the routes follow, ``M'`` float64 ``[L, N, N]``, from a method's per-layer
-    mixing matrices (checked: a stack of square matrices of finite, non-negative weights)."""
+    mixing matrices (checked: a stack of square matrices of finite, non-negative weights),
+    as attnviz.analysis.mixing.layers_of takes them for rollout and flow."""
     if method not in METHODS:
         raise AttnvizError(f"Routes follow one of {', '.join(METHODS)}, not {method!r}.")
     m = np.asarray(matrices)
@@ -92,7 +90,7 @@ def layer_matrices(matrices: np.ndarray, method: str) -> np.ndarray:
                            f"({m.size:,} edges, at most {MAX_EDGES:,}); use a shorter input.")
     if not np.isfinite(m).all() or (m < 0).any():
         raise AttnvizError(f"The {method} matrices hold negative or non-finite weights.")
-    return residual_augmented(m) if method in AUGMENTED_METHODS else m.astype(np.float64)
+    return layers_of(m, method)
 
 
 def output_rows(outputs, n: int) -> np.ndarray:

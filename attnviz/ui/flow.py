@@ -5,10 +5,13 @@
 - heatmaps: one per-head statistic as a layers x heads heatmap;
 - over many inputs: the same statistics averaged over several texts or photos;
 - rollout and flow: raw attention, rollout and exact attention flow from one output token;
-- layer by layer (text): how that token's rollout spreads through the layers, as a Sankey.
+- layer by layer (text): how that token's rollout spreads through the layers, as a Sankey;
+- routes: the information-flow routes of a context-mixing method to an output (docs/routes.md),
+  for the models context mixing covers; a node clicked opens its layer's heatmap or overlay.
 
 Per-head statistics are cached across sessions (``st.cache_data``); rollout and exact flow per
-session (:func:`remembered`), so that moving a control reruns the chart, never the model.
+session (:func:`remembered`), so that moving a control reruns the chart, never the model; context
+mixing across sessions by the capture's digest and the methods (attnviz.ui.mixing, bounded by bytes).
 """
 from __future__ import annotations
 
@@ -23,17 +26,22 @@ from streamlit.delta_generator import DeltaGenerator
 
 import attnviz
 from attnviz.analysis import flow
+from attnviz.analysis import routes as routes_analysis
 from attnviz.analysis.mixing import RESIDUAL_LEFT_OUT
 from attnviz.analysis.stats import GLOBAL_MIN, LOCAL_MIN, HeadStats, average_stats, head_stats
 from attnviz.analysis.tokens import display_label
 from attnviz.batch import read_uploaded, spread_from_table
 from attnviz.capture import estimate_bytes
+from attnviz.errors import AttnvizError
+from attnviz.explain import default_output_rows
+from attnviz.families import family_of
 from attnviz.inputs import MAX_IMAGE_UPLOAD_MB, MAX_TEXT_UPLOAD_MB, open_image, read_text
+from attnviz.mixing import head_contributions
 from attnviz.result import AttentionResult
 from attnviz.samples import SAMPLES, sample_bytes
 from attnviz.ui import keys
 from attnviz.ui.charts import show_chart
-from attnviz.ui.common import PROGRESS_AFTER_S, job, progress_bar, url_choice
+from attnviz.ui.common import PROGRESS_AFTER_S, job, progress_bar, url_choice, url_int
 from attnviz.ui.inputs import MANY_TEXTS, UPLOAD_TYPES
 from attnviz.ui.mixing import SHOW, mixing_of
 from attnviz.ui.mixing import refusal as mixing_refusal
@@ -42,6 +50,7 @@ from attnviz.ui.overlay import show_overlay, style_controls
 from attnviz.ui.views import Captured, View
 from attnviz.viz import flow as viz
 from attnviz.viz import image as image_viz
+from attnviz.viz import routes as routes_viz
 from attnviz.viz import text as text_viz
 from attnviz.viz.heatmap import safe_filename
 
@@ -50,6 +59,7 @@ MAX_MANY_INPUTS = 128  # files read by "over many inputs" (the ViT paper average
 MAX_TABLE_UPLOAD_MB = 200  # a batch table's parts, uploaded to "over many inputs"
 MATRICES = {"attention": "Attention weights", **{m: label for m, label in SHOW.items() if m not in ("attention", "value_norm")}}
 METHOD_KEY = "flow_method"  # widget key of the matrix carried by the rollout and flow views
+ROUTE_METHODS = ("alti", "attention_norm", "globenc", "value_zeroing", "attention")  # alti first: the default
 
 
 # -- caches -----------------------------------------------------------------------------------
@@ -394,10 +404,104 @@ def spread_view(captured: Captured) -> None:
                    "edges of each layer are drawn.")
 
 
+def routes_view(captured: Captured) -> None:
+    """Information-flow routes (docs/routes.md): the token x layer edges of a context-mixing
+    method that carry at least a threshold and reach the chosen output, as a layered graph;
+    clicking a node opens that layer's heatmap (text) or overlay (photo) for its token."""
+    result = captured.result
+    if captured.stack != result.stacks[0]:
+        st.info("Routes follow context mixing through the first self-attention stack: choose it above.")
+        return
+    try:
+        family_of(get_model(result.model)).anatomy(get_model(result.model))
+    except AttnvizError as e:
+        st.info(f"Routes follow context mixing, which does not apply here: {e}")
+        return
+    controls, shown = st.columns([1, 3], gap="medium")
+    with controls:
+        method = st.selectbox("Mixing method", ROUTE_METHODS, key="flow_routes_method",
+                              help="Whose per-layer matrices the routes follow (docs/mixing.md); ALTI, as in "
+                                   "Ferrando & Voita 2024, by default.")
+    why = mixing_refusal(captured, method) if method != "attention" else None
+    if why:
+        st.info(why)
+        return
+    with progress_bar(f"Context mixing ({method})…", after=PROGRESS_AFTER_S) as update:
+        mixed = mixing_of(captured, method, update)
+    tokens, n = mixed.tokens, len(mixed.tokens)
+    default_rows = default_output_rows(get_model(result.model), tokens)
+    what = "every token (mean)" if len(default_rows) > 1 else f"{default_rows[0]}: {display_label(tokens[default_rows[0]])}"
+    with controls:
+        output = st.selectbox("Output", ["default", "pooled", *range(n)], key=f"flow_routes_output_{captured.key}",
+                              format_func=lambda o: (f"as explain's ({what})" if o == "default" else
+                                                     "every token (mean)" if o == "pooled" else
+                                                     f"{o}: {display_label(tokens[o])}"))
+    rows = default_rows if output == "default" else list(range(n)) if output == "pooled" else [output]
+    matrices = mixed.method_matrices(method)
+    start = routes_analysis.default_threshold(routes_analysis.layer_matrices(matrices, method), np.array(rows),
+                                              max_edges=routes_viz.MAX_DRAWN_EDGES)
+    with controls:
+        threshold = st.slider("Threshold (least weight of a kept edge)", 0.001, 1.0, max(0.001, round(start, 3)),
+                              0.001, format="%.3f", key=f"flow_routes_threshold_{captured.key}_{method}_{output}",
+                              help="It starts where about 5% of the layers x tokens x tokens edges are kept "
+                                   f"(at most {routes_viz.MAX_DRAWN_EDGES:,}, which can be drawn).")
+    heads = head_contributions(mixed, method, result if mixed.digest == result.digest else None)
+    found = routes_analysis.routes(matrices, method, rows, threshold=threshold, heads=heads)
+    target = "every token (mean)" if len(rows) > 1 else f"token {rows[0]} ({display_label(tokens[rows[0]])})"
+    with shown:
+        try:
+            fig = routes_viz.routes_figure(found, tokens, title=f"{result.model} · {method} routes to {target}",
+                                           photo=captured.photo.display if captured.kind == "image" else None,
+                                           grid=mixed.grid if captured.kind == "image" else None)
+        except AttnvizError as e:
+            st.info(str(e))
+            return
+        event = show_chart(fig, f"{result.model}_{method}_routes", key="flow_routes", on_select="rerun",
+                           selection_mode="points")
+        st.caption("Rows: the input (bottom) and each layer's output; columns: tokens (those no kept edge touches "
+                   "collapsed). Edge width: its weight; grey, a token to itself (the residual); node colour: its "
+                   "share of the output. Hover an edge for the heads that carry it"
+                   f"{'' if heads is not None else f' ({method} has no per-head values here)'}; click a node to "
+                   "open its layer.")
+        nodes = next(i for i, trace in enumerate(fig.data) if trace.name == routes_viz.NODES)
+        picked = [p for p in (event.selection.points if event and event.selection else []) if p["curve_number"] == nodes]
+        if picked:
+            node_layer, node_token = np.nonzero(found.kept_nodes)
+            index = picked[0]["point_index"]
+            # node [l, t] is the output of layer l (1-based): 0-based layer l - 1 mixed it (the input: layer 0)
+            st.query_params[keys.LAYER] = str(max(int(node_layer[index]) - 1, 0))
+            st.query_params[keys.TOKEN] = str(int(node_token[index]))
+        if keys.TOKEN in st.query_params:
+            show_node(captured, url_int(keys.LAYER, 0, 0, found.n_layers - 1), url_int(keys.TOKEN, 0, 0, n - 1))
+
+
+def show_node(captured: Captured, layer: int, token: int) -> None:
+    """A routes node opened: ``layer``'s attention (heads' mean) as a heatmap with ``token``'s
+    row named (text), or where ``token`` looks on the photo (images)."""
+    result = captured.result
+    label = display_label(result.key_tokens(captured.stack)[token])
+    if captured.kind == "text":
+        options = text_viz.TextOptions()
+        n = len(text_viz.axes(result, captured.stack, options)[0])
+        first = 0 if n <= text_viz.HEATMAP_MAX else min(max(token - text_viz.ZOOM // 2, 0), n - text_viz.ZOOM)
+        fig, _ = text_viz.head_heatmap(result, captured.stack, layer, "mean", options,
+                                       zoom=None if n <= text_viz.HEATMAP_MAX else (first, first))
+        fig.add_shape(type="rect", xref="paper", x0=0, x1=1, y0=token - first - 0.5, y1=token - first + 0.5,
+                      line=dict(color="#d62728", width=2))
+        show_chart(fig, f"{result.model}_L{layer}_mean_token{token}", key="flow_routes_node")
+        st.caption(f"Layer {layer} (0-based), heads' mean; framed in red: the row of token {token} ({label}).")
+    else:
+        show_overlay(captured.photo, image_viz.query_heat(result, layer, "mean", token), style_controls(),
+                     key="flow_routes_node",
+                     file_name=safe_filename(f"{result.model}-layer{layer}-token{token}") + ".png")
+        st.caption(f"Where token {token} ({label}) looks in layer {layer} (0-based), heads' mean.")
+
+
 VIEWS = (
     View("depth", "Distance vs depth", depth_view),
     View("heatmaps", "Heatmaps", heatmaps_view),
     View("many", "Over many inputs", many_view),
     View("flow", "Rollout and flow", flow_view),
     View("spread", "Layer by layer", spread_view, lambda captured: captured.kind == "text"),
+    View("routes", "Routes", routes_view),
 )

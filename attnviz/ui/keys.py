@@ -17,6 +17,7 @@ SAMPLE = "sample"  # ui.inputs.photo_input: the sample photo (absent while an up
 SHOW = "show"  # ui.mixing.show_picker: what the text and image explorers show (attention, a mixing method)
 METHOD = "method"  # ui.flow: the matrix the flow page's rollout and flow views carry (attention or a mixing method)
 SIZE = "size"  # ui.inputs.input_size_picker: the shorter side of an image model's input, px
+TOKEN = "token"  # ui.flow.routes_view: the token of the routes' node opened in its layer's heatmap or overlay
 
 # -- session state --------------------------------------------------------------------------------
 TEXT = "text_text"  # ui.inputs.text_input: the text box's text, kept across pages
