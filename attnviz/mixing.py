@@ -132,7 +132,7 @@ class Mixing:
         if result.digest != self.digest:
             raise AttnvizError(f"This mixing was computed from another capture than the one given ({result.model}).")
         stack = result.stacks[0]
-        return replace(result, attn={stack: self._method(method)[:, None]})
+        return replace(result, attn={stack: self.method_matrices(method)[:, None]})
 
     def meta(self) -> dict:
         """Everything but the arrays, as plain JSON-able values."""
