@@ -259,8 +259,10 @@ def test_clip_matches_onnx_with_float_matmuls(clip_folder, clip_run):
     assert out.last_hidden_state.shape == (1, 197, 768)  # CLS + 14 x 14 patches
     assert np.abs(out.image_embeds.numpy() - embeds).max() < 1e-4 * np.abs(embeds).max()
     # CLIP's residual stream has outlier channels (|x| ~ 80): compare relative to the largest.
+    # float32 through 12 layers of other kernels on each side (measured: 8e-5 of the largest
+    # hidden value, attention 2.7e-5 apart): bounds well above that rounding on any CPU.
     assert np.abs(out.last_hidden_state.numpy() - hidden).max() < 1e-3 * np.abs(hidden).max()
-    assert np.abs(out.attentions[-1].numpy() - attention).max() < 1e-4
+    assert np.abs(out.attentions[-1].numpy() - attention).max() < 5e-4
     _check_attention_rows(out.attentions, layers=12, heads=12, tokens=197)
 
 
