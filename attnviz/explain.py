@@ -561,7 +561,7 @@ def _mixing_methods(model: Model, input, size: int | None, p: _Problem, methods:
         out.skipped.update({m: f"context mixing read {len(mixed.tokens)} tokens of this input and explain "
                                f"{len(p.tokens)}" for m in asked})
         return
-    with model.lock, torch.no_grad():
+    with torch.no_grad():  # p.run holds the model's gate per pass (stepped)
         mix, _ = p.mix(p.run(p.inputs, True)[1], None)
     shared = time.perf_counter() - started
     for method in asked:
