@@ -21,9 +21,13 @@ Three things bound it:
 
 **Turns go round the visitors.** A visitor is an opaque key (the app's is a hash of the
 browser's cookie, so that more tabs do not buy more turns; the command line's is ``LOCAL``).
-A free worker goes to the waiting job whose visitor had a turn least recently (then whose job
-had one least recently): one visitor's long jobs do not hold another's short one back for more
-than a step. Admission goes round the visitors the same way; a job that does not fit (the
+A free worker goes to the waiting job whose visitor's jobs held workers least over the last
+``WINDOW_S`` (among equals, whose visitor had a turn least recently, then whose job had one
+least recently), and a running job hands its worker over at a checkpoint only to a job that
+comes before it in that order. So a visitor with a short request is served before visitors
+running long work (they have used more) and keeps the worker until it is done, while long jobs
+of different visitors take turns: one visitor's long jobs hold another's short one back by a
+step, not a run. Admission goes round the visitors by their last admission; a job that does not fit (the
 *head*) is passed only by jobs that fit in the free memory, and only up to ``budget //
 OVERTAKE_SHARE`` bytes in all until it is admitted, so it is not starved either. With a quota
 (``limits.VISITOR_SECONDS``, the hosted mode), a visitor whose jobs held workers for that many
@@ -249,9 +253,11 @@ class Job:
             self._step_started = now
             if self.cancelled:
                 raise Cancelled(f"{self.what}: cancelled.")
-            over = s._quota_wait(self.visitor, now) > 0
-            if not over and (now - self.turn_started < s.slice_s or s._next_ready(now, besides=self) is None):
+            if s._quota_wait(self.visitor, now) <= 0 and now - self.turn_started < s.slice_s:
                 return
+            other = s._next_ready(now, besides=self)
+            if s._quota_wait(self.visitor, now) <= 0 and (other is None or s._rank(other, now) > s._rank(self, now)):
+                return  # nobody to hand over to: this job comes first
             s._give_back(self, now)
         s._wait(self)
 
@@ -315,10 +321,6 @@ class Job:
         with self.scheduler._cond:
             self.cancelled = True
             self.scheduler._cond.notify_all()
-
-    def status(self) -> Status:
-        with self.scheduler._cond:
-            return self.scheduler._status(self, self.scheduler._clock())
 
 
 class Scheduler:
@@ -456,16 +458,31 @@ class Scheduler:
         job.admitted = True
         self._visitor_admitted[job.visitor] = next(self._seq)
 
-    def _turn_order(self) -> list[Job]:
-        """Admitted jobs waiting for a worker, in the order turns go: the visitor with the
-        least recent turn first, then the job with the least recent turn, then the oldest."""
+    def _turn_order(self, now: float) -> list[Job]:
+        """Admitted jobs waiting for a worker, in the order turns go (see :meth:`_rank`)."""
         waiting = [j for j in self._jobs if j.admitted and not j.granted and not j.cancelled]
-        return sorted(waiting, key=lambda j: (self._visitor_turn.get(j.visitor, 0), j.last_turn, j.seq))
+        return sorted(waiting, key=lambda j: self._rank(j, now))
+
+    def _rank(self, job: Job, now: float) -> tuple:
+        """Where a job comes in the turns: the visitor whose jobs held workers least over the
+        last WINDOW_S first (a visitor with a short request is served before those running
+        long work, which have used more), then the visitor whose last turn is oldest (round
+        robin among equals), then the job of that visitor with the oldest turn, then the
+        oldest job."""
+        return (round(self._used(job.visitor, now), 1), self._visitor_turn.get(job.visitor, 0), job.last_turn, job.seq)
+
+    def _used(self, visitor: Hashable, now: float, at: float | None = None) -> float:
+        """Worker seconds ``visitor``'s jobs held over (at - WINDOW_S, at] (``at``: now by
+        default; turns still running are counted up to now)."""
+        at = now if at is None else at
+        spans = self._usage.get(visitor, [])
+        spans[:] = [s for s in spans if s[1] is None or s[1] > now - WINDOW_S]
+        return sum(max(0.0, min(now if e is None else e, at) - max(s, at - WINDOW_S)) for s, e in spans)
 
     def _candidates(self, now: float, besides: Job | None = None) -> Iterator[Job]:
         """The waiting jobs that could get a worker now, in turn order: within quota, and
         their gate open to them (see :meth:`_may_enter`)."""
-        for job in self._turn_order():
+        for job in self._turn_order(now):
             if job is besides or self._quota_wait(job.visitor, now) > 0:
                 continue
             if job.want is not None and not self._may_enter(*job.want):
@@ -523,20 +540,12 @@ class Scheduler:
         """Seconds until ``visitor``'s worker time over the last WINDOW_S falls below the quota
         (if its jobs stopped now); 0 when it is below, or there is no quota."""
         quota = float(self._quota())
-        spans = self._usage.get(visitor)
-        if quota <= 0 or not spans:
-            return 0.0
-        spans[:] = [s for s in spans if s[1] is None or s[1] > now - WINDOW_S]
-
-        def used(at: float) -> float:  # worker seconds in (at - WINDOW_S, at], running turns stopped at now
-            return sum(max(0.0, min(now if e is None else e, at) - max(s, at - WINDOW_S)) for s, e in spans)
-
-        if used(now) < quota:
+        if quota <= 0 or self._used(visitor, now) < quota:
             return 0.0
         lo, hi = 0.0, WINDOW_S
-        for _ in range(40):  # used(now + d) falls as d grows: bisect for where it drops below the quota
+        for _ in range(40):  # the use falls as the window moves on: bisect for where it drops below the quota
             mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if used(now + mid) >= quota else (lo, mid)
+            lo, hi = (mid, hi) if self._used(visitor, now, now + mid) >= quota else (lo, mid)
         return hi
 
     def _remaining(self, job: Job, now: float) -> float:
@@ -559,7 +568,7 @@ class Scheduler:
             wait = sum(self._remaining(j, now) for j in admitted) / workers
             return Status(QUEUED, len([j for j in admitted if not j.granted]) + ahead + 1, wait, job.what)
         quota = self._quota_wait(job.visitor, now)
-        order = self._turn_order()
+        order = self._turn_order(now)
         ahead = order[:order.index(job)] if job in order else []
         turn = lambda j: min(max(self.slice_s, j.step_s), self._remaining(j, now))  # noqa: E731
         wait = max(quota, (busy + sum(turn(j) for j in ahead)) / workers)

@@ -360,6 +360,7 @@ async def session(browser, base: str, i: int, args, refs, out: dict) -> None:
     results = out["groups"].setdefault(group, {"latency": [], "silent": 0.0, "requests": 0})
     context = await browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     page = await context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)  # a loaded machine answers a key press late too
     page_errors: list[str] = []
     page.on("pageerror", lambda e: page_errors.append(str(e)))
     try:

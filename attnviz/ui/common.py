@@ -124,9 +124,9 @@ def take_cancelled(key: Hashable) -> bool:
 
 
 @contextmanager
-def job(what: str, nbytes: int, *, key: Hashable, seconds: float | None = None) -> Iterator[Callable[..., None]]:
+def job(what: str, nbytes: int, *, key: Hashable) -> Iterator[Callable[..., None]]:
     """Run the block as a job of this session's visitor (attnviz.jobs; ``nbytes``: what it
-    will need, ``seconds``: its expected length when known), and yield the progress bar's
+    will need), and yield the progress bar's
     ``update`` for the backend's ``progress`` callback. While the job waits, its place in line
     and an estimate are shown; while it runs, a spinner (for work that reports no progress,
     such as generation) and the progress bar; once it has waited or run for PROGRESS_AFTER_S,
@@ -164,7 +164,7 @@ def job(what: str, nbytes: int, *, key: Hashable, seconds: float | None = None) 
         offer_cancel()
 
     try:
-        with jobs.SCHEDULER.job(visitor(), what, nbytes, seconds=seconds, on_wait=on_wait):
+        with jobs.SCHEDULER.job(visitor(), what, nbytes, on_wait=on_wait):
             message.empty()
             with box, st.spinner(f"{what}…"), progress_bar(f"{what}…", after=PROGRESS_AFTER_S) as update:
                 def progress(fraction: float, text: str | None = None) -> None:
@@ -178,15 +178,15 @@ def job(what: str, nbytes: int, *, key: Hashable, seconds: float | None = None) 
         outer.empty()
 
 
-def cached_job(cache: ByteCache[V], key: Hashable, what: str, nbytes: int, compute: Callable[[Callable[..., None]], V],
-               *, seconds: float | None = None) -> V:
+def cached_job(cache: ByteCache[V], key: Hashable, what: str, nbytes: int,
+               compute: Callable[[Callable[..., None]], V]) -> V:
     """``cache``'s value of ``key``; when missing, ``compute(progress)`` run as a job of this
     visitor (:func:`job`, admitted for ``nbytes``) and kept. A session asking for a value that
     another session is computing waits for that one, and says so: the job runs inside the
     cache's computation, never the other way round, so no job waits for another's value while
     it holds a worker."""
     def run() -> V:
-        with job(what, nbytes, key=key, seconds=seconds) as progress:
+        with job(what, nbytes, key=key) as progress:
             return compute(progress)
 
     notice = st.empty()
