@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import unicodedata
 import warnings
+from contextlib import contextmanager
+from typing import Iterator
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -68,17 +70,27 @@ def image_size(data: bytes, name: str = "the file") -> tuple[int, int]:
     bytes are not an image."""
     if not data:
         raise AttnvizError(f"{name} is empty (0 bytes).")
+    with image_errors(name, "read"), Image.open(io.BytesIO(data)) as img:
+        return img.size
+
+
+@contextmanager
+def image_errors(name: str, doing: str) -> Iterator[None]:
+    """Within: PIL reads the image ``name`` (``doing``: "read", "decoded"), its own
+    decompression-bomb warning silenced (the caller checks its own bound), and each error it
+    raises becomes one AttnvizError for a person."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the caller's bound applies
-            with Image.open(io.BytesIO(data)) as img:
-                return img.size
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    except AttnvizError:
+        raise
     except Image.DecompressionBombError:
         raise AttnvizError(f"{name} claims far more pixels than any photo: refused as a possible decompression bomb.") from None
     except UnidentifiedImageError:
         raise AttnvizError(f"{name} is not an image that attnviz can read (PNG, JPEG, WebP, BMP, GIF, TIFF).") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise AttnvizError(f"{name} could not be read ({e}); it may be truncated or damaged.") from None
+        raise AttnvizError(f"{name} could not be {doing} ({e}); it may be truncated or damaged.") from None
 
 
 def open_image(data: bytes, name: str = "the file") -> Image.Image:
@@ -90,28 +102,18 @@ def open_image(data: bytes, name: str = "the file") -> Image.Image:
     """
     if not data:
         raise AttnvizError(f"{name} is empty (0 bytes).")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own bound below
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise AttnvizError(
-                    f"{name} claims {w} x {h} pixels ({w * h / 1e6:.0f} megapixels), more than the "
-                    f"{MAX_IMAGE_PIXELS / 1e6:.0f} allowed: refused as a possible decompression bomb."
-                )
-            if img.format == "JPEG" and max(w, h) > MAX_IMAGE_SIDE:
-                img.draft("RGB", (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))  # decode a smaller JPEG directly
-            img.seek(0)  # first frame of an animation
-            img.load()
-    except AttnvizError:
-        raise
-    except Image.DecompressionBombError:
-        raise AttnvizError(f"{name} claims far more pixels than any photo: refused as a possible decompression bomb.") from None
-    except UnidentifiedImageError:
-        raise AttnvizError(f"{name} is not an image that attnviz can read (PNG, JPEG, WebP, BMP, GIF, TIFF).") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise AttnvizError(f"{name} could not be decoded ({e}); it may be truncated or damaged.") from None
+    with image_errors(name, "decoded"):
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if w * h > MAX_IMAGE_PIXELS:
+            raise AttnvizError(
+                f"{name} claims {w} x {h} pixels ({w * h / 1e6:.0f} megapixels), more than the "
+                f"{MAX_IMAGE_PIXELS / 1e6:.0f} allowed: refused as a possible decompression bomb."
+            )
+        if img.format == "JPEG" and max(w, h) > MAX_IMAGE_SIDE:
+            img.draft("RGB", (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))  # decode a smaller JPEG directly
+        img.seek(0)  # first frame of an animation
+        img.load()
     if w < 1 or h < 1:
         raise AttnvizError(f"{name} has no pixels.")
     img = ImageOps.exif_transpose(img)
