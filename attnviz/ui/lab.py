@@ -289,12 +289,13 @@ def cost_view() -> None:
         key = ("lab_cost", tuple(lengths), d, window, top)
         take_cancelled(key)  # a click asks for it again
         need = max(min(cost.expected_bytes(m, n, d, window), cost.MEMORY_BUDGET) for m in cost.METHODS for n in lengths)
-        with friendly_errors(), job("Measuring attention's cost", int(need), key=key) as update:
+        with friendly_errors():
             try:
-                st.session_state["lab_cost"] = (settings, cost.measure(lengths, d=d, window=window, top=top,
-                                                                       progress=update))
-            except cost.Busy as e:  # another visitor's run: not an error of this one
-                st.info(str(e))
+                with job("Measuring attention's cost", int(need), key=key) as update:
+                    st.session_state["lab_cost"] = (settings, cost.measure(lengths, d=d, window=window, top=top,
+                                                                           progress=update))
+            except cost.Busy as e:  # another visitor's run: not an error of this one (said outside the job's box,
+                st.info(str(e))     # which is emptied when the job ends)
     saved_settings, measured = st.session_state.get("lab_cost", (None, []))
     if saved_settings != settings:
         measured = []
