@@ -193,8 +193,10 @@ def click_until_shown(page, where, shown, tries: int = 4, timeout_ms: int = 20_0
 
 
 def centre(locator) -> tuple[float, float]:
-    """The page coordinates of a locator's centre (it must be visible)."""
+    """The page coordinates of a locator's centre, scrolled into the viewport first (a mouse
+    event outside the viewport lands nowhere)."""
     locator.wait_for()
+    locator.scroll_into_view_if_needed()
     box = locator.bounding_box()
     return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
 
