@@ -108,30 +108,43 @@ def capture(model: Model, input, *, target: str | None = None, generate: int = 0
     return result
 
 
-def bound_text(text, model: Model, warnings: list[str]):
-    """``text`` cut to ``model.max_tokens * CHARS_PER_TOKEN`` characters, more than the model
-    reads, with a line in ``warnings`` when it was cut: two million zero-width joiners, pasted,
-    would otherwise take seconds to tokenise while other sessions wait."""
+def bound_text(text, model: Model, warnings: list[str], tokens: int | None = None):
+    """``text`` cut to ``tokens * CHARS_PER_TOKEN`` characters (``tokens``: the model's
+    ``max_tokens`` by default, never more), more than that many tokens take, with a line in
+    ``warnings`` when it was cut: two million zero-width joiners, pasted, would otherwise take
+    seconds to tokenise while other sessions wait."""
     if text is None:
         return None
     text = str(text)
-    limit = max(1, model.max_tokens) * CHARS_PER_TOKEN
+    tokens = model.max_tokens if tokens is None else min(tokens, model.max_tokens)
+    limit = max(1, tokens) * CHARS_PER_TOKEN
     if len(text) <= limit:
         return text
     warnings.append(f"The text has {len(text):,} characters; only the first {limit:,} were read "
-                    f"({model.name} reads at most {model.max_tokens:,} tokens).")
+                    f"({model.name} reads at most {tokens:,} tokens here).")
     return text[:limit]
 
 
 def estimate_bytes(model: Model, input, *, target: str | None = None, generate: int = 0, size: int | None = None,
                    prompt: str | None = None) -> int:
     """An upper estimate of the memory a capture of ``input`` takes beyond the model's weights
-    (``limits.capture_bytes``), made before anything is tokenised: a text of b UTF-8 bytes is
-    at most 2b + 8 tokens (no tokenizer makes more than a token a byte, and a SentencePiece
-    word-start piece, and the special tokens, come on top), plus the tokens to generate, at
-    most the model's cap; an image is its patches at the chosen size (plus a few prefix
-    tokens); a vision-language model's sequence, its cap."""
-    layers, heads, hidden, stacks, recorded = _shape(model)
+    (``limits.capture_bytes``) at its :func:`input_tokens`, made before anything is tokenised."""
+    return bytes_at(model, input_tokens(model, input, target=target, generate=generate, size=size, prompt=prompt))
+
+
+def bytes_at(model: Model, n_tokens: int) -> int:
+    """The memory a capture of ``n_tokens`` tokens takes beyond the model's weights
+    (``limits.capture_bytes`` of the model's shape)."""
+    return limits.capture_bytes(max(1, n_tokens), *_shape(model))
+
+
+def input_tokens(model: Model, input, *, target: str | None = None, generate: int = 0, size: int | None = None,
+                 prompt: str | None = None) -> int:
+    """An upper bound of the tokens a capture of ``input`` reads, made before anything is
+    tokenised: a text of b UTF-8 bytes is at most 2b + 8 tokens (no tokenizer makes more than a
+    token a byte, and a SentencePiece word-start piece, and the special tokens, come on top),
+    plus the tokens to generate, at most the model's cap; an image is its patches at the chosen
+    size (plus a few prefix tokens); a vision-language model's sequence, its cap. At least 1."""
     if isinstance(input, Image.Image):
         if model.family == "vision-language" or model.image is None:
             n = model.max_tokens
@@ -146,7 +159,7 @@ def estimate_bytes(model: Model, input, *, target: str | None = None, generate: 
         source = sum(2 * len(str(t).encode("utf-8", "surrogatepass")) + 8 for t in texts)
         n = source + max(0, min(int(generate), GENERATE_CAP)) + (SEQ2SEQ_GENERATE if model.family == "encoder-decoder" else 0)
         n = min(n, model.max_tokens or n)  # an image model's text tower has no token cap of its own here
-    return limits.capture_bytes(max(1, n), layers, heads, hidden, stacks, recorded)
+    return max(1, n)
 
 
 def _shape(model: Model) -> tuple[int, int, int, int, bool]:
@@ -254,7 +267,7 @@ def _forward(model: Model, stacks: tuple[str, ...], progress: Progress | None, n
     return {s: _stack(_attentions(out, model, names[s])) for s in stacks}, [warning]
 
 
-def _last_logits_only(net: torch.nn.Module) -> dict:
+def last_logits_only(net: torch.nn.Module) -> dict:
     """The argument that makes a language model compute the logits of the last position only
     (``logits_to_keep``), where its forward takes it: a capture reads attention, and the logits
     of every position are a long input's largest tensor (8,192 positions x 49,152 words of
@@ -313,7 +326,7 @@ def _capture_decoder(model: Model, prompt: str, generate: int, progress: Progres
                                      do_sample=False, pad_token_id=pad)
     t2 = time.perf_counter()
     attn, notes = _forward(model, ("decoder",), progress, input_ids=ids, attention_mask=torch.ones_like(ids),
-                           use_cache=False, **_last_logits_only(model.net))
+                           use_cache=False, **last_logits_only(model.net))
     warnings += notes
     t3 = time.perf_counter()
     all_ids = ids[0].tolist()

@@ -558,7 +558,10 @@ def _explain(args) -> int:
     input = open_image(_read(args.image), args.image.name) if args.image is not None else clean_text(args.text)
     model = attnviz.load_model(args.model, progress=_progress_bar(args.model))
     methods = DEFAULT_METHODS if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    result = explain(model, input, target=args.target, size=args.size, methods=methods)
+    progress = _progress_bar("explain") if sys.stderr.isatty() else None  # a bar over the passes on a terminal
+    result = explain(model, input, target=args.target, size=args.size, methods=methods, progress=progress)
+    if progress is not None:
+        print(file=sys.stderr)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if args.json:

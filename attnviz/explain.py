@@ -35,13 +35,14 @@ colour of the image, and measures the drop of the output: the log-probability lo
 blank-out importance is 0, and every correlation is over the other tokens.
 
 Unlike attnviz.capture, this runs the model with gradients (eager attention, the probabilities
-kept in the graph), never under inference_mode.
+kept in the graph, for the attention methods; the fused kernel for the others), never under
+inference_mode. Memory: :func:`explain_bytes` (docs/explain.md).
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Callable
 
@@ -53,13 +54,13 @@ from torch.overrides import TorchFunctionMode
 
 import attnviz.jobs as jobs
 from attnviz.analysis import faithfulness as faith
-from attnviz.capture import accepts, image_pixels
+from attnviz.capture import accepts, bound_text, image_pixels, last_logits_only
 from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text
 from attnviz.lab.toy_tasks import AGREEMENT_WORDS, MASK, STOP, encode
 from attnviz.models.loader import Model
 from attnviz.models.model import AS_LOADED
-from attnviz.recorder import sdpa_probabilities
+from attnviz.recorder import sdpa_attention, sdpa_probabilities
 from attnviz.result import PatchGrid
 from attnviz.tokens import special_flags, token_strings, tokenize, word_spans
 
@@ -67,8 +68,10 @@ MIXING_METHODS = ("attention_norm", "globenc", "alti", "value_zeroing")  # conte
 METHODS = ("attention", "rollout", "flow", "attn_x_grad", "grad_x_input", "integrated_gradients", "blankout",
            *MIXING_METHODS)
 DEFAULT_METHODS = METHODS[:-1]  # value zeroing (one layer pass per token per layer) runs when asked for
+ATTENTION_METHODS = METHODS[:4]  # read the attention probabilities, from one pass with eager attention
 IG_STEPS = 32  # integrated gradients: points on the path from the baseline to the input
-BATCH = 16  # inputs per forward pass for blank-out and integrated gradients
+BATCH_BYTES = 256 * 10**6  # blank-out and integrated gradients batch inputs up to this estimated memory a batch
+FUSED = "fused"  # the gate's mode of explain's gradient and blank-out passes: the model switched to SDPA
 SEQ2SEQ_GENERATE = 48  # tokens of an encoder-decoder's own target when none is given
 MAX_TOKENS = 512  # input tokens or patches explained at most: blank-out runs the model once per token
 Progress = Callable[[float, str], None]
@@ -206,11 +209,12 @@ def _text_problem(model: Model, text: str, target: str | None) -> _Problem:
     if model.family == "decoder":
         def run(x, attentions=False):
             out = net(inputs_embeds=x, attention_mask=ones.expand(len(x), -1), use_cache=False,
-                      output_attentions=attentions)
+                      output_attentions=attentions, **last_only)
             return out.logits[:, -1].log_softmax(-1)[:, chosen], out
 
+        last_only = last_logits_only(net)  # the explained output reads the last position alone
         with torch.no_grad():
-            logits = net(input_ids=ids, attention_mask=ones, use_cache=False).logits[0, -1]
+            logits = net(input_ids=ids, attention_mask=ones, use_cache=False, **last_only).logits[0, -1]
         chosen = _next_token(tok, target, logits)
         output = {"what": "log-probability of the next token", "token": tok.decode([chosen]), "token_id": chosen,
                   "chosen": "top prediction" if target is None else "given",
@@ -432,6 +436,8 @@ def _custom_problem(model: Model, text, target: str | None) -> _Problem:
         raise AttnvizError(f"Unknown target {target!r}: give a word of {', '.join(AGREEMENT_WORDS)} or a digit.")
 
     def run(x, attentions=False):
+        if not attentions:  # the fused kernel: no [heads, n, n] maps kept for the backward pass
+            return net.forward_embeddings(x)[:, position].log_softmax(-1)[:, chosen], None
         with _ExplicitAttention() as rec:
             logits = net.forward_embeddings(x)
         return logits[:, position].log_softmax(-1)[:, chosen], SimpleNamespace(attentions=tuple(rec.maps))
@@ -459,23 +465,201 @@ def problem_for(model: Model, input, *, target: str | None = None, size: int | N
     return _text_problem(model, input, target)
 
 
+# -- memory -------------------------------------------------------------------------------
+KEPT_PER_LINEAR_FLOAT = 1.5  # a backward pass keeps ~1.5 floats per float in and out of every linear layer
+WORK_PER_LAYER = 2  # one layer's working set: ~2 times the floats in and out of its linear layers
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What explain's memory grows with, read from a model (float32 throughout).
+
+    layers, heads: self-attention layers (the encoder's for an encoder-decoder) and heads per
+    layer, for the ``[heads, n, n]`` maps; linear: floats per input token that all the model's
+    linear layers take in and give out (the output head excepted), which a backward pass keeps;
+    inputs: floats per token of what is explained (an embedding, or a patch's pixels); outputs:
+    floats per input of the output read (a decoder's vocabulary at its last position, an
+    encoder-decoder's vocabulary at each target position, the classes, or the embedding);
+    fused: whether the gradient and blank-out passes run a fused attention kernel (SDPA), which
+    keeps no ``[heads, n, n]`` maps.
+    """
+
+    layers: int
+    heads: int
+    linear: int
+    inputs: int
+    outputs: int
+    fused: bool
+
+    def maps(self, n: int) -> int:
+        """Bytes of one ``[heads, n, n]`` map per layer."""
+        return 4 * self.layers * self.heads * n * n
+
+    def forward(self, n: int) -> int:
+        """Bytes one input of ``n`` tokens takes in a forward pass without gradients: one
+        layer's working set (and its transient maps when not fused), the output, the input."""
+        work = 4 * n * WORK_PER_LAYER * self.linear // max(self.layers, 1)
+        maps = 0 if self.fused else 3 * 4 * self.heads * n * n
+        return work + maps + 4 * (3 * self.outputs + 2 * n * self.inputs)
+
+    def backward(self, n: int) -> int:
+        """Bytes one input of ``n`` tokens takes in a forward and backward pass: what is kept for
+        the backward pass (the maps too when not fused) and a forward pass's working set."""
+        kept = int(4 * n * KEPT_PER_LINEAR_FLOAT * self.linear) + (0 if self.fused else 2 * self.maps(n))
+        return kept + self.forward(n)
+
+    def batch(self, per_input: int, count: int) -> int:
+        """Inputs per batch: as many as fit BATCH_BYTES (at least 1, at most ``count``)."""
+        return max(1, min(count, BATCH_BYTES // max(per_input, 1)))
+
+
+def footprint(model: Model) -> Footprint:
+    """The :class:`Footprint` of a model, from its modules and config."""
+    net = model.net
+    cfg = net.config
+    if model.family == "image":
+        cfg = getattr(cfg, "vision_config", None) or cfg
+    head = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
+    linear = sum(sum(m.weight.shape) for m in net.modules()
+                 if m is not head and not isinstance(m, torch.nn.Embedding)
+                 and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 2)
+    heads = next((v for k in ("num_attention_heads", "num_heads", "n_head", "n_heads")
+                  if isinstance(v := getattr(cfg, k, None), int) and v > 0), 1)
+    if model.family == "image":
+        inputs = 3 * model.image.patch ** 2
+        outputs = max(int(getattr(cfg, "hidden_size", 0) or 0), len(getattr(net.config, "id2label", None) or {}))
+    elif model.family == "custom":
+        inputs = outputs = cfg.d_model
+    else:
+        inputs = net.get_input_embeddings().embedding_dim
+        vocab = head.weight.shape[0] if head is not None else 0
+        outputs = {"decoder": vocab, "encoder-decoder": (SEQ2SEQ_GENERATE + 1) * vocab}.get(model.family, inputs)
+    fused = model.family == "custom" or (getattr(type(net), "_supports_sdpa", False)
+                                         and getattr(cfg, "_attn_implementation", None) in ("eager", "sdpa"))
+    return Footprint(layers=max(model.n_layers, 1), heads=heads, linear=linear, inputs=inputs, outputs=outputs,
+                     fused=bool(fused))
+
+
+def explain_bytes(model: Model, n_tokens: int, methods: tuple[str, ...] = DEFAULT_METHODS,
+                  ig_steps: int = IG_STEPS) -> int:
+    """Bytes :func:`explain` takes at its peak beyond the model's weights, for an input of
+    ``n_tokens`` tokens (image: patches and prefix tokens; a longer text is cut to MAX_TOKENS)
+    by ``methods``: an upper estimate, checked against measured peaks in tests/test_explain.py.
+
+    The methods run one after another, so the peak is the largest of: the attention pass (the
+    ``[heads, n, n]`` maps of every layer, and for attn_x_grad what the backward pass keeps and
+    each layer's ``[n, n]`` relevance, made as its gradient arrives; exact flow's graph), input
+    x gradient (one forward and backward pass), integrated gradients and blank-out (a batch of
+    BATCH_BYTES at most, or one input when one is more, plus the path's inputs and gradients),
+    and the context-mixing methods (attnviz.mixing.mixing_bytes), over the input and its
+    baseline; see :class:`Footprint`. An encoder-decoder's target is counted as
+    SEQ2SEQ_GENERATE + 1 tokens.
+    """
+    from attnviz.mixing import mixing_bytes
+
+    fp = footprint(model)
+    n = max(1, min(int(n_tokens), MAX_TOKENS))
+    passes = [fp.forward(n) + (fp.maps(n) if model.family == "image" else 0)]  # preparing the problem
+    if set(methods) & set(ATTENTION_METHODS):
+        attention = fp.forward(n) + 3 * 4 * fp.heads * n * n + fp.maps(n)
+        if "attn_x_grad" in methods:  # the backward pass, a layer's gradient at a time, each layer's Abar kept
+            attention += fp.backward(n) + 3 * 4 * fp.heads * n * n + 8 * fp.layers * n * n
+        if "flow" in methods:
+            attention += 4 * 8 * (fp.layers + 1) * n * n  # capacities and the flow graph's arrays
+        passes.append(attention)
+    if "grad_x_input" in methods:
+        passes.append(fp.backward(n))
+    if "integrated_gradients" in methods:
+        batch = fp.batch(fp.backward(n), ig_steps)
+        passes.append(batch * fp.backward(n) + 3 * 4 * ig_steps * n * fp.inputs)
+    if "blankout" in methods:
+        passes.append(fp.batch(fp.forward(n), n + 1) * fp.forward(n))
+    mixed = tuple(m for m in MIXING_METHODS if m in methods)
+    if mixed:  # mixing runs after the others: its matrices, beside the attention pass of its mix vector
+        passes.append(mixing_bytes(model, n, mixed) + fp.forward(n) + fp.maps(n))
+    return max(passes) + 4 * 4 * n * fp.inputs  # the input and its baseline, and their copies
+
+
+def estimate_bytes(model: Model, input, *, size: int | None = None, methods: tuple[str, ...] = DEFAULT_METHODS,
+                   ig_steps: int = IG_STEPS) -> int:
+    """:func:`explain_bytes` of ``input`` before it is tokenised (what a server admits an
+    explanation by): its tokens are bounded as attnviz.capture.estimate_bytes bounds them (a
+    text of b UTF-8 bytes is at most 2b + 8 tokens; an image, its patches at ``size``), at most
+    MAX_TOKENS."""
+    from attnviz.capture import input_tokens
+
+    return explain_bytes(model, min(MAX_TOKENS, input_tokens(model, input, size=size)), methods, ig_steps)
+
+
+class _Progress:
+    """explain's progress over its passes of the model, a backward pass counted as two."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, max(total, 1), 0
+
+    def __call__(self, passes: int, message: str) -> None:
+        self.done += passes
+        if self.progress is not None:
+            self.progress(min(self.done / self.total, 1.0), message)
+
+    def counting(self, f: Callable, per_input: int, message: str) -> Callable:
+        """``f`` (a function of a batch) that reports ``per_input`` passes for every input it runs."""
+        def counted(x):
+            self(per_input * len(x), message)
+            return f(x)
+        return counted
+
+
+def _passes(methods: tuple[str, ...], n: int, ig_steps: int) -> int:
+    """The passes of the model :func:`explain` makes before its mixing methods (a backward
+    pass counted as two)."""
+    total = 1  # preparing the problem
+    if set(methods) & set(ATTENTION_METHODS):
+        total += 3 if "attn_x_grad" in methods else 1
+    total += 3 * ("grad_x_input" in methods) + 3 * ig_steps * ("integrated_gradients" in methods)
+    return total + (n + 1) * ("blankout" in methods) + bool(set(methods) & set(MIXING_METHODS))
+
+
 # -- the methods ----------------------------------------------------------------------------
-def _attention_methods(p: _Problem, methods: tuple[str, ...], out: Explanation) -> None:
-    """attention, rollout, flow and attn_x_grad from one forward and backward pass."""
-    if not set(methods) & {"attention", "rollout", "flow", "attn_x_grad"}:
+def _float32_stack(tensors: list[torch.Tensor]) -> np.ndarray:
+    """``[layers, heads, n, n]`` float32 from one ``[1, heads, n, n]`` tensor per layer, each
+    dropped from ``tensors`` once copied (so the copy does not double the maps). The analysis
+    reads each layer in float64, so this loses nothing against a float64 stack."""
+    stack = np.empty((len(tensors), *tensors[0].shape[1:]), np.float32)
+    for layer in range(len(tensors)):
+        stack[layer] = tensors[layer][0].detach().float().cpu().numpy()
+        tensors[layer] = None
+    return stack
+
+
+def _attention_methods(p: _Problem, methods: tuple[str, ...], out: Explanation, step: _Progress) -> None:
+    """attention, rollout, flow and attn_x_grad from one forward pass (and a backward pass for
+    attn_x_grad), the model's eager attention giving its probabilities."""
+    if not set(methods) & set(ATTENTION_METHODS):
         return
     started = time.perf_counter()
-    value, out_obj = p.run(p.inputs, True)
-    if p.embedding is not None:
-        value = value @ (p.embedding / p.embedding.norm())
-    seq2seq = hasattr(out_obj, "encoder_attentions") and out_obj.encoder_attentions is not None
-    stack = list(out_obj.encoder_attentions if seq2seq else out_obj.attentions)
-    tensors = stack + ([out_obj.cross_attentions[-1]] if seq2seq else [])
-    grads = torch.autograd.grad(value.sum(), tensors, allow_unused=True) if "attn_x_grad" in methods else None
-    attn = np.stack([a[0].detach().double().cpu().numpy() for a in stack])  # [layers, heads, n, n]
-    mix, grad_mix = p.mix(out_obj, grads[-1] if seq2seq and grads is not None else None)
+    gradients = "attn_x_grad" in methods
+    x = p.inputs.clone().requires_grad_() if gradients else p.inputs
+    with torch.enable_grad() if gradients else torch.no_grad():
+        value, out_obj = p.run(x, True)
+        if p.embedding is not None:
+            value = value @ (p.embedding / p.embedding.norm())
+        seq2seq = hasattr(out_obj, "encoder_attentions") and out_obj.encoder_attentions is not None
+        maps = list(out_obj.encoder_attentions if seq2seq else out_obj.attentions)
+        weighted, cross_grad = [np.zeros(maps[0].shape[-2:])] * len(maps), []  # a layer the output ignores: 0
+        if gradients:  # each layer's Abar as its gradient arrives: one layer's gradient held at a time
+            for layer, m in enumerate(maps):
+                m.register_hook(lambda grad, layer=layer: weighted.__setitem__(layer, faith.weighted_attention(
+                    maps[layer][0].detach().cpu().numpy(), grad[0].detach().cpu().numpy())))
+            if seq2seq:
+                out_obj.cross_attentions[-1].register_hook(lambda grad: cross_grad.append(grad.detach()))
+            torch.autograd.grad(value.sum(), x)
+    mix, grad_mix = p.mix(out_obj, cross_grad[0] if cross_grad else None)
+    del value, out_obj  # the maps live on in the list alone, dropped as they are copied
+    attn = _float32_stack(maps)
+    step(3 if gradients else 1, "Attention, rollout and flow")
     shared = time.perf_counter() - started
-    for method in ("attention", "rollout", "flow", "attn_x_grad"):
+    for method in ATTENTION_METHODS:
         if method not in methods:
             continue
         t0 = time.perf_counter()
@@ -491,29 +675,37 @@ def _attention_methods(p: _Problem, methods: tuple[str, ...], out: Explanation) 
                 continue
             out.scores[method] = faith.flow_scores(attn, mix)
         else:
-            g = np.stack([x[0].detach().double().cpu().numpy() for x in grads[:len(stack)]])
-            out.scores[method] = faith.grad_rollout_scores(attn, g, grad_mix if seq2seq else mix)
+            out.scores[method] = faith.grad_rollout_scores(weighted, grad_mix if seq2seq else mix)
         out.timings[method] = time.perf_counter() - t0 + shared
 
 
-def _captum_methods(p: _Problem, methods: tuple[str, ...], out: Explanation, ig_steps: int) -> None:
+def _captum_methods(p: _Problem, model: Model, methods: tuple[str, ...], out: Explanation, ig_steps: int,
+                    step: _Progress) -> None:
+    """Input x gradient, integrated gradients and blank-out through Captum, ``p`` running the
+    model's fused attention (nothing of the maps is kept), in batches of BATCH_BYTES."""
     from captum.attr import FeatureAblation, InputXGradient, IntegratedGradients
 
+    fp = footprint(model)
+    n = len(p.tokens)
     if "grad_x_input" in methods:
         t0 = time.perf_counter()
-        out.scores["grad_x_input"] = p.per_token(InputXGradient(p.value).attribute(p.inputs.clone().requires_grad_()))
+        value = step.counting(p.value, 3, "Input x gradient")
+        out.scores["grad_x_input"] = p.per_token(InputXGradient(value).attribute(p.inputs.clone().requires_grad_()))
         out.timings["grad_x_input"] = time.perf_counter() - t0
     if "integrated_gradients" in methods:
         t0 = time.perf_counter()
-        attribution = IntegratedGradients(p.value).attribute(p.inputs.clone().requires_grad_(), baselines=p.baseline, n_steps=ig_steps,
-                                                             internal_batch_size=BATCH)
+        value = step.counting(p.value, 3, f"Integrated gradients ({ig_steps} steps)")
+        attribution = IntegratedGradients(value).attribute(
+            p.inputs.clone().requires_grad_(), baselines=p.baseline, n_steps=ig_steps,
+            internal_batch_size=fp.batch(fp.backward(n), ig_steps))
         out.scores["integrated_gradients"] = p.per_token(attribution)
         out.timings["integrated_gradients"] = time.perf_counter() - t0
     if "blankout" in methods:
         t0 = time.perf_counter()
+        kept = step.counting(p.kept, 1, f"Blank-out ({n + 1} passes)")
         with torch.no_grad():
-            attribution = FeatureAblation(p.kept).attribute(p.inputs, baselines=p.baseline, feature_mask=p.groups,
-                                                            perturbations_per_eval=BATCH)
+            attribution = FeatureAblation(kept).attribute(p.inputs, baselines=p.baseline, feature_mask=p.groups,
+                                                          perturbations_per_eval=fp.batch(fp.forward(n), n + 1))
         scores = _group_values(attribution, p)
         scores[np.asarray(p.special, dtype=bool)] = 0.0
         out.scores["blankout"] = scores
@@ -530,13 +722,14 @@ def _group_values(attribution: torch.Tensor, p: _Problem) -> np.ndarray:
     return np.concatenate([np.zeros(g.prefix), patches])
 
 
-def stepped(run: Callable, model: Model) -> Callable:
+def stepped(run: Callable, model: Model, mode=AS_LOADED, setup: Callable | None = None) -> Callable:
     """``run`` (a problem's forward pass) as a step of the current job (attnviz.jobs): a
-    checkpoint first, then the pass with the model's gate held as loaded, so that other jobs'
-    steps, on this model too, run between the passes of a long method."""
+    checkpoint first, then the pass with the model's gate held in ``mode`` (``setup``: the
+    mode's switch of the model, see attnviz.jobs.hold), so that other jobs' steps, on this
+    model too, run between the passes of a long method."""
     def step(x, attentions=False):
         jobs.checkpoint()
-        with jobs.hold(model.gate, AS_LOADED):
+        with jobs.hold(model.gate, mode, setup):
             return run(x, attentions)
     return step
 
@@ -574,25 +767,43 @@ def _mixing_methods(model: Model, input, size: int | None, p: _Problem, methods:
 
 
 def explain(model: Model, input, *, target: str | None = None, size: int | None = None,
-            methods: tuple[str, ...] = DEFAULT_METHODS, ig_steps: int = IG_STEPS) -> Explanation:
+            methods: tuple[str, ...] = DEFAULT_METHODS, ig_steps: int = IG_STEPS,
+            progress: Progress | None = None) -> Explanation:
     """Importance of every input token for the model's output on ``input`` by each of
     ``methods`` (see the module docstring); a method that cannot run on this input is in
-    ``skipped`` with the reason."""
+    ``skipped`` with the reason.
+
+    A text is cut to MAX_TOKENS tokens' worth of characters before it is tokenised (and before
+    the model's gate is taken), then to MAX_TOKENS tokens. It runs as a job (attnviz.jobs)
+    admitted for :func:`estimate_bytes`, or within the caller's; the attention pass runs the
+    model as loaded, the gradient and blank-out passes its fused attention (SDPA, mode FUSED),
+    batched by bytes (:func:`explain_bytes`). progress: called after each pass or batch of
+    passes of the model with the fraction done and a message."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise AttnvizError(f"Unknown method {unknown[0]!r}; the methods are {', '.join(METHODS)}.")
-    with torch.inference_mode(False), torch.enable_grad():
+    cut: list[str] = []  # before any gate: a huge text is cut here, so tokenising it blocks nobody
+    if isinstance(input, str):
+        input = bound_text(input, model, cut, MAX_TOKENS)
+    target = bound_text(target, model, cut, MAX_TOKENS)
+    need = estimate_bytes(model, input, size=size, methods=methods, ig_steps=ig_steps)
+    with jobs.within(f"Explaining with {model.name}", need), torch.inference_mode(False), torch.enable_grad():
         started = time.perf_counter()
         with jobs.hold(model.gate, AS_LOADED):
             p = problem_for(model, input, target=target, size=size)
-        p.run = stepped(p.run, model)
         out = Explanation(model=model.name, kind=p.kind, tokens=p.tokens, special=p.special,
                           output={"model": model.name, **p.output}, word_spans=p.word_spans, grid=p.grid,
-                          image=p.image, warnings=p.warnings)
+                          image=p.image, warnings=cut + p.warnings)
         out.timings["prepare"] = time.perf_counter() - started
-        _attention_methods(p, methods, out)
-        _captum_methods(p, methods, out, ig_steps)
-    _mixing_methods(model, input, size, p, methods, out)
+        step = _Progress(progress, _passes(methods, len(p.tokens), ig_steps))
+        step(1, f"Explaining with {model.name}")
+        as_loaded = replace(p, run=stepped(p.run, model))
+        _attention_methods(as_loaded, methods, out, step)
+        fused = replace(p, run=stepped(p.run, model, (FUSED, id(model.net)), lambda: sdpa_attention(model.net)))
+        _captum_methods(fused, model, methods, out, ig_steps, step)
+        _mixing_methods(model, input, size, as_loaded, methods, out)
+        if set(methods) & set(MIXING_METHODS):
+            step(1, "Context mixing")
     out.scores = {m: out.scores[m] for m in METHODS if m in out.scores}  # the order of METHODS
     return out
 

@@ -42,7 +42,7 @@ from PIL import Image
 import attnviz.analysis.mixing as arithmetic
 import attnviz.jobs as jobs
 from attnviz.analysis.mixing import METHODS
-from attnviz.capture import bound_text, capture, estimate_bytes
+from attnviz.capture import bound_text, bytes_at, capture, estimate_bytes
 from attnviz.errors import AttnvizError
 from attnviz.families import family_of
 from attnviz.families.anatomy import Anatomy, Layer, LayerRun, attention_inputs, record, run_layer
@@ -241,6 +241,24 @@ def max_mixing_tokens(layers: int) -> int:
     return math.isqrt(MATRIX_BYTES // (4 * layers))
 
 
+def mixing_bytes(model: Model, n_tokens: int, methods, anatomy: Anatomy | None = None) -> int:
+    """The memory :func:`mixing` takes for an input of ``n_tokens`` tokens by ``methods``: the
+    capture's (attnviz.capture.bytes_at), a float32 ``[layers, N, N]`` matrix per method, the
+    value norms, ALTI's per-head contributions where they are kept (at most ALTI_HEADS_BYTES),
+    a block of decomposed vectors and value zeroing's batch of layer runs. 0 for a model
+    mixing does not cover (mixing refuses it before it takes anything)."""
+    try:
+        anatomy = anatomy or family_of(model).anatomy(model)
+    except AttnvizError:
+        return 0
+    n, layers, heads = max(1, int(n_tokens)), len(anatomy.layers), anatomy.layers[0].heads
+    asked = set(methods) | {"attention"}
+    heads_bytes = 4 * layers * heads * n * n if "alti" in asked else 0
+    return (bytes_at(model, n) + 4 * layers * n * n * len(asked) + 4 * layers * heads * n
+            + (heads_bytes if heads_bytes <= ALTI_HEADS_BYTES else 0) + BLOCK_BYTES
+            + (ZEROED_BYTES if "value_zeroing" in asked else 0))
+
+
 def _bounded(model: Model, input, warnings: list[str]):
     """A text input (or pair) cut as capture cuts it, so that it is tokenised once in reasonable time."""
     if isinstance(input, Image.Image):
@@ -325,8 +343,7 @@ def mixing(model: Model, input, *, methods=DEFAULT_METHODS, pair: str | None = N
     value_norms = np.zeros((n_layers, heads, n), np.float32)
     alti_heads = np.zeros((n_layers, heads, n, n), np.float32) if keep_heads else None
     timings = {"capture_s": captured - started}
-    need = (estimate_bytes(model, input, size=size) + sum(a.nbytes for a in matrices.values()) + value_norms.nbytes
-            + (alti_heads.nbytes if alti_heads is not None else 0) + BLOCK_BYTES + (ZEROED_BYTES if zeroing else 0))
+    need = mixing_bytes(model, n, methods, anatomy)
     with jobs.within(f"{model.name}: context mixing", need), _hooked(model, anatomy), torch.inference_mode():
         t0 = time.perf_counter()
         runs = record(anatomy, forward)

@@ -397,19 +397,16 @@ def _array(t: torch.Tensor) -> np.ndarray:
 
 # -- the implementation that is recorded --------------------------------------------------------
 @contextmanager
-def default_attention(net: torch.nn.Module):
-    """Within: ``net`` (a transformers model loaded with eager attention) runs its default
-    attention in a way that ``record_attention(lazy=True)`` records (yields whether it runs
-    SDPA or the recording eager function). SDPA when transformers supports it for the model,
-    switched with ``set_attn_implementation``, or, for a model that reads its implementation
-    from its config as it runs (Falcon: one attention class with an SDPA and an eager branch),
-    set on its configs; else, for a model that calls its attention through transformers'
-    registry, the recording eager function (RECORDING_EAGER). A model with neither runs its
-    own eager code, which record_attention traces. The implementation is set back afterwards.
-    The caller holds the model's lock: nothing else runs the model meanwhile."""
+def sdpa_attention(net: torch.nn.Module):
+    """Within: ``net`` (a transformers model loaded with eager attention) runs SDPA where
+    transformers supports it for the model (yields whether it does), switched with
+    ``set_attn_implementation`` or, for a model that reads its implementation from its config as
+    it runs (Falcon: one attention class with an SDPA and an eager branch), set on its configs.
+    Set back afterwards. The caller holds the model's gate in a mode of its own (attnviz.jobs):
+    the switch is the shared model's."""
     config = getattr(net, "config", None)
     before = getattr(config, "_attn_implementation", None)
-    configs, switch = [], None
+    configs = []
     if before == "eager" and getattr(type(net), "_supports_sdpa", False):
         if getattr(type(net), "_can_set_attn_implementation", lambda: True)():
             try:
@@ -417,22 +414,46 @@ def default_attention(net: torch.nn.Module):
             except (ValueError, ImportError, KeyError):
                 pass
         else:
-            switch = "sdpa"
-    elif before == "eager" and _eager_through_registry(net):
-        register_eager_recording()
-        switch = RECORDING_EAGER
-    if switch is not None:
-        configs = list({id(m.config): m.config for m in net.modules() if hasattr(m, "config")}.values())
-        for c in configs:
-            c._attn_implementation_internal = switch
+            configs = _set_on_configs(net, "sdpa")
     now = getattr(config, "_attn_implementation", None)
     try:
-        yield now in ("sdpa", RECORDING_EAGER)
+        yield now == "sdpa"
     finally:
-        for c in configs:
-            c._attn_implementation_internal = before
+        _set_on_configs(net, before, configs)
         if now == "sdpa" and before != "sdpa" and not configs:
             net.set_attn_implementation(before)
+
+
+def _set_on_configs(net: torch.nn.Module, implementation: str | None, configs: list | None = None) -> list:
+    """Sets ``implementation`` on ``configs`` (default: every config of ``net``'s modules);
+    returns them."""
+    if configs is None:
+        configs = list({id(m.config): m.config for m in net.modules() if hasattr(m, "config")}.values())
+    for c in configs:
+        c._attn_implementation_internal = implementation
+    return configs
+
+
+@contextmanager
+def default_attention(net: torch.nn.Module):
+    """Within: ``net`` (a transformers model loaded with eager attention) runs its default
+    attention in a way that ``record_attention(lazy=True)`` records (yields whether it runs
+    SDPA or the recording eager function): SDPA where transformers supports it for the model
+    (:func:`sdpa_attention`); else, for a model that calls its attention through transformers'
+    registry, the recording eager function (RECORDING_EAGER). A model with neither runs its
+    own eager code, which record_attention traces. The implementation is set back afterwards.
+    The caller holds the model's gate in a mode of its own: nothing else runs the model meanwhile."""
+    with sdpa_attention(net) as sdpa:
+        before = getattr(getattr(net, "config", None), "_attn_implementation", None)
+        if sdpa or before != "eager" or not _eager_through_registry(net):
+            yield sdpa
+            return
+        register_eager_recording()
+        configs = _set_on_configs(net, RECORDING_EAGER)
+        try:
+            yield True
+        finally:
+            _set_on_configs(net, before, configs)
 
 
 def _eager_through_registry(net: torch.nn.Module) -> bool:

@@ -106,6 +106,15 @@ def test_alti_and_globenc_rows_by_hand():
                                np.sqrt(2) / (np.sqrt(2) + 3), rtol=1e-6)  # times w: [-1, 0, 1] and [-1, -2, 2]
 
 
+def test_globenc_of_a_block_of_rows_is_each_row_alone():
+    """Mixing computes rows in blocks (3 rows of a 5-token layer here): a block's rows are those
+    of each row computed alone, whatever the block's size against the tokens'."""
+    transformed = np.random.default_rng(0).normal(size=(3, 5, 4)).astype(np.float32)
+    weight = np.array([1.0, 2.0, 0.5, 1.5], np.float32)
+    alone = np.concatenate([mx.globenc(transformed[i:i + 1], weight) for i in range(3)])
+    np.testing.assert_allclose(mx.globenc(transformed, weight), alone, rtol=1e-6)
+
+
 def test_head_contributions_by_hand():
     # row 1 of 2 tokens, 2 heads; whole y = residual + every head part
     residual = np.array([[1.0, 0.0, 0.0]])

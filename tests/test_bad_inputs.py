@@ -12,6 +12,7 @@ and the same session then still works on a good input.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 import traceback
@@ -106,6 +107,24 @@ def test_text_files(corpus):
 
 def test_typed_text(corpus, models):
     check_all(of_kind(corpus, "typed"), lambda c: attnviz.capture(models(c.model), c.text))
+
+
+def test_typed_text_explained(corpus, models):
+    """The typed cases through "Which picture to trust" (explain's input path: the attention
+    method alone): the same outcome as a capture, at most MAX_TOKENS tokens, and a text of
+    millions of characters cut before it is tokenised."""
+    import numpy as np
+
+    from attnviz.explain import MAX_TOKENS, explain
+
+    def run(case: Case):
+        e = explain(models(case.model), case.text, methods=("attention",))
+        assert len(e.tokens) <= MAX_TOKENS and np.isfinite(e.scores["attention"]).all()
+        if len(case.text) > 100_000:
+            assert any("only the first" in w for w in e.warnings), e.warnings
+        return e
+
+    check_all([dataclasses.replace(c, check=None) for c in of_kind(corpus, "typed")], run)
 
 
 def test_model_uploads(corpus, tmp_path, monkeypatch):

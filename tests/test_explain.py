@@ -152,7 +152,7 @@ def test_integrated_gradients_add_up_to_the_change_from_the_blank_input(minilm):
 def test_attention_methods_follow_their_definitions(minilm):
     e = explain(minilm, TEXT, methods=RAW)
     ids = minilm.tokenizer(TEXT, return_tensors="pt")["input_ids"]
-    emb = minilm.net.get_input_embeddings()(ids).detach()
+    emb = minilm.net.get_input_embeddings()(ids).detach().requires_grad_()  # a loaded model's weights are frozen
     out = minilm.net(inputs_embeds=emb, output_attentions=True)
     pooled = out.last_hidden_state.mean(dim=1)[0]
     grads = torch.autograd.grad(pooled @ (pooled.detach() / pooled.detach().norm()), out.attentions)
@@ -420,3 +420,60 @@ def test_long_inputs_are_bounded(minilm, dinov2, photo):
     assert len(e.tokens) == explain_module.MAX_TOKENS and "cut to the first 512" in e.warnings[0]
     with pytest.raises(AttnvizError, match="smaller input size"):
         explain(dinov2, photo, size=448, methods=("attention",))
+
+
+def test_progress_counts_every_pass_up_to_the_end(minilm):
+    """progress(fraction, message): after the preparing pass, the attention pass, each gradient
+    pass and each blank-out batch, never going back, ending at 1; the scores are those of a run
+    without it."""
+    calls = []
+    e = explain(minilm, TEXT, ig_steps=4, progress=lambda f, m: calls.append((f, m)))
+    fractions = [f for f, _ in calls]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0) and len(calls) >= 6
+    assert {m.split(" (")[0] for _, m in calls} >= {"Attention, rollout and flow", "Input x gradient",
+                                                    "Integrated gradients", "Blank-out"}
+    assert "Context mixing" in calls[-1][1]  # the mixing rows come last
+    plain = explain(minilm, TEXT, ig_steps=4)
+    for m in DEFAULT_METHODS:
+        np.testing.assert_allclose(e.scores[m], plain.scores[m], atol=1e-6)
+
+
+def test_a_huge_text_is_cut_before_it_is_tokenised(minilm, monkeypatch):
+    """Two million zero-width joiners: cut to MAX_TOKENS tokens' worth of characters first
+    (the tokenizer never sees more), then to MAX_TOKENS tokens."""
+    from attnviz.capture import CHARS_PER_TOKEN
+    from attnviz.explain import MAX_TOKENS
+
+    seen = []
+    tokenizer = type(minilm.tokenizer)
+    real = tokenizer.__call__
+    monkeypatch.setattr(tokenizer, "__call__", lambda self, text, *a, **k: seen.append(len(text)) or real(self, text, *a, **k))
+    e = explain(minilm, "\u200d" * 2_000_000 + " cat", methods=("attention",))
+    assert max(seen) <= MAX_TOKENS * CHARS_PER_TOKEN and len(e.tokens) <= MAX_TOKENS
+    assert any("only the first" in w for w in e.warnings), e.warnings
+
+
+# -- memory: the estimate against the measured peak ------------------------------------------------
+@pytest.mark.parametrize("name, tokens, methods", [
+    ("smollm2-135m", 256, ("attention", "rollout", "flow", "attn_x_grad")),  # the maps, their gradients, the flow graph
+    ("smollm2-135m", 256, ("grad_x_input", "integrated_gradients")),  # backward passes through the fused kernel
+    ("minilm-l6", 128, ("blankout",)),  # batches of blanked inputs, without gradients
+    ("minilm-l6", 128, ("attention_norm", "globenc", "alti")),  # context mixing's matrices
+])
+def test_explain_bytes_is_at_most_a_quarter_below_the_measured_peak(name, tokens, methods):
+    """attnviz.explain.explain_bytes, what a server admits explain by, is at most 25% below the
+    peak RSS explain adds to a loaded model (measured in a fresh interpreter)."""
+    from peaks import measured_peak
+
+    peak, estimate = measured_peak(
+        f"""
+        import attnviz
+        from attnviz.explain import explain, explain_bytes
+        model = attnviz.load_model({name!r})
+        explain(model, "A short warm-up.", methods=("grad_x_input",))
+        ids = model.tokenizer({(TEXT + " ") * 40!r}, add_special_tokens=False)["input_ids"][:{tokens} - 2]
+        text = model.tokenizer.decode(ids)
+        estimate = explain_bytes(model, len(model.tokenizer(text)["input_ids"]), {methods!r}, ig_steps=4)
+        """,
+        f"explain(model, text, methods={methods!r}, ig_steps=4)")
+    assert estimate >= 0.75 * peak, (estimate / 1e6, peak / 1e6)

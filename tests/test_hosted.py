@@ -374,40 +374,13 @@ def test_every_text_view_csv_keeps_typed_formulas_inert():
 
 
 # -- estimates against measured peaks ------------------------------------------------------------
-PEAK_SCRIPT = """
-import json, sys
-def status(key):
-    for line in open('/proc/self/status'):
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
-{setup}
-base = status('VmRSS')
-open('/proc/self/clear_refs', 'w').write('5')  # the peak (VmHWM) counts from here
-{run}
-print(json.dumps({{'peak': status('VmHWM') - base, 'estimate': estimate}}))
-"""
-
-
-def measured_peak(setup: str, run: str) -> tuple[int, int]:
-    """(peak RSS of ``run`` above the RSS before it, the ``estimate`` it sets), in a fresh
-    interpreter after ``setup`` (imports and warm-up, not counted)."""
-    import json
-    import subprocess
-    import textwrap
-
-    code = PEAK_SCRIPT.format(setup=textwrap.dedent(setup), run=textwrap.dedent(run))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    return out["peak"], out["estimate"]
-
-
 def test_the_load_estimate_counts_position_sized_buffers(tmp_path):
     """GPT-Neo builds a causal mask of positions^2 booleans per layer: with 8,000 positions its
     two layers hold 128 MB of buffers, and building them peaks at about twice that. The
     estimate the model budget is checked against (loader.load_bytes) is at most 25% below the
     measured peak of the load."""
     from make_corpus import tiny_gpt_neo
+    from peaks import measured_peak
 
     folder = tiny_gpt_neo(tmp_path / "neo-8000", positions=8_000)
     peak, estimate = measured_peak(

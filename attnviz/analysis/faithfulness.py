@@ -13,8 +13,9 @@ returns ``[n]``, one number per input token.
 - :func:`flow_scores`: exact attention flow from the output, a super-source feeding each
   output position ``mix[i]`` when the mix is not one position;
 - :func:`grad_rollout_scores`: Chefer et al. 2021: ``R = I``, layer by layer up
-  ``R <- R + mean_heads(relu(dA * A)) R``, then ``mix @ R``, with ``dA`` the gradient of the
-  output with respect to the attention probabilities;
+  ``R <- R + Abar R``, then ``mix @ R``, with ``Abar = mean_heads(relu(dA * A))``
+  (:func:`weighted_attention`) and ``dA`` the gradient of the output with respect to the
+  attention probabilities;
 - :func:`spearman`: rank correlation of a method with blank-out over the non-special tokens;
 - :func:`summarise`: mean, spread and count of per-input correlations.
 """
@@ -81,17 +82,23 @@ def flow_scores(attn: np.ndarray, mix: np.ndarray) -> np.ndarray:
     return values / total if total > 0 else values.astype(np.float64)
 
 
-def grad_rollout_scores(attn: np.ndarray, grads: np.ndarray, mix: np.ndarray) -> np.ndarray:
+def weighted_attention(attn_layer: np.ndarray, grads_layer: np.ndarray) -> np.ndarray:
+    """One layer's ``Abar = mean_heads(relu(grads * attn))`` (Chefer et al. 2021), float64
+    ``[n, n]``, from its attention ``[heads, n, n]`` and the gradient of the explained output
+    with respect to it (same shape). A caller can make each layer's as its gradient arrives
+    and keep ``[n, n]`` a layer instead of the gradients."""
+    return np.maximum(np.asarray(grads_layer, np.float64) * np.asarray(attn_layer, np.float64), 0.0).mean(axis=0)
+
+
+def grad_rollout_scores(weighted: np.ndarray | list[np.ndarray], mix: np.ndarray) -> np.ndarray:
     """Chefer et al. 2021's relevance of the input tokens: ``[n]``.
 
-    ``grads[layer, head, q, k]`` is the gradient of the explained output with respect to
-    ``attn``. Per layer ``Abar_l = mean_heads(relu(grads[l] * attn[l]))``; from ``R_0 = I``,
+    ``weighted[layer]`` is the layer's :func:`weighted_attention`. From ``R_0 = I``,
     ``R_l = R_(l-1) + Abar_l R_(l-1)``; the result is ``mix @ R_L``, computed from the top as
     ``r <- r + r @ Abar_l`` (which multiplies out to the same product)."""
     r = np.asarray(mix, np.float64)
-    for layer in reversed(range(attn.shape[0])):
-        weighted = np.maximum(np.asarray(grads[layer], np.float64) * np.asarray(attn[layer], np.float64), 0.0)
-        r = r + r @ weighted.mean(axis=0)
+    for layer in reversed(range(len(weighted))):
+        r = r + r @ weighted[layer]
     return r
 
 

@@ -96,7 +96,7 @@ def globenc(transformed: np.ndarray, weight: np.ndarray) -> np.ndarray:
     residual kept), its Euclidean norm, rows normalised. The second norm divides every vector
     of row i by the same ``sqrt(var + eps)`` of what it normalises, which the row
     normalisation cancels, so it is not needed."""
-    return rownorm(np.linalg.norm(norm_parts(transformed, weight, np.ones(transformed.shape[:-2], np.float32)), axis=-1))
+    return rownorm(np.linalg.norm(norm_parts(transformed, weight, np.ones(transformed.shape[:-1], np.float32)), axis=-1))
 
 
 def head_contributions(head_parts: np.ndarray, residual: np.ndarray, whole: np.ndarray,

@@ -57,6 +57,7 @@ class Trainer:
     def __init__(self, net: CustomNet | Classifier, batch_size: int = BATCH_SIZE, lr: float = LEARNING_RATE,
                  seed: int = 0, threads: int = 1, data: Data | None = None) -> None:
         self.net, self.data = net, data
+        net.requires_grad_(True)  # a net shown as a Model has them frozen (attnviz.models.model.Model)
         self.threads = threads
         self.batch_size = batch_size
         self.optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)

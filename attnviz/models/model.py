@@ -61,6 +61,12 @@ class Model:
     processor: Any = None  # vision-language models: the processor that places image tokens in the prompt
     max_patches: int = 0
 
+    def __post_init__(self) -> None:
+        # A Model is read, never trained: its parameters take no gradients, so the backward
+        # passes of explain keep only what the gradients of the inputs need (not every
+        # layer's input for its weights' gradients). The lab's Trainer takes them back.
+        self.net.requires_grad_(False)
+
     @property
     def n_layers(self) -> int:
         cfg = self.net.config

@@ -16,7 +16,7 @@ import attnviz.limits as limits
 from attnviz.analysis import faithfulness as faith
 from attnviz.analysis.tokens import token_axis
 from attnviz.cache import ByteCache
-from attnviz.explain import DEFAULT_METHODS, METHODS, Explanation, explain
+from attnviz.explain import DEFAULT_METHODS, METHODS, Explanation, estimate_bytes, explain
 from attnviz.inputs import clean_text, open_image
 from attnviz.models.bundled import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from attnviz.models.loader import Model
@@ -64,12 +64,6 @@ EXPLANATIONS: ByteCache[Explanation] = ByteCache(lambda: limits.budget(limits.CA
                                                  explanation_bytes)
 
 
-def job_bytes() -> int:
-    """The memory an explanation is admitted for (attnviz.jobs): one capture budget, as for a
-    capture at a model's longest input."""
-    return limits.budget(limits.CAPTURE_BYTES)
-
-
 def method_choice() -> tuple[str, ...]:
     """The methods explained: DEFAULT_METHODS, and value zeroing when its checkbox is ticked."""
     slow = st.checkbox("Include value zeroing (slow)", key="explain_value_zeroing",
@@ -84,8 +78,10 @@ def run_explain(name: str, model: Model, input, digest: str, *, target: str | No
     """The explanation of ``input`` (named by ``digest``) by model ``name``, cached across
     sessions per (model, input, output, size, methods); one not in the cache runs as a job of
     this visitor (``ui.common.job``: its place in line, a Cancel button)."""
-    return cached_job(EXPLANATIONS, (name, digest, target, size, tuple(methods)), f"Explaining with {name}", job_bytes(),
-                      lambda progress: explain(model, input, target=target, size=size, methods=tuple(methods)))
+    need = estimate_bytes(model, input, size=size, methods=tuple(methods))
+    return cached_job(EXPLANATIONS, (name, digest, target, size, tuple(methods)), f"Explaining with {name}", need,
+                      lambda progress: explain(model, input, target=target, size=size, methods=tuple(methods),
+                                               progress=progress))
 
 
 def text_digest(text: str) -> str:
