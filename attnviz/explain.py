@@ -53,13 +53,14 @@ from torch.overrides import TorchFunctionMode
 
 import attnviz.jobs as jobs
 from attnviz.analysis import faithfulness as faith
-from attnviz.capture import accepts, image_pixels
 from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text
 from attnviz.lab.toy_tasks import AGREEMENT_WORDS, MASK, STOP, encode
 from attnviz.models.loader import Model
 from attnviz.models.model import AS_LOADED
+from attnviz.pixels import image_pixels
 from attnviz.recorder import sdpa_probabilities
+from attnviz.recording import accepts
 from attnviz.result import PatchGrid
 from attnviz.tokens import special_flags, token_strings, tokenize, word_spans
 

@@ -25,8 +25,8 @@ from flow import median_s  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import attnviz  # noqa: E402
-from attnviz.capture import image_pixels  # noqa: E402
 from attnviz.explain import BATCH, IG_STEPS, METHODS, explain  # noqa: E402
+from attnviz.pixels import image_pixels  # noqa: E402
 from attnviz.samples import sample_bytes  # noqa: E402
 
 TEXT = ("Attention lets every token look at every other token, and the model learns where to look; "

@@ -12,11 +12,11 @@ import warnings
 import streamlit as st
 from PIL import Image
 
-from attnviz.capture import GENERATE_CAP
 from attnviz.errors import AttnvizError
 from attnviz.inputs import MAX_IMAGE_SIDE, MAX_IMAGE_UPLOAD_MB, MAX_TEXT_UPLOAD_MB, open_image, read_text
 from attnviz.models.bundled import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from attnviz.models.loader import Model
+from attnviz.recording import GENERATE_CAP
 from attnviz.result import AttentionResult
 from attnviz.samples import DEFAULT_SAMPLE, SAMPLES, credits, sample_bytes
 from attnviz.ui import keys
