@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.overrides import TorchFunctionMode
 
+import attnviz.families as families
 import attnviz.jobs as jobs
 from attnviz.analysis import faithfulness as faith
 from attnviz.errors import AttnvizError
@@ -204,7 +205,8 @@ def _text_problem(model: Model, text: str, target: str | None) -> _Problem:
     ones = torch.ones_like(ids)
     blank = {"replacement": replace_token}
 
-    if model.family == "decoder":
+    output_kind = families.of(model).OUTPUT
+    if output_kind == "next token":
         def run(x, attentions=False):
             out = net(inputs_embeds=x, attention_mask=ones.expand(len(x), -1), use_cache=False,
                       output_attentions=attentions)
@@ -219,7 +221,7 @@ def _text_problem(model: Model, text: str, target: str | None) -> _Problem:
                   "blankout": {**blank, "measure": "log-probability lost"}}
         return _Problem(run=run, output=output, mix=lambda out, grad: (faith.one_hot(n, n - 1), None), **problem)
 
-    if model.family == "encoder-decoder":
+    if output_kind == "target":
         target_ids = _seq2seq_target(model, ids, target)
 
         def run(x, attentions=False):
@@ -449,9 +451,10 @@ def _custom_problem(model: Model, text, target: str | None) -> _Problem:
 
 def problem_for(model: Model, input, *, target: str | None = None, size: int | None = None) -> _Problem:
     """The :class:`_Problem` of ``input`` (a text, or a PIL image for image models)."""
-    if model.family == "custom":
+    output_kind = families.of(model).OUTPUT  # what the family's output is (attnviz.families)
+    if output_kind == "own":
         return _custom_problem(model, input, target)
-    if model.family == "image":
+    if output_kind == "class":
         if not isinstance(input, Image.Image):
             raise AttnvizError(f"{model.name} is an image model: give it an image, not {type(input).__name__}.")
         return _image_problem(model, input, size, target)
@@ -611,12 +614,13 @@ def default_output_rows(model: Model, tokens: list[str]) -> list[int]:
     n = len(tokens)
     if n == 0:
         raise AttnvizError("There is no token to read an output from.")
-    if model.family == "decoder":
+    output_kind = families.of(model).OUTPUT
+    if output_kind == "next token":
         return [n - 1]
-    if model.family == "custom":
+    if output_kind == "own":
         if AGREEMENT_WORDS[MASK] not in tokens:
             raise AttnvizError(f"Mask the verb with {MASK}: {model.name}'s output is its answer there.")
         return [tokens.index(AGREEMENT_WORDS[MASK])]
-    if model.family == "image" or type(model.net).__name__.endswith(CLASS_HEADS):
+    if output_kind == "class" or type(model.net).__name__.endswith(CLASS_HEADS):
         return [0]
     return list(range(n))
