@@ -36,6 +36,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+import attnviz.families as families
 from attnviz.analysis.roles import SHARE_ROLES, share_roles
 from attnviz.analysis.stats import ARRAY_FIELDS, head_stats
 from attnviz.errors import AttnvizError
@@ -83,7 +84,8 @@ def read_inputs(source: Path, family: str) -> Iterator[Item]:
     """The inputs of a ``.jsonl`` file or a folder, in order (see the module docstring)."""
     source = Path(source)
     if source.is_dir():
-        suffixes = IMAGE_SUFFIXES if family == "image" else TEXT_SUFFIXES
+        images = families.get(family).READS == "image"
+        suffixes = IMAGE_SUFFIXES if images else TEXT_SUFFIXES
         files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
         if not files:
             raise AttnvizError(f"{source} holds no {'/'.join(suffixes)} files")
@@ -92,7 +94,7 @@ def read_inputs(source: Path, family: str) -> Iterator[Item]:
         return
     if not source.is_file():
         raise AttnvizError(f"{source} is neither a .jsonl file nor a folder")
-    if family == "image":
+    if families.get(family).READS == "image":
         raise AttnvizError("an image model reads a folder of images, not a .jsonl file")
     index = 0
     with open(source, encoding="utf-8") as f:
@@ -129,7 +131,7 @@ def item_input(item: Item, family: str):
 
     if item.path is not None:
         data = Path(item.path).read_bytes()
-        return open_image(data, item.id) if family == "image" else read_text(data, item.id)
+        return open_image(data, item.id) if families.get(family).READS == "image" else read_text(data, item.id)
     return (item.text, item.pair) if item.pair else item.text
 
 

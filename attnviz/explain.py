@@ -52,15 +52,18 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.overrides import TorchFunctionMode
 
+import attnviz.families as families
 import attnviz.jobs as jobs
 from attnviz.analysis import faithfulness as faith
-from attnviz.capture import accepts, bound_text, image_pixels, last_logits_only
+from attnviz.capture import bound_text
 from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text
 from attnviz.lab.toy_tasks import AGREEMENT_WORDS, MASK, STOP, encode
 from attnviz.models.loader import Model
 from attnviz.models.model import AS_LOADED
+from attnviz.pixels import image_pixels
 from attnviz.recorder import sdpa_attention, sdpa_probabilities
+from attnviz.recording import accepts, last_logits_only
 from attnviz.result import PatchGrid
 from attnviz.tokens import special_flags, token_strings, tokenize, word_spans
 
@@ -72,7 +75,7 @@ ATTENTION_METHODS = METHODS[:4]  # read the attention probabilities, from one pa
 IG_STEPS = 32  # integrated gradients: points on the path from the baseline to the input
 BATCH_BYTES = 256 * 10**6  # blank-out and integrated gradients batch inputs up to this estimated memory a batch
 FUSED = "fused"  # the gate's mode of explain's gradient and blank-out passes: the model switched to SDPA
-SEQ2SEQ_GENERATE = 48  # tokens of an encoder-decoder's own target when none is given
+SEQ2SEQ_GENERATE = families.get("encoder-decoder").EXTRA_TOKENS  # tokens of its own target when none is given
 MAX_TOKENS = 512  # input tokens or patches explained at most: blank-out runs the model once per token
 Progress = Callable[[float, str], None]
 
@@ -206,7 +209,8 @@ def _text_problem(model: Model, text: str, target: str | None) -> _Problem:
     ones = torch.ones_like(ids)
     blank = {"replacement": replace_token}
 
-    if model.family == "decoder":
+    output_kind = families.of(model).OUTPUT
+    if output_kind == "next token":
         def run(x, attentions=False):
             out = net(inputs_embeds=x, attention_mask=ones.expand(len(x), -1), use_cache=False,
                       output_attentions=attentions, **last_only)
@@ -222,7 +226,7 @@ def _text_problem(model: Model, text: str, target: str | None) -> _Problem:
                   "blankout": {**blank, "measure": "log-probability lost"}}
         return _Problem(run=run, output=output, mix=lambda out, grad: (faith.one_hot(n, n - 1), None), **problem)
 
-    if model.family == "encoder-decoder":
+    if output_kind == "target":
         target_ids = _seq2seq_target(model, ids, target)
 
         def run(x, attentions=False):
@@ -454,9 +458,10 @@ def _custom_problem(model: Model, text, target: str | None) -> _Problem:
 
 def problem_for(model: Model, input, *, target: str | None = None, size: int | None = None) -> _Problem:
     """The :class:`_Problem` of ``input`` (a text, or a PIL image for image models)."""
-    if model.family == "custom":
+    output_kind = families.of(model).OUTPUT  # what the family's output is (attnviz.families)
+    if output_kind == "own":
         return _custom_problem(model, input, target)
-    if model.family == "image":
+    if output_kind == "class":
         if not isinstance(input, Image.Image):
             raise AttnvizError(f"{model.name} is an image model: give it an image, not {type(input).__name__}.")
         return _image_problem(model, input, size, target)
@@ -517,7 +522,9 @@ def footprint(model: Model) -> Footprint:
     """The :class:`Footprint` of a model, from its modules and config."""
     net = model.net
     cfg = net.config
-    if model.family == "image":
+    output = families.of(model).OUTPUT
+    image = families.reads(model) == "image"
+    if image:
         cfg = getattr(cfg, "vision_config", None) or cfg
     head = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
     linear = sum(sum(m.weight.shape) for m in net.modules()
@@ -525,17 +532,17 @@ def footprint(model: Model) -> Footprint:
                  and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 2)
     heads = next((v for k in ("num_attention_heads", "num_heads", "n_head", "n_heads")
                   if isinstance(v := getattr(cfg, k, None), int) and v > 0), 1)
-    if model.family == "image":
+    if output == "own":  # attnviz's own models: embeddings of d_model in and out
+        inputs = outputs = cfg.d_model
+    elif image:
         inputs = 3 * model.image.patch ** 2
         outputs = max(int(getattr(cfg, "hidden_size", 0) or 0), len(getattr(net.config, "id2label", None) or {}))
-    elif model.family == "custom":
-        inputs = outputs = cfg.d_model
     else:
         inputs = net.get_input_embeddings().embedding_dim
         vocab = head.weight.shape[0] if head is not None else 0
-        outputs = {"decoder": vocab, "encoder-decoder": (SEQ2SEQ_GENERATE + 1) * vocab}.get(model.family, inputs)
-    fused = model.family == "custom" or (getattr(type(net), "_supports_sdpa", False)
-                                         and getattr(cfg, "_attn_implementation", None) in ("eager", "sdpa"))
+        outputs = {"next token": vocab, "target": (SEQ2SEQ_GENERATE + 1) * vocab}.get(output, inputs)
+    fused = output == "own" or (getattr(type(net), "_supports_sdpa", False)
+                                and getattr(cfg, "_attn_implementation", None) in ("eager", "sdpa"))
     return Footprint(layers=max(model.n_layers, 1), heads=heads, linear=linear, inputs=inputs, outputs=outputs,
                      fused=bool(fused))
 
@@ -559,7 +566,7 @@ def explain_bytes(model: Model, n_tokens: int, methods: tuple[str, ...] = DEFAUL
 
     fp = footprint(model)
     n = max(1, min(int(n_tokens), MAX_TOKENS))
-    passes = [fp.forward(n) + (fp.maps(n) if model.family == "image" else 0)]  # preparing the problem
+    passes = [fp.forward(n) + (fp.maps(n) if families.reads(model) == "image" else 0)]  # preparing the problem
     if set(methods) & set(ATTENTION_METHODS):
         attention = fp.forward(n) + 3 * 4 * fp.heads * n * n + fp.maps(n)
         if "attn_x_grad" in methods:  # the backward pass, a layer's gradient at a time, each layer's Abar kept
@@ -821,12 +828,13 @@ def default_output_rows(model: Model, tokens: list[str]) -> list[int]:
     n = len(tokens)
     if n == 0:
         raise AttnvizError("There is no token to read an output from.")
-    if model.family == "decoder":
+    output_kind = families.of(model).OUTPUT
+    if output_kind == "next token":
         return [n - 1]
-    if model.family == "custom":
+    if output_kind == "own":
         if AGREEMENT_WORDS[MASK] not in tokens:
             raise AttnvizError(f"Mask the verb with {MASK}: {model.name}'s output is its answer there.")
         return [tokens.index(AGREEMENT_WORDS[MASK])]
-    if model.family == "image" or type(model.net).__name__.endswith(CLASS_HEADS):
+    if output_kind == "class" or type(model.net).__name__.endswith(CLASS_HEADS):
         return [0]
     return list(range(n))

@@ -8,6 +8,7 @@ captures it and scores every head.
 """
 from __future__ import annotations
 
+import attnviz.families as families
 from attnviz.analysis.roles import HeadRoles, Repeat, all_roles, repeated_sequence
 from attnviz.capture import capture_ids
 from attnviz.errors import AttnvizError
@@ -32,7 +33,7 @@ def induction_input(model: Model, period: int = DEFAULT_PERIOD, seed: int = 0) -
     """The repeated random token sequence for ``model`` (see the module docstring): ``period``
     distinct ids from its vocabulary without the special tokens, twice, inside the tokenizer's
     own special tokens. Returns (ids, where the two copies lie)."""
-    if model.family not in ("encoder", "decoder"):
+    if not families.of(model).TOKEN_IDS:
         raise AttnvizError(f"the induction probe needs a text encoder or decoder; {model.name} is of the {model.family!r} family.")
     tok = model.tokenizer
     prefix, suffix = special_frame(tok)

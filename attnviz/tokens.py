@@ -4,12 +4,25 @@ Shared by attnviz.capture and attnviz.explain, so that a capture and an explanat
 text read the same tokens: :func:`tokenize` (the tokenizer's encoding, cut to the model's
 length with a warning, the user's special-token strings kept as text), :func:`token_strings`
 (readable token strings), :func:`special_flags` (which tokens are special) and
-:func:`word_spans` (which tokens make each word).
+:func:`word_spans` (which tokens make each word); :func:`one_text` refuses a pair where a
+model reads one text.
 """
 from __future__ import annotations
 
+from typing import Union
+
+from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text
 from attnviz.models.model import Model
+
+TextInput = Union[str, tuple[str, str]]  # a text, or a pair of texts (segments A and B of an encoder)
+
+
+def one_text(input: TextInput, model: Model) -> str:
+    """``input`` cleaned (attnviz.inputs.clean_text), or an AttnvizError when it is a pair."""
+    if isinstance(input, tuple):
+        raise AttnvizError(f"{model.name} takes one text, not a pair.")
+    return clean_text(str(input))
 
 
 def tokenize(model: Model, text: str, pair: str | None = None, limit: int | None = None):

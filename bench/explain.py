@@ -47,7 +47,6 @@ from flow import median_s  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import attnviz  # noqa: E402
-from attnviz.capture import image_pixels  # noqa: E402
 from attnviz.explain import (  # noqa: E402
     ATTENTION_METHODS,
     BATCH_BYTES,
@@ -60,6 +59,7 @@ from attnviz.explain import (  # noqa: E402
     explain_bytes,
     footprint,
 )
+from attnviz.pixels import image_pixels  # noqa: E402
 from attnviz.samples import sample_bytes  # noqa: E402
 
 TEXT = ("Attention lets every token look at every other token, and the model learns where to look; "

@@ -52,7 +52,7 @@ def child(mode: str, name: str, size: int, views: bool) -> dict:
     from skimage import data
 
     import attnviz
-    from attnviz.capture import image_input_size
+    from attnviz.pixels import image_input_size
     from attnviz.recorder import default_attention
 
     model = attnviz.load_model(name)

@@ -10,8 +10,8 @@ import streamlit as st
 from attnviz.ui import flow as ui
 from attnviz.ui import keys
 from attnviz.ui.common import friendly_errors, in_app_frame
-from attnviz.ui.inputs import kind_picker, photo_capture, stack_picker, text_capture
-from attnviz.ui.views import Captured, show_views
+from attnviz.ui.inputs import kind_picker, photo_capture, text_capture
+from attnviz.ui.views import show_views
 
 in_app_frame()
 
@@ -22,12 +22,6 @@ st.markdown("Which heads look **near** and which look **far**, how that changes 
 
 kind = kind_picker(keys.FLOW_KIND)
 with friendly_errors():
-    if kind == "text":
-        request, result = text_capture()
-        for note in request.notes + tuple(result.warnings):
-            st.info(note)
-        captured = Captured(kind, result, stack_picker(result), request)
-    else:
-        captured = photo_capture(families=("image",))
+    captured = text_capture() if kind == "text" else photo_capture(reads=("image",))
 
 show_views(ui.VIEWS, captured, key="flow_view")

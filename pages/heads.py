@@ -4,8 +4,8 @@ import streamlit as st
 from attnviz.ui import heads as ui
 from attnviz.ui import keys
 from attnviz.ui.common import friendly_errors, in_app_frame
-from attnviz.ui.inputs import stack_picker, text_capture
-from attnviz.ui.views import Captured, show_views
+from attnviz.ui.inputs import text_capture
+from attnviz.ui.views import show_views
 
 in_app_frame()
 
@@ -14,9 +14,6 @@ st.caption("Every head's role (previous token, induction, sink, delimiter…), h
            "attend, and two models, checkpoints or texts side by side.")
 
 with friendly_errors():
-    request, result = text_capture()
-    for note in request.notes + tuple(result.warnings):
-        st.info(note)
-    captured = Captured("text", result, stack_picker(result), request)
+    captured = text_capture()
 
 show_views(ui.VIEWS, captured, key=keys.HEADS_VIEW, param=keys.HEADS_VIEW)

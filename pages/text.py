@@ -4,9 +4,9 @@ import streamlit as st
 from attnviz.ui import keys
 from attnviz.ui import text as ui
 from attnviz.ui.common import friendly_errors, in_app_frame
-from attnviz.ui.inputs import stack_picker, text_capture
+from attnviz.ui.inputs import text_capture
 from attnviz.ui.mixing import show_picker
-from attnviz.ui.views import Captured, show_views
+from attnviz.ui.views import show_views
 
 in_app_frame()
 
@@ -15,8 +15,8 @@ st.caption("Every head of every layer on your own text: one head as a heatmap, a
            "BertViz-style token lines, and one token through all layers.")
 
 with friendly_errors():
-    request, result = text_capture()
-    ui.result_header(result, request)
-    captured = show_picker(Captured("text", result, stack_picker(result), request, ui.view_options()))
+    captured = text_capture()
+    ui.result_header(captured.result)
+    captured = show_picker(captured.with_options(ui.view_options()))
 
 show_views(ui.VIEWS, captured, key=keys.VIEW)

@@ -79,7 +79,8 @@ LAYERS = [
     ("runs", ["attnviz", "attnviz.batch", "attnviz.compare", "attnviz.probes", "attnviz.explain", "attnviz.lab",
               "attnviz.mixing"]),
     ("analysis", ["attnviz.analysis"]),  # pure numpy
-    ("capture", ["attnviz.capture", "attnviz.families", "attnviz.tokens", "attnviz.recorder"]),
+    ("capture", ["attnviz.capture", "attnviz.families", "attnviz.recording", "attnviz.tokens", "attnviz.pixels",
+                 "attnviz.recorder"]),
     ("models", ["attnviz.models"]),  # registry, store, converters, loader: never the lab above
     ("results", ["attnviz.result", "attnviz.lazy"]),
     ("base", ["attnviz.errors", "attnviz.inputs", "attnviz.limits", "attnviz.cache", "attnviz.device", "attnviz.samples",

@@ -8,7 +8,6 @@ are also checked against torch's reference of what SDPA computed from its actual
 """
 from __future__ import annotations
 
-import importlib
 import math
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 import transformers as tf
 
 import attnviz
+import attnviz.recording as recording
 from attnviz import lazy as lazy_module
 from attnviz import recorder
 from attnviz import result as result_module
@@ -28,7 +28,6 @@ from attnviz.models.loader import Model
 from attnviz.result import AttentionResult
 from attnviz.viz import text as viz_text
 
-capture_module = importlib.import_module("attnviz.capture")  # attnviz.capture is also the function
 TEXT = "The quick brown fox jumps over the lazy dog near the riverbank, and then it sleeps."
 TOL = 1e-3
 
@@ -73,7 +72,7 @@ def check(net, stacks, *, lazy: bool = True, sdpa: bool | None = None, eager: bo
     ``eager``: one stack, compared with the SDPA reference alone), and torch's reference of
     its SDPA calls when ``sdpa`` (by default when ``lazy``)."""
     with torch.inference_mode():
-        attn, warnings = capture_module._forward(model_of(net, "x"), stacks, None, **inputs)
+        attn, warnings = recording.forward(model_of(net, "x"), stacks, None, **inputs)
     expected = eager_maps(net, stacks, **inputs) if eager else {stacks[0]: np.stack(sdpa_maps(net, **inputs))}
     for s in stacks:
         assert isinstance(attn[s], LazyStack) == lazy, (s, type(attn[s]))
@@ -199,7 +198,7 @@ def test_a_saved_recorded_result_keeps_its_key_bias(decoder_tokens, tmp_path, mo
     net = tiny(tf.BloomConfig, tf.BloomForCausalLM, vocab_size=49152, hidden_size=32, n_layer=2, n_head=4)
     ids = decoder_tokens
     with torch.inference_mode():
-        attn, _ = capture_module._forward(model_of(net, "decoder"), ("decoder",), None, input_ids=ids,
+        attn, _ = recording.forward(model_of(net, "decoder"), ("decoder",), None, input_ids=ids,
                                           attention_mask=torch.ones_like(ids), use_cache=False)
     n = ids.shape[1]
     r = AttentionResult(kind="text", model="tiny", attn=attn, tokens=["t"] * n, special=[False] * n, causal=True)
@@ -340,7 +339,7 @@ def test_bundled_image_models(request, fixture):
     model = request.getfixturevalue(fixture)
     torch.manual_seed(0)
     pixels = torch.randn(1, 3, 224, 224)
-    kwargs = {"interpolate_pos_encoding": True} if capture_module.accepts(model.net, "interpolate_pos_encoding") else {}
+    kwargs = {"interpolate_pos_encoding": True} if recording.accepts(model.net, "interpolate_pos_encoding") else {}
     check(model.net, ("encoder",), pixel_values=pixels, **kwargs)
 
 

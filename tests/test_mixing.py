@@ -33,9 +33,10 @@ import arch_zoo  # noqa: E402
 from conftest import ROOT  # noqa: E402
 
 import attnviz  # noqa: E402
-from attnviz.capture import accepts, image_pixels, square_pixels  # noqa: E402
 from attnviz.errors import AttnvizError  # noqa: E402
 from attnviz.mixing import Cancelled  # noqa: E402
+from attnviz.pixels import image_pixels, square_pixels  # noqa: E402
+from attnviz.recording import accepts  # noqa: E402
 
 mixing_module = importlib.import_module("attnviz.mixing")  # attnviz.mixing is the function
 TEXT = "The cat sat on the mat, and it was good."

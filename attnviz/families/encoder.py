@@ -7,12 +7,25 @@ so the attention's input x is the layer input h, and both norms come after their
 """
 from __future__ import annotations
 
+import time
 from typing import Callable
 
-from attnviz.capture import TextInput
 from attnviz.families.anatomy import Anatomy, Spec, build, config_heads, not_covered
+from attnviz.models.converters.common import Progress
 from attnviz.models.model import Model
-from attnviz.tokens import tokenize
+from attnviz.recording import forward as record
+from attnviz.recording import transformers_shape as shape  # noqa: F401 (the family's shape)
+from attnviz.result import AttentionResult
+from attnviz.tokens import TextInput, special_flags, token_strings, tokenize, word_spans
+
+NAME = "encoder"
+READS = "text"
+STACKS = ("encoder",)
+OPTIONS = frozenset({"pair"})
+EXTRA_TOKENS = 0
+TOKEN_IDS = True
+CAUSAL = False
+OUTPUT = "embedding or class"
 
 BERT = Spec(layers="encoder.layer", value="attention.self.value", out="attention.output.dense",
             post_norms=("attention.output.LayerNorm", "output.LayerNorm"))
@@ -38,3 +51,22 @@ def forward(model: Model, input: TextInput, size: int | None = None) -> Callable
     enc, _ = tokenize(model, a, b)
     inputs = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     return lambda: model.net.base_model(**inputs)
+
+
+def capture(model: Model, input: TextInput, *, progress: Progress | None = None, **options) -> AttentionResult:
+    """A text, or a pair of texts ``(a, b)`` (segments A and B, their segment ids kept)."""
+    a, b = (input if isinstance(input, tuple) else (input, None))
+    t0 = time.perf_counter()
+    enc, warnings = tokenize(model, a, b)
+    ids = enc["input_ids"][0].tolist()
+    t1 = time.perf_counter()
+    inputs = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    attn, notes = record(model, STACKS, progress, **inputs)
+    warnings += notes
+    t2 = time.perf_counter()
+    segments = enc["token_type_ids"][0].tolist() if "token_type_ids" in enc else None
+    return AttentionResult(
+        kind="text", model=model.name, attn=attn, tokens=token_strings(model, ids),
+        special=special_flags(model, ids, enc), word_spans=word_spans(enc, len(ids)), segments=segments,
+        timings={"tokenize_s": t1 - t0, "forward_s": t2 - t1, "copy_s": time.perf_counter() - t2},
+        warnings=warnings)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+import attnviz.families as families
 import attnviz.jobs as jobs
 from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text
@@ -41,7 +42,7 @@ def bert_layer_qkv(model: Model, text: str, layer: int = 0) -> LayerQKV:
     """Q, K, V of ``layer`` of a BERT-style encoder on ``text`` (at most MAX_LAB_TOKENS tokens)."""
     net = model.net
     layers = getattr(getattr(net, "encoder", None), "layer", None)
-    if model.family != "encoder" or layers is None or not hasattr(layers[0].attention, "self"):
+    if families.reads(model) != "text" or layers is None or not hasattr(layers[0].attention, "self"):
         raise AttnvizError(f"The lab reads queries and keys from BERT-style encoders such as minilm-l6, not {model.name}.")
     if not 0 <= layer < len(layers):
         raise AttnvizError(f"{model.name} has layers 0 to {len(layers) - 1}, not {layer}.")

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,10 +23,41 @@ from attnviz.models import TRANSFORMERS_LOCK, store
 from attnviz.models.bundled import BUNDLED
 from attnviz.models.model import ImageSpec, Model
 
-FAMILIES = ("encoder", "decoder", "encoder-decoder", "image", "vision-language", "custom")
 DECODER_TOKEN_CAP = 8192  # SmolLM2's context; attention is recorded, not materialised (attnviz.lazy)
 SEQ2SEQ_TOKEN_CAP = 512
 IMAGE_TOKEN_CAP = 4096  # patches
+
+
+@dataclass(frozen=True)
+class Loading:
+    """What loading a checkpoint needs to know of its family (the family itself, what it reads
+    and how it is captured, is attnviz.families', above the model store).
+
+    auto_class: the transformers auto class of a checkpoint of the family; ``backbone``: a bare
+    backbone named in the config (``...Model``) is loaded as it is rather than by the auto
+    class. stacks: the attention stacks a capture gives. text_cap: the family's cap on text
+    length (None: what the model embeds, at most DECODER_TOKEN_CAP for a capture's budget).
+    images: an image model (its sizes in its vision config, its text tower's in its text
+    config; patches capped at IMAGE_TOKEN_CAP; a tokenizer only for a text tower; its image
+    settings read from its image processor). processor: a vision-language model, read with its
+    processor (tokenizer and image processor), its maps not recorded lazily."""
+    auto_class: str
+    backbone: bool = True
+    stacks: int = 1
+    text_cap: int | None = None
+    images: bool = False
+    processor: bool = False
+
+
+# Model.family -> how a checkpoint of it is loaded ("custom": attnviz's own, loaded by FOLDER_FORMATS)
+LOADING = {
+    "encoder": Loading("AutoModel"),
+    "decoder": Loading("AutoModelForCausalLM", text_cap=DECODER_TOKEN_CAP),
+    "encoder-decoder": Loading("AutoModelForSeq2SeqLM", backbone=False, stacks=3, text_cap=SEQ2SEQ_TOKEN_CAP),
+    "image": Loading("AutoModel", images=True),
+    "vision-language": Loading("AutoModelForImageTextToText", backbone=False, text_cap=DECODER_TOKEN_CAP,
+                               processor=True),
+}
 MIN_TOKENS = 16  # a model whose capture budget does not reach this many tokens is refused
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -225,14 +257,8 @@ def _net_class(config, family: str):
     model head when the checkpoint has one, else the bare backbone it names."""
     import transformers as tf
 
-    if family == "encoder-decoder":
-        return tf.AutoModelForSeq2SeqLM
-    if family == "vision-language":
-        return tf.AutoModelForImageTextToText
-    backbone = _backbone_class(config)
-    if family == "decoder":
-        return backbone or tf.AutoModelForCausalLM
-    return backbone or tf.AutoModel
+    loading = LOADING[family]
+    return (loading.backbone and _backbone_class(config)) or getattr(tf, loading.auto_class)
 
 
 def _weights_params(source: str, local: bool) -> int | None:
@@ -331,13 +357,11 @@ def token_limit(config, family: str, name: str, cls=None) -> int:
     capture fits the capture budget (``limits.tokens_within``) and to $ATTNVIZ_MAX_TOKENS.
 
     Refuses a model for which not even MIN_TOKENS fit."""
-    text = getattr(config, "text_config", None) if family == "image" else None
-    cfg = text or config
-    if family == "image":
+    loading = LOADING[family]
+    if loading.images:
         limit = IMAGE_TOKEN_CAP
     else:
-        limit = positions(cfg) or DECODER_TOKEN_CAP
-        limit = min(limit, DECODER_TOKEN_CAP if family != "encoder-decoder" else SEQ2SEQ_TOKEN_CAP)
+        limit = min(positions(config) or DECODER_TOKEN_CAP, loading.text_cap or DECODER_TOKEN_CAP)
     fits = limits.tokens_within(int(limit), *capture_shape(config, family, cls))
     if fits < MIN_TOKENS:
         raise AttnvizError(f"A capture of '{name}' would need more memory than this server allows even for "
@@ -350,17 +374,17 @@ def capture_shape(config, family: str, cls=None) -> tuple[int, int, int, int, bo
     tower's for image models): (layers, heads, hidden size, stacks, recorded), the arguments
     of ``limits.capture_bytes`` after the length. ``recorded``: the model class ``cls`` runs
     SDPA or transformers' attention registry, so its attention is recorded, not materialised."""
-    text = getattr(config, "text_config", None) if family == "image" else None
-    vision = getattr(config, "vision_config", None) if family == "image" else None
+    loading = LOADING[family]
+    text = getattr(config, "text_config", None) if loading.images else None
+    vision = getattr(config, "vision_config", None) if loading.images else None
     sizes = vision or text or config
     found = list(_flat_items(sizes.to_dict()))
     layers = _largest(found, ("num_hidden_layers", "num_layers", "n_layer", "encoder_layers"), ("depths",))
     heads = _largest(found, ("num_attention_heads", "num_heads", "n_head", "encoder_attention_heads"))
     hidden = _largest(found, ("hidden_size", "d_model", "n_embd", "embed_dim"))
-    stacks = 3 if family == "encoder-decoder" else 1
     recorded = (bool(getattr(cls, "_supports_sdpa", False) or getattr(cls, "_supports_attention_backend", False))
-                and family != "vision-language" and config.model_type not in WINDOWED_TYPES)
-    return int(layers), int(heads), int(hidden), stacks, recorded
+                and not loading.processor and config.model_type not in WINDOWED_TYPES)
+    return int(layers), int(heads), int(hidden), loading.stacks, recorded
 
 
 def _largest(found: list[tuple[str, object]], keys: tuple[str, ...], summed: tuple[str, ...] = ()) -> int:
@@ -419,11 +443,11 @@ def _load_transformers_unlocked(source: str, name: str, device: torch.device, lo
                                "like).") from None
         raise AttnvizError(f"Cannot load the weights of '{name}': {_first_line(e, source, name)}") from None
     net.eval().to(device)
-    if family == "vision-language":
+    if LOADING[family].processor:
         processor = _processor(source, name, kwargs)
         return wrap(net, name, family, device, processor.tokenizer, image_spec(net.config, processor), processor,
                     cap=cap)
-    image = _image_spec(source, net.config, kwargs) if family == "image" else None
+    image = _image_spec(source, net.config, kwargs) if LOADING[family].images else None
     return wrap(net, name, family, device, _tokenizer(source, name, family, kwargs), image, cap=cap)
 
 
@@ -451,7 +475,7 @@ def _tokenizer(source: str, name: str, family: str, kwargs):
     try:
         return tf.AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError) as e:
-        if family == "image":
+        if LOADING[family].images:
             return None
         raise AttnvizError(f"Cannot read the tokenizer of '{name}' (a {family} model needs one: tokenizer.json, "
                            f"or vocab files with tokenizer_config.json), or its files are malformed: "
@@ -469,11 +493,8 @@ def text_limit(net: torch.nn.Module, family: str) -> int:
         if (isinstance(module, torch.nn.Embedding) and "position" in path.rsplit(".", 1)[-1]
                 and module.padding_idx is not None):
             limit = min(limit, module.num_embeddings - module.padding_idx - 1)
-    if family in ("decoder", "vision-language"):
-        limit = min(limit, DECODER_TOKEN_CAP)
-    elif family == "encoder-decoder":
-        limit = min(limit, SEQ2SEQ_TOKEN_CAP)
-    return int(limit)
+    cap = LOADING[family].text_cap
+    return int(min(limit, cap) if cap else limit)
 
 
 def wrap(net: torch.nn.Module, name: str, family: str, device: torch.device, tokenizer=None,
@@ -541,14 +562,15 @@ def from_net(net, *, tokenizer=None, processor=None, name: str | None = None) ->
                            "attention of text and image models only.")
     family = _family(config)
     tokenizer = tokenizer or getattr(processor, "tokenizer", None)
-    if tokenizer is None and family != "image":
+    loading = LOADING[family]
+    if tokenizer is None and not loading.images:
         raise AttnvizError(f"'{name}' is a {family} model: give its tokenizer too, "
                            "load_model(model, tokenizer=tokenizer).")
     if getattr(config, "_attn_implementation", "eager") != "eager":
         net.set_attn_implementation("eager")
-    if family == "vision-language" and getattr(processor, "image_processor", None) is None:
+    if loading.processor and getattr(processor, "image_processor", None) is None:
         raise AttnvizError(f"'{name}' is a vision-language model: give its processor too, "
                            "load_model(model, processor=processor).")
-    image = image_spec(config, processor) if family in ("image", "vision-language") else None
+    image = image_spec(config, processor) if loading.images or loading.processor else None
     device = next(net.parameters()).device
-    return wrap(net.eval(), name, family, device, tokenizer, image, processor if family == "vision-language" else None)
+    return wrap(net.eval(), name, family, device, tokenizer, image, processor if loading.processor else None)

@@ -40,7 +40,7 @@ class ImageSpec:
 class Model:
     """A loaded model, ready for :func:`attnviz.capture`.
 
-    family: one of attnviz.models.loader.FAMILIES; max_tokens: the longest input it is run on
+    family: a key of attnviz.families.FAMILIES; max_tokens: the longest input it is run on
     (longer text is truncated with a warning); tokenizer: a transformers tokenizer, or for
     attnviz's own models (family "custom") the object whose ``encode(text)`` gives their token
     ids (see :mod:`attnviz.lab`); image: how an image model wants its pixels (None for text);
@@ -69,9 +69,7 @@ class Model:
 
     @property
     def n_layers(self) -> int:
-        cfg = self.net.config
-        if self.family == "image":
-            cfg = getattr(cfg, "vision_config", None) or cfg
+        cfg = getattr(self.vision_tower, "config", None) or self.net.config  # a two-tower model's: its vision tower's
         return getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", 0)
 
     @property
@@ -83,9 +81,15 @@ class Model:
     @property
     def text_tower(self) -> torch.nn.Module | None:
         """The text tower of a two-tower image model (CLIP, SigLIP) that came with a tokenizer."""
-        return getattr(self.net, "text_model", None) if self.tokenizer is not None and self.family == "image" else None
+        return getattr(self.net, "text_model", None) if self.tokenizer is not None and self.two_towers else None
 
     @property
     def vision_tower(self) -> torch.nn.Module:
         """What pixels go through: the vision tower of a two-tower model, else the net itself."""
-        return getattr(self.net, "vision_model", None) if hasattr(self.net, "text_model") else self.net
+        return self.net.vision_model if self.two_towers else self.net
+
+    @property
+    def two_towers(self) -> bool:
+        """Whether the net is a two-tower image-text model (CLIP, SigLIP): a vision tower and a
+        text tower side by side."""
+        return hasattr(self.net, "vision_model") and hasattr(self.net, "text_model")

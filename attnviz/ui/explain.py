@@ -12,6 +12,7 @@ import hashlib
 
 import streamlit as st
 
+import attnviz.families as families
 import attnviz.limits as limits
 from attnviz.analysis import faithfulness as faith
 from attnviz.analysis.tokens import token_axis
@@ -23,14 +24,15 @@ from attnviz.models.loader import Model
 from attnviz.samples import SAMPLES, sample_bytes
 from attnviz.ui.charts import show_chart
 from attnviz.ui.common import cached_job, progress_bar
-from attnviz.ui.inputs import MANY_TEXTS, TEXT_FAMILIES, input_size_picker, photo_input
+from attnviz.ui.inputs import MANY_TEXTS, TEXT, input_size_picker, photo_input
 from attnviz.ui.models import get_model, model_picker
 from attnviz.ui.overlay import style_controls
 from attnviz.ui.views import Photo
 from attnviz.viz import explain as viz
 
-DEFAULT_TEXTS = {"decoder": "The keys to the old cabinet are on the", "encoder-decoder": MANY_TEXTS[0],
-                 "custom": "1 2 4 1 3 0 7 9"}  # a Build-your-own agreement model: the key of the keys [MASK] old .
+# by the output explained (the family's OUTPUT, attnviz.families)
+DEFAULT_TEXTS = {"next token": "The keys to the old cabinet are on the", "target": MANY_TEXTS[0],
+                 "own": "1 2 4 1 3 0 7 9"}  # a Build-your-own agreement model: the key of the keys [MASK] old .
 DEFAULT_TEXT = "The keys to the old cabinet are on the table."
 MAX_MANY = 64  # inputs averaged over at most
 EXPLAIN_CACHE_SHARE = 16  # explanations keep at most this share of the result cache's budget
@@ -44,9 +46,10 @@ def has_class_head(model: Model) -> bool:
 
 def target_input(model: Model) -> str | None:
     """The output to explain, where the family lets the user choose it (None: the default)."""
-    if model.family == "decoder":
+    output = families.of(model).OUTPUT
+    if output == "next token":
         label, hint = "Next token to explain", "empty: the model's top prediction; one token, e.g. ' table'"
-    elif model.family == "encoder-decoder":
+    elif output == "target":
         label, hint = "Target to explain", "empty: the model writes its own"
     elif has_class_head(model):
         label, hint = "Class to explain", "empty: the top class; a label or an index"
@@ -93,10 +96,10 @@ def text_choice() -> tuple[str, Model, str, str | None]:
     (model name, model, text, target)."""
     left, right = st.columns([1, 2], gap="large")
     with left:
-        name = model_picker(TEXT_FAMILIES, DEFAULT_TEXT_MODEL)
+        name = model_picker(TEXT, DEFAULT_TEXT_MODEL)
         model = get_model(name)
     with right:
-        default = DEFAULT_TEXTS.get(model.family, DEFAULT_TEXT)
+        default = DEFAULT_TEXTS.get(families.of(model).OUTPUT, DEFAULT_TEXT)
         text = st.text_area("Text", value=default, height=90, key=f"explain_text_{model.family}",
                             help="Press Ctrl+Enter (or click outside) to explain it.")
         target = target_input(model)
@@ -107,7 +110,7 @@ def image_choice() -> tuple[str, Model, Photo, int]:
     """Model and input size on the left, the photo on the right: (name, model, photo, size)."""
     settings, source = st.columns([1, 2], gap="large")
     with settings:
-        name = model_picker(("image",), DEFAULT_IMAGE_MODEL)
+        name = model_picker(("image",), DEFAULT_IMAGE_MODEL)  # the families that read a photo alone
         model = get_model(name)
         size = input_size_picker(model, smallest=True)  # blank-out costs a pass per patch
     with source:

@@ -25,6 +25,7 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 import attnviz
+import attnviz.families as families
 from attnviz.analysis import flow
 from attnviz.analysis import routes as routes_analysis
 from attnviz.analysis.mixing import RESIDUAL_LEFT_OUT
@@ -252,7 +253,7 @@ def beside_view(captured: Captured, window: int, local_min: float, global_min: f
     layers). Both in pixels of the model's input, so the two can be read on one scale."""
     from attnviz.models.bundled import BUNDLED, DEFAULT_IMAGE_MODEL
 
-    others = [n for n, m in BUNDLED.items() if m.family == "image" and n != captured.result.model]
+    others = [n for n, m in BUNDLED.items() if families.get(m.family).READS == "image" and n != captured.result.model]
     if not others or captured.photo is None:
         return
     own = captured.result.model not in BUNDLED  # e.g. a Swin folder: shown beside DINOv2 at first

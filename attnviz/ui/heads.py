@@ -19,6 +19,7 @@ import numpy as np
 import streamlit as st
 
 import attnviz.batch as batch
+import attnviz.families as families
 from attnviz.analysis.roles import DEFAULT_THRESHOLD, HeadRoles, all_roles
 from attnviz.analysis.similarity import cluster_heads, head_divergence, queries_within, similar_heads
 from attnviz.compare import (
@@ -33,7 +34,7 @@ from attnviz.models.bundled import BUNDLED
 from attnviz.probes import DEFAULT_PERIOD, induction_roles
 from attnviz.result import AttentionResult
 from attnviz.ui.charts import show_chart
-from attnviz.ui.inputs import TEXT_FAMILIES
+from attnviz.ui.inputs import TEXT
 from attnviz.ui.models import get_model, run_capture
 from attnviz.ui.views import Captured, View
 from attnviz.viz import heads as viz
@@ -82,7 +83,7 @@ def _table(files: tuple[tuple[str, bytes], ...]):
 def _roles_source(result: AttentionResult, stack: str) -> tuple[HeadRoles, AttentionResult | None, str]:
     """The scores to show, the result whose heads a click opens (None: none), and a note."""
     model = get_model(result.model)
-    options = [k for k in SOURCES if k != "probe" or model.family in ("encoder", "decoder")]
+    options = [k for k in SOURCES if k != "probe" or families.of(model).TOKEN_IDS]
     source = st.radio("Scores from", options, format_func=SOURCES.get, key="heads_source")
     if source == "probe":
         c1, c2 = st.columns(2)
@@ -188,7 +189,7 @@ def similar_view(captured: Captured) -> None:
 # -- compare -------------------------------------------------------------------------------------
 def _second_model(first: str) -> str:
     """A model B: another bundled text model, or a folder or hub id (a checkpoint)."""
-    names = [n for n, m in BUNDLED.items() if m.family in TEXT_FAMILIES]
+    names = [n for n, m in BUNDLED.items() if families.get(m.family).READS in TEXT]
     default = next((n for n in names if n != first), names[0])
     choice = st.selectbox("Model B", names + [OWN], index=names.index(default), key="compare_model")
     if choice == OWN:

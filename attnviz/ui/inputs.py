@@ -1,7 +1,9 @@
-"""The input blocks the pages share: the text or image switch, the text input and its capture,
-the photo input and its capture (with the input size, a windowed model's stage, a
-vision-language model's prompt), each ending in a :class:`attnviz.ui.views.Captured` or the
-pieces a page builds one from (a :class:`TextRequest` or a :class:`Photo` and the result).
+"""The input blocks the pages share: the text or image switch, the text input and its capture
+(with the stack shown), the photo input and its capture (with the input size, a windowed
+model's stage, a vision-language model's prompt), each ending in a
+:class:`attnviz.ui.views.Captured`, its notes and warnings shown by
+:func:`attnviz.ui.views.show_notes`. What a model's input block offers is its family's
+(attnviz.families: what it reads, which options apply).
 """
 from __future__ import annotations
 
@@ -12,20 +14,22 @@ import warnings
 import streamlit as st
 from PIL import Image
 
-from attnviz.capture import GENERATE_CAP
+import attnviz.families as families
 from attnviz.errors import AttnvizError
 from attnviz.inputs import MAX_IMAGE_SIDE, MAX_IMAGE_UPLOAD_MB, MAX_TEXT_UPLOAD_MB, open_image, read_text
 from attnviz.models.bundled import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from attnviz.models.loader import Model
+from attnviz.recording import GENERATE_CAP
 from attnviz.result import AttentionResult
 from attnviz.samples import DEFAULT_SAMPLE, SAMPLES, credits, sample_bytes
 from attnviz.ui import keys
 from attnviz.ui.common import remember, url_choice
 from attnviz.ui.models import get_model, model_picker, run_capture
-from attnviz.ui.views import Captured, Photo, TextRequest
+from attnviz.ui.views import Captured, Photo, TextRequest, show_notes
 
 KINDS = {"text": "Text", "image": "Image"}
-TEXT_FAMILIES = ("encoder", "decoder", "encoder-decoder")
+TEXT = ("text",)  # the families the text pages show: those that read a text (attnviz.families READS)
+PHOTO = ("image", "image+prompt")  # the image pages': those that read a photo, with a prompt or not
 DEFAULT_TEXT = "The animal didn't cross the street because it was too tired."
 DEFAULT_GENERATE = 0  # generating on a CPU takes seconds per token: opt in
 MANY_TEXTS = [  # example texts, for the views that average over many inputs
@@ -80,29 +84,33 @@ def text_input(model: Model) -> TextRequest:
         notes.append(f"Using {upload.name} ({len(text):,} characters); remove it to use the text box again.")
     pair = target = None
     generate = 0
-    if model.family == "encoder":
+    takes = families.of(model).OPTIONS or frozenset()
+    if "pair" in takes:
         pair = st.text_input("Second segment (optional)", key="text_pair", placeholder="e.g. a question about the text",
                              help="Given, the model reads the pair [CLS] text [SEP] segment [SEP].") or None
-    elif model.family == "encoder-decoder":
+    elif "target" in takes:
         target = st.text_input("Target (optional)", key="text_target", placeholder="empty: the model writes it",
                                help="The decoder reads this; when empty, the model generates its own.") or None
-    elif model.family == "decoder":
+    elif "generate" in takes:
         generate = st.number_input("Tokens to generate", 0, GENERATE_CAP, DEFAULT_GENERATE, key="text_generate",
                                    help="Greedy continuation; the attention covers prompt and continuation.")
     return TextRequest(text, pair, target, int(generate), tuple(notes))
 
 
-def text_capture() -> tuple[TextRequest, AttentionResult]:
+def text_capture() -> Captured:
     """The text pages' input: the model on the left, the text and its options on the right;
-    then the (cached) capture of that text."""
+    then the (cached) capture of that text, its notes and warnings, and the stack shown."""
     left, right = st.columns([1, 2], gap="large")
     with left:
-        name = model_picker(TEXT_FAMILIES, DEFAULT_TEXT_MODEL)
+        name = model_picker(TEXT, DEFAULT_TEXT_MODEL)
         model = get_model(name)
     with right:
         request = text_input(model)
-    return request, run_capture(name, request.text, pair=request.pair, target=request.target,
-                                generate=request.generate)
+    input = (request.text, request.pair) if request.pair else request.text
+    result = run_capture(name, input, target=request.target, generate=request.generate)
+    captured = Captured("text", result, stack_picker(result), request)
+    show_notes(captured)
+    return captured
 
 
 def stack_picker(result: AttentionResult) -> str:
@@ -212,34 +220,41 @@ def input_size_picker(model: Model, *, smallest: bool = False) -> int:
     return size
 
 
-def photo_capture(families: tuple[str, ...] = ("image", "vision-language")) -> Captured:
+def photo_capture(reads: tuple[str, ...] = PHOTO) -> Captured:
     """The image pages' input: model and input size on the left, the photo on the right; then
-    the (cached) capture and its one-line summary. For a windowed model the result is the
-    stage picked; for a vision-language model, its image and prompt (size 0, the "decoder"
-    stack). ``families``: the model families the page shows."""
+    the (cached) capture, its one-line summary and its notes. For a windowed model the result
+    is the stage picked; for a model that reads a prompt with the photo (vision-language), its
+    image and prompt (size 0, the "decoder" stack). ``reads``: what the families the page
+    shows read (attnviz.families READS)."""
     settings, source = st.columns([1, 2], gap="large")
     with settings:
-        name = model_picker(families, DEFAULT_IMAGE_MODEL)
+        name = model_picker(reads, DEFAULT_IMAGE_MODEL)
         model = get_model(name)
-        if model.family not in families and not (model.family == "custom" and model.image is not None):
+        what = families.reads(model)
+        if what not in reads:
+            shown = " and ".join(n for n, f in families.FAMILIES.items() if f.READS in reads)
             raise AttnvizError(f"{name} is not an image model (its family is {model.family}); this page shows "
-                               f"{' and '.join(families)} models such as ViT, DeiT, DINOv2, Swin or a CLIP vision tower"
-                               + (" (open it in the image explorer)." if model.family == "vision-language" else "."))
-        if model.family == "vision-language":
+                               f"{shown} models such as ViT, DeiT, DINOv2, Swin or a CLIP vision tower"
+                               + (" (open it in the image explorer)." if what in PHOTO else "."))
+        prompted = what == "image+prompt"
+        if prompted:
             prompt, generate = prompt_box()
         else:
             size = input_size_picker(model)
     with source:
         photo = photo_input()
-    if model.family == "vision-language":
-        result = run_capture(name, image=photo.image, image_bytes=photo.data, prompt=prompt, generate=generate)
+    if prompted:
+        result = run_capture(name, photo.image, image_bytes=photo.data, prompt=prompt, generate=generate)
         vision_language_summary(photo, result)
-        return Captured("image", result, "decoder", photo=photo, size=0)
-    result = run_capture(name, image=photo.image, image_bytes=photo.data, size=size)
-    stage = stage_picker(result) if result.grids else None
-    result = _stage_of(result.digest, stage, result) if stage else result
-    capture_summary(photo, result, stage)
-    return Captured("image", result, "encoder", photo=photo, size=size, stage=stage)
+        captured = Captured("image", result, "decoder", photo=photo, size=0)
+    else:
+        result = run_capture(name, photo.image, image_bytes=photo.data, size=size)
+        stage = stage_picker(result) if result.grids else None
+        result = _stage_of(result.digest, stage, result) if stage else result
+        capture_summary(photo, result, stage)
+        captured = Captured("image", result, "encoder", photo=photo, size=size, stage=stage)
+    show_notes(captured)
+    return captured
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
@@ -268,8 +283,6 @@ def vision_language_summary(photo: Photo, result: AttentionResult) -> None:
                f"as {n_image} image tokens ({grids}), then {len(result.tokens) - n_image} text tokens "
                f"({len(result.tokens) - result.prompt_len} generated) · forward pass "
                f"{result.timings.get('forward_s', 0):.2f} s")
-    for note in photo.notes + result.warnings:
-        st.info(note)
 
 
 def stage_picker(result: AttentionResult) -> str:
@@ -286,7 +299,7 @@ def stage_picker(result: AttentionResult) -> str:
 
 
 def capture_summary(photo: Photo, result: AttentionResult, stage: str | None = None) -> None:
-    """One line on what the model saw (at ``stage`` of a windowed model), then any notes and warnings."""
+    """One line on what the model saw (at ``stage`` of a windowed model)."""
     g = result.grid
     h, w = result.image.shape[:2]
     prefix = (f" + {g.prefix} prefix token{'s' * (g.prefix > 1)} ({', '.join(result.tokens[:g.prefix])})"
@@ -295,5 +308,3 @@ def capture_summary(photo: Photo, result: AttentionResult, stage: str | None = N
                f"{f' {stage}' if stage else ''} saw "
                f"{w} x {h} px: {g.rows} x {g.cols} patches of {g.patch_px} px{prefix} · forward pass "
                f"{result.timings.get('forward_s', 0):.2f} s")
-    for note in photo.notes + result.warnings:
-        st.info(note)

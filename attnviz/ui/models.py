@@ -28,6 +28,7 @@ from pathlib import Path
 import streamlit as st
 
 import attnviz
+import attnviz.families as families
 import attnviz.limits as limits
 from attnviz.cache import ByteCache
 from attnviz.capture import estimate_bytes
@@ -103,14 +104,15 @@ def _inside(path: str, root: Path) -> bool:
 
 
 
-def model_picker(families: tuple[str, ...], default: str, key: str = keys.MODEL) -> str:
+def model_picker(reads: tuple[str, ...], default: str, key: str = keys.MODEL) -> str:
     """Select box of the models this session may use (see :func:`resolve`) and, unless hosted,
-    an "own model" entry (folder or hub id).
+    an "own model" entry (folder or hub id). The bundled ones listed are those of the families
+    that read what the page gives (``reads``: values of a family's READS, see attnviz.families).
 
     Returns the chosen model's name. The choice is shared by every page showing the same
     families (``key``) and written to the URL's ``model`` query parameter.
     """
-    listed = ([n for n, m in BUNDLED.items() if m.family in families] + list(operator_models())
+    listed = ([n for n, m in BUNDLED.items() if families.get(m.family).READS in reads] + list(operator_models())
               + list(own_models()))
     options = listed + ([] if limits.hosted() else [OWN_MODEL])
     current = remember(key, st.query_params.get(keys.MODEL) or default)
@@ -152,13 +154,12 @@ def get_model(name: str) -> attnviz.Model:
         return _load(source, label)
 
 
-def run_capture(name: str, text: str | None = None, *, pair: str | None = None, image=None,
-                image_bytes: bytes | None = None, target: str | None = None, generate: int = 0,
-                size: int | None = None, prompt: str | None = None) -> AttentionResult:
-    """Capture (cached) the attention of model ``name`` on a text (or pair) or an image.
+def run_capture(name: str, input, *, image_bytes: bytes | None = None, **options) -> AttentionResult:
+    """Capture (cached) the attention of model ``name`` on ``input``: a text, a pair of texts,
+    or a PIL image with the uploaded ``image_bytes`` it came from (their hash is the cache key).
+    ``options`` are :func:`attnviz.capture`'s (target, generate, size, prompt), passed to it as
+    they are: it asks the model's family what applies.
 
-    For images give the PIL ``image`` and the uploaded ``image_bytes`` it came from (their
-    hash is the cache key); for a vision-language model also the ``prompt`` (and ``generate``).
     A capture not in the cache runs as a job of this visitor (``ui.common.job``: its place in
     line while it waits, a Cancel button, a bar per attention layer), admitted for
     ``capture.estimate_bytes``; a session asking for a capture another is making waits for
@@ -166,20 +167,13 @@ def run_capture(name: str, text: str | None = None, *, pair: str | None = None, 
     """
     model = get_model(name)  # resolved once: its name is the label, one per model file set
     image_sha = hashlib.sha256(image_bytes).hexdigest() if image_bytes is not None else None
-    key = hashlib.sha256(repr((model.name, text, pair or None, image_sha, target or None, int(generate), size, prompt))
+    options = {k: v for k, v in options.items() if v not in (None, "", 0)}  # unset: the capture's defaults
+    key = hashlib.sha256(repr((model.name, image_sha or input, sorted(options.items())))
                          .encode("utf-8", "surrogatepass")).hexdigest()
-    if image_sha is not None:
-        input = image
-    else:
-        input = (text, pair) if pair else text
-    need = estimate_bytes(model, input, target=target or None, generate=int(generate), size=size, prompt=prompt)
+    need = estimate_bytes(model, input, **options)
 
     def compute(progress) -> AttentionResult:
-        if image_sha is not None and prompt is not None:  # a vision-language model: image and prompt
-            return attnviz.capture(model, image, prompt=prompt, generate=int(generate))
-        if image_sha is not None:
-            return attnviz.capture(model, image, size=size, progress=progress)
-        return attnviz.capture(model, input, target=target or None, generate=int(generate), progress=progress)
+        return attnviz.capture(model, input, progress=progress, **options)
 
     what = f"{model.name} on your {'photo' if image_sha is not None else 'text'}"
     return cached_job(RESULTS, key, what, need, compute)

@@ -17,7 +17,7 @@ from attnviz.ui import keys
 from attnviz.ui.charts import report_button, result_download, show_chart
 from attnviz.ui.common import cached_job, job, url_int
 from attnviz.ui.selectors import HEAD_FUSIONS, head_select, layer_slider
-from attnviz.ui.views import Captured, TextRequest, View
+from attnviz.ui.views import Captured, View
 from attnviz.viz import text as viz
 from attnviz.viz.heatmap import safe_filename
 from attnviz.viz.tiles import tile_px
@@ -27,12 +27,8 @@ COLOUR_RANGES = ("0 … row max", "0 … 1")
 LH_KEY = "text_lh"  # widget keys of the heatmap's layer and head selectors: text_lh_layer, text_lh_head
 
 
-def result_header(result: AttentionResult, request: TextRequest) -> None:
-    """Notes and warnings, a one-line summary, and the .npz download of the whole result."""
-    for note in request.notes:
-        st.info(note)
-    for warning in result.warnings:
-        st.warning(warning)
+def result_header(result: AttentionResult) -> None:
+    """A one-line summary and the .npz download of the whole result."""
     sizes = " · ".join(f"{s} {result.attn[s].shape[0]} layers × {result.attn[s].shape[1]} heads, "
                        f"{result.attn[s].shape[2]} × {result.attn[s].shape[3]}" for s in result.stacks)
     c1, c2 = st.columns([5, 1], vertical_alignment="center")

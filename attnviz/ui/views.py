@@ -6,7 +6,7 @@ the one view switcher every page uses (:func:`show_views`).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import streamlit as st
@@ -78,6 +78,25 @@ class Captured:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", self.result.digest)
+
+    def with_options(self, options: TextOptions) -> Captured:
+        """The same capture with the text page's view ``options``."""
+        return replace(self, options=options)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What was done to the input (the text's or the photo's notes)."""
+        return tuple(self.request.notes if self.request else ()) + tuple(self.photo.notes if self.photo else ())
+
+
+def show_notes(captured: Captured) -> None:
+    """The one way a page shows what its capture says: the input's notes (what was done to the
+    text or the photo) as information, then the result's warnings (what the model or the
+    capture could not do as asked) as warnings."""
+    for note in captured.notes:
+        st.info(note)
+    for warning in captured.result.warnings:
+        st.warning(warning)
 
 
 @dataclass(frozen=True)
