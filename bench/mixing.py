@@ -20,7 +20,10 @@ mean ± std (population) over the sentences:
    attnviz.explain's scoreboard): explain's seven methods, and for each mixing method (attention,
    attention_norm, globenc, alti, value_zeroing; one attnviz.mixing call with the capture given)
    its last layer and its rollout carried to the output (``mix @ M[L-1]`` and ``mix @ rollout``,
-   ``mix`` the mean of explain's output rows: every token of minilm-l6's pooled embedding).
+   ``mix`` the mean of explain's output rows: every token of minilm-l6's pooled embedding);
+   and, as a diagnostic, value zeroing rolled out as attention is, each layer
+   ``rownorm(0.5 M + 0.5 I)`` (zeroing token i's value leaves its residual in place, so its
+   diagonal does not hold the residual stream as ALTI's does).
 2. The routes (attnviz.analysis.routes) of alti and value_zeroing from the same rows, at the
    thresholds that keep each share of the L x N x N edges in FRACTIONS: edges kept, threshold,
    routed share (its sum) and its Spearman correlation with blank-out, beside the rollout.
@@ -49,6 +52,7 @@ import torch  # noqa: E402
 
 import attnviz  # noqa: E402
 from attnviz.analysis import faithfulness as faith  # noqa: E402
+from attnviz.analysis.flow import residual_augmented  # noqa: E402
 from attnviz.analysis.routes import default_threshold, layer_matrices, routes  # noqa: E402
 from attnviz.explain import default_output_rows, explain  # noqa: E402
 from attnviz.inputs import open_image  # noqa: E402
@@ -60,6 +64,7 @@ SENTENCES = ROOT / "bench" / "sentences.txt"
 EXPLAINED = ("attention", "rollout", "flow", "attn_x_grad", "grad_x_input", "integrated_gradients", "blankout")
 MIXED = ("attention", "attention_norm", "globenc", "alti", "value_zeroing")
 ROUTED = ("alti", "value_zeroing")
+VZ_RESIDUAL = "value_zeroing, rollout of rownorm(0.5 M + 0.5 I)"
 FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 PUNCTUATION = set(".,;:!?'\"()-")
 WORDS = ("the keys to the old cabinet are on the table near the window while the cat sleeps and the rain "
@@ -121,6 +126,11 @@ def one_sentence(model, text: str, value_zeroing: bool) -> tuple[dict, dict, dic
         for what, scores in (("last layer", mix @ mx.matrices[method][-1].astype(np.float64)),
                              ("rollout", mix @ mx.rollout(method))):
             rho[f"{method}, {what}"] = faith.spearman(scores, e.scores["blankout"], e.special)
+    if "value_zeroing" in mx.matrices:  # a diagnostic: its diagonal leaves token i's residual out
+        carried = mix
+        for layer in residual_augmented(mx.matrices["value_zeroing"])[::-1]:
+            carried = carried @ layer
+        rho[VZ_RESIDUAL] = faith.spearman(carried, e.scores["blankout"], e.special)
     routed = {}
     for method in (m for m in ROUTED if m in mx.matrices):
         mp = layer_matrices(mx.matrices[method], method)
