@@ -23,7 +23,8 @@ mean ± std (population) over the sentences:
    ``mix`` the mean of explain's output rows: every token of minilm-l6's pooled embedding);
    and, as a diagnostic, value zeroing rolled out as attention is, each layer
    ``rownorm(0.5 M + 0.5 I)`` (zeroing token i's value leaves its residual in place, so its
-   diagonal does not hold the residual stream as ALTI's does).
+   diagonal does not hold the residual stream as ALTI's does), and the mean diagonal of each
+   method's layers.
 2. The routes (attnviz.analysis.routes) of alti and value_zeroing from the same rows, at the
    thresholds that keep each share of the L x N x N edges in FRACTIONS: edges kept, threshold,
    routed share (its sum) and its Spearman correlation with blank-out, beside the rollout.
@@ -109,9 +110,9 @@ def sink_share(weights: np.ndarray, sinks: np.ndarray) -> float:
     return float(weights[..., sinks].sum(-1).mean())
 
 
-def one_sentence(model, text: str, value_zeroing: bool) -> tuple[dict, dict, dict]:
+def one_sentence(model, text: str, value_zeroing: bool) -> tuple[dict, dict, dict, dict]:
     """(Spearman per method, {(method, fraction): (edges share, threshold, routed sum, rho)},
-    {kind: [share per layer]}) of one sentence."""
+    {kind: [share per layer]}, {method: mean diagonal of its layers}) of one sentence."""
     e = explain(model, text, methods=EXPLAINED)
     result = attnviz.capture(model, text)
     asked = tuple(m for m in MIXED[1:] if value_zeroing or m != "value_zeroing")
@@ -145,7 +146,8 @@ def one_sentence(model, text: str, value_zeroing: bool) -> tuple[dict, dict, dic
     shares = {"attention weights (heads' mean)": [sink_share(mx.matrices["attention"][l], sinks) for l in range(len(heads))],
               "attention x value norm (per head)": [sink_share(scaled[l], sinks) for l in range(len(heads))],
               "attention_norm (per layer)": [sink_share(mx.matrices["attention_norm"][l], sinks) for l in range(len(heads))]}
-    return rho, routed, shares
+    diagonal = {m: float(np.diagonal(mx.matrices[m], axis1=1, axis2=2).mean()) for m in MIXED if m in mx.matrices}
+    return rho, routed, shares, diagonal
 
 
 def spread(values) -> str:
@@ -164,7 +166,7 @@ def faithfulness(n: int, value_zeroing: bool) -> None:
     print(f"minilm-l6, {len(texts)} sentences of bench/sentences.txt, {time.perf_counter() - started:.0f} s; "
           "Spearman with blank-out over the non-special tokens: mean ± std (sentences where defined)")
     print("| method | Spearman with blank-out |\n|---|---|")
-    for method, a in faith.summarise([rho for rho, _, _ in per_sentence]).items():
+    for method, a in faith.summarise([rho for rho, *_ in per_sentence]).items():
         print(f"| {method} | {a.mean:+.2f} ± {a.std:.2f} ({a.n}) |")
     for method in ROUTED:
         if (method, FRACTIONS[0]) not in per_sentence[0][1]:
@@ -173,16 +175,18 @@ def faithfulness(n: int, value_zeroing: bool) -> None:
         print("| edges kept (asked) | edges kept | threshold | routed share | Spearman with blank-out |")
         print("|---:|---:|---:|---:|---:|")
         for f in FRACTIONS:
-            share, threshold, total, rho = zip(*(routed[method, f] for _, routed, _ in per_sentence))
+            share, threshold, total, rho = zip(*(routed[method, f] for _, routed, *_ in per_sentence))
             print(f"| {f:.0%} | {np.mean(share):.1%} | {np.mean(threshold):.3f} | {np.mean(total):.2f} | {spread(rho)} |")
-        print(f"| every edge (rollout) | 100% | – | 1.00 | {spread([rho[f'{method}, rollout'] for rho, _, _ in per_sentence])} |")
+        print(f"| every edge (rollout) | 100% | – | 1.00 | {spread([rho[f'{method}, rollout'] for rho, *_ in per_sentence])} |")
     layers = len(per_sentence[0][2]["attention_norm (per layer)"])
     print("\nshare of each row's weight on [CLS] + [SEP] + punctuation, per layer (1-based), mean over the sentences")
     print("| measure | " + " | ".join(f"layer {l + 1}" for l in range(layers)) + f" | layers 2-{layers - 1} |")
     print("|---|" + "---:|" * (layers + 1))
     for kind in per_sentence[0][2]:
-        values = np.array([shares[kind] for _, _, shares in per_sentence])
+        values = np.array([shares[kind] for _, _, shares, _ in per_sentence])
         print(f"| {kind} | " + " | ".join(f"{v:.2f}" for v in values.mean(0)) + f" | {values[:, 1:-1].mean():.2f} |")
+    print("\nmean diagonal (a token's share of its own output) of each method's layers: "
+          + ", ".join(f"{m} {np.mean([d[m] for *_, d in per_sentence]):.2f}" for m in per_sentence[0][3]))
 
 
 def main() -> int:
