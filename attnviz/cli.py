@@ -164,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--window", type=int, default=2, help="local window, in tokens or patches")
     batch.add_argument("--address", help="ray: the cluster address for ray.init (default: a local instance)")
     batch.set_defaults(run=_batch)
-    exp = sub.add_parser("explain", help="importance of each input token for one output, by eleven methods, "
+    exp = sub.add_parser("explain", help="importance of each input token for one output, by twelve methods, "
                                          "and each method's agreement with blank-out")
     exp.add_argument("--model", required=True, help="bundled name, local folder or hub id")
     src = exp.add_mutually_exclusive_group(required=True)
@@ -174,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
                                       "the target text (default: generated); classifiers: the class")
     exp.add_argument("--size", type=int, help="image: shorter side in pixels, a multiple of the patch size")
     exp.add_argument("--methods", help="comma-separated: attention, rollout, flow, attn_x_grad, grad_x_input, "
-                                       "integrated_gradients, blankout, attention_norm, globenc, alti, value_zeroing "
+                                       "integrated_gradients, blankout, attention_norm, globenc, alti, routes, value_zeroing "
                                        "(default: all but value_zeroing, which runs every layer once per token)")
     exp.add_argument("--json", action="store_true", help="print JSON (default: a table)")
     exp.set_defaults(run=_explain)

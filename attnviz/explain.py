@@ -28,7 +28,11 @@ FeatureAblation on the input embeddings (text) or the pixels (images). ``attenti
 (the weights of the output positions, as attention and rollout use it) times the method's
 rollout (attention_norm rolled out as rownorm(0.5 M + 0.5 I), the others as they are); an
 encoder-decoder's mixing is its encoder's, carried by the last cross-attention layer's
-weights, as attention is. The default (``DEFAULT_METHODS``) leaves value zeroing out. Blank-out replaces one
+weights, as attention is. ``routes`` is the routed share of ALTI's information-flow routes
+(attnviz.analysis.routes) at their default threshold (about 5% of the L x N x N edges kept),
+from the rows ``default_output_rows`` gives: how much of the output reaches each input token
+through the kept edges; the threshold is in ``output["routes"]``. The default
+(``DEFAULT_METHODS``) leaves value zeroing out. Blank-out replaces one
 token by the tokenizer's mask token (else unk, else pad, else eos), or one patch by the mean
 colour of the image, and measures the drop of the output: the log-probability lost, or
 1 - cos(embedding, embedding blanked) for an embedding. Special tokens are never blanked: their
@@ -68,8 +72,9 @@ from attnviz.result import PatchGrid
 from attnviz.tokens import special_flags, token_strings, tokenize, word_spans
 
 MIXING_METHODS = ("attention_norm", "globenc", "alti", "value_zeroing")  # context mixing (attnviz.mixing)
+ROUTES_METHOD = "alti"  # the mixing method whose routes the ``routes`` row follows
 METHODS = ("attention", "rollout", "flow", "attn_x_grad", "grad_x_input", "integrated_gradients", "blankout",
-           *MIXING_METHODS)
+           *MIXING_METHODS[:3], "routes", MIXING_METHODS[3])
 DEFAULT_METHODS = METHODS[:-1]  # value zeroing (one layer pass per token per layer) runs when asked for
 ATTENTION_METHODS = METHODS[:4]  # read the attention probabilities, from one pass with eager attention
 IG_STEPS = 32  # integrated gradients: points on the path from the baseline to the input
@@ -744,33 +749,58 @@ def stepped(run: Callable, model: Model, mode=AS_LOADED, setup: Callable | None 
 def _mixing_methods(model: Model, input, size: int | None, p: _Problem, methods: tuple[str, ...],
                     out: Explanation) -> None:
     """attention_norm, globenc, alti and value_zeroing: the rollout of each method's matrices
-    (attnviz.mixing) carried to the output by its mix vector; a method that does not apply,
-    or an input mixing reads otherwise than explain does, is in ``skipped`` with the reason."""
+    (attnviz.mixing) carried to the output by its mix vector; routes: the routed share of
+    ALTI's routes at their default threshold, from the same matrices (mixing runs once). A
+    method that does not apply, or an input mixing reads otherwise than explain does, is in
+    ``skipped`` with the reason."""
     from attnviz.mixing import mixing
 
-    asked = tuple(m for m in MIXING_METHODS if m in methods)
-    if not asked:
+    rows = tuple(m for m in (*MIXING_METHODS, "routes") if m in methods)
+    computed = tuple(m for m in MIXING_METHODS if m in methods or (m == ROUTES_METHOD and "routes" in methods))
+    if not rows:
         return
     started = time.perf_counter()
     try:
-        mixed = mixing(model, input, methods=asked, size=size)
+        mixed = mixing(model, input, methods=computed, size=size)
     except AttnvizError as e:
-        out.skipped.update({m: str(e) for m in asked})
+        out.skipped.update({m: str(e) for m in rows})
         return
     if len(mixed.tokens) != len(p.tokens):
         out.skipped.update({m: f"context mixing read {len(mixed.tokens)} tokens of this input and explain "
-                               f"{len(p.tokens)}" for m in asked})
+                               f"{len(p.tokens)}" for m in rows})
         return
     with torch.no_grad():  # p.run holds the model's gate per pass (stepped)
         mix, _ = p.mix(p.run(p.inputs, True)[1], None)
     shared = time.perf_counter() - started
-    for method in asked:
-        if method in mixed.skipped:
-            out.skipped[method] = mixed.skipped[method]
+    for method in rows:
+        source = ROUTES_METHOD if method == "routes" else method
+        if source in mixed.skipped:
+            out.skipped[method] = mixed.skipped[source]
             continue
         t0 = time.perf_counter()
-        out.scores[method] = np.asarray(mix, np.float64) @ mixed.rollout(method)
+        if method == "routes":
+            try:
+                _routes_row(model, mixed, out)
+            except AttnvizError as e:
+                out.skipped[method] = str(e)
+                continue
+        else:
+            out.scores[method] = np.asarray(mix, np.float64) @ mixed.rollout(method)
         out.timings[method] = time.perf_counter() - t0 + shared
+
+
+def _routes_row(model: Model, mixed, out: Explanation) -> None:
+    """The ``routes`` row: the routed share of each input token through ROUTES_METHOD's routes
+    (attnviz.analysis.routes) at the default threshold, from default_output_rows; what was
+    followed goes to ``out.output["routes"]``."""
+    from attnviz.analysis.routes import DEFAULT_FRACTION, routes
+
+    matrices = mixed.matrices[ROUTES_METHOD]
+    r = routes(matrices, ROUTES_METHOD, default_output_rows(model, mixed.tokens))
+    out.scores["routes"] = r.routed
+    out.output["routes"] = {"method": ROUTES_METHOD, "threshold": r.threshold, "fraction": DEFAULT_FRACTION,
+                            "edges_kept": len(r.edges), "edges": int(matrices.size),
+                            "rows": [int(i) for i in r.outputs]}
 
 
 def explain(model: Model, input, *, target: str | None = None, size: int | None = None,

@@ -8,9 +8,13 @@
 2. Over N fresh sentences (default 500; a different seed from training), the Spearman
    correlation with blank-out (the log-probability of the model's verb lost when one word is
    replaced by [MASK]) of: raw attention of each layer (heads averaged, the masked verb's
-   row), rollout and exact flow up to each layer. Words compared: all but the masked verb and
-   the full stops. Prints the table beside the paper's numbers and writes the figure
-   docs/agreement-faithfulness.png.
+   row), rollout and exact flow up to each layer; and beside them the context-mixing methods
+   that apply to this pre-norm model (attnviz.mixing: attention_norm, alti, value_zeroing;
+   GlobEnc is for post-norm layers), each by its last layer and its rollout (docs/mixing.md),
+   and the routed share of ALTI's routes at the default threshold (about 5% of the edges
+   kept; docs/routes.md), all read at the masked verb's row. Words compared: all but the
+   masked verb and the full stops. Prints the table beside the paper's numbers and writes the
+   figure docs/agreement-faithfulness.png.
 
     python bench/agreement.py [--steps 3000] [--inputs 500] [--figure docs/agreement-faithfulness.png]
 """
@@ -30,14 +34,16 @@ import torch  # noqa: E402
 
 from attnviz.analysis import faithfulness as faith  # noqa: E402
 from attnviz.analysis.flow import FLOW_SCALE, flow_capacities, max_flow_values  # noqa: E402
+from attnviz.analysis.routes import routes  # noqa: E402
 from attnviz.explain import explain  # noqa: E402
-from attnviz.lab.custom import CustomConfig, CustomNet  # noqa: E402
+from attnviz.lab.custom import CustomConfig, CustomNet, as_model  # noqa: E402
 from attnviz.lab.toy_tasks import MASK, NOUN_PL, NOUN_SG, STOP, batch  # noqa: E402
 from attnviz.lab.train import Trainer  # noqa: E402
-from attnviz.models.loader import Model  # noqa: E402
+from attnviz.mixing import mixing  # noqa: E402
 
 PAPER = {"attention L1": 0.69, "attention L3": -0.11, "attention L6": 0.29, "rollout": 0.71, "flow": 0.70}
 LENGTH, LAYERS = 16, 6
+MIXED = ("attention_norm", "alti", "value_zeroing")  # GlobEnc does not apply to a pre-norm model
 
 
 def train(steps: int) -> tuple[CustomNet, float]:
@@ -63,19 +69,27 @@ def accuracy(net: CustomNet, x: np.ndarray, y: np.ndarray) -> tuple[float, float
 
 def correlations(net: CustomNet, x: np.ndarray) -> dict[str, list[float]]:
     """Per method, the Spearman correlation with blank-out on each sentence."""
-    model = Model("agreement", "custom", net, torch.device("cpu"), LENGTH)
+    model = as_model(net, "agreement")
     out: dict[str, list[float]] = {}
     for ids in x:
         text = " ".join(str(i) for i in ids)
         e = explain(model, text, methods=("blankout",))
         _, _, attn, _ = net.run(text)  # float32 [layers, heads, n, n], without gradients
-        mix = faith.one_hot(LENGTH, int(np.flatnonzero(ids == MASK)[0]))
+        position = int(np.flatnonzero(ids == MASK)[0])
+        mix = faith.one_hot(LENGTH, position)
+        scored = []
         for layer in range(LAYERS):
             upto = attn[:layer + 1]
-            for method, scores in ((f"attention L{layer + 1}", faith.attention_scores(upto, mix)),
-                                   (f"rollout L{layer + 1}", faith.rollout_scores(upto, mix)),
-                                   (f"flow L{layer + 1}", faith.flow_scores(upto, mix))):
-                out.setdefault(method, []).append(faith.spearman(scores, e.scores["blankout"], e.special))
+            scored += [(f"attention L{layer + 1}", faith.attention_scores(upto, mix)),
+                       (f"rollout L{layer + 1}", faith.rollout_scores(upto, mix)),
+                       (f"flow L{layer + 1}", faith.flow_scores(upto, mix))]
+        mixed = mixing(model, text, methods=MIXED)
+        for method in MIXED:
+            scored += [(f"{method} L{LAYERS}", mix @ mixed.matrices[method][-1].astype(np.float64)),
+                       (f"{method} rollout", mix @ mixed.rollout(method))]
+        scored.append(("alti routes (5% of edges)", routes(mixed.matrices["alti"], "alti", position).routed))
+        for method, scores in scored:
+            out.setdefault(method, []).append(faith.spearman(scores, e.scores["blankout"], e.special))
     return out
 
 

@@ -13,12 +13,14 @@ the edges kept against agreement with blank-out.
    (every token an output) and smollm2-135m at 256 tokens (the last token).
 3. ``--part agreement`` (needs attnviz.mixing): minilm-l6 (its mean-pooled sentence embedding:
    every token is an output) and smollm2-135m (the next token: the last position) on each of
-   SENTENCES: explain's blank-out and the mixing method (``--method``, ALTI by default); then,
+   the first ``--sentences`` of bench/sentences.txt (``--models``: only these): explain's
+   blank-out and the mixing method (``--method``, ALTI by default); then,
    for thresholds keeping each fraction of the edges, the routed share of each input token
    (attnviz.analysis.routes) against blank-out (Spearman over the non-special tokens), beside
    the rollout over the method (every edge kept).
 
     python bench/routes.py [--runs 5] [--part timing|real|agreement|all] [--method alti]
+                           [--sentences 16] [--models minilm-l6,smollm2-135m]
 """
 from __future__ import annotations
 
@@ -45,24 +47,7 @@ SIZES = (  # layers, heads, tokens, causal, output rows, what they are
     (30, 9, 256, True, [255], "last token"),
 )
 FRACTIONS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
-SENTENCES = (
-    "The animal didn't cross the street because it was too tired.",
-    "The keys to the old cabinet in the hallway are missing again.",
-    "She gave the book to her brother after she had finished reading it.",
-    "A storm knocked out power across the valley for three days.",
-    "The committee postponed its decision until the budget was approved.",
-    "Birds that migrate south in autumn return when the days grow longer.",
-    "He poured the coffee, sat by the window and watched the rain.",
-    "The museum's new wing displays paintings that were hidden for decades.",
-    "If the train is late, we will miss the opening of the concert.",
-    "Researchers found that the drug reduced symptoms in most patients.",
-    "The children built a snowman and dressed it in their father's scarf.",
-    "After the merger, the company closed two of its five factories.",
-    "The recipe calls for butter, flour, sugar and a pinch of salt.",
-    "Although the road was icy, the ambulance arrived within ten minutes.",
-    "The teacher who praised the students was thanked by their parents.",
-    "Volcanic ash grounded flights across northern Europe for a week.",
-)
+SENTENCES = Path(__file__).resolve().parent / "sentences.txt"  # one per line, shared with bench/mixing.py
 
 
 def synthetic(rng, layers: int, heads: int, n: int, causal: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -111,16 +96,17 @@ def timing_rows(runs: int) -> list[str]:
     return rows
 
 
-def agreement_rows(method: str) -> list[str]:
+def agreement_rows(method: str, sentences: int, models: list[str]) -> list[str]:
     from attnviz.explain import default_output_rows, explain
     from attnviz.mixing import mixing
 
     rows = []
-    for name in ("minilm-l6", "smollm2-135m"):
+    texts = [t for t in SENTENCES.read_text().splitlines() if t.strip()][:sentences]
+    for name in models:
         model = attnviz.load_model(name)
         per_fraction = {f: [] for f in FRACTIONS}  # (edges share, threshold, routed sum, spearman)
         rollout_r = []
-        for text in SENTENCES:
+        for text in texts:
             e = explain(model, text, methods=("blankout",))
             mx = mixing(model, text, methods=(method,))
             if mx.tokens != e.tokens:
@@ -133,7 +119,7 @@ def agreement_rows(method: str) -> list[str]:
                                         faith.spearman(r.routed, e.scores["blankout"], e.special)))
             full = routes(mx.matrices[method], method, outputs, threshold=float(mp[mp > 0].min()))
             rollout_r.append(faith.spearman(full.shares[0], e.scores["blankout"], e.special))
-        rows += [f"\n{name}, {method}, {len(SENTENCES)} sentences (output rows: {'every token' if len(outputs) > 1 else 'one'})",
+        rows += [f"\n{name}, {method}, {len(texts)} sentences (output rows: {'every token' if len(outputs) > 1 else 'one'})",
                  "| edges kept (asked) | edges kept | threshold | routed share | Spearman with blank-out |",
                  "|---:|---:|---:|---:|---:|"]
         for f, values in per_fraction.items():
@@ -171,13 +157,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--part", choices=("timing", "real", "agreement", "all"), default="timing")
     parser.add_argument("--method", default="alti")
+    parser.add_argument("--sentences", type=int, default=16, help="agreement: the first N of bench/sentences.txt")
+    parser.add_argument("--models", default="minilm-l6,smollm2-135m", help="agreement: comma-separated")
     args = parser.parse_args()
     if args.part in ("timing", "all"):
         print("\n".join(timing_rows(args.runs)))
     if args.part in ("real", "all"):
         print("\n".join(real_timing_rows(args.method, args.runs)))
     if args.part in ("agreement", "all"):
-        print("\n".join(agreement_rows(args.method)))
+        print("\n".join(agreement_rows(args.method, args.sentences, args.models.split(","))))
 
 
 if __name__ == "__main__":

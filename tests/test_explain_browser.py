@@ -48,9 +48,9 @@ def test_image_overlays_render(streamlit_server, browser_page):
     open_explain(page, streamlit_server, "kind=image&model=dinov2-small&sample=coffee")
     overlays = page.locator(".st-key-explain_overlays")
     overlays.locator(".imagelayer image").first.wait_for(timeout=120_000)
-    # one panel per method with scores: the seven, attention_norm and alti (GlobEnc does not
-    # apply to a pre-norm ViT; value zeroing runs only when asked for)
-    assert overlays.locator(".imagelayer image").count() == 9
+    # one panel per method with scores: the seven, attention_norm, alti and ALTI's routes
+    # (GlobEnc does not apply to a pre-norm ViT; value zeroing runs only when asked for)
+    assert overlays.locator(".imagelayer image").count() == 10
     page.locator(f"{BOARD} .barlayer .point").first.wait_for(timeout=60_000)
     screenshot(page, "explain-image")
     assert page.locator('[data-testid="stException"]').count() == 0 and not page.errors, page.errors

@@ -1,9 +1,11 @@
 """The scoreboard's context-mixing rows (attnviz.explain: attention_norm, globenc, alti,
 value_zeroing): each is the output's mix vector times the method's rollout, checked against a
-rollout of attnviz.mixing's matrices multiplied out here; the defaults, the skipped reasons,
+rollout of attnviz.mixing's matrices multiplied out here; the routes row against the routed
+share and the 5% threshold computed here layer by layer; the defaults, the skipped reasons,
 and ``python -m attnviz explain --methods``."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -32,7 +34,7 @@ def carried(matrices: np.ndarray, mix: np.ndarray, residual: bool) -> np.ndarray
 
 @pytest.fixture(scope="module")
 def explained(minilm):
-    return explain(minilm, SENTENCE, methods=("blankout", "attention_norm", "globenc", "alti", "value_zeroing"))
+    return explain(minilm, SENTENCE, methods=("blankout", "attention_norm", "globenc", "alti", "routes", "value_zeroing"))
 
 
 def test_mixing_rows_are_the_methods_rollout_carried_by_the_mix_vector(minilm, explained):
@@ -44,14 +46,63 @@ def test_mixing_rows_are_the_methods_rollout_carried_by_the_mix_vector(minilm, e
         expected = carried(m.matrices[method], uniform, residual=method == "attention_norm")
         np.testing.assert_allclose(explained.scores[method], expected, atol=1e-5, err_msg=method)
     rho = explained.to_json()["spearman"]
-    assert set(rho) == {"attention_norm", "globenc", "alti", "value_zeroing"}
+    assert set(rho) == {"attention_norm", "globenc", "alti", "routes", "value_zeroing"}
     assert all(-1 <= r <= 1 for r in rho.values())
+
+
+def kept_and_routed(m: np.ndarray, rows: list[int], threshold: float) -> tuple[int, np.ndarray]:
+    """(edges kept, routed share of each input token) of the routes of ``m`` [L, N, N] (ALTI's:
+    followed as they are) from ``rows``: from the top, the edges of a layer at or above the
+    threshold whose target row is reached, and the output's mean carried through them only."""
+    reached = np.zeros(m.shape[-1], dtype=bool)
+    reached[rows] = True
+    routed = reached / reached.sum()
+    kept = 0
+    for layer in range(m.shape[0] - 1, -1, -1):
+        edges = (m[layer] >= threshold) & reached[:, None]
+        kept += int(edges.sum())
+        routed = routed @ np.where(edges, m[layer].astype(np.float64), 0.0)
+        reached = edges.any(axis=0)
+    return kept, routed
+
+
+def check_routes_row(e, alti: np.ndarray, rows: list[int]) -> None:
+    """The routes row is the routed share at the largest weight that keeps at least 5% of the
+    L x N x N edges (the next larger weight keeps fewer)."""
+    info = e.output["routes"]
+    threshold = info["threshold"]
+    assert info["method"] == "alti" and info["rows"] == rows and info["edges"] == alti.size
+    kept, routed = kept_and_routed(alti, rows, threshold)
+    assert info["edges_kept"] == kept >= round(0.05 * alti.size)
+    above = alti[alti > threshold]
+    assert len(above) == 0 or kept_and_routed(alti, rows, float(above.min()))[0] < round(0.05 * alti.size)
+    np.testing.assert_allclose(e.scores["routes"], routed, atol=1e-12)
+    assert 0 < routed.sum() < 1
+
+
+def test_routes_row_is_the_routed_share_of_alti_at_the_default_threshold(minilm, explained):
+    m = mixing(minilm, SENTENCE, methods=("alti",))
+    check_routes_row(explained, m.matrices["alti"], list(range(len(m.tokens))))  # mean-pooled: every token
+    assert (explained.scores["routes"] <= explained.scores["alti"] + 1e-9).all()  # a part of the rollout
+
+
+def test_routes_row_on_a_decoder_follows_the_last_position_and_mixing_runs_once(tiny_models, monkeypatch):
+    module = importlib.import_module("attnviz.mixing")  # the package exports the function under the same name
+    calls = []
+    monkeypatch.setattr(module, "mixing", lambda *a, **k: calls.append(k["methods"]) or mixing(*a, **k))
+    model = attnviz.load_model(str(tiny_models["test-gpt2"]))
+    text = "The keys to the old cabinet are on the table"
+    e = explain(model, text, methods=("blankout", "routes"))
+    assert calls == [("alti",)] and set(e.scores) == {"blankout", "routes"}  # alti computed for the routes only
+    m = mixing(model, text, methods=("alti",))
+    check_routes_row(e, m.matrices["alti"], [len(m.tokens) - 1])
+    assert "routes" in e.to_json()["spearman"]
 
 
 def test_the_defaults_add_the_cheap_mixing_rows_and_value_zeroing_runs_when_asked():
     assert METHODS[:7] == ("attention", "rollout", "flow", "attn_x_grad", "grad_x_input", "integrated_gradients",
                            "blankout")
-    assert DEFAULT_METHODS == METHODS[:7] + ("attention_norm", "globenc", "alti")
+    assert DEFAULT_METHODS == METHODS[:7] + ("attention_norm", "globenc", "alti", "routes")
     assert "value_zeroing" in METHODS
 
 

@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 from attnviz.analysis import faithfulness as faith
 from attnviz.explain import DEFAULT_METHODS, explain
 from attnviz.ui.explain import DEFAULT_TEXT
-from attnviz.viz.explain import METHOD_LABELS
+from attnviz.viz.explain import METHOD_LABELS, method_label
 
 PAGE = "pages/explain.py"
 FAST_METHODS = tuple(m for m in DEFAULT_METHODS if m != "integrated_gradients")  # the many-inputs default
@@ -28,8 +28,8 @@ def bars(fig: dict, trace: int = 0) -> dict[str, float]:
     return {label: (math.nan if x is None else float(x)) for label, x in zip(t["y"], array(t["x"]).tolist())}
 
 
-def expected_bars(rho: dict[str, float]) -> dict[str, float]:
-    return {METHOD_LABELS[m]: r for m, r in rho.items()}
+def expected_bars(rho: dict[str, float], output: dict) -> dict[str, float]:
+    return {method_label(m, output): r for m, r in rho.items()}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,8 @@ def test_text_scoreboard_and_highlighting(text_page, minilm):
     e = explain(minilm, DEFAULT_TEXT)
     board = charts(at)["explain_board"]
     shown = bars(board)
-    for label, r in expected_bars(e.spearman()).items():
+    assert f"ALTI routes, threshold {e.output['routes']['threshold']:.3g}" in shown
+    for label, r in expected_bars(e.spearman(), e.output).items():
         assert shown[label] == pytest.approx(r, abs=1e-6) or (math.isnan(r) and math.isnan(shown[label]))
     assert "sentence embedding" in at.markdown[1].value  # the output line
     paragraphs = [m.value for m in at.markdown if "white-space:pre-wrap" in m.value]
@@ -72,16 +73,17 @@ def test_text_many_inputs_scoreboard(text_page, minilm):
     at.text_area(key="explain_many_texts").set_value("\n".join(texts)).run()
     assert_clean(at)
     spread = faith.summarise([explain(minilm, t, methods=FAST_METHODS).spearman() for t in texts])
+    label = {m: method_label(m, explain(minilm, DEFAULT_TEXT, methods=("alti", "routes")).output) for m in DEFAULT_METHODS}
     fig = charts(at)["explain_board_many"]
     means = bars(fig, trace=1)
     for m, agreement in spread.items():
-        assert means[METHOD_LABELS[m]] == pytest.approx(agreement.mean, abs=1e-6)
+        assert means[label[m]] == pytest.approx(agreement.mean, abs=1e-6)
     stds = dict(zip(fig["data"][1]["y"], array(fig["data"][1]["error_x"]["array"])))
-    for m in FAST_METHODS:  # the mixing rows too
+    for m in FAST_METHODS:  # the mixing and routes rows too
         if m != "blankout":
-            assert stds[METHOD_LABELS[m]] == pytest.approx(spread[m].std, abs=1e-6)
+            assert stds[label[m]] == pytest.approx(spread[m].std, abs=1e-6)
     # integrated gradients: this input only, no spread
-    assert math.isnan(stds[METHOD_LABELS["integrated_gradients"]]) and math.isnan(means[METHOD_LABELS["integrated_gradients"]])
+    assert math.isnan(stds[label["integrated_gradients"]]) and math.isnan(means[label["integrated_gradients"]])
     assert "3 inputs" in fig["data"][1]["name"]
 
 
@@ -95,7 +97,9 @@ def test_image_overlays_one_panel_per_method(dinov2):
     titles = [a["text"] for a in fig["layout"]["annotations"]]
     assert "blankout" in titles and titles[0].startswith("attention (ρ ")
     assert "CLS embedding" in at.markdown[1].value
-    assert set(bars(charts(at)["explain_board"])) == {METHOD_LABELS[m] for m in shown if m != "blankout"}
+    board = set(bars(charts(at)["explain_board"]))
+    (routes,) = [b for b in board if b.startswith("ALTI routes, threshold ")]
+    assert board - {routes} == {METHOD_LABELS[m] for m in shown if m not in ("blankout", "routes")}
 
 
 def test_running_text_spaces_merging_and_escaping():

@@ -138,7 +138,7 @@ def output_line(e: Explanation) -> None:
 
 def scoreboard_block(e: Explanation, spread: dict[str, faith.Agreement] | None = None, key: str = "explain_board") -> None:
     """The Spearman correlation of every method with blank-out on this input (and over many)."""
-    fig = viz.scoreboard(e.spearman(), spread, title="Which picture follows blank-out?")
+    fig = viz.scoreboard(e.spearman(), spread, title="Which picture follows blank-out?", output=e.output)
     show_chart(fig, f"{e.model}_faithfulness", key=key)
     st.caption(f"Spearman's rank correlation with blank-out over the {sum(not s for s in e.special)} non-special "
                f"{'patches' if e.kind == 'image' else 'tokens'}; 1 = the same ranking, 0 = unrelated, "
@@ -150,7 +150,7 @@ def highlight_block(e: Explanation) -> None:
     scores, one paragraph per method."""
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
     methods = c1.multiselect("Highlight by", list(e.scores), default=list(e.scores), key="explain_highlight",
-                             format_func=lambda m: viz.METHOD_LABELS.get(m, m))
+                             format_func=lambda m: viz.method_label(m, e.output))
     merge = c2.toggle("Merge sub-words into words", key="explain_merge",
                       help="A word's score is the sum of its tokens' scores.")
     axis = token_axis(e.tokens, e.special, e.word_spans, merge=merge)
@@ -158,7 +158,7 @@ def highlight_block(e: Explanation) -> None:
     pieces = viz.running_text(e.tokens, e.special, axis)
     rho = e.spearman()
     for m in methods:
-        caption = viz.METHOD_LABELS.get(m, m) + ("" if m == "blankout" else f" · ρ {viz.rho_text(rho.get(m))}")
+        caption = viz.method_label(m, e.output) + ("" if m == "blankout" else f" · ρ {viz.rho_text(rho.get(m))}")
         st.markdown(viz.highlight_html(pieces, viz.unit_scores(e.scores[m], axis), special, caption=caption),
                     unsafe_allow_html=True)
     st.caption("Red: the score is positive, blue: negative; the stronger the colour, the larger |score| against the "
@@ -206,4 +206,6 @@ def many_block(kind: str, name: str, model: Model, e: Explanation, *, size: int 
     spread = faith.summarise(per_input)
     scoreboard_block(e, spread, key="explain_board_many")
     st.caption(f"Orange: the mean over {len(inputs)} {what}, bars ± 1 standard deviation; each input's own output "
-               "is explained (its top prediction, class or own embedding).")
+               "is explained (its top prediction, class or own embedding)"
+               + (", and its routes followed at its own threshold (about 5% of the edges kept)." if "routes" in spread
+                  else "."))

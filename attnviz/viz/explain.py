@@ -2,6 +2,7 @@
 text highlighted by a method's scores, and one overlay per method on a photo. Pure plotly and
 HTML strings, no Streamlit.
 
+- :func:`method_label`: a method's name (the routes row with its threshold);
 - :func:`scoreboard`: each method's Spearman correlation with blank-out on this input, and
   (when given) the mean over many inputs with ± 1 std bars;
 - :func:`unit_scores` and :func:`running_text`: token scores summed per word (the rule of
@@ -36,8 +37,18 @@ METHOD_LABELS = {
     "globenc": "GlobEnc rollout",
     "alti": "ALTI rollout",
     "value_zeroing": "value zeroing rollout",
+    "routes": "ALTI routes (5% of edges)",
 }
 POSITIVE, NEGATIVE = (214, 39, 40), (31, 119, 180)  # backgrounds of positive and negative scores
+
+
+def method_label(method: str, output: dict | None = None) -> str:
+    """A method's name for people; the routes row names the threshold it was followed at when
+    ``output`` (an explanation's output) says it: "ALTI routes, threshold 0.0712"."""
+    routes = (output or {}).get("routes") if method == "routes" else None
+    if routes is None:
+        return METHOD_LABELS.get(method, method)
+    return f"{routes['method'].upper()} routes, threshold {routes['threshold']:.3g}"
 
 
 def rho_text(r: float) -> str:
@@ -45,12 +56,14 @@ def rho_text(r: float) -> str:
     return "—" if r is None or not math.isfinite(r) else f"{r:+.2f}"
 
 
-def scoreboard(rho: dict[str, float], spread: dict[str, Agreement] | None = None, *, title: str = "") -> go.Figure:
+def scoreboard(rho: dict[str, float], spread: dict[str, Agreement] | None = None, *, title: str = "",
+               output: dict | None = None) -> go.Figure:
     """Horizontal bars: each method's Spearman correlation with blank-out on this input (``rho``,
     NaN drawn as no bar), and with ``spread`` a second bar per method, the mean over many inputs,
-    with ± 1 std error bars. Methods top to bottom in the order of ``rho``."""
+    with ± 1 std error bars. Methods top to bottom in the order of ``rho``, named by
+    :func:`method_label` with the explanation's ``output``."""
     methods = list(rho) + [m for m in (spread or {}) if m not in rho]
-    labels = [METHOD_LABELS.get(m, m) for m in methods]
+    labels = [method_label(m, output) for m in methods]
     fig = go.Figure()
     this = [rho.get(m, math.nan) for m in methods]
     fig.add_trace(go.Bar(y=labels, x=[v if math.isfinite(v) else None for v in this], orientation="h",
