@@ -77,6 +77,8 @@ METHODS = ("attention", "rollout", "flow", "attn_x_grad", "grad_x_input", "integ
            *MIXING_METHODS[:3], "routes", MIXING_METHODS[3])
 DEFAULT_METHODS = METHODS[:-1]  # value zeroing (one layer pass per token per layer) runs when asked for
 ATTENTION_METHODS = METHODS[:4]  # read the attention probabilities, from one pass with eager attention
+CLASSIC_METHODS = METHODS[:7]  # the scoreboard's methods before context mixing
+MIXING_ROWS = (*MIXING_METHODS, "routes")  # the rows made from attnviz.mixing's matrices, after the others
 IG_STEPS = 32  # integrated gradients: points on the path from the baseline to the input
 BATCH_BYTES = 256 * 10**6  # blank-out and integrated gradients batch inputs up to this estimated memory a batch
 FUSED = "fused"  # the gate's mode of explain's gradient and blank-out passes: the model switched to SDPA
@@ -586,7 +588,7 @@ def explain_bytes(model: Model, n_tokens: int, methods: tuple[str, ...] = DEFAUL
         passes.append(batch * fp.backward(n) + 3 * 4 * ig_steps * n * fp.inputs)
     if "blankout" in methods:
         passes.append(fp.batch(fp.forward(n), n + 1) * fp.forward(n))
-    mixed = tuple(m for m in MIXING_METHODS if m in methods)
+    mixed = tuple(m for m in MIXING_METHODS if m in methods or (m == ROUTES_METHOD and "routes" in methods))
     if mixed:  # mixing runs after the others: its matrices, beside the attention pass of its mix vector
         passes.append(mixing_bytes(model, n, mixed) + fp.forward(n) + fp.maps(n))
     return max(passes) + 4 * 4 * n * fp.inputs  # the input and its baseline, and their copies
@@ -629,7 +631,7 @@ def _passes(methods: tuple[str, ...], n: int, ig_steps: int) -> int:
     if set(methods) & set(ATTENTION_METHODS):
         total += 3 if "attn_x_grad" in methods else 1
     total += 3 * ("grad_x_input" in methods) + 3 * ig_steps * ("integrated_gradients" in methods)
-    return total + (n + 1) * ("blankout" in methods) + bool(set(methods) & set(MIXING_METHODS))
+    return total + (n + 1) * ("blankout" in methods) + bool(set(methods) & set(MIXING_ROWS))
 
 
 # -- the methods ----------------------------------------------------------------------------
@@ -755,7 +757,7 @@ def _mixing_methods(model: Model, input, size: int | None, p: _Problem, methods:
     ``skipped`` with the reason."""
     from attnviz.mixing import mixing
 
-    rows = tuple(m for m in (*MIXING_METHODS, "routes") if m in methods)
+    rows = tuple(m for m in MIXING_ROWS if m in methods)
     computed = tuple(m for m in MIXING_METHODS if m in methods or (m == ROUTES_METHOD and "routes" in methods))
     if not rows:
         return
@@ -839,7 +841,7 @@ def explain(model: Model, input, *, target: str | None = None, size: int | None 
         fused = replace(p, run=stepped(p.run, model, (FUSED, id(model.net)), lambda: sdpa_attention(model.net)))
         _captum_methods(fused, model, methods, out, ig_steps, step)
         _mixing_methods(model, input, size, as_loaded, methods, out)
-        if set(methods) & set(MIXING_METHODS):
+        if set(methods) & set(MIXING_ROWS):
             step(1, "Context mixing")
     out.scores = {m: out.scores[m] for m in METHODS if m in out.scores}  # the order of METHODS
     return out

@@ -50,10 +50,10 @@ import attnviz  # noqa: E402
 from attnviz.explain import (  # noqa: E402
     ATTENTION_METHODS,
     BATCH_BYTES,
+    CLASSIC_METHODS,
     DEFAULT_METHODS,
     IG_STEPS,
     MAX_TOKENS,
-    METHODS,
     MIXING_METHODS,
     explain,
     explain_bytes,
@@ -89,7 +89,7 @@ def rows_for(name: str, input, runs: int, size: int | None = None) -> list[str]:
     n = len(explain(model, input, size=size, methods=("attention",)).tokens)
     rows = [f"| {name}, {n} tokens | one plain forward pass | {forward * 1e3:.0f} ms ({forward_cpu * 1e3:.0f} ms CPU) | |"]
     for method in DEFAULT_METHODS + ("all seven",):
-        methods = SEVEN if method == "all seven" else (method,)
+        methods = CLASSIC_METHODS if method == "all seven" else (method,)
         wall, cpu = median_s(lambda methods=methods: explain(model, input, size=size, methods=methods), runs)
         note = ""
         if method == "blankout":
@@ -106,7 +106,6 @@ def rows_for(name: str, input, runs: int, size: int | None = None) -> list[str]:
 
 # -- 3. memory ---------------------------------------------------------------------------------
 MEMORY_MODEL = "smollm2-135m"
-SEVEN = tuple(m for m in METHODS if m not in MIXING_METHODS)  # the scoreboard's methods before context mixing
 HOSTED_ENV = {"ATTNVIZ_HOSTED": "1", "ATTNVIZ_MAX_TOKENS": "8192", "MALLOC_ARENA_MAX": "2",
               "MALLOC_MMAP_THRESHOLD_": "4194304"}  # the Dockerfile's
 PHASES = {"attention pass: attention, rollout, flow, attn_x_grad": ATTENTION_METHODS,
