@@ -54,7 +54,7 @@ from attnviz.explain import (  # noqa: E402
     DEFAULT_METHODS,
     IG_STEPS,
     MAX_TOKENS,
-    MIXING_METHODS,
+    MIXING_ROWS,
     explain,
     explain_bytes,
     footprint,
@@ -111,7 +111,7 @@ HOSTED_ENV = {"ATTNVIZ_HOSTED": "1", "ATTNVIZ_MAX_TOKENS": "8192", "MALLOC_ARENA
 PHASES = {"attention pass: attention, rollout, flow, attn_x_grad": ATTENTION_METHODS,
           "input x gradient": ("grad_x_input",), "integrated gradients": ("integrated_gradients",),
           "blank-out": ("blankout",),
-          "context mixing: attention_norm, globenc, alti": tuple(m for m in DEFAULT_METHODS if m in MIXING_METHODS)}
+          "context mixing: attention_norm, globenc, alti, routes": tuple(m for m in DEFAULT_METHODS if m in MIXING_ROWS)}
 PHASE_BATCHES = 3  # batches of a batched phase run before it is stopped
 
 
