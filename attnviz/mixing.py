@@ -56,6 +56,7 @@ VALUE_ZEROING_MAX_TOKENS = 512  # one layer pass per token per layer
 MATRIX_BYTES = 2 ** 28  # one method's float32 [layers, N, N] at most: the longest input mixing reads
 ALTI_HEADS_BYTES = 2 ** 27  # alti_heads, float32 [layers, heads, N, N], kept (and saved) up to this
 BLOCK_BYTES = 2 ** 26  # decomposed vectors (row blocks of sum_h alpha f, per-head parts) computed at once
+BLOCK_COPIES = 3  # a block's vectors live beside about two temporaries of their size (differences, norms)
 ZEROED_BYTES = 2 ** 28  # the zeroed layer runs of value zeroing computed at once (an estimate of their activations)
 CAPTURE_SHARE = 0.1  # of the progress bar, for the capture
 
@@ -245,7 +246,9 @@ def mixing_bytes(model: Model, n_tokens: int, methods, anatomy: Anatomy | None =
     """The memory :func:`mixing` takes for an input of ``n_tokens`` tokens by ``methods``: the
     capture's (attnviz.capture.bytes_at), a float32 ``[layers, N, N]`` matrix per method, the
     value norms, ALTI's per-head contributions where they are kept (at most ALTI_HEADS_BYTES),
-    a block of decomposed vectors and value zeroing's batch of layer runs. 0 for a model
+    a block of decomposed vectors with the temporaries of its arithmetic (BLOCK_COPIES blocks;
+    tests/test_explain.py measures the peak against it) and value zeroing's batch of layer
+    runs. 0 for a model
     mixing does not cover (mixing refuses it before it takes anything)."""
     try:
         anatomy = anatomy or family_of(model).anatomy(model)
@@ -255,7 +258,7 @@ def mixing_bytes(model: Model, n_tokens: int, methods, anatomy: Anatomy | None =
     asked = set(methods) | {"attention"}
     heads_bytes = 4 * layers * heads * n * n if "alti" in asked else 0
     return (bytes_at(model, n) + 4 * layers * n * n * len(asked) + 4 * layers * heads * n
-            + (heads_bytes if heads_bytes <= ALTI_HEADS_BYTES else 0) + BLOCK_BYTES
+            + (heads_bytes if heads_bytes <= ALTI_HEADS_BYTES else 0) + BLOCK_COPIES * BLOCK_BYTES
             + (ZEROED_BYTES if "value_zeroing" in asked else 0))
 
 

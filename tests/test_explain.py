@@ -470,7 +470,7 @@ def test_explain_bytes_is_at_most_a_quarter_below_the_measured_peak(name, tokens
         import attnviz
         from attnviz.explain import explain, explain_bytes
         model = attnviz.load_model({name!r})
-        explain(model, "A short warm-up.", methods=("grad_x_input",))
+        explain(model, "A short warm-up.", methods={methods!r}, ig_steps=4)  # imports and first allocations
         ids = model.tokenizer({(TEXT + " ") * 40!r}, add_special_tokens=False)["input_ids"][:{tokens} - 2]
         text = model.tokenizer.decode(ids)
         estimate = explain_bytes(model, len(model.tokenizer(text)["input_ids"]), {methods!r}, ig_steps=4)
