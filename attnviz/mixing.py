@@ -466,6 +466,12 @@ def _zeroed_distances(layer: Layer, run: LayerRun, batch: int, steps: _Steps, wh
     return distances
 
 
+def value_norms_bytes(model: Model, input, *, pair: str | None = None, size: int | None = None) -> int:
+    """The memory :func:`value_norms` takes on ``input`` (its arguments): a capture's
+    estimate (attnviz.capture.estimate_bytes) and a block of value vectors (BLOCK_BYTES)."""
+    return estimate_bytes(model, (input, pair) if pair is not None else input, size=size) + BLOCK_BYTES
+
+
 def value_norms(model: Model, input, *, pair: str | None = None, size: int | None = None,
                 progress: Progress | None = None) -> np.ndarray:
     """float32 ``[layers, heads, N]``: ``||f^h(x_j)||`` of ``model`` on ``input`` (as :func:`mixing`
@@ -486,7 +492,7 @@ def value_norms(model: Model, input, *, pair: str | None = None, size: int | Non
         if progress is not None:
             progress(len(norms) / len(anatomy.layers), f"Value norms: layer {len(norms)} of {len(anatomy.layers)}")
 
-    need = estimate_bytes(model, input, size=size) + BLOCK_BYTES
+    need = value_norms_bytes(model, input, size=size)
     with jobs.within(f"{model.name}: value norms", need), _hooked(model, anatomy), torch.inference_mode():
         attention_inputs(anatomy, forward, each)
     return np.stack(norms).astype(np.float32)

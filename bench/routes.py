@@ -28,11 +28,13 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from explain import TEXT, text_128  # noqa: E402
 from flow import median_s  # noqa: E402
 
@@ -142,7 +144,9 @@ def real_timing_rows(method: str, runs: int) -> list[str]:
             text = text_128(model)
         else:
             text = model.tokenizer.decode(model.tokenizer(TEXT * 2)["input_ids"][:n])
+        started = time.perf_counter()
         mx = mixing(model, text, methods=(method,))
+        print(f"  {name}: mixing ({method}) {time.perf_counter() - started:.0f} s (not counted)", file=sys.stderr, flush=True)
         n_tokens = len(mx.tokens)
         outputs, what = (list(range(n_tokens)), "every token") if name == "minilm-l6" else ([n_tokens - 1], "last token")
         heads = mx.alti_heads if method == "alti" else None
@@ -160,6 +164,7 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=16, help="agreement: the first N of bench/sentences.txt")
     parser.add_argument("--models", default="minilm-l6,smollm2-135m", help="agreement: comma-separated")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # as bench/mixing: a shared machine's figures hold
     if args.part in ("timing", "all"):
         print("\n".join(timing_rows(args.runs)))
     if args.part in ("real", "all"):

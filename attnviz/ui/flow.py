@@ -42,7 +42,7 @@ from attnviz.result import AttentionResult
 from attnviz.samples import SAMPLES, sample_bytes
 from attnviz.ui import keys
 from attnviz.ui.charts import show_chart
-from attnviz.ui.common import PROGRESS_AFTER_S, job, progress_bar, url_choice, url_int
+from attnviz.ui.common import job, url_choice, url_int
 from attnviz.ui.inputs import MANY_TEXTS, UPLOAD_TYPES
 from attnviz.ui.mixing import SHOW, mixing_of
 from attnviz.ui.mixing import refusal as mixing_refusal
@@ -179,8 +179,7 @@ def _one_token(captured: Captured, fusion_key: str, refusal: str) -> Traced | No
                               help=None if method == "attention" else "A mixing method has one matrix per layer.")
     if method == "attention":
         return Traced(controls, shown, source, method, captured.result.attn[captured.stack], fusion, True)
-    with progress_bar(f"{MATRICES[method]}…", after=PROGRESS_AFTER_S) as update:
-        matrices = mixing_of(captured, method, update).matrices[method]
+    matrices = mixing_of(captured, method).matrices[method]
     return Traced(controls, shown, source, method, matrices[:, None], "mean", method in RESIDUAL_LEFT_OUT)
 
 
@@ -427,8 +426,7 @@ def routes_view(captured: Captured) -> None:
     if why:
         st.info(why)
         return
-    with progress_bar(f"Context mixing ({method})…", after=PROGRESS_AFTER_S) as update:
-        mixed = mixing_of(captured, method, update)
+    mixed = mixing_of(captured, method)
     tokens, n = mixed.tokens, len(mixed.tokens)
     default_rows = default_output_rows(get_model(result.model), tokens)
     what = "every token (mean)" if len(default_rows) > 1 else f"{default_rows[0]}: {display_label(tokens[default_rows[0]])}"

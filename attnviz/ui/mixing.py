@@ -5,9 +5,10 @@ read as a result of the same shape, so the views themselves do not change.
 - :func:`show_picker`: the control (``?show=``) and the result its choice makes of a capture.
 - What it makes is kept in :data:`SHOWN`, a cache shared by sessions and bounded by bytes,
   named by the capture's digest and the choice (the mixing behind it in :data:`MIXINGS`,
-  named by the digest and the methods computed together), with a progress bar while it is
-  computed. Value zeroing, one layer pass per token per layer, says its cost first and has a
-  Cancel button.
+  named by the digest and the methods computed together). What is computed (the value norms,
+  a mixing) runs as a job of the visitor (ui.common.cached_job: its place in line while it
+  waits, a progress bar, a Cancel button). Value zeroing, one layer pass per token per layer,
+  says its cost first.
 """
 from __future__ import annotations
 
@@ -25,13 +26,15 @@ from attnviz.mixing import (
     Mixing,
     max_mixing_tokens,
     mixing,
+    mixing_bytes,
     refusals,
     scaled_by_value_norms,
     value_norms,
+    value_norms_bytes,
 )
 from attnviz.result import AttentionResult
 from attnviz.ui import keys
-from attnviz.ui.common import PROGRESS_AFTER_S, progress_bar, url_choice
+from attnviz.ui.common import cached_job, url_choice
 from attnviz.ui.models import get_model
 from attnviz.ui.views import Captured
 
@@ -57,10 +60,6 @@ SHOWN: ByteCache[AttentionResult] = ByteCache(lambda: MIXING_CACHE_BYTES // 2, _
 MIXINGS: ByteCache[Mixing] = ByteCache(lambda: MIXING_CACHE_BYTES // 2, lambda m: m.nbytes)
 
 
-def _cancel() -> None:
-    st.session_state[keys.SHOW] = ATTENTION
-
-
 def show_picker(captured: Captured) -> Captured:
     """The "Show" control (its choice in the URL as ``?show=``) and ``captured`` with the result
     it chose: the capture itself for attention weights; else its first stack (the one mixing
@@ -81,12 +80,13 @@ def show_picker(captured: Captured) -> Captured:
     if show == "value_zeroing":
         layers = result.attn[result.stacks[0]].shape[0]
         n = len(result.key_tokens(result.stacks[0]))
-        c1, c2 = st.columns([5, 1], vertical_alignment="center")
-        c1.caption(f"Value zeroing runs each layer once per token: {layers} × {n} = {layers * n:,} layer passes "
-                   f"(at most {VALUE_ZEROING_MAX_TOKENS} tokens).")
-        c2.button("Cancel", key="show_cancel", on_click=_cancel, help="Stop and show the attention weights.")
-    with progress_bar(f"{SHOW[show]}…", after=PROGRESS_AFTER_S) as update:
-        shown = SHOWN.get((result.digest, show), lambda: _derive(captured, show, update))
+        st.caption(f"Value zeroing runs each layer once per token: {layers} × {n} = {layers * n:,} layer passes "
+                   f"(at most {VALUE_ZEROING_MAX_TOKENS} tokens); its Cancel button stops it.")
+    if show == VALUE_NORM:
+        shown = cached_job(SHOWN, (result.digest, show), f"{SHOW[show]} on {result.model}",
+                           _norms_bytes(captured), lambda progress: _scaled(captured, progress))
+    else:  # the mixing is the job; its result as attention, cheap, is kept beside it
+        shown = SHOWN.get((result.digest, show), lambda: mixing_of(captured, show).as_result(show, result))
     if show != VALUE_NORM:
         st.caption(f"{SHOW[show]}: one map per layer, shown as head 0; row i is how token i's output of the "
                    "layer draws on each token of its input (rows sum to 1).")
@@ -127,27 +127,32 @@ def _input(captured: Captured) -> tuple[object, dict]:
     return captured.request.text, {"pair": captured.request.pair}
 
 
-def _derive(captured: Captured, show: str, progress) -> AttentionResult:
-    """The result ``show`` makes of the capture (computing the mixing when it is not cached)."""
-    result = captured.result
-    model = get_model(result.model)
+def _norms_bytes(captured: Captured) -> int:
     input, options = _input(captured)
-    if show == VALUE_NORM:
-        return scaled_by_value_norms(result, value_norms(model, input, progress=progress, **options))
-    return mixing_of(captured, show, progress).as_result(show, result)
+    return value_norms_bytes(get_model(captured.result.model), input, **options)
 
 
-def mixing_of(captured: Captured, method: str, progress) -> Mixing:
-    """The context mixing of the capture that holds ``method`` (cached in MIXINGS: the cheap
-    methods are computed together, value zeroing alone); an AttnvizError when it was skipped.
-    Call :func:`refusal` first."""
+def _scaled(captured: Captured, progress) -> AttentionResult:
+    """Attention x value norm of the capture (attnviz.mixing.scaled_by_value_norms)."""
+    input, options = _input(captured)
+    norms = value_norms(get_model(captured.result.model), input, progress=progress, **options)
+    return scaled_by_value_norms(captured.result, norms)
+
+
+def mixing_of(captured: Captured, method: str) -> Mixing:
+    """The context mixing of the capture that holds ``method`` (cached in MIXINGS by the
+    capture's digest and the methods computed together: the cheap methods together, value
+    zeroing alone), computed as a job of the visitor (ui.common.cached_job) when missing; an
+    AttnvizError when it was skipped. Call :func:`refusal` first."""
     result = captured.result
     model = get_model(result.model)
     input, options = _input(captured)
     methods = ("value_zeroing",) if method == "value_zeroing" else DEFAULT_METHODS
     methods = tuple(m for m in methods if m not in refusals(model))
-    mixed = MIXINGS.get((result.digest, methods), lambda: mixing(model, input, methods=methods, result=result,
-                                                                 progress=progress, **options))
+    n = len(result.key_tokens(result.stacks[0]))
+    mixed = cached_job(MIXINGS, (result.digest, methods), f"Context mixing ({', '.join(methods)}) on {model.name}",
+                       mixing_bytes(model, n, methods),
+                       lambda progress: mixing(model, input, methods=methods, result=result, progress=progress, **options))
     if method not in mixed.matrices:
         raise AttnvizError(mixed.skipped.get(method, f"{SHOW[method]} was not computed for this input."))
     return mixed
