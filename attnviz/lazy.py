@@ -198,6 +198,22 @@ class LazyStack:
         return self.size <= SMALL_ELEMENTS
 
     @property
+    def causal(self) -> bool:
+        """Whether no query sees a key after it in any layer: every call is causal, or its mask
+        hides every key past the query (a boolean mask keeps none, an additive one is at or
+        below MASKED there)."""
+        for call in self.calls:
+            if call.causal:
+                continue
+            if call.mask < 0:
+                return False
+            mask = self.masks[call.mask]
+            keep = mask if mask.dtype == np.bool_ else mask > MASKED
+            if np.triu(keep, k=1).any():
+                return False
+        return True
+
+    @property
     def nbytes(self) -> int:
         """Bytes of what is recorded (queries, keys, masks)."""
         return sum(c.q.nbytes + c.k.nbytes for c in self.calls) + sum(m.nbytes for m in self.masks)

@@ -82,8 +82,8 @@ def eager_recording_attention(module, query, key, value, attention_mask, **kwarg
     scale = kwargs.get("scaling")
     scale = getattr(module, "scaling", None) if scale is None else scale
     rec.calls.append(rec._record(query, key, attention_mask, scale=scale, softcap=kwargs.get("softcap")))
-    if rec.on_call is not None:
-        rec.on_call(len(rec.calls) + len(rec.maps))
+    rec.callers.append(module)
+    rec._called(module)
     tracing, rec.tracing = rec.tracing, False  # recorded here: its own products are not traced again
     try:
         return eager(module, query, key, value, attention_mask, **kwargs)
@@ -111,14 +111,20 @@ class record_attention(TorchFunctionMode):
     lazy: SDPA calls are kept as ``rec.calls`` (one :class:`attnviz.lazy.Call` of batch item 0
     each, in call order; their explicit masks and biases in ``rec.masks``) instead of being
     turned into maps, and so are eager attentions written out in torch operations (see the
-    module docstring); ``nn.MultiheadAttention`` calls still give maps. on_call: called with
-    the number of calls so far after each one (progress).
+    module docstring); ``nn.MultiheadAttention`` calls still give maps. Each call and map notes
+    its recording point, the module that made it (``rec.callers`` beside ``rec.calls``,
+    ``rec.map_callers`` beside ``rec.maps``: the innermost ``nn.Module`` whose code was
+    running, the attention module; None outside any module), by which attnviz.recording
+    assigns calls to stacks and layers. on_call: called with that module after each call
+    (progress).
     """
 
     def __init__(self, lazy: bool = False, on_call=None) -> None:
         super().__init__()
         self.maps: list[torch.Tensor] = []
         self.calls: list[Call] = []
+        self.callers: list[torch.nn.Module | None] = []  # the module that made each of self.calls
+        self.map_callers: list[torch.nn.Module | None] = []  # the module that made each of self.maps
         self.masks: list = []
         self.lazy, self.on_call = lazy, on_call
         self.tracing = lazy  # whether eager attention written out in torch operations is traced
@@ -139,12 +145,15 @@ class record_attention(TorchFunctionMode):
         if func is F.scaled_dot_product_attention:
             bound = dict(zip(_SDPA_ARGS, args), **kwargs)
             bound.pop("value")
+            caller = _caller()
             if self.lazy:
                 self.calls.append(self._record(**bound))
+                self.callers.append(caller)
             else:
                 self.maps.append(sdpa_probabilities(**bound).detach())
+                self.map_callers.append(caller)
             out = func(*args, **kwargs)
-            self._called()
+            self._called(caller)
             return out
         if func is F.multi_head_attention_forward:
             want_weights = kwargs.get("need_weights", True)
@@ -153,6 +162,9 @@ class record_attention(TorchFunctionMode):
             out, weights = func(*args, **kwargs)
             per_head = weights if weights.dim() == 4 else weights.unsqueeze(0)  # unbatched input
             self.maps.append(per_head.detach().float())
+            caller = _caller()
+            self.map_callers.append(caller)
+            self._called(caller)
             if not want_weights:
                 return out, None
             return out, (weights.mean(dim=-3) if want_average else weights)
@@ -161,9 +173,9 @@ class record_attention(TorchFunctionMode):
             self._trace(func, args, kwargs, out)
         return out
 
-    def _called(self) -> None:
+    def _called(self, caller: torch.nn.Module | None) -> None:
         if self.on_call is not None:
-            self.on_call(len(self.calls) + len(self.maps))
+            self.on_call(caller)
 
     def _record(self, query, key, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                 enable_gqa=False, softcap=None) -> Call:
@@ -283,8 +295,10 @@ class record_attention(TorchFunctionMode):
             want = torch.softmax(seen[head if seen.shape[0] > 1 else 0][[0, -1]], dim=-1).nan_to_num(0.0)
             if not torch.allclose(got, want, rtol=0.0, atol=TRACE_TOLERANCE):
                 return
+        caller = _caller()
         self.calls.append(call)
-        self._called()
+        self.callers.append(caller)
+        self._called(caller)
 
     def _traced_call(self, traced: "_Scores", n_heads: int, shape: tuple[int, int]) -> Call | None:
         """The Call of batch item 0 of ``traced`` scores over ``n_heads`` heads of ``shape``
@@ -366,6 +380,21 @@ class _Scores:
 
     def hiding(self, where: torch.Tensor, lead) -> "_Scores":
         return replace(self, hidden=self.hidden + ((where, tuple(lead)),))
+
+
+def _caller() -> torch.nn.Module | None:
+    """The innermost ``nn.Module`` whose code is running on this thread (the ``self`` of the
+    nearest frame that has a module as ``self``): the attention module that made the call being
+    recorded. Read from the frames, so nothing is registered on a shared module."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_argcount and code.co_varnames[0] == "self":
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, torch.nn.Module):
+                return owner
+        frame = frame.f_back
+    return None
 
 
 def _is_traced(traced: WeakIdKeyDictionary, x) -> bool:

@@ -13,6 +13,7 @@ read a transformers output's ``output_attentions`` maps (the families that still
 from __future__ import annotations
 
 import inspect
+import re
 
 import numpy as np
 import torch
@@ -40,41 +41,92 @@ def _layer_counts(net: torch.nn.Module, stacks: tuple[str, ...]) -> dict[str, in
     return None if not layers else {stacks[0]: layers}
 
 
-def _split_calls(calls: list, counts: dict[str, int]) -> dict[str, list] | None:
-    """Recorded calls in call order -> calls per stack (an encoder-decoder runs the encoder's
-    layers, then decoder self- and cross-attention alternately); None when they do not fit."""
-    if len(calls) != sum(counts.values()):
-        return None
-    if len(counts) == 1:
-        return {next(iter(counts)): calls}
-    enc = counts["encoder"]
-    return {"encoder": calls[:enc], "decoder": calls[enc::2], "cross": calls[enc + 1::2]}
+CROSS = re.compile(r"cross|enc", re.IGNORECASE)  # a decoder's cross-attention: encoder_attn, EncDecAttention...
+
+
+class RecordingPoints:
+    """Which stack and layer each attention module's calls belong to, by the module's name.
+
+    A call made inside ``parts[stack]`` (a module) belongs to that stack, at the place its
+    qualified name's numbers give (``layers.3.self_attn``: (3,); T5's
+    ``block.3.layer.1.EncDecAttention``: (3, 1)); calls of one module (a layer shared across
+    depths, as ALBERT's) keep the order they were made in. With ``cross``, a module of the
+    ``"decoder"`` part whose name says ``cross`` or ``enc`` after its layer number
+    (``encoder_attn``, ``EncDecAttention``, ``crossattention``) is the ``"cross"`` stack's. A
+    call made outside every part (a vision-language model's vision tower) is no stack's."""
+
+    def __init__(self, parts: dict[str, torch.nn.Module], cross: bool = False) -> None:
+        self.where: dict[int, tuple[str, tuple[int, ...]]] = {}  # id(module) -> (stack, place)
+        for stack, part in parts.items():
+            for name, module in part.named_modules():
+                steps = name.split(".")
+                numbers = [i for i, p in enumerate(steps) if p.isdigit()]
+                after = steps[numbers[0] + 1:] if numbers else []
+                is_cross = cross and stack == "decoder" and any(CROSS.search(p) for p in after)
+                place = tuple(int(steps[i]) for i in numbers)
+                self.where.setdefault(id(module), ("cross" if is_cross else stack, place))
+
+    def of(self, module: torch.nn.Module | None) -> str | None:
+        """The stack of a call made by ``module``, or None (no stack's)."""
+        found = self.where.get(id(module)) if module is not None else None
+        return None if found is None else found[0]
+
+    def split(self, calls: list, callers: list, stacks: tuple[str, ...]) -> dict[str, list]:
+        """``calls`` (made by ``callers``, in call order) per stack, each in layer order."""
+        placed: dict[str, list] = {s: [] for s in stacks}
+        for order, (call, caller) in enumerate(zip(calls, callers)):
+            found = self.where.get(id(caller)) if caller is not None else None
+            if found is not None and found[0] in placed:
+                placed[found[0]].append((found[1], order, call))
+        return {s: [call for _, _, call in sorted(placed[s], key=lambda x: x[:2])] for s in stacks}
+
+
+def recording_points(net: torch.nn.Module, stacks: tuple[str, ...], part: torch.nn.Module | None = None
+                     ) -> RecordingPoints:
+    """The recording points of ``net``'s ``stacks``: an encoder-decoder's encoder (its
+    ``get_encoder()``) and decoder (``get_decoder()``, self- and cross-attention told apart by
+    name); a single stack's, ``part`` (the module whose attention is the stack, such as a
+    vision-language model's language model), else the whole of ``net``."""
+    if stacks == ("encoder", "decoder", "cross"):
+        return RecordingPoints({"encoder": net.get_encoder(), "decoder": net.get_decoder()}, cross=True)
+    return RecordingPoints({stacks[0]: part if part is not None else net})
 
 
 def forward(model: Model, stacks: tuple[str, ...], progress: Progress | None, net: torch.nn.Module | None = None,
-            **inputs):
+            part: torch.nn.Module | None = None, **inputs):
     """Run the model (or ``net``, a part of it such as a two-tower model's vision tower) and
     return ``({stack: maps}, warnings)``: lazy stacks when every attention call was recorded
     (see attnviz.capture), else, from a second, eager run, materialised float16 maps.
 
-    progress: called after each attention call (one per layer and stack) with the fraction
-    done and a message; each call also ends a step of the running job (attnviz.jobs)."""
+    Calls are assigned to stacks and layers by the module that made them (:class:`RecordingPoints`),
+    not by their order; ``part``: the module of a single stack when it is not the whole of
+    ``net`` (a vision-language model's language model: its vision tower's calls belong to no
+    stack). progress: called after each attention call of a stack (one per layer and stack) with
+    the fraction done and a message; each attention call also ends a step of the running job
+    (attnviz.jobs)."""
     net = net or model.net
-    counts = _layer_counts(net, stacks)
+    counts = _layer_counts(part if part is not None else net, stacks)
     total = sum(counts.values()) if counts else 0
+    points = recording_points(net, stacks, part)
+    done = 0
 
-    def on_call(n: int) -> None:  # a step ends with each attention call
-        if progress is not None and total:
-            progress(min(n / total, 1.0), f"Running {model.name}: attention call {n} of {total}")
-        jobs.checkpoint(min(n / total, 1.0) if total else None)
+    def on_call(caller: torch.nn.Module | None) -> None:  # a step ends with each attention call
+        nonlocal done
+        if points.of(caller) is not None:
+            done += 1
+            if progress is not None and total:
+                progress(min(done / total, 1.0), f"Running {model.name}: attention call {done} of {total}")
+        jobs.checkpoint(min(done / total, 1.0) if total else None)
 
     with jobs.hold(model.gate, (RECORDED, id(net)), lambda: default_attention(net)):
         if counts:
             with record_attention(lazy=True, on_call=on_call) as rec:
                 net(**inputs)
-            split = _split_calls(rec.calls, counts) if not rec.maps else None
+            split = points.split(rec.calls, rec.callers, stacks)
+            whole = (all(len(split[s]) == counts[s] for s in stacks)
+                     and not any(points.of(m) is not None for m in rec.map_callers))
             try:
-                if split is not None:
+                if whole:
                     return {s: LazyStack(split[s], rec.masks) for s in stacks}, []
             except ValueError:
                 pass
@@ -85,6 +137,14 @@ def forward(model: Model, stacks: tuple[str, ...], progress: Progress | None, ne
     warning = (f"{model.name} computes attention in a way attnviz does not recompute from its inputs, so its "
                "maps were materialised in full (memory grows with the square of the length).")
     return {s: stack_maps(attentions_of(out, model, names[s])) for s in stacks}, [warning]
+
+
+def is_causal(maps) -> bool:
+    """Whether no query of a stack (a LazyStack or an array ``[layers, heads, queries, keys]``)
+    sees a key after it; an array is read whole, a lazy stack from its calls and masks."""
+    if isinstance(maps, LazyStack):
+        return maps.causal
+    return not np.triu(np.asarray(maps, dtype=np.float32), k=1).any()
 
 
 def stack_maps(attentions) -> np.ndarray:

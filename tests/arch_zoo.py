@@ -189,9 +189,14 @@ VLM_TOKENS = {"llava": ["<image>"], "paligemma": ["<image>"],
               "idefics3": ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]}
 
 
-def save_vlm(kind: str, folder: Path, seed: int = 0) -> Path:
+def save_vlm(kind: str, folder: Path, seed: int = 0, text: dict | None = None, vision: dict | None = None) -> Path:
     """A tiny LLaVA-, PaliGemma- or Idefics3-style checkpoint (Idefics3 cuts a picture into tiles
-    of 32 px, after resizing its longer side to 64 px, and reads the whole picture once more)."""
+    of 32 px, after resizing its longer side to 64 px, and reads the whole picture once more).
+    ``text``, ``vision``: settings of the language model's and the vision tower's configs over
+    VLM_TEXT and VLM_VISION (a wider model for bench/long; the picture's side and patch follow
+    the vision tower's ``image_size`` and ``patch_size``)."""
+    text, vision = dict(VLM_TEXT, **(text or {})), dict(VLM_VISION, **(vision or {}))
+    side, patch = vision["image_size"], vision["patch_size"]
     tf = _tf()
     tf.utils.logging.disable_progress_bar()
     tokenizer = bundled_tokenizer("bpe")
@@ -200,25 +205,25 @@ def save_vlm(kind: str, folder: Path, seed: int = 0) -> Path:
     vocab = len(tokenizer)
     mean, std = list(IMAGE_MEAN), list(IMAGE_STD)
     if kind == "llava":
-        config = tf.LlavaConfig(vision_config=tf.CLIPVisionConfig(**VLM_VISION),
-                                text_config=tf.LlamaConfig(vocab_size=vocab, **VLM_TEXT), image_token_index=image_id)
-        images = tf.CLIPImageProcessor(size={"shortest_edge": IMAGE_SIDE}, crop_size={"height": IMAGE_SIDE, "width": IMAGE_SIDE},
+        config = tf.LlavaConfig(vision_config=tf.CLIPVisionConfig(**vision),
+                                text_config=tf.LlamaConfig(vocab_size=vocab, **text), image_token_index=image_id)
+        images = tf.CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
                                        image_mean=mean, image_std=std)
-        processor = tf.LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=PATCH,
+        processor = tf.LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=patch,
                                       vision_feature_select_strategy="default", num_additional_image_tokens=1)
         net = tf.LlavaForConditionalGeneration(config)
     elif kind == "paligemma":
-        config = tf.PaliGemmaConfig(vision_config=tf.SiglipVisionConfig(**VLM_VISION),
-                                    text_config=tf.GemmaConfig(vocab_size=vocab, **VLM_TEXT), image_token_index=image_id,
-                                    projection_dim=32)
-        images = tf.SiglipImageProcessor(size={"height": IMAGE_SIDE, "width": IMAGE_SIDE}, image_mean=mean, image_std=std)
-        images.image_seq_length = (IMAGE_SIDE // PATCH) ** 2
+        config = tf.PaliGemmaConfig(vision_config=tf.SiglipVisionConfig(**vision),
+                                    text_config=tf.GemmaConfig(vocab_size=vocab, **text), image_token_index=image_id,
+                                    projection_dim=text["hidden_size"])
+        images = tf.SiglipImageProcessor(size={"height": side, "width": side}, image_mean=mean, image_std=std)
+        images.image_seq_length = (side // patch) ** 2
         processor = tf.PaliGemmaProcessor(image_processor=images, tokenizer=tokenizer)
         net = tf.PaliGemmaForConditionalGeneration(config)
     else:
-        config = tf.Idefics3Config(vision_config=dict(VLM_VISION), text_config=tf.LlamaConfig(vocab_size=vocab, **VLM_TEXT),
+        config = tf.Idefics3Config(vision_config=dict(vision), text_config=tf.LlamaConfig(vocab_size=vocab, **text),
                                    image_token_id=image_id, scale_factor=2)
-        images = tf.Idefics3ImageProcessor(size={"longest_edge": 2 * IMAGE_SIDE}, max_image_size={"longest_edge": IMAGE_SIDE},
+        images = tf.Idefics3ImageProcessor(size={"longest_edge": 2 * side}, max_image_size={"longest_edge": side},
                                            do_image_splitting=True, image_mean=mean, image_std=std)
         processor = tf.Idefics3Processor(image_processor=images, tokenizer=tokenizer, image_seq_len=4)
         net = tf.Idefics3ForConditionalGeneration(config)

@@ -441,6 +441,7 @@ def test_vision_language_attention_is_the_models_own(vlm, picture, kind):
             enc["token_type_ids"] = torch.cat([enc["token_type_ids"], torch.ones(1, 2, dtype=torch.long)], dim=1)
         expected = stacked(ref(**enc, output_attentions=True).attentions)
     assert_same(result.attn["decoder"], expected)
+    assert result.is_lazy("decoder") and not result.warnings, "recorded, the vision tower's calls left out"
     assert len(result.tokens) == ids.shape[1] == result.prompt_len + 2
     assert result.causal == (kind != "paligemma"), "PaliGemma reads its image and prompt both ways"
 

@@ -448,3 +448,75 @@ def test_eager_recording_is_per_thread(decoder_tokens):
             net(input_ids=ids, use_cache=False)
         assert len(rec.calls) == 2
     assert torch.equal(outputs[0], expected)
+
+
+class _Attention(torch.nn.Module):
+    """One head of scaled dot-product attention of x over ``memory`` (x itself when None)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.q, self.k = torch.nn.Linear(width, width), torch.nn.Linear(width, width)
+
+    def forward(self, x, memory=None):
+        keys = self.k(x if memory is None else memory)
+        q = self.q(x)
+        return torch.nn.functional.scaled_dot_product_attention(q[None], keys[None], keys[None])[0], q
+
+
+class _DecoderLayer(torch.nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.self_attn, self.encoder_attn = _Attention(width), _Attention(width)
+
+
+class _Stack(torch.nn.Module):
+    def __init__(self, layers) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(layers)
+
+
+class _OddOrder(torch.nn.Module):
+    """An encoder-decoder that calls its attention modules in an unusual order: the decoder's
+    layers last to first, each its cross-attention before its self-attention, and the encoder's
+    layers after the decoder's (on its own input). Returns each module's queries by name."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.encoder = _Stack([_Attention(width) for _ in range(2)])
+        self.decoder = _Stack([_DecoderLayer(width) for _ in range(3)])
+
+    def forward(self, x, y):
+        queries = {}
+        for i in reversed(range(3)):
+            layer = self.decoder.layers[i]
+            queries[f"cross {i}"] = layer.encoder_attn(y, memory=x)[1]
+            queries[f"decoder {i}"] = layer.self_attn(y)[1]
+        for i in (1, 0):
+            queries[f"encoder {i}"] = self.encoder.layers[i](x)[1]
+        return queries
+
+
+def test_calls_are_placed_by_the_module_that_made_them_not_by_their_order():
+    net = _OddOrder()
+    x, y = torch.randn(5, 8), torch.randn(4, 8)
+    with torch.inference_mode(), attnviz.record_attention(lazy=True) as rec:
+        queries = net(x, y)
+    assert [type(m).__name__ for m in rec.callers] == ["_Attention"] * 8
+    points = recording.RecordingPoints({"encoder": net.encoder, "decoder": net.decoder}, cross=True)
+    split = points.split(rec.calls, rec.callers, ("encoder", "decoder", "cross"))
+    assert {s: len(calls) for s, calls in split.items()} == {"encoder": 2, "decoder": 3, "cross": 3}
+    for stack, calls in split.items():
+        for layer, call in enumerate(calls):
+            assert np.array_equal(call.q[0], queries[f"{stack} {layer}"].numpy()), (stack, layer)
+    assert points.of(net) is None and points.of(None) is None, "a call outside every part is no stack's"
+
+
+def test_a_layer_called_at_several_depths_keeps_its_call_order():
+    shared = _Attention(8)
+    stack = _Stack([shared])
+    x = torch.randn(5, 8)
+    with torch.inference_mode(), attnviz.record_attention(lazy=True) as rec:
+        seen = [shared(x)[1], shared(x + 1)[1], shared(x * 2)[1]]  # ALBERT: one layer, three depths
+    calls = recording.RecordingPoints({"encoder": stack}).split(rec.calls, rec.callers, ("encoder",))["encoder"]
+    assert [np.array_equal(c.q[0], q.numpy()) for c, q in zip(calls, seen, strict=True)] == [True] * 3

@@ -16,7 +16,8 @@ from attnviz.errors import AttnvizError
 from attnviz.inputs import clean_text, to_rgb
 from attnviz.models.converters.common import Progress
 from attnviz.models.model import AS_LOADED, Model
-from attnviz.recording import GENERATE_CAP, attentions_of, stack_maps
+from attnviz.recording import GENERATE_CAP, is_causal, last_logits_only
+from attnviz.recording import forward as record
 from attnviz.recording import transformers_shape as shape  # noqa: F401 (the family's shape)
 from attnviz.result import AttentionResult
 from attnviz.tokens import special_flags, token_strings
@@ -36,13 +37,16 @@ def capture(model: Model, input, *, prompt: str | None = None, generate: int = 0
     """An image and a ``prompt``, optionally continued by ``generate`` greedy tokens."""
     if not isinstance(input, Image.Image):
         raise AttnvizError(f"{model.name} is a vision-language model: give it an image, and the text as prompt=.")
-    return _capture_vision_language(model, input, prompt or "", generate)
+    return _capture_vision_language(model, input, prompt or "", generate, progress)
 
 
-def _capture_vision_language(model: Model, image: Image.Image, prompt: str, generate: int) -> AttentionResult:
+def _capture_vision_language(model: Model, image: Image.Image, prompt: str, generate: int,
+                             progress: Progress | None) -> AttentionResult:
     """An image and a prompt through a vision-language model (LLaVA, PaliGemma, Idefics3...),
     optionally continued by ``generate`` greedy tokens: one forward pass over the whole
-    sequence (image tokens, prompt, generated tokens) gives the language model's attention.
+    sequence (image tokens, prompt, generated tokens), recorded (attnviz.recording.forward,
+    the language model's attention calls alone: its vision tower's belong to no stack), gives
+    the language model's attention, lazily.
     The image tokens are found by the model's image token id and placed back on their grids
     (see AttentionResult.image_tokens); the picture the model saw is rebuilt from its pixels."""
     proc, net = model.processor, model.net
@@ -62,19 +66,19 @@ def _capture_vision_language(model: Model, image: Image.Image, prompt: str, gene
                            f"{model.name} is run on at most {model.max_tokens}. Shorten the prompt.")
     inputs = {k: v.to(model.device) for k, v in enc.items() if k != "labels"}
     t1 = time.perf_counter()
-    with jobs.hold(model.gate, AS_LOADED):
-        if generate:
-            pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.tokenizer.eos_token_id
+    if generate:
+        pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.tokenizer.eos_token_id
+        with jobs.hold(model.gate, AS_LOADED):
             ids = net.generate(**inputs, max_new_tokens=generate, do_sample=False, pad_token_id=pad)
-            new = ids.shape[1] - prompt_len
-            inputs.update(input_ids=ids, attention_mask=torch.ones_like(ids))
-            if "token_type_ids" in inputs:  # PaliGemma: 0 for the prefix (image and prompt), 1 for what follows
-                inputs["token_type_ids"] = torch.cat([inputs["token_type_ids"], torch.ones_like(ids[:, :new])], dim=1)
-        t2 = time.perf_counter()
-        out = net(**inputs, output_attentions=True, use_cache=False)
+        new = ids.shape[1] - prompt_len
+        inputs.update(input_ids=ids, attention_mask=torch.ones_like(ids))
+        if "token_type_ids" in inputs:  # PaliGemma: 0 for the prefix (image and prompt), 1 for what follows
+            inputs["token_type_ids"] = torch.cat([inputs["token_type_ids"], torch.ones_like(ids[:, :new])], dim=1)
+    t2 = time.perf_counter()
+    attn, warnings = record(model, STACKS, progress, part=net.get_decoder(), **inputs, use_cache=False,
+                            **last_logits_only(net))
     t3 = time.perf_counter()
-    attn = stack_maps(attentions_of(out, model))
-    causal = not np.triu(attn.astype(np.float32), k=1).any()  # PaliGemma reads its prefix both ways
+    causal = is_causal(attn["decoder"])  # PaliGemma reads its prefix both ways
     all_ids = ids[0].tolist()
     picture, layout = _vision_layout(model, enc, all_ids, image)
     tokens = token_strings(model, all_ids)
@@ -83,11 +87,12 @@ def _capture_vision_language(model: Model, image: Image.Image, prompt: str, gene
             for c, i in enumerate(row):
                 tokens[i] = f"<{name} {r},{c}>"
     return AttentionResult(
-        kind="text", model=model.name, attn={"decoder": attn}, tokens=tokens, special=special_flags(model, all_ids),
+        kind="text", model=model.name, attn=attn, tokens=tokens, special=special_flags(model, all_ids),
         word_spans=[(i, i + 1) for i in range(len(all_ids))], causal=causal, prompt_len=prompt_len,
         image=picture, image_tokens=layout,
         timings={"preprocess_s": t1 - t0, "generate_s": t2 - t1, "forward_s": t3 - t2,
-                 "copy_s": time.perf_counter() - t3})
+                 "copy_s": time.perf_counter() - t3},
+        warnings=warnings)
 
 
 def _vision_layout(model: Model, enc, ids: list[int], image: Image.Image) -> tuple[np.ndarray, dict[str, list[list[int]]]]:
