@@ -168,7 +168,7 @@ def test_image_classifier_trains_on_digits_and_opens_in_the_image_explorer():
     at.button(key="train_open_classifier_pages/image.py").click().run()
     assert not at.exception, at.exception
     assert at.session_state["model"] == f"saved:{folder.name}"
-    assert any("32 x 32 px images only" in i.value for i in at.info)  # the ViT reads its own size only
+    assert any("32 x 32 px images only" in w.value for w in at.warning)  # the ViT reads its own size only (a result warning)
     assert any("saw 32 x 32 px: 4 x 4 patches of 8 px" in c.value for c in at.caption)
     assert not at.error and at.get("plotly_chart")
 
