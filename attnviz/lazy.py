@@ -40,7 +40,9 @@ from attnviz.errors import AttnvizError
 SMALL_ELEMENTS = 2 ** 26  # weights of a stack kept materialised (128 MB in float16)
 SLICE_ELEMENTS = 2 ** 28  # most weights one whole-array selection may materialise (512 MB in float16)
 ROW_BLOCK_ELEMENTS = 2 ** 22  # scores computed at once: rows per block = this / keys (16 MB float32)
-LAYER_BLOCK_ELEMENTS = 2 ** 21  # scores computed at once for every head of a layer (8 MB float32: a block stays in the cache through its passes; see layer_rows)
+# scores computed at once for every head of a layer (8 MB float32: a block stays in the cache
+# through its product, mask, softmax and copy; 64 MB blocks took 1.4 times as long, see layer_rows)
+LAYER_BLOCK_ELEMENTS = 2 ** 21
 CACHE_BYTES = 64 * 2 ** 20  # rows kept by LazyStack.rows' cache, per stack
 READ_BYTES = 4 * ROW_BLOCK_ELEMENTS * 4  # working memory of one reader of a head (a block of scores, its softmax, rows), generous
 
