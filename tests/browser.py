@@ -171,6 +171,16 @@ def wait_for_app(page, timeout_ms: int = 120_000) -> None:
     page.wait_for_function(NO_STATUS_WIDGET, timeout=timeout_ms)
 
 
+def open_page(page, server: str, path: str, timeout_ms: int = 120_000) -> None:
+    """Open the app at ``server`` and wait for its first run (its own navigation registers the
+    pages), then ``path`` (a page and its URL query, e.g. ``text?model=minilm-l6``) and wait for
+    that page's run (``timeout_ms``: a page that captures a long input at once needs more)."""
+    page.goto(server)
+    wait_for_app(page)
+    page.goto(f"{server}/{path}")
+    wait_for_app(page, timeout_ms)
+
+
 def click_until_shown(page, where, shown, tries: int = 4, timeout_ms: int = 20_000) -> None:
     """Click the point ``where()`` gives (page x, y) until the locator ``shown`` appears.
 

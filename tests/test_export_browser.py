@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from browser import screenshot, wait_for_app
+from browser import open_page, screenshot
 
 from attnviz.cli import main
 
@@ -65,10 +65,7 @@ def test_report_renders_with_the_network_blocked(_browser, reports):
 
 def test_text_page_downloads_svg_and_the_report(streamlit_server, browser_page):
     page = browser_page
-    page.goto(streamlit_server)
-    wait_for_app(page)
-    page.goto(f"{streamlit_server}/text")
-    wait_for_app(page)
+    open_page(page, streamlit_server, "text")
     page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=180_000)
     page.get_by_role("button", name="Save figure").first.click()
     with page.expect_download(timeout=60_000) as info:

@@ -1,7 +1,7 @@
 """The head atlas in chromium: the atlas renders, a click on a head opens its map, the
 similar-heads and compare tabs draw. Screenshots go to test-artifacts/."""
 import pytest
-from browser import centre, click_until_shown, screenshot, wait_for_app
+from browser import centre, click_until_shown, open_page, screenshot, wait_for_app
 
 ATLAS = ".st-key-heads_atlas"
 OPENED = ".st-key-heads_opened"
@@ -10,10 +10,7 @@ OPENED = ".st-key-heads_opened"
 @pytest.mark.browser
 def test_atlas_click_opens_a_head_then_similar_and_compare(streamlit_server, browser_page):
     page = browser_page
-    page.goto(streamlit_server)
-    wait_for_app(page)
-    page.goto(f"{streamlit_server}/heads?model=minilm-l6")
-    wait_for_app(page)
+    open_page(page, streamlit_server, "heads?model=minilm-l6")
     atlas = page.locator(ATLAS)
     atlas.locator(".heatmaplayer").wait_for(timeout=120_000)
     page.get_by_text("Click a head to open it.").wait_for(timeout=60_000)

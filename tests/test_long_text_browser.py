@@ -5,7 +5,7 @@ to test-artifacts/. (4,096+ tokens rather than 8,192: the CI machine has two sha
 import re
 
 import pytest
-from browser import screenshot, wait_for_app
+from browser import open_page, screenshot, wait_for_app
 
 LONG = " ".join(f"Sentence {i} tells how the river met the old stone bridge near the hill." for i in range(240))  # 4,211 tokens
 HEATMAP = ".st-key-text_heatmap"
@@ -17,10 +17,7 @@ FOCUS = ".st-key-text_focus_to"
 def test_long_text_heatmap_overview_and_focus(streamlit_server, browser_page):
     page = browser_page
     page.set_default_timeout(600_000)
-    page.goto(streamlit_server)
-    wait_for_app(page)
-    page.goto(f"{streamlit_server}/text?model=smollm2-135m")
-    wait_for_app(page)
+    open_page(page, streamlit_server, "text?model=smollm2-135m")
     box = page.get_by_label("Text", exact=True)
     box.fill(LONG)
     box.press("Control+Enter")

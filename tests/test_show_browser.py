@@ -5,7 +5,7 @@ go to test-artifacts/."""
 import re
 
 import pytest
-from browser import screenshot, wait_for_app
+from browser import open_page, screenshot, wait_for_app
 
 HEATMAP = ".st-key-text_heatmap"
 LONG = " ".join(f"Sentence {i} tells how the river met the old stone bridge near the hill." for i in range(470))
@@ -28,10 +28,7 @@ def shown_views(page, name: str) -> None:
 def test_show_control_switches_every_text_view(streamlit_server, browser_page):
     page = browser_page
     page.set_default_timeout(300_000)
-    page.goto(streamlit_server)
-    wait_for_app(page)
-    page.goto(f"{streamlit_server}/text?model=minilm-l6&show=alti")
-    wait_for_app(page, timeout_ms=300_000)
+    open_page(page, streamlit_server, "text?model=minilm-l6&show=alti", timeout_ms=300_000)
     page.get_by_text("ALTI (per layer): one map per layer").wait_for()
     shown_views(page, "alti")
     page.locator(".st-key-show").click()
@@ -46,10 +43,7 @@ def test_show_control_switches_every_text_view(streamlit_server, browser_page):
 def test_an_8192_token_text_as_attention_times_value_norm(streamlit_server, browser_page):
     page = browser_page
     page.set_default_timeout(900_000)
-    page.goto(streamlit_server)
-    wait_for_app(page)
-    page.goto(f"{streamlit_server}/text?model=smollm2-135m&show=value_norm")
-    wait_for_app(page)
+    open_page(page, streamlit_server, "text?model=smollm2-135m&show=value_norm")
     box = page.get_by_label("Text", exact=True)
     box.fill(LONG)
     box.press("Control+Enter")

@@ -2,7 +2,7 @@
 it, and a click on a tile of the model overview opens that head. Screenshots go to
 test-artifacts/."""
 import pytest
-from browser import centre, click_until_shown, screenshot, wait_for_app
+from browser import centre, click_until_shown, open_page, screenshot, wait_for_app
 
 SENTENCE = "The cat sat on the mat because it was warm."
 
@@ -19,10 +19,7 @@ def wait_for_title(page, text: str) -> None:
 @pytest.mark.browser
 def test_type_a_sentence_switch_head_open_a_tile(streamlit_server, browser_page):
     page = browser_page
-    page.goto(streamlit_server)  # the app's own navigation first, then the page by its URL
-    wait_for_app(page)
-    page.goto(f"{streamlit_server}/text")
-    wait_for_app(page)
+    open_page(page, streamlit_server, "text")
     box = page.get_by_label("Text", exact=True)
     box.fill(SENTENCE)
     box.press("Control+Enter")
