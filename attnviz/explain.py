@@ -646,11 +646,13 @@ def _float32_stack(tensors: list[torch.Tensor]) -> np.ndarray:
     return stack
 
 
-def _attention_methods(p: _Problem, methods: tuple[str, ...], out: Explanation, step: _Progress) -> None:
+def _attention_methods(p: _Problem, methods: tuple[str, ...], out: Explanation,
+                       step: _Progress) -> np.ndarray | None:
     """attention, rollout, flow and attn_x_grad from one forward pass (and a backward pass for
-    attn_x_grad), the model's eager attention giving its probabilities."""
+    attn_x_grad), the model's eager attention giving its probabilities; returns the output's
+    mix vector (None when none of them was asked for)."""
     if not set(methods) & set(ATTENTION_METHODS):
-        return
+        return None
     started = time.perf_counter()
     gradients = "attn_x_grad" in methods
     x = p.inputs.clone().requires_grad_() if gradients else p.inputs
@@ -691,6 +693,7 @@ def _attention_methods(p: _Problem, methods: tuple[str, ...], out: Explanation, 
         else:
             out.scores[method] = faith.grad_rollout_scores(weighted, grad_mix if seq2seq else mix)
         out.timings[method] = time.perf_counter() - t0 + shared
+    return mix
 
 
 def _captum_methods(p: _Problem, model: Model, methods: tuple[str, ...], out: Explanation, ig_steps: int,
@@ -749,7 +752,7 @@ def stepped(run: Callable, model: Model, mode=AS_LOADED, setup: Callable | None 
 
 
 def _mixing_methods(model: Model, input, size: int | None, p: _Problem, methods: tuple[str, ...],
-                    out: Explanation) -> None:
+                    out: Explanation, mix: np.ndarray | None = None) -> None:
     """attention_norm, globenc, alti and value_zeroing: the rollout of each method's matrices
     (attnviz.mixing) carried to the output by its mix vector; routes: the routed share of
     ALTI's routes at their default threshold, from the same matrices (mixing runs once). A
@@ -771,8 +774,9 @@ def _mixing_methods(model: Model, input, size: int | None, p: _Problem, methods:
         out.skipped.update({m: f"context mixing read {len(mixed.tokens)} tokens of this input and explain "
                                f"{len(p.tokens)}" for m in rows})
         return
-    with torch.no_grad():  # p.run holds the model's gate per pass (stepped)
-        mix, _ = p.mix(p.run(p.inputs, True)[1], None)
+    if mix is None:  # the attention pass did not run: one pass for the output's mix vector
+        with torch.no_grad():  # p.run holds the model's gate per pass (stepped)
+            mix, _ = p.mix(p.run(p.inputs, True)[1], None)
     shared = time.perf_counter() - started
     for method in rows:
         source = ROUTES_METHOD if method == "routes" else method
@@ -837,10 +841,10 @@ def explain(model: Model, input, *, target: str | None = None, size: int | None 
         step = _Progress(progress, _passes(methods, len(p.tokens), ig_steps))
         step(1, f"Explaining with {model.name}")
         as_loaded = replace(p, run=stepped(p.run, model))
-        _attention_methods(as_loaded, methods, out, step)
+        mix = _attention_methods(as_loaded, methods, out, step)
         fused = replace(p, run=stepped(p.run, model, (FUSED, id(model.net)), lambda: sdpa_attention(model.net)))
         _captum_methods(fused, model, methods, out, ig_steps, step)
-        _mixing_methods(model, input, size, as_loaded, methods, out)
+        _mixing_methods(model, input, size, as_loaded, methods, out, mix)
         if set(methods) & set(MIXING_ROWS):
             step(1, "Context mixing")
     out.scores = {m: out.scores[m] for m in METHODS if m in out.scores}  # the order of METHODS
