@@ -5,8 +5,9 @@ captures share.
 its attention recorded (:class:`attnviz.recorder.record_attention` with ``lazy=True``, under the
 model's gate in the recorded mode, which switches it to its default attention) and returns lazy
 stacks (attnviz.lazy); where a model's attention cannot be recorded, a second, eager run
-materialises its maps, and a warning says so. :func:`stack_maps` and :func:`attentions_of`
-read a transformers output's ``output_attentions`` maps (the families that still read them);
+materialises its maps, and a warning says so. :func:`stack_maps` stacks per-layer maps (that
+fallback's, and a custom model's) and :func:`attentions_of` reads a transformers output's
+``output_attentions`` maps;
 :func:`accepts` and :func:`last_logits_only` say what a model's forward takes, and
 :func:`transformers_shape` what a capture's memory grows with.
 """

@@ -256,6 +256,7 @@ def test_two_tower_checkpoint_uses_the_tower_that_matches_the_input(zoo, picture
     assert image.attn["encoder"].shape[:2] == (vision.num_hidden_layers, vision.num_attention_heads)
     assert text.attn["encoder"].shape[2] == len(text.tokens)
     assert text.causal == (name == "clip"), "CLIP's text tower is causal, SigLIP's is not"
+    assert text.is_lazy("encoder") and not text.warnings, "the text tower is recorded as every capture is"
 
 
 def test_bare_decoder_is_causal_and_refuses_to_generate(zoo):

@@ -21,7 +21,7 @@ from attnviz.families.anatomy import Anatomy, Spec, build, config_heads, not_cov
 from attnviz.models.converters.common import Progress
 from attnviz.models.model import AS_LOADED, Model
 from attnviz.pixels import image_pixels
-from attnviz.recording import accepts, attentions_of, stack_maps
+from attnviz.recording import accepts, is_causal
 from attnviz.recording import forward as record
 from attnviz.recording import transformers_shape as shape  # noqa: F401 (the family's shape)
 from attnviz.result import AttentionResult, PatchGrid, grid_tokens
@@ -79,27 +79,25 @@ def capture(model: Model, input, *, size: int | None = None, progress: Progress 
     if isinstance(input, Image.Image):
         return _capture_image(model, input, size, progress)
     if model.text_tower is not None:
-        return _capture_text_tower(model, one_text(input, model))
+        return _capture_text_tower(model, one_text(input, model), progress)
     raise AttnvizError(f"{model.name} is an image model: give it an image, not {type(input).__name__}.")
 
 
-def _capture_text_tower(model: Model, text: str) -> AttentionResult:
-    """A text through the text tower of a two-tower model (CLIP, SigLIP). CLIP's text tower is
-    causal: the result says so when every map is zero above the diagonal."""
+def _capture_text_tower(model: Model, text: str, progress: Progress | None = None) -> AttentionResult:
+    """A text through the text tower of a two-tower model (CLIP, SigLIP), recorded as every
+    capture is (attnviz.recording.forward). CLIP's text tower is causal: the result says so
+    when no query sees a key after it."""
     t0 = time.perf_counter()
     enc, warnings = tokenize(model, text)
     ids = enc["input_ids"][0].tolist()
     t1 = time.perf_counter()
-    with jobs.hold(model.gate, AS_LOADED):
-        out = model.text_tower(input_ids=enc["input_ids"].to(model.device), output_attentions=True)
+    attn, recorded = record(model, STACKS, progress, net=model.text_tower, input_ids=enc["input_ids"].to(model.device))
     t2 = time.perf_counter()
-    attn = stack_maps(attentions_of(out, model))
-    causal = len(ids) > 1 and not np.triu(attn.astype(np.float32), k=1).any()
     return AttentionResult(
-        kind="text", model=model.name, attn={"encoder": attn}, tokens=token_strings(model, ids),
-        special=special_flags(model, ids), word_spans=word_spans(enc, len(ids)), causal=causal,
-        timings={"tokenize_s": t1 - t0, "forward_s": t2 - t1, "copy_s": time.perf_counter() - t2},
-        warnings=warnings)
+        kind="text", model=model.name, attn=attn, tokens=token_strings(model, ids),
+        special=special_flags(model, ids), word_spans=word_spans(enc, len(ids)),
+        causal=len(ids) > 1 and is_causal(attn["encoder"]),
+        timings={"tokenize_s": t1 - t0, "forward_s": t2 - t1}, warnings=warnings + recorded)
 
 
 def _capture_image(model: Model, image: Image.Image, size: int | None,
