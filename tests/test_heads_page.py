@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from apptest_tools import array, assert_clean, charts, open_page
+from apptest_tools import MemoryTaken, array, assert_clean, charts, open_page
 from batch_inputs import write_jsonl
 from streamlit.testing.v1 import AppTest
 from test_compare import checkpoints  # noqa: F401  (a fixture)
 
 import attnviz
+import attnviz.jobs as jobs
 from attnviz.analysis.roles import all_roles
 from attnviz.analysis.similarity import cluster_heads, head_divergence, mean_divergence
 from attnviz.batch import part_files, read_table, roles_from_table, run_batch, spread_from_table
 from attnviz.compare import align_inputs, align_models, same_head_divergence
+from attnviz.ui.heads import DIVERGENCES, ROLES
 from attnviz.ui.inputs import DEFAULT_TEXT
 
 PAGE = "pages/heads.py"
@@ -144,3 +146,29 @@ def test_compare_two_checkpoints(checkpoints):  # noqa: F811  (the fixture impor
     aligned = align_models(a, attnviz.capture(a, DEFAULT_TEXT), b, attnviz.capture(b, DEFAULT_TEXT), DEFAULT_TEXT)
     np.testing.assert_allclose(array(got["compare_per_head"]["data"][0]["z"]), same_head_divergence(aligned), atol=1e-6)
     assert "same head of B" in got["compare_per_head"]["layout"]["title"]["text"]
+
+
+def test_role_scores_and_head_divergences_are_jobs_that_wait_in_line_and_are_shared(result):
+    """Scoring every head and comparing every pair of heads read the whole stack (on an
+    8,192-token text as long as the overview), so each runs as a job of the visitor: while the
+    server's memory is taken it waits in line, with its place on the page, and goes on when
+    the memory is free; a second session then reads both from the shared cache, with no job."""
+    at = open_page(PAGE, model="minilm-l6")  # the capture, cached for every session
+    ROLES.clear()
+    DIVERGENCES.clear()
+    with MemoryTaken(release_when_waiting="Scoring every head") as taken:
+        at.run()
+    assert_clean(at)
+    assert ("Scoring every head of minilm-l6", jobs.QUEUED, 1, True) in taken.seen
+    np.testing.assert_array_equal(atlas_labels(charts(at)["heads_atlas"]), all_roles(result)["encoder"].labels(0.3))
+    with MemoryTaken(release_when_waiting="Comparing every pair") as taken:
+        at.query_params["heads_view"] = "Similar heads"
+        at.run()
+    assert_clean(at)
+    assert ("Comparing every pair of heads of minilm-l6", jobs.QUEUED, 1, True) in taken.seen
+    with MemoryTaken() as taken:
+        other = open_page(PAGE, model="minilm-l6", heads_view="Similar heads")
+        other.query_params["heads_view"] = "Atlas"
+        other.run()
+    assert_clean(other)
+    assert taken.seen == []

@@ -6,16 +6,12 @@ computations; the pages on the tiny random models of tests/conftest.py (and mini
 values drawn)."""
 from __future__ import annotations
 
-import threading
-import time
-
 import numpy as np
 import pytest
-from apptest_tools import assert_clean, charts, figures, open_page
+from apptest_tools import MemoryTaken, assert_clean, charts, figures, open_page
 
 import attnviz
 import attnviz.jobs as jobs
-from attnviz import limits
 from attnviz.inputs import open_image
 from attnviz.lazy import ScaledStack
 from attnviz.mixing import mixing, scaled_by_value_norms, value_norms
@@ -101,46 +97,6 @@ def test_show_switches_every_text_view_and_the_url_keeps_it(minilm_mixing):
     np.testing.assert_allclose(drawn, result.attention(3, 0) * mixed.value_norms[3, 0], rtol=3e-3, atol=1e-3)
     at.selectbox(key="show").set_value("attention").run()
     np.testing.assert_allclose(heatmap_weights(charts(at)["text_heatmap"]), result.attention(3, 0), atol=2e-3)
-
-
-class MemoryTaken:
-    """All of the scheduler's memory held by another visitor's job while the block runs (and
-    until :meth:`release`): any job admitted meanwhile waits in line. ``seen``: the jobs that
-    waited, with their status, as (what, state, place, has a waiting message)."""
-
-    def __init__(self, release_when_waiting: str | None = None) -> None:
-        self.release_when_waiting = release_when_waiting  # a waiting job whose name starts so releases it
-        self.seen: list[tuple[str, str, int, bool]] = []
-        self.held, self.released = threading.Event(), threading.Event()
-        self.threads = [threading.Thread(target=self._hold), threading.Thread(target=self._watch)]
-
-    def _hold(self) -> None:
-        with jobs.SCHEDULER.job("another visitor", "another visitor's work", limits.job_bytes()):
-            self.held.set()
-            self.released.wait(30)  # at the latest: a job that never waits fails the test, not the run
-
-    def _watch(self) -> None:
-        while not self.released.is_set():
-            for job, status in jobs.SCHEDULER.jobs():
-                if job.what != "another visitor's work" and status.state == jobs.QUEUED:
-                    self.seen.append((job.what, status.state, status.place, job.on_wait is not None))
-                    if self.release_when_waiting and job.what.startswith(self.release_when_waiting):
-                        self.released.set()
-            time.sleep(0.02)
-
-    def release(self) -> None:
-        self.released.set()
-
-    def __enter__(self) -> "MemoryTaken":
-        self.threads[0].start()
-        assert self.held.wait(60)
-        self.threads[1].start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-        for t in self.threads:
-            t.join(60)
 
 
 def test_show_computes_its_mixing_as_a_job_that_waits_in_line_and_is_shared(minilm_mixing):

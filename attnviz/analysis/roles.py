@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
-from attnviz.analysis.stats import head_stats
+from attnviz.analysis.stats import head_stats, head_stats_bytes
 from attnviz.result import AttentionResult
 
 ROW_BLOCK = 256  # query rows read at once per head
@@ -174,9 +175,10 @@ class HeadRoles:
 
 
 def share_roles(result: AttentionResult, stack: str, *, repeat: Repeat | None = None,
-                block: int = ROW_BLOCK) -> dict[str, np.ndarray]:
+                block: int = ROW_BLOCK, progress: Callable[[float], None] | None = None) -> dict[str, np.ndarray]:
     """The roles measured here (SHARE_ROLES, and REPEAT_ROLES with ``repeat``), each
-    ``[layers, heads]``, reading each head's map ``block`` query rows at a time."""
+    ``[layers, heads]``, reading each head's map ``block`` query rows at a time;
+    ``progress(fraction)`` after each layer."""
     if stack not in result.attn:
         raise ValueError(f"{result.model} has no {stack!r} stack; it has {result.stacks}")
     n_layers, n_heads, n_q, _ = result.shape(stack)
@@ -190,20 +192,32 @@ def share_roles(result: AttentionResult, stack: str, *, repeat: Repeat | None = 
             for name, value in _scores(blocks).items():
                 if name in scores:
                     scores[name][layer, head] = value
+        if progress is not None:
+            progress((layer + 1) / n_layers)
     return scores
 
 
 def head_roles(result: AttentionResult, stack: str, *, repeat: Repeat | None = None,
-               window: int = 2, block: int = ROW_BLOCK) -> HeadRoles:
+               window: int = 2, block: int = ROW_BLOCK, progress: Callable[[float], None] | None = None) -> HeadRoles:
     """Every role score of every head of ``result``'s stack ``stack`` (see the module
     docstring); with ``repeat`` (the layout of a :func:`repeated_sequence` input) also
-    induction and duplicate_token. ``window``: the local window of the ``local`` score."""
-    scores = share_roles(result, stack, repeat=repeat, block=block)
-    stats = head_stats(result, stack, window=window)
+    induction and duplicate_token. ``window``: the local window of the ``local`` score.
+    ``progress(fraction)``: after each layer of each of the two reads of the stack (the
+    share roles, then the statistics)."""
+    half = None if progress is None else (lambda start: lambda f: progress(start + f / 2))
+    scores = share_roles(result, stack, repeat=repeat, block=block, progress=half and half(0.0))
+    stats = head_stats(result, stack, window=window, progress=half and half(0.5))
     ordered = {name: scores[name] for name in SHARE_ROLES}
     ordered.update({role: getattr(stats, field) for role, field in STAT_ROLES.items()})
     ordered.update({name: scores[name] for name in REPEAT_ROLES if name in scores})
     return HeadRoles(stack=stack, scores=ordered)
+
+
+def head_roles_bytes(n_queries: int, n_keys: int, block: int = ROW_BLOCK) -> int:
+    """Working memory of :func:`head_roles` on a stack of ``n_queries`` x ``n_keys``, bytes:
+    the larger of its two reads (a few float32 blocks of ``block`` rows; the statistics',
+    attnviz.analysis.stats.head_stats_bytes). Reading the rows themselves is not counted."""
+    return max(4 * 4 * min(block, n_queries) * n_keys, head_stats_bytes(n_queries, n_keys))
 
 
 def all_roles(result: AttentionResult, *, repeat: Repeat | None = None, window: int = 2) -> dict[str, HeadRoles]:

@@ -17,7 +17,7 @@ Clustering is average-linkage (UPGMA) on D with scipy's hierarchy and an optimal
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy.cluster import hierarchy
@@ -54,10 +54,11 @@ def queries_within(n_heads: int, n_keys: int, budget: float = WORK_BUDGET, most:
     return int(max(8, min(most, budget // (pairs * max(n_keys, 1)))))
 
 
-def head_divergence(result: AttentionResult, stack: str, max_queries: int = MAX_QUERIES) -> np.ndarray:
+def head_divergence(result: AttentionResult, stack: str, max_queries: int = MAX_QUERIES,
+                    progress: Callable[[float], None] | None = None) -> np.ndarray:
     """``D[a, b]``, float64 ``[layers * heads, layers * heads]``: the mean over queries of the
     JS divergence of heads ``a`` and ``b`` on ``result`` (see the module docstring). Rows of
-    every head are read a block of queries at a time."""
+    every head are read a block of queries at a time; ``progress(fraction)`` after each block."""
     n_layers, n_heads, n_q, n_k = result.shape(stack)
     n = n_layers * n_heads
     queries = query_sample(n_q, max_queries)
@@ -73,9 +74,19 @@ def head_divergence(result: AttentionResult, stack: str, max_queries: int = MAX_
             js = np.clip((mixed - (own[a] + own[a:]) / 2) / LN2, 0.0, 1.0).sum(-1)
             total[a, a:] += js
             total[a:, a] = total[a, a:]
+        if progress is not None:
+            progress(min(s + block, len(queries)) / len(queries))
     d = total / len(queries)
     np.fill_diagonal(d, 0.0)
     return d
+
+
+def head_divergence_bytes(n_heads: int) -> int:
+    """Working memory of :func:`head_divergence` over ``n_heads`` heads (every layer's), bytes:
+    a block of every head's rows (BLOCK_FLOATS float32), the mixtures and entropy terms of one
+    head against the rest (two more such blocks at most) and the float64 matrix. Reading the
+    rows themselves is not counted."""
+    return 3 * 4 * BLOCK_FLOATS + 8 * n_heads * n_heads
 
 
 def cross_divergence(maps_a: np.ndarray, maps_b: np.ndarray) -> np.ndarray:

@@ -131,6 +131,15 @@ def _geometry(result: AttentionResult, stack: str, q_idx: np.ndarray, k_idx: np.
 STATS_ROWS = 1024  # query rows read at once
 
 
+def head_stats_bytes(n_queries: int, n_keys: int) -> int:
+    """Working memory of :func:`head_stats` on a stack of ``n_queries`` x ``n_keys``, bytes: the
+    distances (float32) and the window mask (bool) of every query and key, kept for the whole
+    run, and the temporaries of one block of STATS_ROWS rows (the rows, their entropy terms and
+    the content rows, about eight float32 blocks). Not counted: reading the rows themselves
+    (a lazy stack's working memory, attnviz.lazy.READ_BYTES)."""
+    return 5 * n_queries * n_keys + 8 * 4 * min(STATS_ROWS, n_queries) * n_keys
+
+
 def head_stats(result: AttentionResult, stack: str = "encoder", window: int = 2,
                progress: Callable[[float], None] | None = None) -> HeadStats:
     """Per-head statistics of ``result.attn[stack]`` (see the module docstring). Each head is

@@ -8,20 +8,25 @@
 - compare: two models (or checkpoints) on this text, or this text against a second one on the
   same model, aligned on words: side-by-side maps, A - B, and a divergence per head.
 
-Each view is a ``draw(captured)`` listed in :data:`VIEWS`; scores and divergences are cached
-per result.
+Each view is a ``draw(captured)`` listed in :data:`VIEWS`; scores and divergences are jobs of
+the visitor (attnviz.jobs), cached per result by bytes.
 """
 from __future__ import annotations
-
-import weakref
 
 import numpy as np
 import streamlit as st
 
 import attnviz.batch as batch
 import attnviz.families as families
-from attnviz.analysis.roles import DEFAULT_THRESHOLD, HeadRoles, all_roles
-from attnviz.analysis.similarity import cluster_heads, head_divergence, queries_within, similar_heads
+from attnviz.analysis.roles import DEFAULT_THRESHOLD, HeadRoles, head_roles, head_roles_bytes
+from attnviz.analysis.similarity import (
+    cluster_heads,
+    head_divergence,
+    head_divergence_bytes,
+    queries_within,
+    similar_heads,
+)
+from attnviz.cache import ByteCache
 from attnviz.compare import (
     Aligned,
     align_inputs,
@@ -30,10 +35,12 @@ from attnviz.compare import (
     same_head_divergence,
     source_stack,
 )
+from attnviz.lazy import CACHE_BYTES, READ_BYTES
 from attnviz.models.bundled import BUNDLED
 from attnviz.probes import DEFAULT_PERIOD, induction_roles
 from attnviz.result import AttentionResult
 from attnviz.ui.charts import show_chart
+from attnviz.ui.common import cached_job
 from attnviz.ui.inputs import TEXT
 from attnviz.ui.models import get_model, run_capture
 from attnviz.ui.views import Captured, View
@@ -50,23 +57,29 @@ DEFAULT_SECOND_TEXT = "The animal didn't cross the river because it was too wide
 
 
 # -- caches ------------------------------------------------------------------------------------
-def _per_result(cache, result: AttentionResult, *args):
-    """``cache(digest, *args, result)`` for a result, kept while the result lives."""
-    owner, value = cache(result.digest, *args, result)
-    if owner() is not result:  # an earlier result with the same tokens, gone since
-        cache.clear()
-        owner, value = cache(result.digest, *args, result)
-    return value
+ROLES_CACHE_BYTES = 16 << 20  # role scores and head divergences of recent results, all sessions together
+ROLES: ByteCache[HeadRoles] = ByteCache(lambda: ROLES_CACHE_BYTES // 2,
+                                        lambda r: sum(v.nbytes for v in r.scores.values()))
+DIVERGENCES: ByteCache[np.ndarray] = ByteCache(lambda: ROLES_CACHE_BYTES // 2, lambda d: d.nbytes)
+READING_BYTES = READ_BYTES + CACHE_BYTES  # reading every head of a lazy stack: its working memory and the rows it keeps
 
 
-@st.cache_resource(max_entries=8, show_spinner=False)
-def _roles(key: str, stack: str, _result: AttentionResult):
-    return weakref.ref(_result), all_roles(_result)[stack]
+def roles_of(result: AttentionResult, stack: str) -> HeadRoles:
+    """Every head's role scores on ``result``, computed once per result (named by its digest)
+    and shared by sessions, as a job of the visitor with a progress bar (every head is read
+    twice: on a long text as slow as the overview)."""
+    _, _, n_q, n_k = result.shape(stack)
+    return cached_job(ROLES, (result.digest, stack), f"Scoring every head of {result.model}",
+                      READING_BYTES + head_roles_bytes(n_q, n_k), lambda progress: head_roles(result, stack, progress=progress))
 
 
-@st.cache_resource(max_entries=8, show_spinner=False)
-def _divergence(key: str, stack: str, queries: int, _result: AttentionResult):
-    return weakref.ref(_result), head_divergence(_result, stack, queries)
+def divergence_of(result: AttentionResult, stack: str, queries: int) -> np.ndarray:
+    """The divergence of every pair of heads on ``result`` over ``queries`` queries (see
+    attnviz.analysis.similarity), cached and run as :func:`roles_of` is."""
+    n_layers, n_heads = result.shape(stack)[:2]
+    return cached_job(DIVERGENCES, (result.digest, stack, queries), f"Comparing every pair of heads of {result.model}",
+                      READING_BYTES + head_divergence_bytes(n_layers * n_heads),
+                      lambda progress: head_divergence(result, stack, queries, progress))
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
@@ -109,8 +122,7 @@ def _roles_source(result: AttentionResult, stack: str) -> tuple[HeadRoles, Atten
         roles = batch.roles_from_table(table, stack, chosen)
         n = len(set(table.column("input_id").to_pylist()))
         return roles, result if chosen == result.model else None, f"{chosen} · {stack} · mean over {n} inputs"
-    with st.spinner("Scoring every head…"):
-        return _per_result(_roles, result, stack), result, f"{result.model} · {stack} · this text"
+    return roles_of(result, stack), result, f"{result.model} · {stack} · this text"
 
 
 def atlas_view(captured: Captured) -> None:
@@ -161,11 +173,10 @@ def similar_view(captured: Captured) -> None:
     more = [t.strip() for t in st.text_area(
         "More texts to average over (one per line, optional)", key="heads_more_texts", height=80,
         help="The divergence of two heads is then the mean over this text and these.").splitlines() if t.strip()]
-    with st.spinner("Comparing every pair of heads…"):
-        d = _per_result(_divergence, result, stack, queries)
-        others = [run_capture(result.model, t) for t in more[:MAX_MORE_TEXTS]]
-        if others:
-            d = np.mean([d] + [_per_result(_divergence, r, stack, queries) for r in others], axis=0)
+    d = divergence_of(result, stack, queries)
+    others = [run_capture(result.model, t) for t in more[:MAX_MORE_TEXTS]]
+    if others:
+        d = np.mean([d] + [divergence_of(r, stack, queries) for r in others], axis=0)
     clusters = cluster_heads(d, n_heads)
     n_texts = 1 + len(others)
     sampled = f", {queries} evenly spaced queries of each" if n_q > queries else ""
