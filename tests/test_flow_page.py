@@ -9,17 +9,19 @@ import re
 
 import numpy as np
 import pytest
-from apptest_tools import array, assert_clean, figures, open_page
+from apptest_tools import MemoryTaken, array, assert_clean, figures, open_page
 from browser import centre, click_until_shown, screenshot, wait_for_app
 from streamlit.testing.v1 import AppTest
 
 import attnviz
+import attnviz.jobs as jobs
 from attnviz.analysis.flow import attention_flow, last_layer_attention, rollout, rollout_spread
 from attnviz.analysis.stats import average_stats, head_stats
 from attnviz.inputs import open_image
 from attnviz.samples import SAMPLES, sample_bytes
 from attnviz.ui import flow as flow_ui
 from attnviz.ui.inputs import DEFAULT_TEXT
+from attnviz.ui.measures import STATS
 
 PAGE = "pages/flow.py"
 ATOL = 1e-9  # the page and the test run the same float16 capture through the same code
@@ -31,12 +33,6 @@ def show(at: AppTest, view: str) -> AppTest:
     at.run()
     assert_clean(at)
     return at
-
-
-
-
-
-
 
 
 def dots(fig: dict) -> dict:
@@ -78,6 +74,19 @@ def test_text_distance_depth_shows_every_heads_statistics(text_page, text_result
     np.testing.assert_allclose(array(dots(figures(at)[0])["y"]), wider.mean_distance.ravel(), atol=ATOL)
     at.slider(key="flow_window").set_value(2).run()
 
+
+
+def test_the_statistics_of_every_head_are_a_job_that_waits_in_line(text_page, text_result):
+    """Per-head statistics read every head (on a long text as long as the overview): a job of
+    the visitor, waiting in line with its place on the page while the server's memory is
+    taken, computed once per result and shared."""
+    at = show(text_page, "depth")
+    STATS.clear()
+    with MemoryTaken(release_when_waiting="Statistics of every head") as taken:
+        at.run()
+    assert_clean(at)
+    assert ("Statistics of every head of minilm-l6", jobs.QUEUED, 1, True) in taken.seen
+    np.testing.assert_allclose(array(dots(figures(at)[0])["y"]), head_stats(text_result).mean_distance.ravel(), atol=ATOL)
 
 def test_text_heatmaps_show_each_statistic(text_page, text_result):
     at = show(text_page, "heatmaps")

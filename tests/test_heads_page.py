@@ -16,8 +16,8 @@ from attnviz.analysis.roles import all_roles
 from attnviz.analysis.similarity import cluster_heads, head_divergence, mean_divergence
 from attnviz.batch import part_files, read_table, roles_from_table, run_batch, spread_from_table
 from attnviz.compare import align_inputs, align_models, same_head_divergence
-from attnviz.ui.heads import DIVERGENCES, ROLES
 from attnviz.ui.inputs import DEFAULT_TEXT
+from attnviz.ui.measures import DIVERGENCES, ROLES
 
 PAGE = "pages/heads.py"
 

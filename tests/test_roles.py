@@ -205,7 +205,7 @@ def test_role_and_divergence_estimates_are_at_most_a_quarter_below_the_measured_
         from attnviz.capture import capture_ids
         from attnviz.analysis.roles import head_roles, head_roles_bytes
         from attnviz.analysis.similarity import head_divergence, head_divergence_bytes, queries_within
-        from attnviz.ui.heads import READING_BYTES
+        from attnviz.ui.measures import READING_BYTES
         model = attnviz.load_model("smollm2-135m")
         r = capture_ids(model, [(i * 7919) % 40000 + 100 for i in range(1024)])
         head_roles(attnviz.capture(model, "A warm-up text."), "decoder")

@@ -9,7 +9,7 @@
 - routes: the information-flow routes of a context-mixing method to an output (docs/routes.md),
   for the models context mixing covers; a node clicked opens its layer's heatmap or overlay.
 
-Per-head statistics are cached across sessions (``st.cache_data``); rollout and exact flow per
+Per-head statistics are jobs cached across sessions (attnviz.ui.measures); rollout and exact flow per
 session (:func:`remembered`), so that moving a control reruns the chart, never the model; context
 mixing across sessions by the capture's digest and the methods (attnviz.ui.mixing, bounded by bytes).
 """
@@ -44,6 +44,7 @@ from attnviz.ui import keys
 from attnviz.ui.charts import show_chart
 from attnviz.ui.common import job, url_choice, url_int
 from attnviz.ui.inputs import MANY_TEXTS, UPLOAD_TYPES
+from attnviz.ui.measures import stats_of
 from attnviz.ui.mixing import SHOW, mixing_of
 from attnviz.ui.mixing import refusal as mixing_refusal
 from attnviz.ui.models import get_model
@@ -64,12 +65,6 @@ ROUTE_METHODS = ("alti", "attention_norm", "globenc", "value_zeroing", "attentio
 
 
 # -- caches -----------------------------------------------------------------------------------
-@st.cache_data(max_entries=32, show_spinner=False)
-def stats_of(key: str, _result: AttentionResult, stack: str, window: int) -> HeadStats:
-    """Per-head statistics of the result named ``key`` (its digest, Captured.key)."""
-    return head_stats(_result, stack, window=window)
-
-
 @st.cache_data(max_entries=512, show_spinner=False)
 def input_stats(model_name: str, _model, digest: str, _input, size: int | None, stack: str, window: int,
                 stage: str | None = None) -> HeadStats:
@@ -228,7 +223,7 @@ def depth_view(captured: Captured) -> None:
     result, stack = captured.result, captured.stack
     controls, shown = st.columns([1, 3], gap="medium")
     with controls:
-        stats = stats_of(captured.key, result, stack, window_slider(captured.kind))
+        stats = stats_of(result, stack, window_slider(captured.kind))
         local_min, global_min = thresholds(stats)
         classes = stats.classes(local_min, global_min)
         st.markdown(" · ".join(f"**{(classes == c).sum()}** {c}" for c in ("local", "mixed", "global")))
@@ -274,7 +269,7 @@ def heatmaps_view(captured: Captured) -> None:
     result, stack = captured.result, captured.stack
     controls, shown = st.columns([1, 3], gap="medium")
     with controls:
-        stats = stats_of(captured.key, result, stack, window_slider(captured.kind))
+        stats = stats_of(result, stack, window_slider(captured.kind))
         statistic = st.radio("Statistic", list(viz.STATISTICS), format_func=lambda n: viz.stat_label(stats, n),
                              key="flow_statistic")
     with shown:

@@ -9,7 +9,7 @@
   same model, aligned on words: side-by-side maps, A - B, and a divergence per head.
 
 Each view is a ``draw(captured)`` listed in :data:`VIEWS`; scores and divergences are jobs of
-the visitor (attnviz.jobs), cached per result by bytes.
+the visitor, cached per result (attnviz.ui.measures).
 """
 from __future__ import annotations
 
@@ -18,15 +18,8 @@ import streamlit as st
 
 import attnviz.batch as batch
 import attnviz.families as families
-from attnviz.analysis.roles import DEFAULT_THRESHOLD, HeadRoles, head_roles, head_roles_bytes
-from attnviz.analysis.similarity import (
-    cluster_heads,
-    head_divergence,
-    head_divergence_bytes,
-    queries_within,
-    similar_heads,
-)
-from attnviz.cache import ByteCache
+from attnviz.analysis.roles import DEFAULT_THRESHOLD, HeadRoles
+from attnviz.analysis.similarity import cluster_heads, queries_within, similar_heads
 from attnviz.compare import (
     Aligned,
     align_inputs,
@@ -35,13 +28,12 @@ from attnviz.compare import (
     same_head_divergence,
     source_stack,
 )
-from attnviz.lazy import CACHE_BYTES, READ_BYTES
 from attnviz.models.bundled import BUNDLED
 from attnviz.probes import DEFAULT_PERIOD, induction_roles
 from attnviz.result import AttentionResult
 from attnviz.ui.charts import show_chart
-from attnviz.ui.common import cached_job
 from attnviz.ui.inputs import TEXT
+from attnviz.ui.measures import divergence_of, roles_of
 from attnviz.ui.models import get_model, run_capture
 from attnviz.ui.views import Captured, View
 from attnviz.viz import heads as viz
@@ -57,31 +49,6 @@ DEFAULT_SECOND_TEXT = "The animal didn't cross the river because it was too wide
 
 
 # -- caches ------------------------------------------------------------------------------------
-ROLES_CACHE_BYTES = 16 << 20  # role scores and head divergences of recent results, all sessions together
-ROLES: ByteCache[HeadRoles] = ByteCache(lambda: ROLES_CACHE_BYTES // 2,
-                                        lambda r: sum(v.nbytes for v in r.scores.values()))
-DIVERGENCES: ByteCache[np.ndarray] = ByteCache(lambda: ROLES_CACHE_BYTES // 2, lambda d: d.nbytes)
-READING_BYTES = READ_BYTES + CACHE_BYTES  # reading every head of a lazy stack: its working memory and the rows it keeps
-
-
-def roles_of(result: AttentionResult, stack: str) -> HeadRoles:
-    """Every head's role scores on ``result``, computed once per result (named by its digest)
-    and shared by sessions, as a job of the visitor with a progress bar (every head is read
-    twice: on a long text as slow as the overview)."""
-    _, _, n_q, n_k = result.shape(stack)
-    return cached_job(ROLES, (result.digest, stack), f"Scoring every head of {result.model}",
-                      READING_BYTES + head_roles_bytes(n_q, n_k), lambda progress: head_roles(result, stack, progress=progress))
-
-
-def divergence_of(result: AttentionResult, stack: str, queries: int) -> np.ndarray:
-    """The divergence of every pair of heads on ``result`` over ``queries`` queries (see
-    attnviz.analysis.similarity), cached and run as :func:`roles_of` is."""
-    n_layers, n_heads = result.shape(stack)[:2]
-    return cached_job(DIVERGENCES, (result.digest, stack, queries), f"Comparing every pair of heads of {result.model}",
-                      READING_BYTES + head_divergence_bytes(n_layers * n_heads),
-                      lambda progress: head_divergence(result, stack, queries, progress))
-
-
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _probe(name: str, period: int, seed: int) -> tuple[AttentionResult, dict[str, HeadRoles]]:
     return induction_roles(get_model(name), period, seed)

@@ -13,10 +13,10 @@ from PIL import Image
 from streamlit.delta_generator import DeltaGenerator
 
 from attnviz.analysis.flow import rollout
-from attnviz.analysis.stats import head_stats
 from attnviz.analysis.tokens import unique_labels
 from attnviz.result import AttentionResult
 from attnviz.ui.charts import report_button, result_download, show_chart
+from attnviz.ui.measures import stats_of
 from attnviz.ui.overlay import Style, show_overlay, style_controls
 from attnviz.ui.selectors import HEAD_FUSIONS, layer_head
 from attnviz.ui.views import Captured, Photo, View
@@ -237,11 +237,6 @@ def rollout_view(captured: Captured) -> None:
                     "CLS output draws on each input patch.")
 
 
-@st.cache_data(max_entries=8, show_spinner=False)
-def _sink_mass(key: str, _result: AttentionResult) -> np.ndarray:
-    return head_stats(_result, "encoder").sink_mass
-
-
 def prefix_view(captured: Captured) -> None:
     """How much attention the prefix tokens (CLS, registers) take, per layer and head, and
     which patches take attention in the chosen layer."""
@@ -249,8 +244,8 @@ def prefix_view(captured: Captured) -> None:
     layer, style = p.layer, p.style
     g = result.grid
     names = ", ".join(result.tokens[:g.prefix])
-    with p.shown, st.spinner("Measuring…"):
-        sink = _sink_mass(result.digest, result)
+    with p.shown:
+        sink = stats_of(result, "encoder").sink_mass
     left, right = p.shown.columns([2, 3])
     with left:
         show_chart(viz.layer_head_heatmap(sink, title=f"Share of attention on {names}", label="share"),
