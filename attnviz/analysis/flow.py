@@ -91,6 +91,17 @@ def head_rows(attn, layer: int, head: int, queries) -> np.ndarray:
 ROLLOUT_ROWS = 512  # rows of a layer read at once by the streamed rollout
 
 
+def rollout_bytes(n_heads: int, n: int, streamed: bool) -> int:
+    """Working memory of :func:`rollout` over ``n`` tokens and ``n_heads`` heads, bytes: streamed
+    (a ``source`` and no discarding) about five float64 blocks of ROLLOUT_ROWS rows (a head's
+    rows, the fused rows, the residual added and normalised); else a layer's heads as float32
+    and about six float64 ``[n, n]`` matrices (fused, the discarded copy and its ranking, the
+    product). Reading a lazy stack's rows is not counted."""
+    if streamed:
+        return 5 * 8 * min(ROLLOUT_ROWS, n) * n
+    return 4 * n_heads * n * n + 6 * 8 * n * n
+
+
 def augmented_rows(attn, layer: int, queries: np.ndarray, fusion: str = "mean", residual: bool = True) -> np.ndarray:
     """Rows ``queries`` of A'_l = rownorm(0.5 * fuse(attn[layer]) + 0.5 * I) (or fuse(attn[layer])
     without ``residual``), float64 ``[len(queries), n]``, reading only those rows of each head."""
@@ -158,12 +169,14 @@ def residual_augmented(matrix: np.ndarray) -> np.ndarray:
 
 
 def rollout(attn: np.ndarray, fusion: str = "mean", discard_ratio: float = 0.0,
-            source: int | None = None, layers: int | None = None, residual: bool = True) -> np.ndarray:
+            source: int | None = None, layers: int | None = None, residual: bool = True,
+            progress: Progress | None = None) -> np.ndarray:
     """Attention rollout of ``attn[layer, head, n, n]``: ``R[i, j]``, how much output token i
     draws on input token j (rows sum to 1). With ``source``, only row ``source`` (``[n]``),
     computed with vector-matrix products, which is what a long text needs. ``layers``: only
     the first that many layers (the rollout up to layer ``layers - 1``); None for all.
     ``residual=False``: the layers as they are (mixing matrices that contain the residual).
+    ``progress(fraction)`` is called after each layer.
 
     Layers are fused one at a time from the top: R = (((I A'_L) A'_(L-1)) ... A'_1). With a
     ``source`` and no discarding, each layer is read a block of rows at a time (only the rows
@@ -171,14 +184,15 @@ def rollout(attn: np.ndarray, fusion: str = "mean", discard_ratio: float = 0.0,
     """
     n = attn.shape[-1]
     n_layers = attn.shape[0] if layers is None else min(layers, attn.shape[0])
-    if source is not None and not discard_ratio:
-        r = np.eye(n)[source]
-        for layer in reversed(range(n_layers)):
-            r = _rollout_step(attn, layer, r, fusion, residual=residual)
-        return r
+    streamed = source is not None and not discard_ratio
     r = np.eye(n) if source is None else np.eye(n)[source]
-    for layer in reversed(range(n_layers)):
-        r = r @ augmented_layer(attn[layer], fusion, discard_ratio, residual)
+    for done, layer in enumerate(reversed(range(n_layers)), start=1):
+        if streamed:
+            r = _rollout_step(attn, layer, r, fusion, residual=residual)
+        else:
+            r = r @ augmented_layer(attn[layer], fusion, discard_ratio, residual)
+        if progress is not None:
+            progress(done / n_layers)
     return r
 
 
@@ -189,13 +203,14 @@ def last_layer_attention(attn: np.ndarray, source: int, fusion: str = "mean") ->
 
 
 def rollout_spread(attn: np.ndarray, source: int, fusion: str = "mean", top_k: int = 5,
-                   residual: bool = True) -> np.ndarray:
+                   residual: bool = True, progress: Progress | None = None) -> np.ndarray:
     """How output token ``source`` spreads down the layers under rollout, strongest edges only.
 
     The source's share at layer L is r_L = e_source; passing layer l, the edge from token i
     (after layer l) to token j (before it) carries r_l[i] * A'_l[i, j], and r_(l-1) = r_l A'_l.
     Each layer's edges sum to 1. Returns the ``top_k`` strongest edges of every layer as a
     float64 array ``[edges, 4]`` of rows (layer l, i, j, share), layers from L down to 1.
+    ``progress(fraction)`` is called after each layer.
     """
     r = np.eye(attn.shape[-1])[source]
     rows = []
@@ -214,6 +229,8 @@ def rollout_spread(attn: np.ndarray, source: int, fusion: str = "mean", top_k: i
         edges = edges[np.argsort(-edges[:, 0], kind="stable")[:top_k]]
         rows.append(np.stack([np.full(len(edges), layer + 1), edges[:, 1], edges[:, 2], edges[:, 0]], axis=1))
         r = r_next
+        if progress is not None:
+            progress(len(rows) / attn.shape[0])
     return np.concatenate(rows)
 
 

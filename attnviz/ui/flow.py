@@ -44,7 +44,7 @@ from attnviz.ui import keys
 from attnviz.ui.charts import show_chart
 from attnviz.ui.common import job, url_choice, url_int
 from attnviz.ui.inputs import MANY_TEXTS, UPLOAD_TYPES
-from attnviz.ui.measures import stats_of
+from attnviz.ui.measures import READING_BYTES, stats_of
 from attnviz.ui.mixing import SHOW, mixing_of
 from attnviz.ui.mixing import refusal as mixing_refusal
 from attnviz.ui.models import get_model
@@ -86,6 +86,15 @@ def remembered(what: tuple, compute):
             cache.popitem(last=False)
     cache.move_to_end(what)
     return cache[what]
+
+
+def streamed_job(what: str, key: tuple, attn, compute):
+    """``compute(progress)``, a rollout from one token read a block of rows at a time (every
+    row of every head on a long text), run as a job of the visitor (ui.common.job) admitted for
+    its working memory."""
+    need = READING_BYTES + flow.rollout_bytes(attn.shape[1], attn.shape[-1], streamed=True)
+    with job(what, need, key=key) as update:
+        return compute(update)
 
 
 def exact_flow(key: str, picked: "Traced", stack: str) -> np.ndarray:
@@ -353,8 +362,9 @@ def flow_view(captured: Captured) -> None:
         else:
             style = style_controls()
     layers, n = attn.shape[0], attn.shape[-1]
-    rolled = remembered(("rollout", key, stack, source, fusion, picked.method),
-                        lambda: flow.rollout(attn, fusion, source=source, residual=picked.residual))
+    rolled = remembered(("rollout", key, stack, source, fusion, picked.method), lambda: streamed_job(
+        "Rollout", ("rollout", key, stack, source, fusion, picked.method), attn,
+        lambda progress: flow.rollout(attn, fusion, source=source, residual=picked.residual, progress=progress)))
     last = "raw attention" if picked.method == "attention" else f"last layer's {picked.method}"
     weights = {last: flow.last_layer_attention(attn, source, fusion), "rollout": rolled}
     if layers * n * n <= flow.MAX_FLOW_EDGES:
@@ -387,7 +397,10 @@ def spread_view(captured: Captured) -> None:
     controls, shown, source, fusion, attn = picked.controls, picked.shown, picked.source, picked.fusion, picked.attn
     with controls:
         top_k = st.slider("Strongest edges per layer", 1, 20, 5, key="flow_top_k")
-    edges = flow.rollout_spread(attn, source, fusion, top_k, residual=picked.residual)
+    what = ("spread", captured.key, stack, source, fusion, top_k, picked.method)
+    edges = remembered(what, lambda: streamed_job(
+        "Rollout, layer by layer", what, attn,
+        lambda progress: flow.rollout_spread(attn, source, fusion, top_k, residual=picked.residual, progress=progress)))
     labels = [display_label(t) for t in result.key_tokens(stack)]
     with shown:
         show_chart(viz.spread_sankey(edges, labels, attn.shape[0],

@@ -12,11 +12,10 @@ import streamlit as st
 from PIL import Image
 from streamlit.delta_generator import DeltaGenerator
 
-from attnviz.analysis.flow import rollout
 from attnviz.analysis.tokens import unique_labels
 from attnviz.result import AttentionResult
 from attnviz.ui.charts import report_button, result_download, show_chart
-from attnviz.ui.measures import stats_of
+from attnviz.ui.measures import cls_rollout_of, stats_of
 from attnviz.ui.overlay import Style, show_overlay, style_controls
 from attnviz.ui.selectors import HEAD_FUSIONS, layer_head
 from attnviz.ui.views import Captured, Photo, View
@@ -207,20 +206,14 @@ def rollout_controls() -> tuple[str, float]:
     return fusion, discard
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
-def _rollout_cls(key: str, _result: AttentionResult, layer: int, fusion: str, discard: float) -> np.ndarray:
-    """Row 0 (CLS) of the rollout through layers 0..layer: [keys]."""
-    return rollout(_result.attn["encoder"], fusion, discard, source=0, layers=layer + 1)
-
-
 def rollout_view(captured: Captured) -> None:
     """Raw CLS attention of the chosen layer and head next to the rollout up to that layer."""
     result, photo, p = captured.result, captured.photo, panel(captured)
     layer, head, style = p.layer, p.head, p.style
     with p.controls:
         fusion, discard = rollout_controls()
-    with p.shown, st.spinner("Rolling out…"):
-        weights = _rollout_cls(result.digest, result, layer, fusion, discard)
+    with p.shown:
+        weights = cls_rollout_of(result, layer, fusion, discard)
     left, right = p.shown.columns(2)
     with left:
         st.markdown(f"**Raw attention**: CLS in layer {layer}, {head_name(head)}")

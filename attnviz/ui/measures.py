@@ -1,5 +1,6 @@
 """Measurements that read every head of a result, for the pages: per-head statistics (the flow
-and image pages), role scores and the divergence of every pair of heads (the head atlas).
+and image pages), role scores and the divergence of every pair of heads (the head atlas), the
+CLS rollout of the image explorer.
 
 On a long input each reads the whole stack (on an 8,192-token text as long as the overview of
 every head), so each runs as a job of the visitor (ui.common.cached_job: admitted for its
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from attnviz.analysis.flow import rollout, rollout_bytes
 from attnviz.analysis.roles import HeadRoles, head_roles, head_roles_bytes
 from attnviz.analysis.similarity import head_divergence, head_divergence_bytes
 from attnviz.analysis.stats import ARRAY_FIELDS, HeadStats, head_stats, head_stats_bytes
@@ -25,6 +27,7 @@ STATS: ByteCache[HeadStats] = ByteCache(lambda: MEASURES_CACHE_BYTES,
                                         lambda s: sum(getattr(s, f).nbytes for f in ARRAY_FIELDS))
 ROLES: ByteCache[HeadRoles] = ByteCache(lambda: MEASURES_CACHE_BYTES, lambda r: sum(v.nbytes for v in r.scores.values()))
 DIVERGENCES: ByteCache[np.ndarray] = ByteCache(lambda: MEASURES_CACHE_BYTES, lambda d: d.nbytes)
+ROLLOUTS: ByteCache[np.ndarray] = ByteCache(lambda: MEASURES_CACHE_BYTES, lambda r: r.nbytes)
 
 
 def stats_of(result: AttentionResult, stack: str, window: int = 2) -> HeadStats:
@@ -50,3 +53,13 @@ def divergence_of(result: AttentionResult, stack: str, queries: int) -> np.ndarr
     return cached_job(DIVERGENCES, (result.digest, stack, queries), f"Comparing every pair of heads of {result.model}",
                       READING_BYTES + head_divergence_bytes(n_layers * n_heads),
                       lambda progress: head_divergence(result, stack, queries, progress))
+
+
+def cls_rollout_of(result: AttentionResult, layer: int, fusion: str, discard: float) -> np.ndarray:
+    """Row 0 (CLS) of the rollout (attnviz.analysis.flow.rollout) of ``result``'s encoder
+    through layers 0..``layer``: float64 ``[keys]``; with ``discard`` > 0 each layer is read
+    whole."""
+    attn = result.attn["encoder"]
+    need = READING_BYTES + rollout_bytes(attn.shape[1], attn.shape[-1], streamed=not discard)
+    return cached_job(ROLLOUTS, (result.digest, layer, fusion, discard), f"Rolling out {result.model}", need,
+                      lambda progress: rollout(attn, fusion, discard, source=0, layers=layer + 1, progress=progress))
