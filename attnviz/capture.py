@@ -32,7 +32,10 @@ which soft-caps its logits) is recorded the same way by a registered eager funct
 eager attention is written out in torch operations (BLOOM and MPT, with ALiBi) is traced by the
 recorder into the same calls. A model whose attention none of these records (DeBERTa's
 disentangled terms, a bias per query and key computed in each layer) is run again eagerly with
-``output_attentions=True`` and its maps materialised, which the result's warnings say.
+``output_attentions=True`` and its maps materialised, which the result's warnings say. A
+windowed model (Swin) is recorded in the same one pass, every window of each call (its
+batch), and its family places the windows back on each stage's grid
+(:class:`attnviz.recording.Placement`).
 """
 from __future__ import annotations
 

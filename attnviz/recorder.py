@@ -117,17 +117,23 @@ class record_attention(TorchFunctionMode):
     running, the attention module; None outside any module), by which attnviz.recording
     assigns calls to stacks and layers. on_call: called with that module after each call
     (progress).
+
+    whole_batch (with lazy): every batch item of a call is kept, for attention whose batch is
+    part of one input (Swin's windows): a Call's heads are then its batch items' heads, item
+    after item (q ``[items x heads, queries, dim]``, head ``b * heads + h``; its mask likewise),
+    and an attention written out in torch operations is not traced: the output of each softmax
+    over the last axis is kept as a map instead (every batch item, the model's own probabilities).
     """
 
-    def __init__(self, lazy: bool = False, on_call=None) -> None:
+    def __init__(self, lazy: bool = False, on_call=None, whole_batch: bool = False) -> None:
         super().__init__()
         self.maps: list[torch.Tensor] = []
         self.calls: list[Call] = []
         self.callers: list[torch.nn.Module | None] = []  # the module that made each of self.calls
         self.map_callers: list[torch.nn.Module | None] = []  # the module that made each of self.maps
         self.masks: list = []
-        self.lazy, self.on_call = lazy, on_call
-        self.tracing = lazy  # whether eager attention written out in torch operations is traced
+        self.lazy, self.on_call, self.whole_batch = lazy, on_call, lazy and whole_batch
+        self.tracing = lazy and not whole_batch  # whether eager attention written out in torch operations is traced
         self._traced = WeakIdKeyDictionary()  # tensor -> _Scores: what the tensor's values are made of
         self._last_mask = None  # (the mask tensors last described, their description)
 
@@ -171,6 +177,11 @@ class record_attention(TorchFunctionMode):
         out = func(*args, **kwargs)
         if self.tracing and func in _TRACED and isinstance(out, torch.Tensor):
             self._trace(func, args, kwargs, out)
+        elif self.whole_batch and func in _SOFTMAXES and _over_last_axis(args, kwargs, out):
+            caller = _caller()
+            self.maps.append(out.detach().float())
+            self.map_callers.append(caller)
+            self._called(caller)
         return out
 
     def _called(self, caller: torch.nn.Module | None) -> None:
@@ -179,15 +190,24 @@ class record_attention(TorchFunctionMode):
 
     def _record(self, query, key, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                 enable_gqa=False, softcap=None) -> Call:
-        """The Call of batch item 0: q [heads, queries, dim], k once per key/value head."""
-        q, k = query.reshape(-1, *query.shape[-3:])[0], key.reshape(-1, *key.shape[-3:])[0]
+        """The Call of batch item 0: q [heads, queries, dim], k once per key/value head (of every
+        batch item, heads item after item, when whole_batch)."""
+        if self.whole_batch:
+            q, k = query.reshape(-1, *query.shape[-2:]), key.reshape(-1, *key.shape[-2:])
+        else:
+            q, k = query.reshape(-1, *query.shape[-3:])[0], key.reshape(-1, *key.shape[-3:])[0]
         n_heads = q.shape[0]
         if k.shape[0] == n_heads > 1:
             k = k[::kv_groups(k, n_heads)]  # repeat_kv copies undone
         causal, window, mask, key_bias = bool(is_causal), None, -1, -1
         if attn_mask is not None:
-            first = attn_mask.reshape(-1, *attn_mask.shape[-3:])[0] if attn_mask.dim() >= 3 else attn_mask[None]
-            causal, window, mask, key_bias = self._described((attn_mask,), lambda: first, n_heads)
+            if self.whole_batch:  # [items x heads, queries, keys], as q
+                def first():
+                    return attn_mask.expand(*query.shape[:-1], key.shape[-2]).reshape(n_heads, -1, key.shape[-2])
+            else:
+                def first():
+                    return attn_mask.reshape(-1, *attn_mask.shape[-3:])[0] if attn_mask.dim() >= 3 else attn_mask[None]
+            causal, window, mask, key_bias = self._described((attn_mask,), first, n_heads)
         return Call(q=_array(q), k=_array(k), scale=float(default_scale(q.shape[-1]) if scale is None else scale),
                     causal=causal, window=window, mask=mask, softcap=None if softcap is None else float(softcap),
                     key_bias=key_bias)
@@ -395,6 +415,13 @@ def _caller() -> torch.nn.Module | None:
                 return owner
         frame = frame.f_back
     return None
+
+
+def _over_last_axis(args, kwargs, out) -> bool:
+    """Whether a softmax call (its ``args``, ``kwargs``) ran over the last axis of a tensor of
+    attention's shape (at least [heads, queries, keys]), giving ``out``."""
+    dim = args[1] if len(args) > 1 else kwargs.get("dim")
+    return isinstance(out, torch.Tensor) and out.dim() >= 3 and dim is not None and dim % out.dim() == out.dim() - 1
 
 
 def _is_traced(traced: WeakIdKeyDictionary, x) -> bool:

@@ -5,9 +5,11 @@ captures share.
 its attention recorded (:class:`attnviz.recorder.record_attention` with ``lazy=True``, under the
 model's gate in the recorded mode, which switches it to its default attention) and returns lazy
 stacks (attnviz.lazy); where a model's attention cannot be recorded, a second, eager run
-materialises its maps, and a warning says so. :func:`stack_maps` stacks per-layer maps (that
-fallback's, and a custom model's) and :func:`attentions_of` reads a transformers output's
-``output_attentions`` maps;
+materialises its maps, and a warning says so. Where a model's attention calls are not one per
+layer over the whole input (Swin attends within windows, its calls' batch), its family gives
+a :class:`Placement`, the step by which the calls recorded, every window of each, become its
+stacks. :func:`stack_maps` stacks per-layer maps (that fallback's, and a custom model's) and
+:func:`attentions_of` reads a transformers output's ``output_attentions`` maps;
 :func:`accepts` and :func:`last_logits_only` say what a model's forward takes, and
 :func:`transformers_shape` what a capture's memory grows with.
 """
@@ -15,13 +17,16 @@ from __future__ import annotations
 
 import inspect
 import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Hashable
 
 import numpy as np
 import torch
 
 import attnviz.jobs as jobs
 from attnviz.errors import AttnvizError
-from attnviz.lazy import LazyStack
+from attnviz.lazy import Call, LazyStack, scores
 from attnviz.models.converters.common import Progress  # (fraction in [0, 1], message), the store's too
 from attnviz.models.loader import capture_shape
 from attnviz.models.model import AS_LOADED, Model
@@ -93,8 +98,32 @@ def recording_points(net: torch.nn.Module, stacks: tuple[str, ...], part: torch.
     return RecordingPoints({stacks[0]: part if part is not None else net})
 
 
+@dataclass(frozen=True)
+class Placement:
+    """How a family makes its stacks from attention calls that are not one per layer over the
+    whole input: a windowed model (Swin) attends within windows of its grid, the windows its
+    attention calls' batch, and each call's windows are placed back on its stage's grid.
+
+    ``parts``: the module of each stack, whose attention modules are its recording points (a
+    call's layer is the number its module's name gives inside the part: ``blocks.1.attention``
+    is layer 1); ``layers``: the calls each stack has, one per layer; ``place(stack, weights)``:
+    the stack's maps from its layers' probabilities, in layer order, each float32
+    ``[items x heads, queries, keys]`` (every batch item of the call, its heads item after item).
+
+    ``shares``: what runs must have in common to share the model in one recorded pass (Swin's
+    grid, from which its blocks set their windows as they run); ``ready``: readies the model
+    for such a pass, called by the first run that holds it (a model that keeps state from
+    earlier passes: Swin's blocks put back as built)."""
+
+    parts: dict[str, torch.nn.Module]
+    layers: dict[str, int]
+    place: Callable[[str, list[torch.Tensor]], np.ndarray]
+    shares: Hashable = None
+    ready: Callable[[], None] | None = None
+
+
 def forward(model: Model, stacks: tuple[str, ...], progress: Progress | None, net: torch.nn.Module | None = None,
-            part: torch.nn.Module | None = None, **inputs):
+            part: torch.nn.Module | None = None, placement: Placement | None = None, **inputs):
     """Run the model (or ``net``, a part of it such as a two-tower model's vision tower) and
     return ``({stack: maps}, warnings)``: lazy stacks when every attention call was recorded
     (see attnviz.capture), else, from a second, eager run, materialised float16 maps.
@@ -102,13 +131,18 @@ def forward(model: Model, stacks: tuple[str, ...], progress: Progress | None, ne
     Calls are assigned to stacks and layers by the module that made them (:class:`RecordingPoints`),
     not by their order; ``part``: the module of a single stack when it is not the whole of
     ``net`` (a vision-language model's language model: its vision tower's calls belong to no
-    stack). progress: called after each attention call of a stack (one per layer and stack) with
-    the fraction done and a message; each attention call also ends a step of the running job
-    (attnviz.jobs)."""
+    stack). ``placement``: the family's stacks and how its calls become their maps (a windowed
+    model's, :class:`Placement`); every batch item of a call is recorded then, and a model that
+    writes its attention out in torch operations gives its own probabilities (its softmaxes'
+    outputs) instead of calls, from the same pass. progress: called after each attention call
+    of a stack (one per layer and stack) with the fraction done and a message; each attention
+    call also ends a step of the running job (attnviz.jobs)."""
     net = net or model.net
-    counts = _layer_counts(part if part is not None else net, stacks)
+    if placement is None:
+        counts, points = _layer_counts(part if part is not None else net, stacks), recording_points(net, stacks, part)
+    else:
+        counts, points = placement.layers, RecordingPoints(placement.parts)
     total = sum(counts.values()) if counts else 0
-    points = recording_points(net, stacks, part)
     done = 0
 
     def on_call(caller: torch.nn.Module | None) -> None:  # a step ends with each attention call
@@ -119,10 +153,13 @@ def forward(model: Model, stacks: tuple[str, ...], progress: Progress | None, ne
                 progress(min(done / total, 1.0), f"Running {model.name}: attention call {done} of {total}")
         jobs.checkpoint(min(done / total, 1.0) if total else None)
 
-    with jobs.hold(model.gate, (RECORDED, id(net)), lambda: default_attention(net)):
+    mode = (RECORDED, id(net)) if placement is None else (RECORDED, id(net), placement.shares)
+    with jobs.hold(model.gate, mode, lambda: _recorded_setup(net, placement)):
         if counts:
-            with record_attention(lazy=True, on_call=on_call) as rec:
+            with record_attention(lazy=True, on_call=on_call, whole_batch=placement is not None) as rec:
                 net(**inputs)
+            if placement is not None:
+                return _placed(model, placement, points, rec, stacks), []
             split = points.split(rec.calls, rec.callers, stacks)
             whole = (all(len(split[s]) == counts[s] for s in stacks)
                      and not any(points.of(m) is not None for m in rec.map_callers))
@@ -138,6 +175,43 @@ def forward(model: Model, stacks: tuple[str, ...], progress: Progress | None, ne
     warning = (f"{model.name} computes attention in a way attnviz does not recompute from its inputs, so its "
                "maps were materialised in full (memory grows with the square of the length).")
     return {s: stack_maps(attentions_of(out, model, names[s])) for s in stacks}, [warning]
+
+
+@contextmanager
+def _recorded_setup(net: torch.nn.Module, placement: Placement | None):
+    """The setup of a recorded pass's gate mode: ``net`` switched to its default attention
+    (attnviz.recorder.default_attention), and readied as ``placement`` says."""
+    with default_attention(net) as switched:
+        if placement is not None and placement.ready is not None:
+            placement.ready()
+        yield switched
+
+
+def _placed(model: Model, placement: Placement, points: RecordingPoints, rec: record_attention,
+            stacks: tuple[str, ...]) -> dict:
+    """The stacks of ``placement`` from what ``rec`` recorded (every batch item): per stack, the
+    probabilities of its calls, or the maps a model that writes its attention out in torch
+    operations computed (its softmaxes' outputs), handed to ``placement.place``."""
+    calls = points.split(rec.calls, rec.callers, stacks)
+    maps = points.split(rec.maps, rec.map_callers, stacks)
+    placed = {}
+    for s in stacks:
+        want = placement.layers[s]
+        if len(calls[s]) == want:
+            weights = [_probabilities(c, rec.masks) for c in calls[s]]
+        elif len(maps[s]) == want and not calls[s]:
+            weights = [m.reshape(-1, *m.shape[-2:]) for m in maps[s]]
+        else:
+            raise AttnvizError(f"{model.name} computes its attention in a way attnviz does not record: "
+                               f"{max(len(calls[s]), len(maps[s]))} of {want} attention calls of {s} were seen.")
+        placed[s] = placement.place(s, weights)
+    return placed
+
+
+def _probabilities(call: Call, masks: list[np.ndarray]) -> torch.Tensor:
+    """float32 ``[heads, queries, keys]``: every head of a recorded call (attnviz.lazy's
+    arithmetic; a row with every key masked is zero)."""
+    return torch.softmax(scores(call, masks, slice(None), slice(None)), dim=-1).nan_to_num_(0.0)
 
 
 def is_causal(maps) -> bool:

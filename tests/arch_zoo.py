@@ -66,6 +66,7 @@ SEQ2SEQ = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention
                decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
                max_position_embeddings=POSITIONS, pad_token_id=0, eos_token_id=1, bos_token_id=2)
 VISION = dict(SMALL, image_size=IMAGE_SIDE, patch_size=PATCH)
+WINDOWED = dict(image_size=IMAGE_SIDE, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4)
 # ALiBi decoders read long inputs: LONG positions, past the length (2,897 tokens for 2 layers x 4
 # heads) above which a stack is no longer materialised whole (attnviz.lazy.SMALL_ELEMENTS). BLOOM
 # has no position table; the config's max_position_embeddings is the cap attnviz reads.
@@ -165,10 +166,11 @@ ARCHS: list[Arch] = [
          plain("Dinov2WithRegistersConfig", **VISION, num_register_tokens=4), image=True),
     Arch("siglip-vision", "image", "SiglipVisionModel", plain("SiglipVisionConfig", **VISION), image=True),
     Arch("clip-vision", "image", "CLIPVisionModel", plain("CLIPVisionConfig", **VISION), image=True),
-    # windowed attention: 2 stages, windows of 4 x 4 patches, shifted in every second block
-    Arch("swin", "image", "SwinModel",
-         plain("SwinConfig", image_size=IMAGE_SIDE, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4],
-               window_size=4), image=True),
+    # windowed attention: 2 stages, windows of 4 x 4 patches, shifted in every second block (Swin V2 and
+    # Donut's encoder write their attention out in torch operations, Swin V2's cosine attention scaled per head)
+    Arch("swin", "image", "SwinModel", plain("SwinConfig", **WINDOWED), image=True),
+    Arch("swinv2", "image", "Swinv2Model", plain("Swinv2Config", **WINDOWED), image=True),
+    Arch("donut-swin", "image", "DonutSwinModel", plain("DonutSwinConfig", **WINDOWED), image=True),
     # two towers: the image goes to the vision tower, a text to the text tower
     Arch("clip", "image", "CLIPModel", _clip_config, "bpe", image=True),
     Arch("siglip", "image", "SiglipModel", _siglip_config, "t5", image=True),

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch.overrides import TorchFunctionMode
 
 sys.path.insert(0, str(Path(__file__).parent))
 import arch_zoo  # noqa: E402
@@ -25,7 +27,8 @@ TEXT = "The cat sat on the mat, and it was good."
 TARGET = "A cat sat."
 TOLERANCE = 1e-3
 TEXT_ARCHS = [a.name for a in ARCHS if a.tokenizer]
-IMAGE_ARCHS = [a.name for a in ARCHS if a.image and a.name != "swin"]  # swin: windowed, tested below
+WINDOWED_ARCHS = ["swin", "swinv2", "donut-swin"]  # windowed attention, tested below
+IMAGE_ARCHS = [a.name for a in ARCHS if a.image and a.name not in WINDOWED_ARCHS]
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +229,103 @@ def test_swin_windowed_attention_is_placed_back_on_each_stage_grid(zoo, picture,
     assert stats.mean_distance.shape == (2, 2) and np.all(stats.mean_distance > 0)
     back = attnviz.AttentionResult.load(result.save(tmp_path / "swin.npz"))
     assert back.grids == result.grids and back.stacks == result.stacks
+
+
+class SDPACalls(TorchFunctionMode):
+    """Within: the batch of every ``F.scaled_dot_product_attention`` call, in ``batches``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.scaled_dot_product_attention:
+            self.batches.append(args[0].shape[0])
+        return func(*args, **(kwargs or {}))
+
+
+def own_window_attention(net, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+    """Every block's window attention ``[windows, heads, T, T]`` as the block computed it, in
+    block order (transformers returns only each stage's last): eager, read by hooks on the
+    blocks' attention modules."""
+    seen = []
+    hooks = [block.attention.register_forward_hook(lambda module, args, out: seen.append(out[1]))
+             for stage in net.encoder.layers for block in stage.blocks]
+    try:
+        with torch.no_grad():
+            net(pixel_values=pixel_values, output_attentions=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def placed_by_the_model(weights: torch.Tensor, block, rows: int, cols: int) -> np.ndarray:
+    """``weights [windows, heads, T, T]`` on the grid, ``[heads, rows x cols, rows x cols]``, by
+    the model's own padding, cyclic shift and cut into windows (transformers' ``maybe_pad``,
+    ``torch.roll``, ``window_partition``) of a grid of token numbers; padding's slots left out."""
+    numbers = torch.arange(1, rows * cols + 1, dtype=torch.float32).view(1, rows, cols, 1)
+    numbers, _ = block.maybe_pad(numbers, rows, cols)  # padding: 0
+    numbers = torch.roll(numbers, shifts=(-block.shift_size, -block.shift_size), dims=(1, 2))
+    cut = sys.modules[type(block).__module__].window_partition(numbers, block.window_size)
+    slots = cut.reshape(weights.shape[0], -1).long().numpy() - 1  # [windows, T]: token, or -1 on padding
+    dense = np.zeros((weights.shape[1], rows * cols, rows * cols), np.float32)
+    for w, tokens in enumerate(slots):
+        on = tokens >= 0
+        dense[:, tokens[on, None], tokens[None, on]] = weights[w].float().numpy()[:, on][:, :, on]
+    return dense
+
+
+@pytest.mark.parametrize("name", WINDOWED_ARCHS)
+def test_windowed_attention_is_recorded_in_one_pass_as_each_block_computed_it(zoo, picture, name):
+    """The whole model runs once, through the recorder (Swin: SDPA, one call per block with the
+    block's windows as its batch; Swin V2 and Donut's encoder write their attention out, and
+    their own probabilities are kept), and every block of every stage equals the block's own
+    eager window attention placed on the grid by the model's own padding, shift and cut. At 64
+    px both of Swin's stages shift their windows, after a capture at 32 px, whose second stage
+    fills one window and so runs unshifted (transformers' Swin blocks keep that)."""
+    folder, model = zoo(name)
+    attnviz.capture(model, picture, size=32)
+    passes = []
+    hook = model.net.register_forward_pre_hook(lambda module, args: passes.append(len(args)))
+    try:
+        with SDPACalls() as sdpa:
+            result = attnviz.capture(model, picture, size=64)
+    finally:
+        hook.remove()
+    assert len(passes) == 1, "one forward pass of the whole model"
+    grids = [(g.rows, g.cols) for g in result.grids.values()]
+    assert grids == [(16, 24), (8, 12)] and result.image.shape == (64, 96, 3)
+    windows = [rows // 4 * cols // 4 for rows, cols in grids for _ in range(2)]
+    assert sdpa.batches == (windows if name == "swin" else []), "Swin runs SDPA, its windows the batch"
+    pixels = (result.image.astype(np.float32) / 255 - np.array(IMAGE_MEAN, np.float32)) / np.array(IMAGE_STD, np.float32)
+    ref = reference_net(folder, name)
+    own = own_window_attention(ref, torch.from_numpy(pixels.transpose(2, 0, 1)[None].copy()))
+    blocks = [(stack, b, block) for stack, stage in zip(result.stacks, ref.encoder.layers)
+              for b, block in enumerate(stage.blocks)]
+    if name == "swin":
+        assert [block.shift_size for _, _, block in blocks] == [0, 2, 0, 2]
+    for (stack, b, block), weights in zip(blocks, own, strict=True):
+        grid = result.grids[stack]
+        expected = placed_by_the_model(weights, block, grid.rows, grid.cols)
+        np.testing.assert_allclose(result.attn[stack][b].astype(np.float32), expected, atol=1e-4, rtol=2 ** -10)
+
+
+def test_unwindow_leaves_out_the_padding_of_a_grid_of_part_windows(zoo):
+    """At 10 x 15 patches Swin pads its grid to 12 x 16 (then 5 x 8 to 8 x 8) for windows of 4
+    patches: each block's own window attention placed by unwindow equals the model's own
+    padding, shift and cut of the grid, the weights on padding left out."""
+    from attnviz.families.image import unwindow
+
+    folder, _ = zoo("swin")
+    ref = reference_net(folder, "swin")
+    own = own_window_attention(ref, torch.randn(1, 3, 40, 60, generator=torch.Generator().manual_seed(0)))
+    blocks = [(dims, block) for dims, stage in zip([(10, 15), (5, 8)], ref.encoder.layers) for block in stage.blocks]
+    assert [block.shift_size for _, block in blocks] == [0, 2, 0, 2]
+    for ((rows, cols), block), weights in zip(blocks, own, strict=True):
+        got = unwindow(weights, (rows, cols), block.window_size, block.shift_size).numpy()
+        np.testing.assert_allclose(got, placed_by_the_model(weights, block, rows, cols), atol=1e-7)
+        assert got.sum(-1).min() < 0.99, "a patch beside the padding gives it weight, left out"
 
 
 # -- regressions: what broke when users brought these ----------------------------------------

@@ -24,7 +24,8 @@ attnviz.models.loader). A family module says:
   cover it;
 - ``capture(model, input, *, target=None, generate=0, size=None, prompt=None, progress=None)``
   -> AttentionResult: the input tokenised or preprocessed and the model run, through the one
-  recording path (attnviz.recording.forward) where the family runs it; called by
+  recording path (attnviz.recording.forward) where the family runs it (with the family's
+  placement step where its calls are not one per layer: a windowed model's); called by
   :func:`attnviz.capture` inside the capture's job, after the options were checked;
 - for context mixing (:mod:`attnviz.mixing`), where it covers the family:
   ``anatomy(model) -> Anatomy`` (where its layers keep their value and output projections,

@@ -342,7 +342,7 @@ def load_bytes(net: torch.nn.Module) -> int:
     return model_bytes(net) + BUFFER_TEMPORARIES * largest
 
 
-WINDOWED_TYPES = ("swin", "swinv2", "donut-swin")  # captured block by block, with dense maps per stage
+WINDOWED_TYPES = ("swin", "swinv2", "donut-swin")  # windows placed on each stage's grid: dense maps per stage
 
 
 def positions(config) -> int | None:
