@@ -592,3 +592,32 @@ def test_command_line_reads_an_image_and_a_prompt(vlm, picture, tmp_path, capsys
     assert back.image_tokens and np.array(back.image_tokens["image"]).shape == (4, 4) and back.image is not None
     assert main(["capture", "--model", str(folder), "--text", PROMPT, "--out", str(out)]) == 1
     assert "give it an image" in capsys.readouterr().err
+
+
+def test_a_swin_t_sized_capture_estimate_holds_and_is_not_that_of_dense_maps_at_every_layer(tmp_path):
+    """A Swin-T-sized model (random weights: 4 stages of 2, 2, 6, 2 blocks with 3 to 24 heads,
+    windows of 7, 224 px: 56 x 56 patches in stage 1) keeps dense maps per stage, a sixteenth
+    of the patches' squares at each stage down: its capture estimate (capture.estimate_bytes,
+    what a server admits it by) is at most 25% below the measured peak, and not the 20 GB of
+    every block's maps at stage 1's size that once refused it under the default budget."""
+    from peaks import measured_peak
+
+    arch = arch_zoo.Arch("swin-t", "image", "SwinModel", arch_zoo.plain(
+        "SwinConfig", image_size=224, patch_size=4, embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
+        window_size=7), image=True)
+    folder = arch_zoo.save(arch, tmp_path / "swin-t", {})
+    peak, estimate = measured_peak(
+        f"""
+        import ctypes
+        import attnviz, numpy as np
+        from PIL import Image
+        from attnviz.capture import estimate_bytes
+        model = attnviz.load_model({str(folder)!r})
+        image = Image.fromarray((np.random.default_rng(0).random((224, 224, 3)) * 255).astype(np.uint8))
+        attnviz.capture(model, image, size=224)  # warm-up
+        estimate = estimate_bytes(model, image, size=224)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap back to the system: the capture must grow the RSS
+        """,
+        "attnviz.capture(model, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), size=224)")
+    assert peak > 100e6  # stage 1's maps: 2 blocks x 3 heads x 3,136^2 in float16, 118 MB
+    assert 0.75 * peak <= estimate <= 8 * peak, (estimate / 1e6, peak / 1e6)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -373,8 +374,18 @@ def capture_shape(config, family: str, cls=None) -> tuple[int, int, int, int, bo
     """What a capture's memory grows with, read from a transformers ``config`` (the vision
     tower's for image models): (layers, heads, hidden size, stacks, recorded), the arguments
     of ``limits.capture_bytes`` after the length. ``recorded``: the model class ``cls`` runs
-    SDPA or transformers' attention registry, so its attention is recorded, not materialised."""
+    SDPA or transformers' attention registry, so its attention is recorded, not materialised.
+
+    A windowed model (Swin: ``depths[s]`` blocks of ``num_heads[s]`` heads in stage s, each
+    stage a quarter of the previous one's patches) keeps dense maps per stage: its shape is
+    given as one materialised layer over stage 1's patches with as many heads as the stages'
+    maps hold together (the sum over s of depths[s] x num_heads[s] / 16^s, rounded up), and
+    its widest stage's hidden size."""
     loading = LOADING[family]
+    if config.model_type in WINDOWED_TYPES:
+        depths, heads = list(config.depths), list(config.num_heads)
+        held = sum(d * h / 16 ** s for s, (d, h) in enumerate(zip(depths, heads)))
+        return 1, math.ceil(held), int(config.embed_dim) * 2 ** (len(depths) - 1), 1, False
     text = getattr(config, "text_config", None) if loading.images else None
     vision = getattr(config, "vision_config", None) if loading.images else None
     sizes = vision or text or config
@@ -383,14 +394,13 @@ def capture_shape(config, family: str, cls=None) -> tuple[int, int, int, int, bo
     heads = _largest(found, ("num_attention_heads", "num_heads", "n_head", "encoder_attention_heads"))
     hidden = _largest(found, ("hidden_size", "d_model", "n_embd", "embed_dim"))
     recorded = (bool(getattr(cls, "_supports_sdpa", False) or getattr(cls, "_supports_attention_backend", False))
-                and not loading.processor and config.model_type not in WINDOWED_TYPES)
+                and not loading.processor)
     return int(layers), int(heads), int(hidden), loading.stacks, recorded
 
 
 def _largest(found: list[tuple[str, object]], keys: tuple[str, ...], summed: tuple[str, ...] = ()) -> int:
     """The largest positive integer among the (key, value) pairs ``found`` for ``keys`` (a list counts by its
-    largest item: Swin's per-stage heads), or by its sum for ``summed`` (Swin's per-stage
-    depths); 1 when none is there."""
+    largest item), or by its sum for ``summed``; 1 when none is there."""
     values = [1]
     for key, v in found:
         items = v if isinstance(v, (list, tuple)) else [v]
