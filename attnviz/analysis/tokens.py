@@ -59,6 +59,14 @@ class Axis:
         return _unit_spans(self.index, self.starts)
 
     @property
+    def token_units(self) -> np.ndarray:
+        """int ``[n_tokens]``: the unit each original token belongs to, -1 for a token in none
+        (hidden, or outside a window)."""
+        units = np.full(self.n_tokens, -1, dtype=np.intp)
+        units[self.index] = np.repeat(np.arange(len(self)), self.sizes)
+        return units
+
+    @property
     def is_identity(self) -> bool:
         """One unit per original token, none hidden."""
         return len(self) == self.n_tokens and self.hidden is None
@@ -163,11 +171,22 @@ def reduce(attn: np.ndarray, queries: Axis, keys: Axis) -> np.ndarray:
     a = np.asarray(attn)[..., _take(queries.index), :]
     m = np.add.reduceat(a[..., _take(keys.index)], keys.starts, axis=-1, dtype=np.float32)
     if keys.hidden is not None:
-        mass = a.sum(axis=-1, dtype=np.float32) - a[..., keys.hidden].sum(axis=-1, dtype=np.float32)
+        mass = kept_mass(a, keys.hidden)
         m /= np.where(mass > 0, mass, 1.0)[..., None]
     if len(queries.starts) != len(queries.index):
         m = np.add.reduceat(m, queries.starts, axis=-2) / queries.sizes[:, None].astype(np.float32)
     return m
+
+
+def kept_mass(attn: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+    """float32 ``[...]``: each row's weight on the keys not ``hidden``, summed over those keys
+    (the runs of keys between hidden ones, read in place), not as the row's total less the
+    hidden keys' weight: a row with almost all its weight on hidden keys keeps its digits."""
+    n = attn.shape[-1]
+    edges = np.unique(np.concatenate([[0], hidden, np.asarray(hidden) + 1]))
+    edges = edges[edges < n]  # every hidden key is a run of its own
+    runs = np.add.reduceat(attn, edges, axis=-1, dtype=np.float32)
+    return runs[..., ~np.isin(edges, hidden)].sum(axis=-1)
 
 
 Rows = Callable[[np.ndarray], np.ndarray]  # token indices -> float32 [..., len(indices), keys]
