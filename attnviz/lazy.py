@@ -19,7 +19,10 @@ A stack of at most SMALL_ELEMENTS weights is materialised once on first use (flo
 captured stack always was); a larger one computes only the rows asked for, in row blocks,
 and refuses a selection of more than SLICE_ELEMENTS weights. :meth:`LazyStack.rows` is the
 streaming access: float32 ``[queries, keys]`` of one head; :meth:`LazyStack.layer_rows` gives
-every head of a layer, computed together (one batched product per key/value head).
+every head of a layer, computed together (one batched product per key/value head), and
+:meth:`LazyStack.layer_cells` every head of a layer reduced to a grid of cells (the overview's
+thumbnails), each row block reduced as it is computed (:class:`CellSums`, which also reduces a
+layer held as an array).
 
 :class:`ScaledStack` is a stack whose every head has its key columns scaled by one number per
 key (attention x value norm, attnviz.mixing): it reads the rows of the stack it wraps and
@@ -41,7 +44,7 @@ SMALL_ELEMENTS = 2 ** 26  # weights of a stack kept materialised (128 MB in floa
 SLICE_ELEMENTS = 2 ** 28  # most weights one whole-array selection may materialise (512 MB in float16)
 ROW_BLOCK_ELEMENTS = 2 ** 22  # scores computed at once: rows per block = this / keys (16 MB float32)
 # scores computed at once for every head of a layer (8 MB float32: a block stays in the cache
-# through its product, mask, softmax and copy; 64 MB blocks took 1.4 times as long, see layer_rows)
+# through its product, mask, softmax and reduction; 64 MB blocks took 1.4 times as long)
 LAYER_BLOCK_ELEMENTS = 2 ** 21
 CACHE_BYTES = 64 * 2 ** 20  # rows kept by LazyStack.rows' cache, per stack
 READ_BYTES = 4 * ROW_BLOCK_ELEMENTS * 4  # working memory of one reader of a head (a block of scores, its softmax, rows), generous

@@ -15,7 +15,9 @@ The rule, one for words and blocks alike, keeps every row a distribution over th
   dropped. A row that put all its weight on hidden keys stays 0.
 
 All functions are pure numpy. Arrays keep their leading axes (layers, heads): only the last
-two, ``[query, key]``, are changed.
+two, ``[query, key]``, are changed. The overview applies the same rule to a whole layer's rows
+as they are computed, never holding them (attnviz.result.AttentionResult.layer_cells, with
+each axis's units given per token by :attr:`Axis.token_units`).
 """
 from __future__ import annotations
 
