@@ -107,7 +107,7 @@ def scores(call: Call, masks: list[np.ndarray], heads: int | slice, rows, keys=s
     if call.causal or call.window is not None:
         row_index = np.arange(n_q)[rows]
         key_index = np.arange(n_k)[keys]
-        first, last = int(row_index.min(initial=0)), int(row_index.max(initial=0))
+        first, last = (int(row_index.min()), int(row_index.max())) if row_index.size else (0, 0)
         # the key columns a mask can touch: j > (first row) under causal, j <= (last row) - window
         # in a window; with keys in order (a slice) only those columns are compared
         ordered = isinstance(keys, slice)
