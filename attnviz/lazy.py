@@ -200,13 +200,13 @@ class CellSums:
         key_units = np.asarray(key_units, dtype=np.int64)
         self.rows = np.flatnonzero(query_units >= 0)
         self.query_units = query_units
-        q_sizes = np.bincount(query_units[self.rows], minlength=0)
+        q_sizes = np.bincount(query_units[self.rows])
         in_keys = np.flatnonzero(key_units >= 0)
-        k_sizes = np.bincount(key_units[in_keys], minlength=0)
+        k_sizes = np.bincount(key_units[in_keys])
         if not (q_sizes.all() and k_sizes.all()):
             raise ValueError("units must be numbered from 0, each holding at least one token")
-        self.row_weight = torch.zeros(len(query_units))  # 1 / tokens of its unit (the mean over the unit)
-        self.row_weight[torch.from_numpy(self.rows)] = torch.from_numpy(1.0 / q_sizes[query_units[self.rows]]).float()
+        self.row_weight = np.zeros(len(query_units), dtype=np.float32)  # 1 / tokens of its unit: the mean
+        self.row_weight[self.rows] = 1.0 / q_sizes[query_units[self.rows]]
         order = in_keys[np.argsort(key_units[in_keys], kind="stable")]  # key tokens unit by unit
         self.key_order = _run(order)
         self.key_starts = np.searchsorted(key_units[order], np.arange(len(k_sizes)))
@@ -227,20 +227,20 @@ class CellSums:
         one product per head (the block's units are few), and their keys summed per unit."""
         units = self.query_units[rows]
         first, last = int(units.min()), int(units.max())
-        row_weight = self.row_weight[torch.from_numpy(rows)][None, :]  # [1, rows]
+        spread = np.zeros((1, last - first + 1, len(rows)), dtype=np.float32)  # [1, units, rows]
+        spread[0, units - first, np.arange(len(rows))] = self.row_weight[rows]
+        spread = torch.from_numpy(spread)
         if self.kept is not None:
-            mass = torch.matmul(weights, self.kept[:, keys, None])[..., 0]  # [heads, rows]
-            row_weight = row_weight / torch.where(mass > 0, mass, 1.0)
-        spread = torch.zeros(row_weight.shape[0], last - first + 1, len(rows))  # [heads or 1, units, rows]
-        spread[:, torch.from_numpy(units - first), torch.arange(len(rows))] = row_weight
+            mass = torch.matmul(weights, self.kept[:, keys, None]).transpose(1, 2)  # [heads, 1, rows]
+            spread = spread / torch.where(mass > 0, mass, 1.0)
         by_unit = torch.matmul(spread, weights)  # [heads, units, keys]
         if self.scale is not None:
             by_unit *= self.scale[:, None, keys]
+        summed = by_unit.numpy()
         if (keys.start, keys.stop) != (0, self.n_keys):
-            whole = torch.zeros(*by_unit.shape[:2], self.n_keys)
-            whole[..., keys] = by_unit
-            by_unit = whole
-        self.values[:, first:last + 1] += np.add.reduceat(by_unit.numpy()[..., self.key_order], self.key_starts, axis=-1)
+            summed = np.zeros((*summed.shape[:2], self.n_keys), dtype=np.float32)
+            summed[..., keys] = by_unit.numpy()
+        self.values[:, first:last + 1] += np.add.reduceat(summed[..., self.key_order], self.key_starts, axis=-1)
 
 
 def array_cells(layer: np.ndarray, query_units, key_units, hidden=None) -> np.ndarray:
