@@ -19,7 +19,10 @@ A stack of at most SMALL_ELEMENTS weights is materialised once on first use (flo
 captured stack always was); a larger one computes only the rows asked for, in row blocks,
 and refuses a selection of more than SLICE_ELEMENTS weights. :meth:`LazyStack.rows` is the
 streaming access: float32 ``[queries, keys]`` of one head; :meth:`LazyStack.layer_rows` gives
-every head of a layer, computed together (one batched product per key/value head).
+every head of a layer, computed together (one batched product per key/value head), and
+:meth:`LazyStack.layer_cells` every head of a layer reduced to a grid of cells (the overview's
+thumbnails), each row block reduced as it is computed (:class:`CellSums`, which also reduces a
+layer held as an array).
 
 :class:`ScaledStack` is a stack whose every head has its key columns scaled by one number per
 key (attention x value norm, attnviz.mixing): it reads the rows of the stack it wraps and
@@ -41,7 +44,7 @@ SMALL_ELEMENTS = 2 ** 26  # weights of a stack kept materialised (128 MB in floa
 SLICE_ELEMENTS = 2 ** 28  # most weights one whole-array selection may materialise (512 MB in float16)
 ROW_BLOCK_ELEMENTS = 2 ** 22  # scores computed at once: rows per block = this / keys (16 MB float32)
 # scores computed at once for every head of a layer (8 MB float32: a block stays in the cache
-# through its product, mask, softmax and copy; 64 MB blocks took 1.4 times as long, see layer_rows)
+# through its product, mask, softmax and reduction; 64 MB blocks took 1.4 times as long)
 LAYER_BLOCK_ELEMENTS = 2 ** 21
 CACHE_BYTES = 64 * 2 ** 20  # rows kept by LazyStack.rows' cache, per stack
 READ_BYTES = 4 * ROW_BLOCK_ELEMENTS * 4  # working memory of one reader of a head (a block of scores, its softmax, rows), generous
@@ -104,7 +107,7 @@ def scores(call: Call, masks: list[np.ndarray], heads: int | slice, rows, keys=s
     if call.causal or call.window is not None:
         row_index = np.arange(n_q)[rows]
         key_index = np.arange(n_k)[keys]
-        first, last = int(row_index.min(initial=0)), int(row_index.max(initial=0))
+        first, last = (int(row_index.min()), int(row_index.max())) if row_index.size else (0, 0)
         # the key columns a mask can touch: j > (first row) under causal, j <= (last row) - window
         # in a window; with keys in order (a slice) only those columns are compared
         ordered = isinstance(keys, slice)
@@ -138,16 +141,22 @@ def visible(call: Call, rows: np.ndarray) -> slice:
     return slice(min(start, stop), stop)
 
 
+def _softmax_(call: Call, s: torch.Tensor) -> torch.Tensor:
+    """The softmax of scores ``s`` over the keys, in place (on the contiguous block, which is
+    fast). Only an explicit mask can hide every key of a row (causal and window rows always see
+    themselves): its rows of NaN become 0."""
+    torch.softmax(s, dim=-1, out=s)
+    if call.mask >= 0:
+        s.nan_to_num_(0.0)
+    return s
+
+
 def _normalise(call: Call, s: torch.Tensor, out: torch.Tensor) -> None:
     """Writes the softmax of scores ``s`` over the keys into ``out`` (``s`` is overwritten: the
     softmax runs in place on its contiguous block, then one copy fills ``out``, a strided view
     of the rows; a softmax written straight into a strided ``out`` takes about 2.5 times as
-    long). Only an explicit mask can hide every key of a row (causal and window rows always see
-    themselves): its rows of NaN become 0."""
-    torch.softmax(s, dim=-1, out=s)
-    out.copy_(s)
-    if call.mask >= 0:
-        out.nan_to_num_(0.0)
+    long)."""
+    out.copy_(_softmax_(call, s))
 
 
 def _run(rows: np.ndarray) -> slice | np.ndarray:
@@ -167,6 +176,83 @@ def _as_rows(queries, n: int) -> np.ndarray:
     if rows.size and (rows.min() < -n or rows.max() >= n):
         raise IndexError(f"query index out of range [0, {n})")
     return np.where(rows < 0, rows + n, rows)
+
+
+class CellSums:
+    """The rows of one layer's heads reduced to a grid of cells as they are read, a block of
+    rows at a time, so that no whole row of the layer is ever held: the rule of
+    attnviz.analysis.tokens.reduce, written with the units of each axis given per token.
+
+    query_units: int ``[queries]``, the unit (row of cells) each query token belongs to, -1 for
+    a token in none; key_units: int ``[keys]`` likewise for the columns; units are numbered
+    from 0 and each holds at least one token. hidden: key tokens whose weight every row drops,
+    the row then renormalised over the other keys (all of them, in a unit or not; None: rows
+    are taken as they are). key_scale: float32 ``[heads, keys]`` multiplying each head's key
+    columns first (attention x value norm, :class:`ScaledStack`), or None.
+
+    ``values[head, u, v]``, float32 ``[heads, query units, key units]``: the mean, over the
+    query tokens of unit u, of the row's total weight on the key tokens of unit v. Call
+    :meth:`add` with every row of ``rows`` (the query tokens in a unit) once, in any blocks.
+    """
+
+    def __init__(self, n_heads: int, query_units, key_units, hidden=None, key_scale: np.ndarray | None = None) -> None:
+        query_units = np.asarray(query_units, dtype=np.int64)
+        key_units = np.asarray(key_units, dtype=np.int64)
+        self.rows = np.flatnonzero(query_units >= 0)
+        self.query_units = query_units
+        q_sizes = np.bincount(query_units[self.rows])
+        in_keys = np.flatnonzero(key_units >= 0)
+        k_sizes = np.bincount(key_units[in_keys])
+        if not (q_sizes.all() and k_sizes.all()):
+            raise ValueError("units must be numbered from 0, each holding at least one token")
+        self.row_weight = np.zeros(len(query_units), dtype=np.float32)  # 1 / tokens of its unit: the mean
+        self.row_weight[self.rows] = 1.0 / q_sizes[query_units[self.rows]]
+        order = in_keys[np.argsort(key_units[in_keys], kind="stable")]  # key tokens unit by unit
+        self.key_order = _run(order)
+        self.key_starts = np.searchsorted(key_units[order], np.arange(len(k_sizes)))
+        self.n_keys = len(key_units)
+        self.scale = None if key_scale is None else torch.from_numpy(np.asarray(key_scale, dtype=np.float32))
+        self.kept = None  # [heads or 1, keys]: what a row's weight on a key counts for its mass
+        if hidden is not None:
+            kept = torch.ones(1, self.n_keys)
+            kept[:, torch.from_numpy(np.asarray(hidden, dtype=np.int64))] = 0.0
+            self.kept = kept if self.scale is None else kept * self.scale
+        self.values = np.zeros((n_heads, len(q_sizes), len(k_sizes)), dtype=np.float32)
+
+    def add(self, rows: np.ndarray, keys: slice, weights: torch.Tensor) -> None:
+        """Adds the rows ``weights``, float32 ``[heads, len(rows), keys]``, of query tokens
+        ``rows`` (each in a unit) over the key tokens ``keys`` (a slice; every other key has
+        weight 0 in these rows). Each row is scaled by 1 / (tokens of its unit) and, when keys
+        are hidden, by 1 / its weight on the other keys; the rows of a unit are then summed by
+        one product per head (the block's units are few), and their keys summed per unit."""
+        units = self.query_units[rows]
+        first, last = int(units.min()), int(units.max())
+        spread = np.zeros((1, last - first + 1, len(rows)), dtype=np.float32)  # [1, units, rows]
+        spread[0, units - first, np.arange(len(rows))] = self.row_weight[rows]
+        spread = torch.from_numpy(spread)
+        if self.kept is not None:
+            mass = torch.matmul(weights, self.kept[:, keys, None]).transpose(1, 2)  # [heads, 1, rows]
+            spread = spread / torch.where(mass > 0, mass, 1.0)
+        by_unit = torch.matmul(spread, weights)  # [heads, units, keys]
+        if self.scale is not None:
+            by_unit *= self.scale[:, None, keys]
+        summed = by_unit.numpy()
+        if (keys.start, keys.stop) != (0, self.n_keys):
+            summed = np.zeros((*summed.shape[:2], self.n_keys), dtype=np.float32)
+            summed[..., keys] = by_unit.numpy()
+        self.values[:, first:last + 1] += np.add.reduceat(summed[..., self.key_order], self.key_starts, axis=-1)
+
+
+def array_cells(layer: np.ndarray, query_units, key_units, hidden=None) -> np.ndarray:
+    """:class:`CellSums` of one layer held as an array, ``[heads, queries, keys]`` (a
+    materialised stack's), read a block of LAYER_BLOCK_ELEMENTS weights at a time."""
+    n_heads, _, n_keys = layer.shape
+    cells = CellSums(n_heads, query_units, key_units, hidden)
+    step = max(1, LAYER_BLOCK_ELEMENTS // max(n_heads * n_keys, 1))
+    for start in range(0, len(cells.rows), step):
+        rows = cells.rows[start:start + step]
+        cells.add(rows, slice(0, n_keys), torch.from_numpy(np.asarray(layer[:, _run(rows)], dtype=np.float32)))
+    return cells.values
 
 
 class LazyStack:
@@ -280,19 +366,47 @@ class LazyStack:
             _normalise(call, block, torch.from_numpy(out[:, start:start + block.shape[-2], keys]))
         return out
 
+    def layer_cells(self, layer: int, query_units, key_units, hidden=None) -> np.ndarray:
+        """float32 ``[heads, query units, key units]``: every head of one layer reduced to cells
+        (:class:`CellSums`: query_units and key_units give each token's unit, -1 for none;
+        hidden: key tokens dropped, rows renormalised). The overview of every head reads this:
+        the heads are computed together, one product per key/value head and row block of about
+        LAYER_BLOCK_ELEMENTS scores, and each block goes from scores to softmax to cells while
+        it is in the cache; no row of the layer is ever written out."""
+        call = self.calls[layer]
+        cells = CellSums(call.shape[0], query_units, key_units, hidden, self._key_scale(layer))
+        for start, keys, block in self._score_blocks(call, slice(None), cells.rows, LAYER_BLOCK_ELEMENTS):
+            cells.add(cells.rows[start:start + block.shape[-2]], keys, _softmax_(call, block))
+        return cells.values
+
+    def _key_scale(self, layer: int) -> np.ndarray | None:
+        """float32 ``[heads, keys]`` multiplying each head's key columns (None: none)."""
+        return None
+
     def _score_blocks(self, call: Call, heads: int | slice, rows: np.ndarray, budget: int = ROW_BLOCK_ELEMENTS):
         """The scores of query ``rows`` of ``heads`` (see :func:`scores`) a row block of about
         ``budget`` scores at a time, as (start, keys, scores): the rows ``rows[start:start + n]``
         (n = the scores' second-last axis) over the keys they can see (a slice; every other
-        key has weight 0). One buffer serves every block: each is valid until the next."""
+        key has weight 0). A block has at least ``budget // (heads x keys)`` rows, and more
+        while its rows see fewer keys (doubled while the block stays within ``budget``). One
+        buffer serves every block: each is valid until the next."""
         n_heads = 1 if isinstance(heads, (int, np.integer)) else len(range(*heads.indices(call.shape[0])))
         step = max(1, budget // max(n_heads * call.shape[2], 1))
-        scratch = torch.empty(n_heads * min(step, len(rows)) * call.shape[2])
-        for start in range(0, len(rows), step):
-            block = rows[start:start + step]
+        scratch = torch.empty(min(max(budget, n_heads * call.shape[2]), n_heads * len(rows) * call.shape[2]))
+        start = 0
+        while start < len(rows):
+            stop = min(len(rows), start + step)
+            while stop < len(rows):  # rows that see fewer keys (early rows under causal attention): more of them
+                grown = min(len(rows), start + 2 * (stop - start))
+                keys = visible(call, rows[start:grown])
+                if n_heads * (grown - start) * (keys.stop - keys.start) > budget:
+                    break
+                stop = grown
+            block = rows[start:stop]
             keys = visible(call, block)
             size = n_heads * len(block) * (keys.stop - keys.start)
             yield start, keys, scores(call, self.masks, heads, _run(block), keys, out=scratch[:size])
+            start = stop
 
     def dense(self) -> np.ndarray:
         """The whole stack as float16 ``[layers, heads, queries, keys]``; refused when large."""
@@ -364,6 +478,12 @@ class ScaledStack(LazyStack):
 
     def rows(self, layer: int, head: int, queries=None) -> np.ndarray:
         return self.base.rows(layer, head, queries) * self.scale[layer, head]
+
+    def layer_rows(self, layer: int, queries=None) -> np.ndarray:
+        return self.base.layer_rows(layer, queries) * self.scale[layer][:, None, :]
+
+    def _key_scale(self, layer: int) -> np.ndarray:
+        return self.scale[layer]
 
     def columns(self, layer: int, head: int, keys) -> np.ndarray:
         keys = np.atleast_1d(np.asarray(keys, dtype=np.int64))

@@ -60,7 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attnviz.lazy import Call, LazyStack
+from attnviz.lazy import Call, LazyStack, array_cells
 
 STACKS = ("encoder", "decoder", "cross")
 STAGE = re.compile(r"^stage[1-9][0-9]*$")  # windowed, hierarchical image models: one stack per stage
@@ -245,6 +245,17 @@ class AttentionResult:
             return a.layer_rows(layer, queries)
         rows = a[layer]
         return np.asarray(rows if queries is None else rows[:, queries], dtype=np.float32)
+
+    def layer_cells(self, layer: int, stack: str | None, query_units, key_units, hidden=None) -> np.ndarray:
+        """float32 ``[heads, query units, key units]``: every head of one layer reduced to cells,
+        keys summed and queries averaged per unit, rows renormalised over the keys not
+        ``hidden`` (attnviz.lazy.CellSums; the units as attnviz.analysis.tokens.Axis.token_units
+        gives them, int per token, -1 for none). Lazy stacks compute the heads together and
+        reduce each row block as it is computed, never writing whole rows."""
+        a = self.attn[stack or self.stacks[0]]
+        if isinstance(a, LazyStack):
+            return a.layer_cells(layer, query_units, key_units, hidden)
+        return array_cells(a[layer], query_units, key_units, hidden)
 
     def attention_columns(self, layer: int, head: int, stack: str | None = None, keys=None) -> np.ndarray:
         """float32 ``[queries, len(keys)]``: the weight every query of one head gives the key

@@ -9,6 +9,7 @@ are also checked against torch's reference of what SDPA computed from its actual
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,8 +23,9 @@ from attnviz import recorder
 from attnviz import result as result_module
 from attnviz.analysis.flow import augmented_layer, rollout, rollout_spread
 from attnviz.analysis.stats import head_stats
-from attnviz.analysis.tokens import reduce
+from attnviz.analysis.tokens import Axis, reduce, token_axis
 from attnviz.lazy import LazyStack
+from attnviz.mixing import scaled_by_value_norms
 from attnviz.models.loader import Model
 from attnviz.result import AttentionResult
 from attnviz.viz import text as viz_text
@@ -100,19 +102,40 @@ def check(net, stacks, *, lazy: bool = True, sdpa: bool | None = None, eager: bo
     return attn
 
 
+def cell_axis(n: int) -> Axis:
+    """An axis over ``n`` tokens with units of uneven size: words of one to three tokens, the
+    first and the middle token hidden (the middle one inside a word, whose unit is then not a
+    run of tokens), words grouped into blocks of several."""
+    middle = n // 2
+    edges = sorted({0, 1, n, *range(1, n, 3), *range(2, n, 7)} - {middle, middle + 1})
+    spans = list(zip(edges[:-1], edges[1:]))
+    special = [i in (0, middle) for i in range(n)]
+    return token_axis([f"t{i}" for i in range(n)], special, spans, merge=True, hide_special=True).blocks(max(1, n // 4))
+
+
 def check_row_blocks(stack: LazyStack, expected: np.ndarray) -> None:
     """Rows computed three a block (so that a block's visible keys start and end inside the
     key axis), one head at a time and every head of a layer together, rows asked out of order,
-    and columns, on a fresh stack (no cached rows), equal ``expected[layer, head, query, key]``."""
+    and columns, on a fresh stack (no cached rows), equal ``expected[layer, head, query, key]``;
+    so do every head's cells (:func:`cell_axis` on both axes), reduced block by block, and
+    they equal reduce() of the layer's rows to float32 precision."""
     fresh = LazyStack(stack.calls, stack.masks)
     n_heads, n_q, n_k = stack.shape[1:]
     picked = np.array([n_q - 1, 0, n_q // 2, 1])  # not a run of consecutive rows
+    q, k = cell_axis(n_q), cell_axis(n_k)
+    assert any(np.diff(q.index[a:b]).max(initial=1) > 1 for a, b in zip(q.starts, [*q.starts[1:], len(q.index)]))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(lazy_module, "ROW_BLOCK_ELEMENTS", 3 * n_k)
         patch.setattr(lazy_module, "LAYER_BLOCK_ELEMENTS", 3 * n_heads * n_k)
         for layer in range(stack.shape[0]):  # every head of a layer at once
-            assert np.abs(fresh.layer_rows(layer) - expected[layer]).max() < TOL
+            rows = fresh.layer_rows(layer)
+            assert np.abs(rows - expected[layer]).max() < TOL
             assert np.abs(fresh.layer_rows(layer, picked) - expected[layer][:, picked]).max() < TOL
+            for hidden in (k.hidden, None):
+                cells = fresh.layer_cells(layer, q.token_units, k.token_units, hidden)
+                keys = replace(k, hidden=hidden)
+                assert np.abs(cells - reduce(expected[layer], q, keys)).max() < TOL
+                assert np.abs(cells - reduce(rows, q, keys)).max() < 1e-5
         for layer in range(stack.shape[0]):
             for head in range(stack.shape[1]):
                 want = expected[layer, head]
@@ -412,6 +435,34 @@ def test_streaming_consumers_match_the_whole_array_path(smollm, minilm):
     enc = attnviz.capture(minilm, TEXT)
     stats = head_stats(enc, "encoder")
     assert np.allclose(stats.entropy, head_stats(_dense_copy(enc), "encoder").entropy, atol=1e-3)
+
+
+def test_overview_cells_equal_reduce_of_the_whole_maps(smollm, minilm):
+    """The overview's thumbnails, every row block reduced to its cells as it is computed
+    (AttentionResult.layer_cells), equal reduce() of the whole float32 maps: of a lazy capture,
+    of the same maps materialised, and of both scaled by value norms (attention x value norm),
+    in tokens and in words, with special tokens shown and hidden."""
+    rng = np.random.default_rng(0)
+    for model in (smollm, minilm):
+        r = attnviz.capture(model, TEXT * 8)
+        stack = r.stacks[0]
+        n_layers, n_heads = r.attn[stack].shape[:2]
+        whole = np.stack([[r.attention(layer, h, stack) for h in range(n_heads)] for layer in range(n_layers)])
+        norms = rng.uniform(0.5, 3.0, (n_layers, n_heads, whole.shape[-1])).astype(np.float32)
+        dense = _dense_copy(r)
+        results = [(r, whole), (dense, dense.attn[stack].astype(np.float32)),
+                   (scaled_by_value_norms(r, norms), whole * norms[:, :, None, :]),
+                   (scaled_by_value_norms(dense, norms), scaled_by_value_norms(dense, norms).attn[stack].astype(np.float32))]
+        assert r.is_lazy(stack) and not dense.is_lazy(stack)
+        assert np.abs(results[2][0].layer_attention(1, stack) - results[2][1][1]).max() < 1e-6  # rows scaled too
+        for options in (viz_text.TextOptions(), viz_text.TextOptions(merge=True, hide_special=True),
+                        viz_text.TextOptions(hide_special=True)):
+            for result, maps in results:
+                thumbs = viz_text.thumbnails(result, stack, options)
+                assert thumbs.queries.sizes.max() > 1 and thumbs.keys.sizes.max() > 1  # cells of several tokens
+                assert (thumbs.keys.hidden is not None) == (options.hide_special and model is minilm)  # [CLS], [SEP]
+                expected = np.stack([reduce(maps[layer], thumbs.queries, thumbs.keys) for layer in range(n_layers)])
+                assert np.abs(thumbs.values - expected).max() < 1e-5, (model.name, options)
 
 
 def test_digest_names_the_content(minilm):

@@ -81,6 +81,22 @@ def test_a_row_with_all_its_weight_on_hidden_keys_stays_zero():
     assert np.all(np.isfinite(out)) and np.all(out == 0)
 
 
+def test_a_row_with_almost_all_its_weight_on_hidden_keys_keeps_its_digits():
+    """Its weight on the other keys is summed over them, not taken as the row's total less the
+    hidden weight (in float32, 1 + 4e-12 - 1 is 0)."""
+    attn = np.array([[0.0, 0.5, 0.5], [1.0, 1e-12, 3e-12], [0.5, 0.25, 0.25]], np.float32)  # row 0, [CLS], is hidden
+    axis = token_axis(["[CLS]", "a", "b"], [True, False, False], None, hide_special=True)
+    out = reduce(attn, axis, axis)
+    np.testing.assert_allclose(out, [[0.25, 0.75], [0.5, 0.5]], rtol=1e-6)
+
+
+def test_token_units_name_each_tokens_unit():
+    axis = token_axis(TOKENS, SPECIAL, SPANS, merge=True, hide_special=True)
+    np.testing.assert_array_equal(axis.token_units, [-1, 0, 0, 0, 1, 1, 2, -1])
+    np.testing.assert_array_equal(axis.window(1, 3).token_units, [-1, -1, -1, -1, 0, 0, 1, -1])
+    np.testing.assert_array_equal(axis.blocks(2).token_units, [-1, 0, 0, 0, 0, 0, 1, -1])
+
+
 def test_only_special_tokens_are_kept_rather_than_an_empty_axis():
     axis = token_axis(["[CLS]", "[SEP]"], [True, True], None, hide_special=True)
     assert axis.labels == ["[CLS]", "[SEP]"] and axis.hidden is None

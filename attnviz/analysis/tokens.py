@@ -15,7 +15,9 @@ The rule, one for words and blocks alike, keeps every row a distribution over th
   dropped. A row that put all its weight on hidden keys stays 0.
 
 All functions are pure numpy. Arrays keep their leading axes (layers, heads): only the last
-two, ``[query, key]``, are changed.
+two, ``[query, key]``, are changed. The overview applies the same rule to a whole layer's rows
+as they are computed, never holding them (attnviz.result.AttentionResult.layer_cells, with
+each axis's units given per token by :attr:`Axis.token_units`).
 """
 from __future__ import annotations
 
@@ -57,6 +59,14 @@ class Axis:
     def spans(self) -> list[tuple[int, int]]:
         """The original token range ``[first, last + 1)`` each unit covers."""
         return _unit_spans(self.index, self.starts)
+
+    @property
+    def token_units(self) -> np.ndarray:
+        """int ``[n_tokens]``: the unit each original token belongs to, -1 for a token in none
+        (hidden, or outside a window)."""
+        units = np.full(self.n_tokens, -1, dtype=np.intp)
+        units[self.index] = np.repeat(np.arange(len(self)), self.sizes)
+        return units
 
     @property
     def is_identity(self) -> bool:
@@ -163,11 +173,22 @@ def reduce(attn: np.ndarray, queries: Axis, keys: Axis) -> np.ndarray:
     a = np.asarray(attn)[..., _take(queries.index), :]
     m = np.add.reduceat(a[..., _take(keys.index)], keys.starts, axis=-1, dtype=np.float32)
     if keys.hidden is not None:
-        mass = a.sum(axis=-1, dtype=np.float32) - a[..., keys.hidden].sum(axis=-1, dtype=np.float32)
+        mass = kept_mass(a, keys.hidden)
         m /= np.where(mass > 0, mass, 1.0)[..., None]
     if len(queries.starts) != len(queries.index):
         m = np.add.reduceat(m, queries.starts, axis=-2) / queries.sizes[:, None].astype(np.float32)
     return m
+
+
+def kept_mass(attn: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+    """float32 ``[...]``: each row's weight on the keys not ``hidden``, summed over those keys
+    (the runs of keys between hidden ones, read in place), not as the row's total less the
+    hidden keys' weight: a row with almost all its weight on hidden keys keeps its digits."""
+    n = attn.shape[-1]
+    edges = np.unique(np.concatenate([[0], hidden, np.asarray(hidden) + 1]))
+    edges = edges[edges < n]  # every hidden key is a run of its own
+    runs = np.add.reduceat(attn, edges, axis=-1, dtype=np.float32)
+    return runs[..., ~np.isin(edges, hidden)].sum(axis=-1)
 
 
 Rows = Callable[[np.ndarray], np.ndarray]  # token indices -> float32 [..., len(indices), keys]

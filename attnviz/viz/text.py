@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import plotly.graph_objects as go
@@ -21,7 +20,6 @@ from plotly.colors import qualitative
 
 from attnviz.analysis.flow import fuse_stream
 from attnviz.analysis.tokens import Axis, block_size, reduce, reduce_stream, scale_rows, token_axis, top_share, unique_labels
-from attnviz.lazy import LAYER_BLOCK_ELEMENTS
 from attnviz.result import AttentionResult
 from attnviz.viz.heatmap import heatmap, plotly_text, title_layout
 from attnviz.viz.tiles import tile_px, tiles_figure
@@ -208,18 +206,18 @@ class Thumbnails:
 def thumbnails(result: AttentionResult, stack: str, options: TextOptions,
                progress: Callable[[float], None] | None = None) -> Thumbnails:
     """The overview's data: each head downsampled to at most 64 x 64 blocks (fewer when there
-    are many heads, see attnviz.viz.tiles.tile_px). Reads the whole stack once, the heads of a
-    layer together and a block of rows at a time (AttentionResult.layer_attention, about
-    LAYER_BLOCK_ELEMENTS weights at once): the slow part of the overview on long texts;
-    ``progress(fraction)`` is called after each layer."""
-    n_layers, n_heads, _, n_keys = result.attn[stack].shape
+    are many heads, see attnviz.viz.tiles.tile_px), as :func:`reduce` gives them. Reads the
+    whole stack once, the heads of a layer together, each row block reduced to the blocks as
+    it is computed (AttentionResult.layer_cells): the slow part of the overview on long
+    texts; ``progress(fraction)`` is called after each layer."""
+    n_layers, n_heads = result.attn[stack].shape[:2]
     q, k = axes(result, stack, options)
     side = tile_px(n_layers * n_heads, max(len(q), len(k)))
     q_b, k_b = q.blocks(side), k.blocks(side)
     values = np.zeros((n_layers, n_heads, len(q_b), len(k_b)), dtype=np.float32)
-    rows_at_once = max(1, LAYER_BLOCK_ELEMENTS // (n_heads * n_keys))
+    query_units, key_units = q_b.token_units, k_b.token_units
     for layer in range(n_layers):
-        values[layer] = reduce_stream(partial(result.layer_attention, layer, stack), q_b, k_b, rows_at_once)
+        values[layer] = result.layer_cells(layer, stack, query_units, key_units, k_b.hidden)
         if progress is not None:
             progress((layer + 1) / n_layers)
     return Thumbnails(values, q_b, k_b, _aggregation_note(unit_word(options), (q, q_b), (k, k_b)))
