@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from attnviz.device import cpu_threads
 from attnviz.errors import AttnvizError
 
 SMALL_ELEMENTS = 2 ** 26  # weights of a stack kept materialised (128 MB in float16)
@@ -211,37 +212,39 @@ class CellSums:
         self.key_order = _run(order)
         self.key_starts = np.searchsorted(key_units[order], np.arange(len(k_sizes)))
         self.n_keys = len(key_units)
-        self.scale = None if key_scale is None else np.asarray(key_scale, dtype=np.float32)
+        self.scale = None if key_scale is None else torch.from_numpy(np.asarray(key_scale, dtype=np.float32))
         self.kept = None  # [heads or 1, keys]: what a row's weight on a key counts for its mass
         if hidden is not None:
-            kept = np.ones((1, self.n_keys), dtype=np.float32)
-            kept[:, np.asarray(hidden, dtype=np.int64)] = 0.0
+            kept = torch.ones(1, self.n_keys)
+            kept[:, torch.from_numpy(np.asarray(hidden, dtype=np.int64))] = 0.0
             self.kept = kept if self.scale is None else kept * self.scale
         self.values = np.zeros((n_heads, len(q_sizes), len(k_sizes)), dtype=np.float32)
 
-    def add(self, rows: np.ndarray, keys: slice, weights: np.ndarray) -> None:
+    def add(self, rows: np.ndarray, keys: slice, weights: torch.Tensor) -> None:
         """Adds the rows ``weights``, float32 ``[heads, len(rows), keys]``, of query tokens
         ``rows`` (each in a unit) over the key tokens ``keys`` (a slice; every other key has
         weight 0 in these rows). Each row is scaled by 1 / (tokens of its unit) and, when keys
         are hidden, by 1 / its weight on the other keys; the rows of a unit are then summed by
-        one product per head (the block's units are few), and their keys summed per unit. All
-        in numpy, on one thread: small products that torch would split over its threads, each
-        split a wait for a busy core."""
+        one product per head (the block's units are few), and their keys summed per unit. On
+        one thread (attnviz.device.cpu_threads): the products are small, and split over two
+        threads each would wait for the second core, about 8 ms when it is busy."""
         units = self.query_units[rows]
         first, last = int(units.min()), int(units.max())
         spread = np.zeros((1, last - first + 1, len(rows)), dtype=np.float32)  # [1, units, rows]
         spread[0, units - first, np.arange(len(rows))] = self.row_weight[rows]
-        if self.kept is not None:
-            mass = np.matmul(weights, self.kept[:, keys, None]).transpose(0, 2, 1)  # [heads, 1, rows]
-            spread = spread / np.where(mass > 0, mass, 1.0)
-        by_unit = np.matmul(spread, weights)  # [heads, units, keys]
-        if self.scale is not None:
-            by_unit *= self.scale[:, None, keys]
+        spread = torch.from_numpy(spread)
+        with cpu_threads(1):
+            if self.kept is not None:
+                mass = torch.matmul(weights, self.kept[:, keys, None]).transpose(1, 2)  # [heads, 1, rows]
+                spread = spread / torch.where(mass > 0, mass, 1.0)
+            by_unit = torch.matmul(spread, weights)  # [heads, units, keys]
+            if self.scale is not None:
+                by_unit *= self.scale[:, None, keys]
+        summed = by_unit.numpy()
         if (keys.start, keys.stop) != (0, self.n_keys):
-            whole = np.zeros((*by_unit.shape[:2], self.n_keys), dtype=np.float32)
-            whole[..., keys] = by_unit
-            by_unit = whole
-        self.values[:, first:last + 1] += np.add.reduceat(by_unit[..., self.key_order], self.key_starts, axis=-1)
+            summed = np.zeros((*summed.shape[:2], self.n_keys), dtype=np.float32)
+            summed[..., keys] = by_unit.numpy()
+        self.values[:, first:last + 1] += np.add.reduceat(summed[..., self.key_order], self.key_starts, axis=-1)
 
 
 def array_cells(layer: np.ndarray, query_units, key_units, hidden=None) -> np.ndarray:
@@ -252,7 +255,7 @@ def array_cells(layer: np.ndarray, query_units, key_units, hidden=None) -> np.nd
     step = max(1, LAYER_BLOCK_ELEMENTS // max(n_heads * n_keys, 1))
     for start in range(0, len(cells.rows), step):
         rows = cells.rows[start:start + step]
-        cells.add(rows, slice(0, n_keys), np.asarray(layer[:, _run(rows)], dtype=np.float32))
+        cells.add(rows, slice(0, n_keys), torch.from_numpy(np.asarray(layer[:, _run(rows)], dtype=np.float32)))
     return cells.values
 
 
@@ -377,7 +380,7 @@ class LazyStack:
         call = self.calls[layer]
         cells = CellSums(call.shape[0], query_units, key_units, hidden, self._key_scale(layer))
         for start, keys, block in self._score_blocks(call, slice(None), cells.rows, LAYER_BLOCK_ELEMENTS):
-            cells.add(cells.rows[start:start + block.shape[-2]], keys, _softmax_(call, block).numpy())
+            cells.add(cells.rows[start:start + block.shape[-2]], keys, _softmax_(call, block))
         return cells.values
 
     def _key_scale(self, layer: int) -> np.ndarray | None:
