@@ -80,7 +80,8 @@ ATTENTION_METHODS = METHODS[:4]  # read the attention probabilities, from one pa
 CLASSIC_METHODS = METHODS[:7]  # the scoreboard's methods before context mixing
 MIXING_ROWS = (*MIXING_METHODS, "routes")  # the rows made from attnviz.mixing's matrices, after the others
 IG_STEPS = 32  # integrated gradients: points on the path from the baseline to the input
-BATCH_BYTES = 256 * 10**6  # blank-out and integrated gradients batch inputs up to this estimated memory a batch
+BATCH_BYTES = 128 * 10**6  # blank-out and integrated gradients batch inputs up to this estimated memory a batch
+# (a batch is one step of the job: on two cores, smollm2-135m at 512 tokens is two inputs, 2 to 4 s)
 FUSED = "fused"  # the gate's mode of explain's gradient and blank-out passes: the model switched to SDPA
 SEQ2SEQ_GENERATE = families.get("encoder-decoder").EXTRA_TOKENS  # tokens of its own target when none is given
 MAX_TOKENS = 512  # input tokens or patches explained at most: blank-out runs the model once per token

@@ -13,7 +13,9 @@ Three things bound it:
 - **Workers.** At most ``limits.budget(limits.WORKERS)`` jobs compute at once. A job computes
   only while it holds a worker; at a checkpoint it hands its worker to a waiting job once it
   has held it for ``SLICE_S`` seconds (so a visitor's short request runs between the steps of
-  another's long one), and at once when it is over its visitor's quota.
+  another's long one), and at once when it is over its visitor's quota. As its turn starts
+  (and at each checkpoint it keeps its worker), a job's thread takes its share of the CPU
+  threads: all of them alone, half each when two compute (:func:`attnviz.device.share_threads`).
 - **Gates.** A shared model is used through its :class:`Gate`, in a *mode* (capture switches a
   model's attention to the implementation it records; explain runs it as loaded): any number of
   jobs hold a gate at once in one mode, none in another, so jobs on one model interleave step
@@ -28,8 +30,10 @@ comes before it in that order. So a visitor with a short request is served befor
 running long work (they have used more) and keeps the worker until it is done, while long jobs
 of different visitors take turns: one visitor's long jobs hold another's short one back by a
 step, not a run. Admission goes round the visitors by their last admission; a job that does not fit (the
-*head*) is passed only by jobs that fit in the free memory, and only up to ``budget //
-OVERTAKE_SHARE`` bytes in all until it is admitted, so it is not starved either. With a quota
+*head*) is passed only by jobs that fit in the free memory, and only while the jobs that passed
+it and still run hold at most ``budget // OVERTAKE_SHARE`` bytes (and no more than leaves room
+for it): short requests pass a waiting document one after another, however many, but the head
+is admitted once the jobs admitted before it end, so it is not starved either. With a quota
 (``limits.VISITOR_SECONDS``, the hosted mode), a visitor whose jobs held workers for that many
 seconds over the last ``WINDOW_S`` waits until the window has moved on.
 
@@ -69,12 +73,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Hashable, Iterable, Iterator, TypeVar
 
 import attnviz.limits as limits
+from attnviz.device import share_threads
 from attnviz.errors import AttnvizError
 
 SLICE_S = 0.5  # a job holding a worker this long gives it to a waiting job at its next checkpoint
 POLL_S = 0.25  # a waiting job re-reads its status (and calls on_wait) this often
 WINDOW_S = 60.0  # quotas count the seconds a visitor's jobs held workers over this window
-OVERTAKE_SHARE = 8  # jobs passing a job that waits for memory take at most budget // this meanwhile
+OVERTAKE_SHARE = 8  # jobs passing a job that waits for memory hold at most budget // this at once
 DEFAULT_STEP_S = 1.0  # the expected length of a job's step before it has run one
 LOCAL = "local"  # the visitor of work started outside the app (command line, notebooks, tests)
 
@@ -230,6 +235,7 @@ class Job:
         self.gate: Gate | None = None  # the gate held (or reserved by the scheduler)
         self.gate_mode: Hashable | None = None
         self.gate_first = False  # the job must set the gate's mode up
+        self.passed: Job | None = None  # the job waiting for memory that this one was admitted before
         self.last_turn = 0  # the scheduler's turn number when it last got a worker
         self.turn_started = 0.0
         self.run_s = 0.0  # seconds it held workers, turns ended so far
@@ -253,13 +259,18 @@ class Job:
             self._step_started = now
             if self.cancelled:
                 raise Cancelled(f"{self.what}: cancelled.")
-            if s._quota_wait(self.visitor, now) <= 0 and now - self.turn_started < s.slice_s:
-                return
-            other = s._next_ready(now, besides=self)
-            if s._quota_wait(self.visitor, now) <= 0 and (other is None or s._rank(other, now) > s._rank(self, now)):
-                return  # nobody to hand over to: this job comes first
-            s._give_back(self, now)
-        s._wait(self)
+            keep = s._quota_wait(self.visitor, now) <= 0 and now - self.turn_started < s.slice_s
+            if not keep and s._quota_wait(self.visitor, now) <= 0:
+                other = s._next_ready(now, besides=self)
+                keep = other is None or s._rank(other, now) > s._rank(self, now)  # nobody comes before this job
+            if keep:
+                computing = s._computing()
+            else:
+                s._give_back(self, now)
+        if keep:
+            s._on_turn(computing)
+        else:
+            s._wait(self)
 
     @contextmanager
     def hold(self, gate: Gate, mode: Hashable, setup: Callable[[], ContextManager] | None = None) -> Iterator[Any]:
@@ -330,8 +341,9 @@ class Scheduler:
     quota of 0: none); ``clock`` is injectable for tests."""
 
     def __init__(self, memory: Callable[[], int], workers: Callable[[], int], quota_s: Callable[[], float] = lambda: 0,
-                 *, slice_s: float = SLICE_S, clock: Callable[[], float] = time.monotonic) -> None:
-        self._memory, self._workers, self._quota = memory, workers, quota_s
+                 *, slice_s: float = SLICE_S, clock: Callable[[], float] = time.monotonic,
+                 on_turn: Callable[[int], Any] = lambda computing: None) -> None:
+        self._memory, self._workers, self._quota, self._on_turn = memory, workers, quota_s, on_turn
         self.slice_s = slice_s
         self._clock = clock
         self._cond = threading.Condition()
@@ -342,7 +354,6 @@ class Scheduler:
         self._visitor_admitted: dict[Hashable, int] = {}  # a visitor's last admission number
         self._usage: dict[Hashable, list[list[float]]] = {}  # visitor -> [start, end] of turns in the window
         self._head: Job | None = None  # the job at the front of the memory queue that does not fit
-        self._overtaken = 0  # bytes admitted past the head since it became the head
 
     @contextmanager
     def job(self, visitor: Hashable, what: str, nbytes: int, *, seconds: float | None = None,
@@ -388,15 +399,23 @@ class Scheduler:
             with self._cond:
                 self._dispatch()
                 if job.granted:
-                    return
-                if job.cancelled:
+                    computing = self._computing()
+                elif job.cancelled:
                     raise Cancelled(f"{job.what}: cancelled.")
-                status = self._status(job, self._clock())
+                else:
+                    status = self._status(job, self._clock())
+            if job.granted:
+                self._on_turn(computing)  # on this thread, as its turn starts
+                return
             if job.on_wait is not None:
                 job.on_wait(status)
             with self._cond:
                 if not job.granted and not job.cancelled:
                     self._cond.wait(POLL_S)
+
+    def _computing(self) -> int:
+        """How many jobs hold a worker (under the lock)."""
+        return sum(j.granted for j in self._jobs)
 
     def _wake(self) -> None:
         with self._cond:
@@ -410,7 +429,7 @@ class Scheduler:
             job.cancelled = True  # nothing may grant it any more
             self._jobs.remove(job)
             if self._head is job:
-                self._head, self._overtaken = None, 0
+                self._head = None
             self._dispatch()
             self._cond.notify_all()
 
@@ -439,19 +458,20 @@ class Scheduler:
         if self._head is not None and not self._head.admitted and used + self._head.nbytes <= budget:
             self._admit_one(self._head)
             used += self._head.nbytes
-            self._head, self._overtaken = None, 0
+            self._head = None
         queued = sorted((j for j in self._jobs if not j.admitted and not j.cancelled and j is not self._head),
                         key=lambda j: (self._visitor_admitted.get(j.visitor, 0), j.seq))
         for job in queued:
             fits = used + job.nbytes <= budget
-            if fits and self._head is not None:
-                fits = self._overtaken + job.nbytes <= budget // OVERTAKE_SHARE
+            head = self._head
+            if fits and head is not None:  # passing the head: see the module docstring
+                passing = sum(j.nbytes for j in self._jobs if j.admitted and j.passed is head)
+                fits = passing + job.nbytes <= min(budget // OVERTAKE_SHARE, budget - head.nbytes)
             if fits:
                 self._admit_one(job)
                 used += job.nbytes
-                if self._head is not None:
-                    self._overtaken += job.nbytes
-            elif self._head is None:
+                job.passed = head
+            elif head is None:
                 self._head = job
 
     def _admit_one(self, job: Job) -> None:
@@ -582,7 +602,7 @@ def _gb(n: int) -> str:
 
 # -- the process's scheduler and the calls the backend makes ---------------------------------------
 SCHEDULER = Scheduler(limits.job_bytes, lambda: limits.budget(limits.WORKERS),
-                      lambda: limits.budget(limits.VISITOR_SECONDS))
+                      lambda: limits.budget(limits.VISITOR_SECONDS), on_turn=share_threads)
 _local = threading.local()  # .job: the job this thread runs; .visitor: whom it acts for
 
 

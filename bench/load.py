@@ -95,6 +95,8 @@ DEMO_ENV = {"ATTNVIZ_MAX_TOKENS": TOKEN_CAP, "ATTNVIZ_HOSTED": "1",  # the Docke
             "MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "4194304"}
 TIMEOUT_MS = 300_000
 LONG_TIMEOUT_MS = 600_000  # a document's capture (35 s alone) may queue behind another on the model's lock
+HEAVY_TIMEOUT_MS = 1_800_000  # an explanation (513 forward passes of 512 tokens for blank-out alone) or a training,
+# on the cores that the others leave it: they take their turns after the short requests
 HOSTILE_ROUNDS = 6
 
 
@@ -275,22 +277,24 @@ SAYS_WHY = ('[data-testid="stProgress"], [data-testid="stSpinner"], [data-testid
 POLL_MS = 500
 
 
-async def until_shown(page, done_js: str, arg, timeout_ms: int) -> float:
+async def until_shown(page, done_js: str, arg, timeout_ms: int) -> tuple[float, float]:
     """Poll until ``done_js(arg)`` holds on the page; returns the longest stretch (s) during
-    which nothing on the page said why it waited (see SAYS_WHY)."""
+    which nothing on the page said why it waited (see SAYS_WHY), and when it began (s after
+    the call), to tell a silence before the request's job from one after it."""
     check = f"""(arg) => {{ const done = ({done_js})(arg);
         return [done, done || !!document.querySelector('{SAYS_WHY}')]; }}"""
     started = time.perf_counter()
-    silent_since, longest = None, 0.0
+    silent_since, longest, longest_at = None, 0.0, 0.0
     while True:
         done, said = await page.evaluate(check, arg)
         now = time.perf_counter()
-        if done:
-            return max(longest, now - silent_since if silent_since is not None else 0.0)
-        if said:
-            longest = max(longest, now - silent_since) if silent_since is not None else longest
+        if (done or said) and silent_since is not None:
+            if now - silent_since > longest:
+                longest, longest_at = now - silent_since, silent_since - started
             silent_since = None
-        elif silent_since is None:
+        if done:
+            return longest, longest_at
+        if not said and silent_since is None:
             silent_since = now
         if (now - started) * 1000 > timeout_ms:
             raise TimeoutError(f"no result after {timeout_ms / 1000:.0f} s")
@@ -316,7 +320,7 @@ async def send(page, group: str, kind: str, name: str, data, ref) -> tuple[float
     explain, a number of training steps) and return when its result is shown: (the longest
     silent stretch of the wait, see :func:`until_shown`; for an explanation or a training, the
     line that shows its result)."""
-    timeout = LONG_TIMEOUT_MS if group in ("long", "explain", "train") else TIMEOUT_MS
+    timeout = {"long": LONG_TIMEOUT_MS, "explain": HEAVY_TIMEOUT_MS, "train": HEAVY_TIMEOUT_MS}.get(group, TIMEOUT_MS)
     if group == "train":
         steps = page.get_by_label("Steps", exact=True)
         await steps.fill(str(data), timeout=timeout)
@@ -357,7 +361,7 @@ async def session(browser, base: str, i: int, args, refs, out: dict) -> None:
     """One visitor (a browser context of its own): its page and model, its requests, each
     result checked."""
     kind, name, group = user(args, i)
-    results = out["groups"].setdefault(group, {"latency": [], "silent": 0.0, "requests": 0})
+    results = out["groups"].setdefault(group, {"latency": [], "silent": 0.0, "silent_at": "", "requests": 0})
     context = await browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     page = await context.new_page()
     page.set_default_timeout(TIMEOUT_MS)  # a loaded machine answers a key press late too
@@ -371,10 +375,12 @@ async def session(browser, base: str, i: int, args, refs, out: dict) -> None:
             ref = refs[i, j]
             try:
                 started = time.perf_counter()
-                silent, line = await send(page, group, kind, name, request_input(args, i, j), ref)
+                (silent, silent_at), line = await send(page, group, kind, name, request_input(args, i, j), ref)
                 waited = time.perf_counter() - started
                 results["latency"].append(waited)
-                results["silent"] = max(results["silent"], silent)
+                if silent >= results["silent"]:
+                    results["silent"] = silent
+                    results["silent_at"] = f"  ({name}: {silent_at:.1f} s into a {waited:.1f} s wait)" if silent else ""
                 results["requests"] += 1
                 if group == "normal" and kind == "text":
                     out["sentence_max"] = max(out["sentence_max"], waited)
@@ -440,8 +446,9 @@ async def attack(page, base: str, what: str, files: dict[str, bytes]) -> str | N
         return None
     try:
         await page.locator(alerts).filter(has_text=expect).first.wait_for(timeout=TIMEOUT_MS)
-    except Exception:  # noqa: BLE001 - reported as a failed defence
-        return f"{what}: no message containing {expect!r}"
+    except Exception:  # noqa: BLE001 - reported as a failed defence, with what the page said instead
+        said = [t[:160] for t in await page.locator(alerts + ', [data-testid="stException"]').all_inner_texts()]
+        return f"{what}: no message containing {expect!r} (the page showed {said or 'no message'})"
     return None
 
 
@@ -526,7 +533,7 @@ def report(args, out: dict, wall: float, rss: float, peak: float, n_hostile: int
             continue
         lat = sorted(g["latency"]) or [float("nan")]
         rows.append((f"{label}: wait p50 / p95 / max (s)", f"{statistics.median(lat):.1f} / {p95(lat):.1f} / {lat[-1]:.1f}"))
-        rows.append((f"{label}: longest silent stretch (s)", f"{g['silent']:.1f}"))
+        rows.append((f"{label}: longest silent stretch (s)", f"{g['silent']:.1f}{g['silent_at']}"))
     rows += [("one-sentence requests: longest wait (s)", f"{out['sentence_max']:.1f}  (bound {args.sentence_bound_s:.0f})"),
              ("attacks refused or warned as they should", f"{out['attacks'] - len(out['breaches'])} of {out['attacks']}"),
              ("wall time (s)", f"{wall:.0f}"),

@@ -15,9 +15,10 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+import torch
 
 import attnviz
-from attnviz import jobs, limits
+from attnviz import device, jobs, limits
 from attnviz.capture import estimate_bytes
 from attnviz.explain import explain
 from attnviz.ui.visitor import visitor_of, xsrf_token
@@ -245,6 +246,52 @@ def test_jobs_waiting_for_one_gate_in_two_modes_get_it_in_turn():
     assert order == ["holder", "first", "second"] and gate.holders == 0 and s.jobs() == []
 
 
+@pytest.mark.skipif(device.PROCESS_THREADS < 2, reason="needs a machine with two CPU threads or more")
+def test_a_jobs_thread_takes_its_share_of_the_cpu_threads():
+    """torch keeps its thread count per thread, and a new thread takes the count set last by
+    any thread: a job whose thread starts while another thread trains on one thread (a
+    cpu_threads(1) block) must still compute on all of them alone, on half each when two jobs
+    compute at once, and on one inside a cpu_threads(1) block of its own."""
+    s = jobs.Scheduler(lambda: 10**12, lambda: 2, slice_s=0.0, on_turn=device.share_threads)
+    training, trained = threading.Event(), threading.Event()
+
+    def train():
+        with device.cpu_threads(1):
+            training.set()
+            trained.wait(30)
+
+    trainer = in_thread(train)
+    training.wait(30)
+    both, seen = threading.Barrier(2), {}
+
+    def run(name: str, pair: bool):
+        with s.job(name, name, 1) as job:
+            seen[name, "alone"] = torch.get_num_threads()
+            if pair:
+                both.wait(30)
+                job.checkpoint()
+                seen[name, "pair"] = torch.get_num_threads()
+                both.wait(30)
+            with device.cpu_threads(1):
+                job.checkpoint()
+                seen[name, "capped"] = torch.get_num_threads()
+            job.checkpoint()
+            seen[name, "after"] = torch.get_num_threads()
+
+    thread, out = in_thread(run, "first", False)  # started while the trainer's thread runs on one
+    thread.join(30)
+    assert "error" not in out
+    assert seen == {("first", "alone"): device.PROCESS_THREADS, ("first", "capped"): 1,
+                    ("first", "after"): device.PROCESS_THREADS}
+    pair = [in_thread(run, name, True) for name in ("a", "b")]
+    for thread, out in pair:
+        thread.join(30)
+        assert "error" not in out
+    assert seen["a", "pair"] == seen["b", "pair"] == device.PROCESS_THREADS // 2
+    trained.set()
+    trainer[0].join(30)
+
+
 def test_a_job_over_the_whole_budget_is_refused_at_once():
     s = scheduler(memory=1000)
     with pytest.raises(attnviz.AttnvizError, match="more than the"):
@@ -254,33 +301,46 @@ def test_a_job_over_the_whole_budget_is_refused_at_once():
 
 
 def test_jobs_that_do_not_fit_wait_and_a_blocked_job_is_not_starved():
-    """Budget 100: a 60-byte job runs; a 50-byte job waits for memory (QUEUED); small jobs of
-    other visitors pass it while they fit, but only up to budget // OVERTAKE_SHARE bytes; once
-    the 60-byte job ends, the 50-byte one is admitted before any later small job."""
+    """Budget 100: a 60-byte job runs; a 50-byte job waits for memory (QUEUED, the head of the
+    line). Short jobs of other visitors pass it, one after another, as many as come (a sentence
+    must not wait minutes for a document because others passed before it); jobs that pass it
+    and still run hold at most budget // OVERTAKE_SHARE bytes at once, so a third small job
+    that would hold on waits; once the 60-byte job ends, the 50-byte one is admitted while the
+    two that passed it still run."""
     s = scheduler(memory=100, workers=4)
-    release = threading.Event()
+    release_big, release_small, release_blocked = threading.Event(), threading.Event(), threading.Event()
     order: list[str] = []
 
-    def run(visitor, name, nbytes, wait=False):
+    def run(visitor, name, nbytes, release=None):
         with s.job(visitor, name, nbytes):
             order.append(name)
-            if wait:
+            if release is not None:
                 release.wait(30)
 
-    big = in_thread(run, "a", "big", 60, True)
+    big = in_thread(run, "a", "big", 60, release_big)
     until(lambda: order == ["big"])
-    blocked = in_thread(run, "b", "blocked", 50, True)
+    blocked = in_thread(run, "b", "blocked", 50, release_blocked)
     until(lambda: any(j.what == "blocked" and st.state == jobs.QUEUED for j, st in s.jobs()))
-    small = [in_thread(run, f"c{i}", f"small{i}", 5) for i in range(4)]
-    until(lambda: sum(name.startswith("small") for name in order) == 100 // jobs.OVERTAKE_SHARE // 5)
-    until(lambda: len(s.jobs()) == 4)  # big, blocked and the two small jobs past the allowance
+    for i in range(10):  # short requests, one after another: each passes the blocked job
+        thread, out = in_thread(run, f"c{i}", f"quick{i}", 5)
+        thread.join(30)
+        assert "error" not in out and f"quick{i}" in order
+    holding = [in_thread(run, f"d{i}", f"holding{i}", 5, release_small) for i in range(3)]
+    allowed = 100 // jobs.OVERTAKE_SHARE // 5
+    until(lambda: sum(name.startswith("holding") for name in order) == allowed)
+    until(lambda: len(s.jobs()) == 2 + 3)
     states = {j.what: st for j, st in s.jobs()}
     assert states["blocked"].state == jobs.QUEUED and states["blocked"].place == 1
-    assert sorted(st.state for what, st in states.items() if what.startswith("small")) == [jobs.QUEUED] * 2
-    release.set()
-    for thread, _ in [big, blocked, *small]:
+    assert sorted(st.state for what, st in states.items() if what.startswith("holding")) == \
+        [jobs.QUEUED] * (3 - allowed) + [jobs.RUNNING] * allowed
+    release_big.set()
+    until(lambda: "blocked" in order)  # the jobs that passed it still run
+    assert sum(name.startswith("holding") for name in order[:order.index("blocked")]) == allowed
+    release_small.set()
+    release_blocked.set()
+    for thread, _ in [big, blocked, *holding]:
         thread.join(30)
-    assert "blocked" in order and len(order) == 6 and s.admitted_bytes == 0
+    assert len(order) == 1 + 1 + 10 + 3 and s.admitted_bytes == 0
 
 
 # -- cancellation -------------------------------------------------------------------------------------

@@ -67,7 +67,9 @@ def test_threads_sharing_a_transformers_model_get_their_own_numbers(minilm):
     together = run_together(lambda s: attnviz.capture(minilm, s), SENTENCES)
     for s, a, b in zip(SENTENCES, sequential, together):
         assert b.tokens == a.tokens, s
-        np.testing.assert_array_equal(b.attn["encoder"], a.attn["encoder"], err_msg=s)
+        # equal but for the order of float sums, to a float16 map's last bit: two captures at once compute
+        # on half the threads each (attnviz.device.share_threads); another sentence's numbers differ by far more
+        np.testing.assert_allclose(b.attn["encoder"], a.attn["encoder"], rtol=2**-10, atol=1e-6, err_msg=s)
     lengths = {r.attn["encoder"].shape[-1] for r in together}
     assert len(lengths) > 4  # the inputs really differ
     no_leftovers(minilm.net)
