@@ -13,9 +13,14 @@ Three things bound it:
 - **Workers.** At most ``limits.budget(limits.WORKERS)`` jobs compute at once. A job computes
   only while it holds a worker; at a checkpoint it hands its worker to a waiting job once it
   has held it for ``SLICE_S`` seconds (so a visitor's short request runs between the steps of
-  another's long one), and at once when it is over its visitor's quota. As its turn starts
-  (and at each checkpoint it keeps its worker), a job's thread takes its share of the CPU
-  threads: all of them alone, half each when two compute (:func:`attnviz.device.share_threads`).
+  another's long one), and at once when it is over its visitor's quota. A job that has
+  held workers for ``LONG_S`` seconds in all is *long* (a document, an explanation, a
+  training): at most ``workers - 1`` long jobs (at least one) compute at once, so a worker is
+  left for short requests however many long jobs wait. As its turn starts (and at each
+  checkpoint it keeps its worker), a job's thread takes its share of the CPU threads (all of
+  them alone, half each when two compute) and a long job's thread a lower priority, so that the
+  pages and short requests that share the cores with it come first
+  (:func:`attnviz.device.take_turn`).
 - **Gates.** A shared model is used through its :class:`Gate`, in a *mode* (capture switches a
   model's attention to the implementation it records; explain runs it as loaded): any number of
   jobs hold a gate at once in one mode, none in another, so jobs on one model interleave step
@@ -73,13 +78,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Hashable, Iterable, Iterator, TypeVar
 
 import attnviz.limits as limits
-from attnviz.device import share_threads
+from attnviz.device import take_turn
 from attnviz.errors import AttnvizError
 
 SLICE_S = 0.5  # a job holding a worker this long gives it to a waiting job at its next checkpoint
 POLL_S = 0.25  # a waiting job re-reads its status (and calls on_wait) this often
 WINDOW_S = 60.0  # quotas count the seconds a visitor's jobs held workers over this window
 OVERTAKE_SHARE = 8  # jobs passing a job that waits for memory hold at most budget // this at once
+LONG_S = 5.0  # a job that has held workers this long in all is long (see the module docstring)
 DEFAULT_STEP_S = 1.0  # the expected length of a job's step before it has run one
 LOCAL = "local"  # the visitor of work started outside the app (command line, notebooks, tests)
 
@@ -259,16 +265,17 @@ class Job:
             self._step_started = now
             if self.cancelled:
                 raise Cancelled(f"{self.what}: cancelled.")
-            keep = s._quota_wait(self.visitor, now) <= 0 and now - self.turn_started < s.slice_s
-            if not keep and s._quota_wait(self.visitor, now) <= 0:
+            may = s._quota_wait(self.visitor, now) <= 0 and not s._long_over(self, now)
+            keep = may and now - self.turn_started < s.slice_s
+            if may and not keep:
                 other = s._next_ready(now, besides=self)
                 keep = other is None or s._rank(other, now) > s._rank(self, now)  # nobody comes before this job
             if keep:
-                computing = s._computing()
+                turn = s._turn(self, now)
             else:
                 s._give_back(self, now)
         if keep:
-            s._on_turn(computing)
+            s._on_turn(*turn)
         else:
             s._wait(self)
 
@@ -342,8 +349,9 @@ class Scheduler:
 
     def __init__(self, memory: Callable[[], int], workers: Callable[[], int], quota_s: Callable[[], float] = lambda: 0,
                  *, slice_s: float = SLICE_S, clock: Callable[[], float] = time.monotonic,
-                 on_turn: Callable[[int], Any] = lambda computing: None) -> None:
+                 long_s: float = LONG_S, on_turn: Callable[[int, bool], Any] = lambda computing, long: None) -> None:
         self._memory, self._workers, self._quota, self._on_turn = memory, workers, quota_s, on_turn
+        self.long_s = long_s
         self.slice_s = slice_s
         self._clock = clock
         self._cond = threading.Condition()
@@ -399,13 +407,13 @@ class Scheduler:
             with self._cond:
                 self._dispatch()
                 if job.granted:
-                    computing = self._computing()
+                    turn = self._turn(job, self._clock())
                 elif job.cancelled:
                     raise Cancelled(f"{job.what}: cancelled.")
                 else:
                     status = self._status(job, self._clock())
             if job.granted:
-                self._on_turn(computing)  # on this thread, as its turn starts
+                self._on_turn(*turn)  # on this thread, as its turn starts
                 return
             if job.on_wait is not None:
                 job.on_wait(status)
@@ -413,9 +421,25 @@ class Scheduler:
                 if not job.granted and not job.cancelled:
                     self._cond.wait(POLL_S)
 
-    def _computing(self) -> int:
-        """How many jobs hold a worker (under the lock)."""
-        return sum(j.granted for j in self._jobs)
+    def is_long(self, job: Job, now: float | None = None) -> bool:
+        """Whether ``job`` has held workers for more than ``long_s`` seconds in all (a long job:
+        see the module docstring)."""
+        now = self._clock() if now is None else now
+        return job.run_s + (now - job.turn_started if job.granted else 0.0) > self.long_s
+
+    def _long_over(self, job: Job, now: float, besides: Job | None = None) -> bool:
+        """Whether ``job`` is long and as many other long jobs compute (``besides``, one that
+        would give its worker to it, not counted) as long jobs may at once (``workers - 1``,
+        at least one), so that a worker is left for short ones."""
+        if not self.is_long(job, now):
+            return False
+        computing = sum(1 for j in self._jobs if j is not job and j is not besides and j.granted and self.is_long(j, now))
+        return computing >= max(1, int(self._workers()) - 1)
+
+    def _turn(self, job: Job, now: float) -> tuple[int, bool]:
+        """What a job's thread is told as its turn starts (under the lock): how many jobs hold a
+        worker, and whether this one is long."""
+        return sum(j.granted for j in self._jobs), self.is_long(job, now)
 
     def _wake(self) -> None:
         with self._cond:
@@ -503,7 +527,7 @@ class Scheduler:
         """The waiting jobs that could get a worker now, in turn order: within quota, and
         their gate open to them (see :meth:`_may_enter`)."""
         for job in self._turn_order(now):
-            if job is besides or self._quota_wait(job.visitor, now) > 0:
+            if job is besides or self._quota_wait(job.visitor, now) > 0 or self._long_over(job, now, besides):
                 continue
             if job.want is not None and not self._may_enter(*job.want):
                 continue
@@ -602,7 +626,7 @@ def _gb(n: int) -> str:
 
 # -- the process's scheduler and the calls the backend makes ---------------------------------------
 SCHEDULER = Scheduler(limits.job_bytes, lambda: limits.budget(limits.WORKERS),
-                      lambda: limits.budget(limits.VISITOR_SECONDS), on_turn=share_threads)
+                      lambda: limits.budget(limits.VISITOR_SECONDS), on_turn=take_turn)
 _local = threading.local()  # .job: the job this thread runs; .visitor: whom it acts for
 
 

@@ -16,9 +16,9 @@ variable                      local      hosted     bounds
                                                     each model's token cap, see
                                                     :func:`tokens_within`)
 ``ATTNVIZ_CACHE_BYTES``       4 GB       1 GB       cached results, all sessions together
-``ATTNVIZ_JOB_BYTES``         16 GB      4 GB       every computation admitted at once, running or
-                                                    waiting (default: workers x capture budget;
-                                                    see attnviz.jobs)
+``ATTNVIZ_JOB_BYTES``         16 GB      3 GB       every computation admitted at once, running or
+                                                    waiting (local default: workers x capture
+                                                    budget; see attnviz.jobs)
 ``ATTNVIZ_WORKERS``           2          2          computations running at once, across models
 ``ATTNVIZ_VISITOR_SECONDS``   none       60         worker seconds one visitor's computations may
                                                     take per minute
@@ -53,7 +53,7 @@ UPLOAD_BYTES = ("ATTNVIZ_UPLOAD_BYTES", 2 << 30, 512 << 20)
 DOWNLOAD_BYTES = ("ATTNVIZ_DOWNLOAD_BYTES", 8 * GB, 256 * 10**6)
 SAVED_MODELS = ("ATTNVIZ_SAVED_MODELS", 100, 10)  # per visitor (attnviz.lab.custom.save_owned)
 SAVED_BYTES = ("ATTNVIZ_SAVED_BYTES", 4 * GB, 50 * 10**6)
-JOB_BYTES = ("ATTNVIZ_JOB_BYTES", 0, 0)  # 0: workers x capture budget, see job_bytes()
+JOB_BYTES = ("ATTNVIZ_JOB_BYTES", 0, 3 * GB)  # 0: workers x capture budget, see job_bytes()
 WORKERS = ("ATTNVIZ_WORKERS", 2, 2)
 VISITOR_SECONDS = ("ATTNVIZ_VISITOR_SECONDS", 0, 60)  # 0: no quota
 
@@ -86,8 +86,9 @@ def budget(which: tuple[str, int, int]) -> int:
 
 def job_bytes() -> int:
     """The memory budget of every computation admitted at once (attnviz.jobs): the
-    environment's ``ATTNVIZ_JOB_BYTES``, else ``WORKERS`` x ``CAPTURE_BYTES``, so that as many
-    captures at their longest input fit as run at once."""
+    environment's ``ATTNVIZ_JOB_BYTES``; else, hosted, 3 GB (with the loaded models and the
+    result cache, within the demo's 4.5 GB bound, docs/deploy.md), and locally ``WORKERS`` x
+    ``CAPTURE_BYTES``, so that as many captures at their longest input fit as run at once."""
     return budget(JOB_BYTES) or budget(WORKERS) * budget(CAPTURE_BYTES)
 
 

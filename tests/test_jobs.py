@@ -8,6 +8,7 @@ their own Scheduler (one worker, no time slice, so that every checkpoint hands t
 when another job can go on): the order they assert follows from the turns, not from timing."""
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -252,7 +253,7 @@ def test_a_jobs_thread_takes_its_share_of_the_cpu_threads():
     any thread: a job whose thread starts while another thread trains on one thread (a
     cpu_threads(1) block) must still compute on all of them alone, on half each when two jobs
     compute at once, and on one inside a cpu_threads(1) block of its own."""
-    s = jobs.Scheduler(lambda: 10**12, lambda: 2, slice_s=0.0, on_turn=device.share_threads)
+    s = jobs.Scheduler(lambda: 10**12, lambda: 2, slice_s=0.0, on_turn=lambda computing, long: device.share_threads(computing))
     training, trained = threading.Event(), threading.Event()
 
     def train():
@@ -290,6 +291,49 @@ def test_a_jobs_thread_takes_its_share_of_the_cpu_threads():
     assert seen["a", "pair"] == seen["b", "pair"] == device.PROCESS_THREADS // 2
     trained.set()
     trainer[0].join(30)
+
+
+def test_long_jobs_leave_a_worker_to_short_ones_and_compute_in_the_background():
+    """Two workers; jobs that have held workers for more than long_s are long. Three long
+    jobs of three visitors take turns on one worker (never two at once), so a short request
+    that comes meanwhile gets the other at once; a long job's thread runs at the background
+    niceness from its first turn as a long job, a short job's at its own."""
+    s = jobs.Scheduler(lambda: 10**12, lambda: 2, slice_s=0.0, long_s=0.05, on_turn=device.take_turn)
+    stop, measuring, seen = threading.Event(), threading.Event(), {"long at once": 0, "short waited": None}
+    nice = lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())  # noqa: E731
+
+    def long_job(name: str):
+        with s.job(name, name, 1) as job:
+            while not stop.is_set():
+                time.sleep(0.02)  # a step
+                if measuring.is_set():  # a job that starts short may turn long while it runs, until its checkpoint
+                    running = [j for j, st in s.jobs() if st.state == jobs.RUNNING and s.is_long(j)]
+                    seen["long at once"] = max(seen["long at once"], len(running))
+                if s.is_long(job):
+                    seen[name] = nice()  # the last step's: a turn that starts short turns long in its course
+                job.checkpoint()
+
+    def short_job():
+        asked = time.monotonic()
+        with s.job("short", "short", 1):
+            seen["short waited"] = time.monotonic() - asked
+            seen["short"] = nice()
+
+    threads = [in_thread(long_job, f"long{i}") for i in range(3)]
+    until(lambda: all(f"long{i}" in seen for i in range(3)))  # each has had turns as a long job
+    measuring.set()
+    time.sleep(0.5)
+    thread, out = in_thread(short_job)
+    thread.join(30)
+    stop.set()
+    for t, o in threads:
+        t.join(30)
+        assert "error" not in o
+    assert "error" not in out
+    assert seen["long at once"] == 1
+    assert seen["short waited"] < 0.5  # a worker was free for it: no long step to wait for
+    assert [seen[f"long{i}"] for i in range(3)] == [device.BACKGROUND_NICE] * 3
+    assert seen["short"] == os.getpriority(os.PRIO_PROCESS, 0) < device.BACKGROUND_NICE
 
 
 def test_a_job_over_the_whole_budget_is_refused_at_once():
