@@ -3,8 +3,12 @@ import logging
 
 import streamlit as st
 
-from attnviz.ui.common import favicon
-from attnviz.ui.home import PAGES
+import attnviz.ui
+
+attnviz.ui.import_all()  # every page's modules, one session at a time (concurrent first imports fail)
+
+from attnviz.ui.common import favicon  # noqa: E402
+from attnviz.ui.home import PAGES  # noqa: E402
 
 st.set_page_config(page_title="attnviz", page_icon=favicon(), layout="wide")  # served here, not by a font host
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

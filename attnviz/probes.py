@@ -9,8 +9,8 @@ captures it and scores every head.
 from __future__ import annotations
 
 import attnviz.families as families
-from attnviz.analysis.roles import HeadRoles, Repeat, all_roles, repeated_sequence
-from attnviz.capture import capture_ids
+from attnviz.analysis.roles import HeadRoles, Repeat, all_roles, head_roles_bytes, repeated_sequence
+from attnviz.capture import Progress, bytes_at, capture_ids
 from attnviz.errors import AttnvizError
 from attnviz.models.loader import Model
 from attnviz.result import AttentionResult
@@ -44,10 +44,17 @@ def induction_input(model: Model, period: int = DEFAULT_PERIOD, seed: int = 0) -
     return repeated_sequence(len(tok), exclude, period, prefix=prefix, suffix=suffix, seed=seed)
 
 
-def induction_roles(model: Model, period: int = DEFAULT_PERIOD, seed: int = 0,
-                    window: int = 2) -> tuple[AttentionResult, dict[str, HeadRoles]]:
+def induction_roles(model: Model, period: int = DEFAULT_PERIOD, seed: int = 0, window: int = 2,
+                    progress: Progress | None = None) -> tuple[AttentionResult, dict[str, HeadRoles]]:
     """Capture ``model`` on its :func:`induction_input` and score every head of every stack,
-    induction and duplicate_token included."""
+    induction and duplicate_token included. progress: the capture's (attnviz.capture)."""
     ids, repeat = induction_input(model, period, seed)
-    result = capture_ids(model, ids)
+    result = capture_ids(model, ids, progress)
     return result, all_roles(result, repeat=repeat, window=window)
+
+
+def induction_bytes(model: Model, period: int = DEFAULT_PERIOD) -> int:
+    """What :func:`induction_roles` needs, bytes: the capture of its input and the role scores'
+    working memory over it (not counted: reading a lazy stack's rows, attnviz.lazy.READ_BYTES)."""
+    n = len(induction_input(model, period)[0])
+    return bytes_at(model, n) + head_roles_bytes(n, n)

@@ -25,7 +25,7 @@
    after another.
 
     python bench/explain.py [--runs 3]
-    python bench/explain.py --memory [--phases] [--profile local hosted] [--runs 1] [--bound-gb 3]
+    python bench/explain.py --memory [--phases [--only PHASE]] [--profile local hosted] [--runs 1] [--bound-gb 3]
 """
 from __future__ import annotations
 
@@ -200,7 +200,7 @@ def phase_child(methods: tuple[str, ...], out: Path) -> None:
     out.write_text(json.dumps({"loaded": loaded}))
 
 
-def phase_rows(profiles: list[str], bound_gb: float, kill_gb: float) -> tuple[list[str], bool]:
+def phase_rows(profiles: list[str], bound_gb: float, kill_gb: float, only: str | None = None) -> tuple[list[str], bool]:
     import tempfile
 
     model = attnviz.load_model(MEMORY_MODEL)
@@ -210,6 +210,8 @@ def phase_rows(profiles: list[str], bound_gb: float, kill_gb: float) -> tuple[li
         env.update(HOSTED_ENV if profile == "hosted" else {})
         peaks = []
         for name, methods in PHASES.items():
+            if only is not None and not name.startswith(only):
+                continue
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "loaded.json"
                 cmd = [sys.executable, __file__, "--phase-child", ",".join(methods), "--out", str(out)]
@@ -223,6 +225,8 @@ def phase_rows(profiles: list[str], bound_gb: float, kill_gb: float) -> tuple[li
             print(rows[-1], flush=True)
         passed = max(peaks) <= bound_gb * 1e9
         ok &= passed
+        if only is not None:
+            continue
         rows.append(f"| {profile} | **the command (the largest phase)** | **{max(peaks) / 1e9:.2f} GB** | | "
                     f"{explain_bytes(model, MAX_TOKENS) / 1e9:.2f} GB | | {'within' if passed else 'OVER'} "
                     f"{bound_gb:g} GB |")
@@ -238,6 +242,8 @@ def main() -> int:
     parser.add_argument("--bound-gb", type=float, default=3.0)
     parser.add_argument("--kill-gb", type=float, default=8.0, help="stop a run whose RSS passes this")
     parser.add_argument("--phases", action="store_true", help="with --memory: phase by phase, batched phases stopped early")
+    parser.add_argument("--only", choices=[name.split(":")[0] for name in PHASES],
+                        help="with --phases: this phase alone (no row for the command)")
     parser.add_argument("--phase-child", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -249,7 +255,7 @@ def main() -> int:
               f"{MAX_TOKENS} tokens; each phase a fresh process, batched ones stopped after {PHASE_BATCHES} batches")
         print("| profile | phase | peak RSS | above the loaded model | explain_bytes | wall | outcome |")
         print("|---|---|---|---|---|---|---|", flush=True)
-        _, ok = phase_rows(args.profile, args.bound_gb, args.kill_gb)
+        _, ok = phase_rows(args.profile, args.bound_gb, args.kill_gb, args.only)
         return 0 if ok else 1
     if args.memory:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; `python -m attnviz explain --model "

@@ -17,7 +17,7 @@ from attnviz.analysis.similarity import cluster_heads, head_divergence, mean_div
 from attnviz.batch import part_files, read_table, roles_from_table, run_batch, spread_from_table
 from attnviz.compare import align_inputs, align_models, same_head_divergence
 from attnviz.ui.inputs import DEFAULT_TEXT
-from attnviz.ui.measures import DIVERGENCES, ROLES
+from attnviz.ui.measures import DIVERGENCES, PROBES, ROLES
 
 PAGE = "pages/heads.py"
 
@@ -55,9 +55,14 @@ def test_atlas_labels_follow_the_scores_and_the_threshold(page, result):
 
 
 def test_induction_probe_atlas_on_smollm():
+    """The probe's capture and scores run as a job of the visitor: it waits in line, with its
+    place on the page, while the server's memory is taken."""
     at = open_page(PAGE, model="smollm2-135m")
     at.radio(key="heads_source").set_value("probe").run()
-    at.number_input(key="heads_period").set_value(30).run()
+    PROBES.clear()
+    with MemoryTaken(release_when_waiting="Running the induction probe") as taken:
+        at.number_input(key="heads_period").set_value(30).run()
+    assert ("Running the induction probe on smollm2-135m", jobs.QUEUED, 1, True) in taken.seen
     assert_clean(at)
     labels = atlas_labels(charts(at)["heads_atlas"])
     assert (labels == "induction").sum() >= 3 and (labels == "previous_token").sum() >= 3

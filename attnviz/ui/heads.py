@@ -29,11 +29,11 @@ from attnviz.compare import (
     source_stack,
 )
 from attnviz.models.bundled import BUNDLED
-from attnviz.probes import DEFAULT_PERIOD, induction_roles
+from attnviz.probes import DEFAULT_PERIOD
 from attnviz.result import AttentionResult
 from attnviz.ui.charts import show_chart
 from attnviz.ui.inputs import TEXT
-from attnviz.ui.measures import divergence_of, roles_of
+from attnviz.ui.measures import divergence_of, probe_of, roles_of
 from attnviz.ui.models import get_model, run_capture
 from attnviz.ui.views import Captured, View
 from attnviz.viz import heads as viz
@@ -49,11 +49,6 @@ DEFAULT_SECOND_TEXT = "The animal didn't cross the river because it was too wide
 
 
 # -- caches ------------------------------------------------------------------------------------
-@st.cache_resource(max_entries=4, show_spinner=False)
-def _probe(name: str, period: int, seed: int) -> tuple[AttentionResult, dict[str, HeadRoles]]:
-    return induction_roles(get_model(name), period, seed)
-
-
 @st.cache_data(max_entries=4, show_spinner=False)
 def _table(files: tuple[tuple[str, bytes], ...]):
     return batch.read_uploaded(list(files))
@@ -70,8 +65,7 @@ def _roles_source(result: AttentionResult, stack: str) -> tuple[HeadRoles, Atten
         period = c1.number_input("Tokens in each copy", 4, min(256, model.max_tokens // 2 - 2), DEFAULT_PERIOD,
                                  key="heads_period")
         seed = c2.number_input("Seed", 0, 10_000, 0, key="heads_seed")
-        with st.spinner("Running the induction probe…"):
-            probe, roles = _probe(result.model, int(period), int(seed))
+        probe, roles = probe_of(model, int(period), int(seed))
         stack = source_stack(probe)
         return roles[stack], probe, (f"{int(period)} random tokens repeated twice (seed {int(seed)}): induction and "
                                      "duplicate_token are measured")

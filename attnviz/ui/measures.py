@@ -1,6 +1,6 @@
 """Measurements that read every head of a result, for the pages: per-head statistics (the flow
-and image pages), role scores and the divergence of every pair of heads (the head atlas), the
-CLS rollout of the image explorer.
+and image pages), role scores and the divergence of every pair of heads (the head atlas, and
+the induction probe's capture and scores), the CLS rollout of the image explorer.
 
 On a long input each reads the whole stack (on an 8,192-token text as long as the overview of
 every head), so each runs as a job of the visitor (ui.common.cached_job: admitted for its
@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
+import attnviz.limits as limits
 from attnviz.analysis.flow import rollout, rollout_bytes
 from attnviz.analysis.roles import HeadRoles, head_roles, head_roles_bytes
 from attnviz.analysis.similarity import head_divergence, head_divergence_bytes
 from attnviz.analysis.stats import ARRAY_FIELDS, HeadStats, head_stats, head_stats_bytes
 from attnviz.cache import ByteCache
 from attnviz.lazy import CACHE_BYTES, READ_BYTES
+from attnviz.models.loader import Model
+from attnviz.probes import induction_bytes, induction_roles
 from attnviz.result import AttentionResult
 from attnviz.ui.common import cached_job
 
@@ -28,6 +31,9 @@ STATS: ByteCache[HeadStats] = ByteCache(lambda: MEASURES_CACHE_BYTES,
 ROLES: ByteCache[HeadRoles] = ByteCache(lambda: MEASURES_CACHE_BYTES, lambda r: sum(v.nbytes for v in r.scores.values()))
 DIVERGENCES: ByteCache[np.ndarray] = ByteCache(lambda: MEASURES_CACHE_BYTES, lambda d: d.nbytes)
 ROLLOUTS: ByteCache[np.ndarray] = ByteCache(lambda: MEASURES_CACHE_BYTES, lambda r: r.nbytes)
+PROBES: ByteCache[tuple[AttentionResult, dict[str, HeadRoles]]] = ByteCache(  # captures: an eighth of the result cache
+    lambda: limits.budget(limits.CACHE_BYTES) // 8,
+    lambda p: p[0].nbytes + sum(v.nbytes for roles in p[1].values() for v in roles.scores.values()))
 
 
 def stats_of(result: AttentionResult, stack: str, window: int = 2) -> HeadStats:
@@ -44,6 +50,14 @@ def roles_of(result: AttentionResult, stack: str) -> HeadRoles:
     return cached_job(ROLES, (result.digest, stack), f"Scoring every head of {result.model}",
                       READING_BYTES + head_roles_bytes(n_q, n_k),
                       lambda progress: head_roles(result, stack, progress=progress))
+
+
+def probe_of(model: Model, period: int, seed: int) -> tuple[AttentionResult, dict[str, HeadRoles]]:
+    """attnviz.probes.induction_roles of ``model``: the capture of ``period`` random tokens
+    repeated twice (``seed``) and the role scores of every stack."""
+    return cached_job(PROBES, (model.name, period, seed), f"Running the induction probe on {model.name}",
+                      READING_BYTES + induction_bytes(model, period),
+                      lambda progress: induction_roles(model, period, seed, progress=progress))
 
 
 def divergence_of(result: AttentionResult, stack: str, queries: int) -> np.ndarray:
