@@ -214,13 +214,19 @@ def _write(kept: list[_Entry], max_extracted: int) -> Path:
                                   "the zip may be damaged.") from None
         _check_files(build)
         folder = root / digest.hexdigest()[:16]
-        if not folder.exists():
+        while True:  # the same upload from another session may be unpacked, or removed, meanwhile
+            if not folder.exists() and build.exists():
+                try:
+                    os.replace(build, folder)
+                except OSError:  # another session unpacked the same upload meanwhile
+                    if not folder.exists():
+                        raise
             try:
-                os.replace(build, folder)
-            except OSError:  # another session unpacked the same upload meanwhile
-                if not folder.exists():
-                    raise
-    os.utime(folder)  # used now: the newest, the last to be pruned
+                os.utime(folder)  # used now: the newest, the last to be pruned
+                break
+            except FileNotFoundError:  # another session removed it (refused when loaded, or pruned)
+                if not build.exists():  # it was this one's files: unpacked as asked, and gone
+                    raise AttnvizError("This upload was removed while it was unpacked; send it again.") from None
     _prune(root, MAX_UPLOADS, UPLOAD_TTL_S)
     return folder
 

@@ -29,10 +29,10 @@ import attnviz.families as families
 from attnviz.analysis import flow
 from attnviz.analysis import routes as routes_analysis
 from attnviz.analysis.mixing import RESIDUAL_LEFT_OUT
-from attnviz.analysis.stats import GLOBAL_MIN, LOCAL_MIN, HeadStats, average_stats, head_stats
+from attnviz.analysis.stats import GLOBAL_MIN, LOCAL_MIN, HeadStats, average_stats, head_stats, head_stats_bytes
 from attnviz.analysis.tokens import display_label
 from attnviz.batch import read_uploaded, spread_from_table
-from attnviz.capture import estimate_bytes
+from attnviz.capture import estimate_bytes, input_tokens
 from attnviz.errors import AttnvizError
 from attnviz.explain import default_output_rows
 from attnviz.families import family_of
@@ -308,7 +308,9 @@ def many_view(captured: Captured) -> None:
     else:
         model = get_model(result.model)
         per_input = []
-        need = max(estimate_bytes(model, value, size=captured.size or None) for _, _, value in inputs)
+        size = captured.size or None  # each input's capture, and the statistics read over it while it is held
+        need = max(estimate_bytes(model, value, size=size) + READING_BYTES
+                   + head_stats_bytes(*[input_tokens(model, value, size=size)] * 2) for _, _, value in inputs)
         key = ("flow_many", result.model, captured.size, captured.stack, window, tuple(d for _, d, _ in inputs))
         with job(f"Statistics of {len(inputs)} inputs", need, key=key) as update:  # one job, an input a step
             for i, (_, digest, value) in enumerate(inputs):
