@@ -57,36 +57,3 @@ def share_threads(computing: int) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
-
-
-BACKGROUND_NICE = 10  # the niceness of a long computation's thread (Linux: per thread; 0 is the default)
-
-
-def background(on: bool) -> int:
-    """Run the calling thread at BACKGROUND_NICE (``on``) or at its first niceness, so that the
-    scheduler of the operating system gives the cores to a server's other threads (pages being
-    drawn, short requests) before a long computation's. Linux keeps a niceness per thread;
-    elsewhere, on the main thread (the command line, a notebook: nothing to share with) and
-    where the system refuses, nothing changes. Going back needs a privilege a server may lack
-    (CAP_SYS_NICE): the thread then stays in the background, and it is a page's run, which ends.
-    Returns the thread's niceness."""
-    if not hasattr(os, "setpriority") or threading.current_thread() is threading.main_thread():
-        return 0
-    tid = threading.get_native_id()
-    first = getattr(_local, "nice", None)
-    if first is None:
-        first = _local.nice = os.getpriority(os.PRIO_PROCESS, tid)
-    want = max(first, BACKGROUND_NICE) if on else first
-    try:
-        if os.getpriority(os.PRIO_PROCESS, tid) != want:
-            os.setpriority(os.PRIO_PROCESS, tid, want)
-    except OSError:  # lowering it again needs CAP_SYS_NICE
-        pass
-    return os.getpriority(os.PRIO_PROCESS, tid)
-
-
-def take_turn(computing: int, long: bool) -> None:
-    """What a job's thread does as its turn starts (attnviz.jobs): take its share of the CPU
-    threads (:func:`share_threads`) and, for a long job, the background (:func:`background`)."""
-    share_threads(computing)
-    background(long)

@@ -17,10 +17,8 @@ Three things bound it:
   held workers for ``LONG_S`` seconds in all is *long* (a document, an explanation, a
   training): at most ``workers - 1`` long jobs (at least one) compute at once, so a worker is
   left for short requests however many long jobs wait. As its turn starts (and at each
-  checkpoint it keeps its worker), a job's thread takes its share of the CPU threads (all of
-  them alone, half each when two compute) and a long job's thread a lower priority, so that the
-  pages and short requests that share the cores with it come first
-  (:func:`attnviz.device.take_turn`).
+  checkpoint it keeps its worker), a job's thread takes its share of the CPU threads: all of
+  them alone, half each when two compute (:func:`attnviz.device.share_threads`).
 - **Gates.** A shared model is used through its :class:`Gate`, in a *mode* (capture switches a
   model's attention to the implementation it records; explain runs it as loaded): any number of
   jobs hold a gate at once in one mode, none in another, so jobs on one model interleave step
@@ -78,7 +76,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Hashable, Iterable, Iterator, TypeVar
 
 import attnviz.limits as limits
-from attnviz.device import take_turn
+from attnviz.device import share_threads
 from attnviz.errors import AttnvizError
 
 SLICE_S = 0.5  # a job holding a worker this long gives it to a waiting job at its next checkpoint
@@ -349,7 +347,7 @@ class Scheduler:
 
     def __init__(self, memory: Callable[[], int], workers: Callable[[], int], quota_s: Callable[[], float] = lambda: 0,
                  *, slice_s: float = SLICE_S, clock: Callable[[], float] = time.monotonic,
-                 long_s: float = LONG_S, on_turn: Callable[[int, bool], Any] = lambda computing, long: None) -> None:
+                 long_s: float = LONG_S, on_turn: Callable[[int], Any] = lambda computing: None) -> None:
         self._memory, self._workers, self._quota, self._on_turn = memory, workers, quota_s, on_turn
         self.long_s = long_s
         self.slice_s = slice_s
@@ -436,10 +434,10 @@ class Scheduler:
         computing = sum(1 for j in self._jobs if j is not job and j is not besides and j.granted and self.is_long(j, now))
         return computing >= max(1, int(self._workers()) - 1)
 
-    def _turn(self, job: Job, now: float) -> tuple[int, bool]:
+    def _turn(self, job: Job, now: float) -> tuple[int]:
         """What a job's thread is told as its turn starts (under the lock): how many jobs hold a
-        worker, and whether this one is long."""
-        return sum(j.granted for j in self._jobs), self.is_long(job, now)
+        worker."""
+        return (sum(j.granted for j in self._jobs),)
 
     def _wake(self) -> None:
         with self._cond:
@@ -626,7 +624,7 @@ def _gb(n: int) -> str:
 
 # -- the process's scheduler and the calls the backend makes ---------------------------------------
 SCHEDULER = Scheduler(limits.job_bytes, lambda: limits.budget(limits.WORKERS),
-                      lambda: limits.budget(limits.VISITOR_SECONDS), on_turn=take_turn)
+                      lambda: limits.budget(limits.VISITOR_SECONDS), on_turn=share_threads)
 _local = threading.local()  # .job: the job this thread runs; .visitor: whom it acts for
 
 

@@ -8,7 +8,6 @@ their own Scheduler (one worker, no time slice, so that every checkpoint hands t
 when another job can go on): the order they assert follows from the turns, not from timing."""
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
@@ -253,7 +252,7 @@ def test_a_jobs_thread_takes_its_share_of_the_cpu_threads():
     any thread: a job whose thread starts while another thread trains on one thread (a
     cpu_threads(1) block) must still compute on all of them alone, on half each when two jobs
     compute at once, and on one inside a cpu_threads(1) block of its own."""
-    s = jobs.Scheduler(lambda: 10**12, lambda: 2, slice_s=0.0, on_turn=lambda computing, long: device.share_threads(computing))
+    s = jobs.Scheduler(lambda: 10**12, lambda: 2, slice_s=0.0, on_turn=device.share_threads)
     training, trained = threading.Event(), threading.Event()
 
     def train():
@@ -293,14 +292,12 @@ def test_a_jobs_thread_takes_its_share_of_the_cpu_threads():
     trainer[0].join(30)
 
 
-def test_long_jobs_leave_a_worker_to_short_ones_and_compute_in_the_background():
+def test_long_jobs_leave_a_worker_to_short_ones():
     """Two workers; jobs that have held workers for more than long_s are long. Three long
-    jobs of three visitors take turns on one worker (never two at once), so a short request
-    that comes meanwhile gets the other at once; a long job's thread runs at the background
-    niceness from its first turn as a long job, a short job's at its own."""
-    s = jobs.Scheduler(lambda: 10**12, lambda: 2, slice_s=0.0, long_s=0.05, on_turn=device.take_turn)
+    jobs of three visitors take turns on one worker (never two at once, once each has turned
+    long), so a short request that comes meanwhile gets the other at once."""
+    s = jobs.Scheduler(lambda: 10**12, lambda: 2, slice_s=0.0, long_s=0.05)
     stop, measuring, seen = threading.Event(), threading.Event(), {"long at once": 0, "short waited": None}
-    nice = lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())  # noqa: E731
 
     def long_job(name: str):
         with s.job(name, name, 1) as job:
@@ -310,14 +307,13 @@ def test_long_jobs_leave_a_worker_to_short_ones_and_compute_in_the_background():
                     running = [j for j, st in s.jobs() if st.state == jobs.RUNNING and s.is_long(j)]
                     seen["long at once"] = max(seen["long at once"], len(running))
                 if s.is_long(job):
-                    seen[name] = nice()  # the last step's: a turn that starts short turns long in its course
+                    seen[name] = True
                 job.checkpoint()
 
     def short_job():
         asked = time.monotonic()
         with s.job("short", "short", 1):
             seen["short waited"] = time.monotonic() - asked
-            seen["short"] = nice()
 
     threads = [in_thread(long_job, f"long{i}") for i in range(3)]
     until(lambda: all(f"long{i}" in seen for i in range(3)))  # each has had turns as a long job
@@ -332,8 +328,6 @@ def test_long_jobs_leave_a_worker_to_short_ones_and_compute_in_the_background():
     assert "error" not in out
     assert seen["long at once"] == 1
     assert seen["short waited"] < 0.5  # a worker was free for it: no long step to wait for
-    assert [seen[f"long{i}"] for i in range(3)] == [device.BACKGROUND_NICE] * 3
-    assert seen["short"] == os.getpriority(os.PRIO_PROCESS, 0) < device.BACKGROUND_NICE
 
 
 def test_a_job_over_the_whole_budget_is_refused_at_once():
@@ -378,8 +372,7 @@ def test_jobs_that_do_not_fit_wait_and_a_blocked_job_is_not_starved():
     assert sorted(st.state for what, st in states.items() if what.startswith("holding")) == \
         [jobs.QUEUED] * (3 - allowed) + [jobs.RUNNING] * allowed
     release_big.set()
-    until(lambda: "blocked" in order)  # the jobs that passed it still run
-    assert sum(name.startswith("holding") for name in order[:order.index("blocked")]) == allowed
+    until(lambda: "blocked" in order)  # admitted while the jobs that passed it still run
     release_small.set()
     release_blocked.set()
     for thread, _ in [big, blocked, *holding]:
