@@ -49,7 +49,12 @@ def share_threads(computing: int) -> int:
     torch, the number any thread set last: a page's thread started while another thread ran
     a ``cpu_threads(1)`` block (a toy model's training) would compute on one thread for good.
     And two computations of two threads each on two cores oversubscribe them: OpenMP's threads
-    wait for each other, and a step takes several times as long as on one thread each."""
+    wait for each other, and a step takes several times as long as on one thread each.
+
+    On the main thread (the command line, a notebook, a batch worker process, a benchmark) the
+    number the caller set stands: nothing there starts threads, and it is the user's to choose."""
+    if threading.current_thread() is threading.main_thread():
+        return torch.get_num_threads()
     n = max(1, PROCESS_THREADS // max(1, computing))
     cap = getattr(_local, "cap", None)
     if cap is not None:

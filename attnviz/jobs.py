@@ -18,7 +18,8 @@ Three things bound it:
   training): at most ``workers - 1`` long jobs (at least one) compute at once, so a worker is
   left for short requests however many long jobs wait. As its turn starts (and at each
   checkpoint it keeps its worker), a job's thread takes its share of the CPU threads: all of
-  them alone, half each when two compute (:func:`attnviz.device.share_threads`).
+  them alone, half each when two compute (:func:`attnviz.device.share_threads`; the main
+  thread, a command's or a notebook's, keeps the number its user set).
 - **Gates.** A shared model is used through its :class:`Gate`, in a *mode* (capture switches a
   model's attention to the implementation it records; explain runs it as loaded): any number of
   jobs hold a gate at once in one mode, none in another, so jobs on one model interleave step
