@@ -7,15 +7,13 @@ recorder is a TorchFunctionMode, whose stack belongs to the thread that entered 
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from at_once import at_once
 
 import attnviz
 from attnviz.lab import custom
@@ -110,21 +108,4 @@ def test_sessions_loading_different_models_at_once():
     """Three sessions opening three models at the same moment, in a fresh process (transformers
     not imported yet): all load. (Without attnviz.models.TRANSFORMERS_LOCK, transformers' lazy
     names race: "module 'transformers' has no attribute 'AutoConfig'".)"""
-    code = """
-import threading, attnviz
-names = ["minilm-l6", "dinov2-small", "t5-small-titler"]
-start, errors = threading.Barrier(len(names)), []
-def load(name):
-    start.wait()
-    try:
-        attnviz.load_model(name)
-    except Exception as e:
-        errors.append(f"{name}: {type(e).__name__}: {e}")
-threads = [threading.Thread(target=load, args=(n,)) for n in names]
-[t.start() for t in threads]
-[t.join() for t in threads]
-print("ERRORS:", errors)
-"""
-    root = Path(__file__).resolve().parents[1]
-    run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
-    assert "ERRORS: []" in run.stdout, run.stdout + run.stderr[-2000:]
+    assert at_once("import attnviz", "attnviz.load_model(arg)", ["minilm-l6", "dinov2-small", "t5-small-titler"]) == []
