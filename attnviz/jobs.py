@@ -270,11 +270,11 @@ class Job:
                 other = s._next_ready(now, besides=self)
                 keep = other is None or s._rank(other, now) > s._rank(self, now)  # nobody comes before this job
             if keep:
-                turn = s._turn(self, now)
+                computing = s._computing()
             else:
                 s._give_back(self, now)
         if keep:
-            s._on_turn(*turn)
+            s._on_turn(computing)
         else:
             s._wait(self)
 
@@ -406,13 +406,13 @@ class Scheduler:
             with self._cond:
                 self._dispatch()
                 if job.granted:
-                    turn = self._turn(job, self._clock())
+                    computing = self._computing()
                 elif job.cancelled:
                     raise Cancelled(f"{job.what}: cancelled.")
                 else:
                     status = self._status(job, self._clock())
             if job.granted:
-                self._on_turn(*turn)  # on this thread, as its turn starts
+                self._on_turn(computing)  # on this thread, as its turn starts
                 return
             if job.on_wait is not None:
                 job.on_wait(status)
@@ -435,10 +435,10 @@ class Scheduler:
         computing = sum(1 for j in self._jobs if j is not job and j is not besides and j.granted and self.is_long(j, now))
         return computing >= max(1, int(self._workers()) - 1)
 
-    def _turn(self, job: Job, now: float) -> tuple[int]:
-        """What a job's thread is told as its turn starts (under the lock): how many jobs hold a
-        worker."""
-        return (sum(j.granted for j in self._jobs),)
+    def _computing(self) -> int:
+        """How many jobs hold a worker (under the lock): what a job's thread is told as its
+        turn starts."""
+        return sum(j.granted for j in self._jobs)
 
     def _wake(self) -> None:
         with self._cond:

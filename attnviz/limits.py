@@ -87,7 +87,7 @@ def budget(which: tuple[str, int, int]) -> int:
 def job_bytes() -> int:
     """The memory budget of every computation admitted at once (attnviz.jobs): the
     environment's ``ATTNVIZ_JOB_BYTES``; else, hosted, 3 GB (with the loaded models and the
-    result cache, within the demo's 4.5 GB bound, docs/deploy.md), and locally ``WORKERS`` x
+    result cache, sized for the demo's 4.5 GB bound, docs/deploy.md), and locally ``WORKERS`` x
     ``CAPTURE_BYTES``, so that as many captures at their longest input fit as run at once."""
     return budget(JOB_BYTES) or budget(WORKERS) * budget(CAPTURE_BYTES)
 
