@@ -308,9 +308,13 @@ def many_view(captured: Captured) -> None:
     else:
         model = get_model(result.model)
         per_input = []
-        size = captured.size or None  # each input's capture, and the statistics read over it while it is held
-        need = max(estimate_bytes(model, value, size=size) + READING_BYTES
-                   + head_stats_bytes(*[input_tokens(model, value, size=size)] * 2) for _, _, value in inputs)
+        size = captured.size or None
+
+        def input_bytes(value) -> int:  # an input's capture, and the statistics read over it while it is held
+            n = input_tokens(model, value, size=size)
+            return estimate_bytes(model, value, size=size) + READING_BYTES + head_stats_bytes(n, n)
+
+        need = max(input_bytes(value) for _, _, value in inputs)
         key = ("flow_many", result.model, captured.size, captured.stack, window, tuple(d for _, d, _ in inputs))
         with job(f"Statistics of {len(inputs)} inputs", need, key=key) as update:  # one job, an input a step
             for i, (_, digest, value) in enumerate(inputs):
